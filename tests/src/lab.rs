@@ -1,0 +1,501 @@
+//! N simulated hosts on one machine. Each host is a network namespace with an underlay interface
+//! `eth0` (198.18.0.i/24, on a bridge in a separate "switch" namespace), a container bridge `docker0`
+//! holding the first address of its subnet 10.244.i.0/24 (the classic docker0 set-up), containers
+//! in their own namespaces behind it (default route via the bridge), and a real `xnet` agent with a
+//! generated config and its own pin directory. Everything is torn down on drop, also after a panic.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use xnet::inspect::{self, CounterRow};
+
+use crate::netns::{Netns, run_ok};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub hosts: usize,
+    pub containers_per_host: usize,
+    /// `[backend] ingress` for every host: "auto", "xdp" or "tc".
+    pub ingress: &'static str,
+    pub vni: u32,
+    pub port: u16,
+    /// Start an agent on every host right away.
+    pub start_agents: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self { hosts: 3, containers_per_host: 2, ingress: "auto", vni: 1, port: 8472, start_agents: true }
+    }
+}
+
+pub const NETWORK: &str = "10.244.0.0/16";
+pub const UNDERLAY_MTU: u32 = 1500;
+pub const VXLAN_OVERHEAD: u32 = xnet_common::wire::VXLAN_MTU_OVERHEAD;
+
+pub struct Container {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+}
+
+pub struct Host {
+    pub index: usize,
+    pub ns: Netns,
+    pub public_ip: Ipv4Addr,
+    pub subnet: String,
+    pub bridge_ip: Ipv4Addr,
+    /// The switch port (in the switch namespace) that this host's `eth0` plugs into.
+    pub switch_port: String,
+    pub containers: Vec<Container>,
+    pub config_path: PathBuf,
+    pub pin_dir: PathBuf,
+    pub log_path: PathBuf,
+    agent: Option<Child>,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub spec: LabSpec,
+    pub dir: PathBuf,
+    pub pin_root: PathBuf,
+    pub hosts: Vec<Host>,
+    pub switch: Netns,
+}
+
+static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+static PORT_COUNTER: AtomicU16 = AtomicU16::new(0);
+
+/// The `xnet` binary under test: `$XNET_BIN`, or `xnet` next to (or above) the running executable
+/// in cargo's target directory.
+pub fn xnet_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XNET_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("xnet");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("cannot find the xnet binary near {}; build it (cargo build -p xnet-userspace) or set XNET_BIN", exe.display());
+}
+
+impl Lab {
+    /// Builds the lab described by `spec`.
+    pub fn start(spec: LabSpec) -> Lab {
+        assert!(
+            Path::new("/sys/fs/bpf").join(".").exists() && is_bpffs("/sys/fs/bpf"),
+            "bpffs is not mounted on /sys/fs/bpf: run `cargo xtask test` (it mounts it) or `mount -t bpf bpf /sys/fs/bpf`"
+        );
+        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("xl{}{}", std::process::id() % 100_000, (b'a' + n as u8 % 26) as char);
+        let dir = std::env::temp_dir().join(format!("xnet-lab-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("lab dir");
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/xnet-lab-{id}"));
+        let switch = Netns::create(&format!("{id}-sw"));
+        let mut lab = Lab { id: id.clone(), spec: spec.clone(), dir, pin_root, hosts: Vec::new(), switch };
+        lab.switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        lab.switch.ip(&["link", "set", "br0", "up"]);
+        for i in 1..=spec.hosts {
+            let host = lab.build_host(i);
+            lab.hosts.push(host);
+        }
+        for i in 1..=spec.hosts {
+            lab.write_config(i);
+        }
+        if spec.start_agents {
+            for i in 1..=spec.hosts {
+                lab.start_agent(i, &[]);
+            }
+        }
+        lab
+    }
+
+    fn build_host(&self, i: usize) -> Host {
+        let ns = Netns::create(&format!("{}-h{i}", self.id));
+        let port = format!("h{i}");
+        run_ok(Command::new("ip").args([
+            "link", "add", "name", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
+            "netns", &self.switch.name,
+        ]));
+        self.switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+        let public_ip = Ipv4Addr::new(198, 18, 0, i as u8);
+        ns.ip(&["addr", "add", &format!("{public_ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        let bridge_ip = Ipv4Addr::new(10, 244, i as u8, 1);
+        ns.ip(&["link", "add", "docker0", "type", "bridge"]);
+        ns.ip(&["addr", "add", &format!("{bridge_ip}/24"), "dev", "docker0"]);
+        ns.ip(&["link", "set", "docker0", "up"]);
+        let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
+        let mut containers = Vec::new();
+        for j in 1..=self.spec.containers_per_host {
+            let name = format!("{}-h{i}c{j}", self.id);
+            let cns = Netns::create(&name);
+            let veth = format!("vc{j}");
+            run_ok(Command::new("ip").args([
+                "link", "add", "name", "eth0", "netns", &cns.name, "type", "veth", "peer", "name", &veth,
+                "netns", &ns.name,
+            ]));
+            ns.ip(&["link", "set", &veth, "master", "docker0", "mtu", &mtu, "up"]);
+            let ip = Ipv4Addr::new(10, 244, i as u8, 1 + j as u8);
+            cns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            cns.ip(&["link", "set", "eth0", "mtu", &mtu, "up"]);
+            cns.ip(&["route", "add", "default", "via", &bridge_ip.to_string()]);
+            containers.push(Container { name, ns: cns, ip });
+        }
+        Host {
+            index: i,
+            ns,
+            public_ip,
+            subnet: format!("10.244.{i}.0/24"),
+            bridge_ip,
+            switch_port: port,
+            containers,
+            config_path: self.dir.join(format!("h{i}.toml")),
+            pin_dir: self.pin_root.join(format!("h{i}")),
+            log_path: self.dir.join(format!("h{i}.log")),
+            agent: None,
+        }
+    }
+
+    /// The config file of host `i` (1-based): every other host is a peer.
+    pub fn config_text(&self, i: usize) -> String {
+        let h = self.host(i);
+        let mut s = format!(
+            "network = \"{NETWORK}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
+             container_ifaces = [\"docker0\"]\npin_dir = \"{}\"\n\n[backend]\ntype = \"vxlan\"\n\
+             vni = {}\nport = {}\ningress = \"{}\"\n",
+            h.subnet,
+            h.public_ip,
+            h.pin_dir.display(),
+            self.spec.vni,
+            self.spec.port,
+            self.spec.ingress
+        );
+        for p in self.hosts.iter().filter(|p| p.index != i) {
+            s += &format!("\n[[peer]]\nsubnet = \"{}\"\npublic_ip = \"{}\"\n", p.subnet, p.public_ip);
+        }
+        s
+    }
+
+    /// (Re)writes host `i`'s config file from the current lab.
+    pub fn write_config(&self, i: usize) {
+        fs::write(&self.host(i).config_path, self.config_text(i)).expect("write config");
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i - 1]
+    }
+
+    /// Starts host `i`'s agent (`xnet run --config ... extra_args`) and waits until it is ready.
+    pub fn start_agent(&mut self, i: usize, extra_args: &[&str]) {
+        let h = &mut self.hosts[i - 1];
+        assert!(h.agent.is_none(), "agent of host {i} already runs");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&h.log_path).expect("log file");
+        let ready_before = fs::read_to_string(&h.log_path).unwrap_or_default().matches("xnet ready").count();
+        let mut cmd = h.ns.command(xnet_bin().to_str().expect("utf-8 path"));
+        cmd.args(["run", "--config"]).arg(&h.config_path).args(extra_args);
+        cmd.env("RUST_LOG", "info").env_remove("NOTIFY_SOCKET");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log);
+        let mut child = cmd.spawn().expect("spawn xnet");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = fs::read_to_string(&h.log_path).unwrap_or_default();
+            if text.matches("xnet ready").count() > ready_before {
+                break;
+            }
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("xnet on host {i} exited ({status}) before it was ready:\n{text}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("xnet on host {i} not ready after 30 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        h.agent = Some(child);
+    }
+
+    /// Stops host `i`'s agent with SIGTERM and returns its exit status.
+    pub fn stop_agent(&mut self, i: usize) -> ExitStatus {
+        let child = self.hosts[i - 1].agent.take().expect("agent running");
+        stop_child(child)
+    }
+
+    /// The agent log of host `i`.
+    pub fn log(&self, i: usize) -> String {
+        fs::read_to_string(&self.host(i).log_path).unwrap_or_default()
+    }
+
+    /// Pings `to` once from container `from` (host, container; 1-based). True if answered.
+    pub fn ping(&self, from: (usize, usize), to: Ipv4Addr) -> bool {
+        self.container(from)
+            .ns
+            .command("ping")
+            .args(["-c", "1", "-W", "2", "-q", &to.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    pub fn container(&self, (h, c): (usize, usize)) -> &Container {
+        &self.host(h).containers[c - 1]
+    }
+
+    /// Every container as (host, container) pairs.
+    pub fn all_containers(&self) -> Vec<(usize, usize)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| (1..=h.containers.len()).map(move |c| (h.index, c)))
+            .collect()
+    }
+
+    /// Sends `bytes` bytes over one TCP connection from container `from` to container `to` and
+    /// checks that exactly those bytes arrived. Returns the time the transfer took.
+    pub fn tcp_transfer(&self, from: (usize, usize), to: (usize, usize), bytes: usize) -> Duration {
+        let port = 20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000;
+        let dst_ip = self.container(to).ip;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = self.container(to).ns.spawn(move || {
+            let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            ready_tx.send(()).expect("ready");
+            listener.set_nonblocking(false).expect("blocking");
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut buf = vec![0u8; 1 << 16];
+            let (mut n, mut hash) = (0usize, Fnv::new());
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        hash.update(&buf[..k]);
+                        n += k;
+                    }
+                    Err(e) => panic!("receiving on {dst_ip}:{port} after {n} bytes: {e}"),
+                }
+            }
+            (n, hash.0)
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        let start = Instant::now();
+        let client = self.container(from).ns.spawn(move || {
+            let mut conn = TcpStream::connect_timeout(&SocketAddrV4::new(dst_ip, port).into(), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connect to {dst_ip}:{port}: {e}"));
+            conn.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut hash = Fnv::new();
+            let mut sent = 0;
+            let chunk: Vec<u8> = (0..1 << 16).map(|i: usize| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect();
+            while sent < bytes {
+                let k = chunk.len().min(bytes - sent);
+                conn.write_all(&chunk[..k]).unwrap_or_else(|e| panic!("sending to {dst_ip}:{port}: {e}"));
+                hash.update(&chunk[..k]);
+                sent += k;
+            }
+            conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            hash.0
+        });
+        let sent_hash = client.join().expect("client thread panicked");
+        let (received, received_hash) = server.join().expect("server thread panicked");
+        let took = start.elapsed();
+        assert_eq!(received, bytes, "TCP {from:?} -> {to:?}: bytes received");
+        assert_eq!(received_hash, sent_hash, "TCP {from:?} -> {to:?}: content differs");
+        took
+    }
+
+    /// Counters of host `i`'s datapath.
+    pub fn counters(&self, i: usize) -> Vec<CounterRow> {
+        inspect::read_counters(&self.host(i).pin_dir).expect("read counters")
+    }
+
+    /// One counter of host `i`: (packets, bytes).
+    pub fn counter(&self, i: usize, direction: &str, outcome: &str) -> (u64, u64) {
+        self.counters(i)
+            .into_iter()
+            .find(|r| r.direction == direction && r.outcome == outcome)
+            .map(|r| (r.packets, r.bytes))
+            .unwrap_or_else(|| panic!("no counter {direction}/{outcome}"))
+    }
+
+    /// The BPF programs attached to host `i`'s `eth0` and `docker0`, as "iface/hook:name" (asked
+    /// from the kernel: TCX queries and the XDP program id of the link).
+    pub fn attached_programs(&self, i: usize) -> Vec<String> {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let ns = &self.host(i).ns;
+        let links = run_ok(Command::new("ip").args(["-n", &ns.name, "-j", "link", "show"]));
+        let links: serde_json::Value = serde_json::from_slice(&links.stdout).expect("ip -j link");
+        let mut out: Vec<String> = Vec::new();
+        for link in links.as_array().expect("array") {
+            if let Some(id) = link["xdp"]["prog"]["id"].as_u64() {
+                let name = aya::programs::loaded_programs()
+                    .filter_map(Result::ok)
+                    .find(|p| p.id() as u64 == id)
+                    .and_then(|p| p.name_as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("id {id}"));
+                out.push(format!("{}/xdp:{name}", link["ifname"].as_str().unwrap_or("?")));
+            }
+        }
+        let tcx = ns
+            .spawn(|| {
+                let mut out = Vec::new();
+                for iface in ["eth0", "docker0"] {
+                    for (hook, t) in [("tcx-ingress", TcAttachType::Ingress), ("tcx-egress", TcAttachType::Egress)] {
+                        let (_, progs) = SchedClassifier::query_tcx(iface, t).expect("query tcx");
+                        for p in progs {
+                            out.push(format!("{iface}/{hook}:{}", p.name_as_str().unwrap_or("?")));
+                        }
+                    }
+                }
+                out
+            })
+            .join()
+            .expect("tcx query thread");
+        out.extend(tcx);
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(child) = h.agent.take() {
+                stop_child(child);
+            }
+            if h.pin_dir.exists() {
+                let _ = Command::new(xnet_bin()).arg("cleanup").arg("--pin-dir").arg(&h.pin_dir).output();
+            }
+        }
+        // Namespaces go with the fields (Netns::drop); their interfaces and attachments with them.
+        self.hosts.clear();
+        let _ = fs::remove_dir_all(&self.pin_root);
+        if std::env::var_os("XNET_LAB_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn stop_child(mut child: Child) -> ExitStatus {
+    // SAFETY: kill(2) on a child we own and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn is_bpffs(path: &str) -> bool {
+    let c = std::ffi::CString::new(path).expect("path");
+    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == 0xcafe4a11
+}
+
+/// FNV-1a, to compare what was sent with what arrived.
+struct Fnv(u64);
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+}
+
+/// Raw frames seen on an interface (AF_PACKET, both directions) while the capture runs.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Capture {
+    /// Starts capturing on `iface` inside `ns`; returns once the socket is bound.
+    pub fn start(ns: &Netns, iface: &str) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let iface = iface.to_string();
+        let stop2 = stop.clone();
+        let handle = ns.spawn(move || {
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2) call; the fd is owned right away.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let cname = std::ffi::CString::new(iface.clone()).expect("iface");
+            // SAFETY: NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+            assert!(ifindex != 0, "no interface {iface} to capture on");
+            // SAFETY: sockaddr_ll is plain data; zero is a valid starting value.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: valid fd and a sockaddr_ll of the size passed.
+            let rc = unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            // SAFETY: valid fd; option value is a timeval of the size passed.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            ready_tx.send(()).expect("ready");
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 1 << 17];
+            while !stop2.load(Ordering::SeqCst) {
+                // SAFETY: buf is valid for writes of its length.
+                let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    frames.push(buf[..n as usize].to_vec());
+                }
+            }
+            frames
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("capture did not start");
+        Capture { stop, handle }
+    }
+
+    /// Stops the capture and returns the frames.
+    pub fn finish(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("capture thread panicked")
+    }
+}

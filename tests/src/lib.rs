@@ -1,0 +1,5 @@
+//! The xnet lab: simulated hosts in network namespaces with real agents, shared by the integration
+//! tests, the demo and the benchmark.
+
+pub mod lab;
+pub mod netns;

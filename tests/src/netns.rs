@@ -1,0 +1,86 @@
+//! Network namespaces the lab creates, and running code inside them.
+
+use std::{
+    fs::File,
+    io,
+    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` with its loopback up.
+    pub fn create(name: &str) -> Self {
+        run_ok(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns { name: name.to_string() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside this namespace. Unlike `ip netns exec` it keeps the caller's mount
+    /// namespace, so bpffs pins stay visible (see TOOLCHAIN.md).
+    pub fn command(&self, program: &str) -> Command {
+        let file = File::open(self.path()).unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `file` is moved into the closure and stays open until
+        // exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// `ip -n <ns> args...`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let mut cmd = Command::new("ip");
+        cmd.arg("-n").arg(&self.name).args(args);
+        run_ok(&mut cmd);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (sockets it opens live there).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let file = File::open(self.path()).unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Runs `cmd` and panics with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

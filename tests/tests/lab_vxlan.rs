@@ -1,0 +1,153 @@
+//! Lab tests: real agents on simulated hosts, real traffic, VXLAN on the wire.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use xnet_tests::lab::{Capture, Lab, LabSpec};
+
+/// Outer VXLAN packets among captured frames: (outer src, outer dst, udp src port, udp dst port,
+/// VNI, inner src, inner dst).
+fn vxlan_packets(frames: &[Vec<u8>], port: u16) -> Vec<(Ipv4Addr, Ipv4Addr, u16, u16, u32, Ipv4Addr, Ipv4Addr)> {
+    let mut out = Vec::new();
+    for f in frames {
+        let Ok(p) = SlicedPacket::from_ethernet(f) else { continue };
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(udp))) = (&p.net, &p.transport) else { continue };
+        if udp.destination_port() != port {
+            continue;
+        }
+        let payload = udp.payload();
+        assert!(payload.len() >= 8 + 14 + 20, "VXLAN packet too short: {} bytes", payload.len());
+        assert_eq!(payload[0], 0x08, "VXLAN flags: I bit only");
+        let vni = u32::from_be_bytes([0, payload[4], payload[5], payload[6]]);
+        let inner = &payload[8 + 14..];
+        let inner_src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+        let inner_dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+        out.push((
+            ip.header().source_addr(),
+            ip.header().destination_addr(),
+            udp.source_port(),
+            udp.destination_port(),
+            vni,
+            inner_src,
+            inner_dst,
+        ));
+    }
+    out
+}
+
+#[test]
+fn three_hosts_ping_and_tcp_both_ways() {
+    let lab = Lab::start(LabSpec::default());
+    for from in lab.all_containers() {
+        for to in lab.all_containers() {
+            if from.0 == to.0 {
+                continue;
+            }
+            let ip = lab.container(to).ip;
+            assert!(lab.ping(from, ip), "ping {from:?} -> {to:?} ({ip}) failed\nlogs:\n{}", lab.log(from.0));
+        }
+    }
+    for (a, b) in [((1, 1), (2, 1)), ((2, 2), (1, 2)), ((3, 1), (1, 1)), ((1, 2), (3, 2))] {
+        lab.tcp_transfer(a, b, 4 << 20);
+    }
+    for i in 1..=3 {
+        let (encap, _) = lab.counter(i, "egress", "encap_vxlan");
+        let (decap, _) = lab.counter(i, "ingress", "decap_vxlan");
+        assert!(encap > 0 && decap > 0, "host {i}: encap {encap}, decap {decap}");
+    }
+}
+
+#[test]
+fn outer_headers_on_the_underlay_are_vxlan_between_public_ips() {
+    let spec = LabSpec { hosts: 2, vni: 4242, port: 4789, ..LabSpec::default() };
+    let lab = Lab::start(spec);
+    let capture = Capture::start(&lab.switch, &lab.host(2).switch_port);
+    let (from, to) = ((1, 1), (2, 2));
+    assert!(lab.ping(from, lab.container(to).ip));
+    let frames = capture.finish();
+    let packets = vxlan_packets(&frames, 4789);
+    let (c1, c2) = (lab.container(from).ip, lab.container(to).ip);
+    let (h1, h2) = (lab.host(1).public_ip, lab.host(2).public_ip);
+    let request = packets.iter().find(|p| p.5 == c1 && p.6 == c2).expect("echo request in VXLAN");
+    let reply = packets.iter().find(|p| p.5 == c2 && p.6 == c1).expect("echo reply in VXLAN");
+    assert_eq!((request.0, request.1, request.3, request.4), (h1, h2, 4789, 4242), "{request:?}");
+    assert_eq!((reply.0, reply.1, reply.3, reply.4), (h2, h1, 4789, 4242), "{reply:?}");
+    for p in [request, reply] {
+        assert!(p.2 >= 49152, "UDP source port {} from the flow hash range", p.2);
+    }
+    // Nothing of the overlay crosses the underlay unencapsulated.
+    for f in &frames {
+        if let Ok(p) = SlicedPacket::from_ethernet(f) {
+            if let Some(NetSlice::Ipv4(ip)) = &p.net {
+                let dst = ip.header().destination_addr().octets();
+                assert!(dst[..2] != [10, 244], "overlay packet on the underlay without a tunnel: {:?}", ip.header());
+            }
+        }
+    }
+}
+
+#[test]
+fn same_host_traffic_is_not_encapsulated() {
+    let lab = Lab::start(LabSpec { hosts: 2, ..LabSpec::default() });
+    let capture = Capture::start(&lab.switch, &lab.host(1).switch_port);
+    let (before, _) = lab.counter(1, "egress", "encap_vxlan");
+    for _ in 0..3 {
+        assert!(lab.ping((1, 1), lab.container((1, 2)).ip));
+    }
+    lab.tcp_transfer((1, 1), (1, 2), 1 << 20);
+    let frames = capture.finish();
+    let (after, _) = lab.counter(1, "egress", "encap_vxlan");
+    assert_eq!(after, before, "same-host traffic must not be encapsulated");
+    assert!(vxlan_packets(&frames, 8472).is_empty(), "no VXLAN on the underlay for same-host traffic");
+    // The same pair across hosts does get encapsulated: the counter can move.
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    assert!(lab.counter(1, "egress", "encap_vxlan").0 > after);
+}
+
+#[test]
+fn xdp_ingress_decapsulates_too() {
+    let lab = Lab::start(LabSpec { hosts: 2, ingress: "xdp", ..LabSpec::default() });
+    let attached = lab.attached_programs(1);
+    assert!(attached.contains(&"eth0/xdp:xnet_xdp_ingres".to_string()), "XDP program attached: {attached:?}");
+    assert!(!attached.iter().any(|a| a.contains("xnet_tc_ingress")), "no tc decap beside XDP: {attached:?}");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    assert!(lab.ping((2, 2), lab.container((1, 2)).ip));
+    lab.tcp_transfer((1, 1), (2, 1), 1 << 20);
+    lab.tcp_transfer((2, 1), (1, 1), 1 << 20);
+}
+
+#[test]
+fn a_normal_stop_leaves_nothing_attached_or_pinned() {
+    let mut lab = Lab::start(LabSpec { hosts: 2, ..LabSpec::default() });
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    let pin_dir = lab.host(1).pin_dir.clone();
+    assert!(pin_dir.join("REMOTE_SUBNETS").exists());
+    let attached = lab.attached_programs(1);
+    assert_eq!(
+        attached,
+        ["eth0/tcx-ingress:xnet_tc_ingress", "docker0/tcx-ingress:xnet_tc_egress"],
+        "attachments while the agent runs"
+    );
+    let status = lab.stop_agent(1);
+    assert!(status.success(), "agent exit status {status}\n{}", lab.log(1));
+    assert!(!pin_dir.exists(), "pin dir {} left behind", pin_dir.display());
+    let attached = lab.attached_programs(1);
+    assert!(attached.is_empty(), "programs still attached after stop: {attached:?}");
+    assert!(!lab.ping((1, 1), lab.container((2, 1)).ip), "no datapath, no cross-host traffic");
+}
+
+#[test]
+fn keep_datapath_survives_the_agent_and_a_new_agent_takes_over() {
+    let mut lab = Lab::start(LabSpec { hosts: 2, ..LabSpec::default() });
+    lab.stop_agent(1);
+    lab.start_agent(1, &["--keep-datapath"]);
+    let status = lab.stop_agent(1);
+    assert!(status.success(), "{}", lab.log(1));
+    assert!(lab.host(1).pin_dir.join("links").exists(), "pins kept");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "datapath forwards with no agent running");
+    let (encap_before, _) = lab.counter(1, "egress", "encap_vxlan");
+    lab.start_agent(1, &[]);
+    assert!(lab.log(1).contains("took_over=true"), "the new agent took the pinned links over:\n{}", lab.log(1));
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    assert!(lab.counter(1, "egress", "encap_vxlan").0 > encap_before, "counters survive the restart");
+}

@@ -1,0 +1,187 @@
+//! The ingress decision: which underlay packets are ours, and whether they may be delivered.
+
+use crate::maps::DatapathConfig;
+use crate::packet::Packet;
+use crate::stats::Outcome;
+use crate::wire::{
+    ETH_LEN, ETH_P_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UDP_LEN, UdpHdr, VXLAN_ENCAP_LEN,
+    VXLAN_FLAG_VNI, VXLAN_LEN, VxlanHdr,
+};
+
+/// Offsets of the VXLAN headers in a frame (outer IPv4 without options).
+pub const OUTER_UDP_OFFSET: usize = ETH_LEN + IPV4_LEN;
+pub const VXLAN_OFFSET: usize = OUTER_UDP_OFFSET + UDP_LEN;
+pub const INNER_ETH_OFFSET: usize = VXLAN_OFFSET + VXLAN_LEN;
+pub const INNER_IP_OFFSET: usize = INNER_ETH_OFFSET + ETH_LEN;
+
+/// What to do with a frame that arrived on the underlay interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapDecision {
+    /// Not overlay traffic: untouched.
+    Pass,
+    /// Overlay traffic that must not be delivered, with the reason.
+    Drop(Outcome),
+    /// VXLAN from a known peer for a local container: remove [`VXLAN_ENCAP_LEN`] bytes after the
+    /// outer Ethernet header and deliver.
+    DecapVxlan,
+}
+
+/// Bytes removed by [`DecapDecision::DecapVxlan`].
+pub const VXLAN_STRIP_LEN: usize = VXLAN_ENCAP_LEN;
+
+/// Decides what happens to `pkt`. A packet is ours once it is IPv4/UDP to the configured VXLAN port;
+/// anything cut short before that point is left to the kernel. `is_peer` says whether an outer
+/// source address belongs to a known peer.
+#[inline(always)]
+pub fn classify<P, F>(pkt: &P, cfg: &DatapathConfig, is_peer: F) -> DecapDecision
+where
+    P: Packet + ?Sized,
+    F: FnOnce(&[u8; 4]) -> bool,
+{
+    let Some(eth) = pkt.header::<EthHdr>(0) else {
+        return DecapDecision::Pass;
+    };
+    if eth.ethertype() != ETH_P_IPV4 {
+        return DecapDecision::Pass;
+    }
+    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
+        return DecapDecision::Pass;
+    };
+    // Outer headers with IP options are not something xnet or the kernel's vxlan send.
+    if ip.version_ihl != 0x45 || ip.protocol != IPPROTO_UDP {
+        return DecapDecision::Pass;
+    }
+    let fragment = ip.is_fragment();
+    if fragment && ip.flags_frag() & 0x1fff != 0 {
+        // A later fragment carries no UDP header: nothing says it is ours.
+        return DecapDecision::Pass;
+    }
+    let Some(udp) = pkt.header::<UdpHdr>(OUTER_UDP_OFFSET) else {
+        return DecapDecision::Pass;
+    };
+    if udp.dst_port != cfg.vxlan_port {
+        return DecapDecision::Pass;
+    }
+    // From here on the packet is addressed to our tunnel.
+    if fragment {
+        return DecapDecision::Drop(Outcome::DropOuterFragment);
+    }
+    if !is_peer(&ip.src) {
+        return DecapDecision::Drop(Outcome::DropUnknownPeer);
+    }
+    let Some(vxlan) = pkt.header::<VxlanHdr>(VXLAN_OFFSET) else {
+        return DecapDecision::Drop(Outcome::DropTruncated);
+    };
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 || vxlan.vni_reserved[..3] != cfg.vxlan_vni[..3] {
+        return DecapDecision::Drop(Outcome::DropBadVni);
+    }
+    let Some(inner_eth) = pkt.header::<EthHdr>(INNER_ETH_OFFSET) else {
+        return DecapDecision::Drop(Outcome::DropTruncated);
+    };
+    if inner_eth.ethertype() != ETH_P_IPV4 {
+        return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
+    }
+    let Some(inner_ip) = pkt.header::<Ipv4Hdr>(INNER_IP_OFFSET) else {
+        return DecapDecision::Drop(Outcome::DropTruncated);
+    };
+    if inner_ip.version() != 4 {
+        return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
+    }
+    if !cfg.is_local(&inner_ip.dst) {
+        return DecapDecision::Drop(Outcome::DropInnerNotLocal);
+    }
+    DecapDecision::DecapVxlan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{InnerInfo, VxlanLocal, VxlanRemote, vni_to_wire, vxlan_outer};
+    use std::vec::Vec;
+
+    const PEER: [u8; 4] = [198, 18, 0, 2];
+
+    fn cfg() -> DatapathConfig {
+        DatapathConfig {
+            local_ip: [198, 18, 0, 1],
+            local_subnet: [10, 244, 1, 0],
+            local_netmask: [255, 255, 255, 0],
+            vxlan_vni: vni_to_wire(1),
+            vxlan_port: 8472u16.to_be_bytes(),
+            ..Default::default()
+        }
+    }
+
+    /// A VXLAN frame from PEER carrying an inner IPv4 packet to `inner_dst`.
+    fn vxlan_frame(vni: u32, port: u16, inner_dst: [u8; 4]) -> Vec<u8> {
+        let mut inner_ip = std::vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 2, 2];
+        inner_ip.extend_from_slice(&inner_dst);
+        let local = VxlanLocal { ip: PEER, vtep_mac: [2, 0, 0, 0, 0, 2], port, vni };
+        let remote = VxlanRemote { ip: [198, 18, 0, 1], vtep_mac: [2, 0, 0, 0, 0, 1] };
+        let outer =
+            vxlan_outer(&local, &remote, &InnerInfo { ip_len: inner_ip.len(), tos: 0, flow_hash: 7 });
+        let mut f = std::vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        // SAFETY-free serialisation: VxlanOuter is a Header (repr(C), align 1, no padding).
+        let p = &outer as *const _ as *const u8;
+        f.extend_from_slice(unsafe { core::slice::from_raw_parts(p, VXLAN_ENCAP_LEN) });
+        f.extend_from_slice(&inner_ip);
+        f
+    }
+
+    fn known(ip: &[u8; 4]) -> bool {
+        *ip == PEER
+    }
+
+    #[test]
+    fn good_vxlan_is_decapsulated() {
+        let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::DecapVxlan);
+    }
+
+    #[test]
+    fn drops_name_their_reason() {
+        let c = cfg();
+        let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        assert_eq!(classify(&f[..], &c, |_| false), DecapDecision::Drop(Outcome::DropUnknownPeer));
+        let f = vxlan_frame(2, 8472, [10, 244, 1, 5]);
+        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadVni));
+        let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        f[VXLAN_OFFSET] = 0;
+        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadVni));
+        let f = vxlan_frame(1, 8472, [10, 244, 3, 5]);
+        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropInnerNotLocal));
+        let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        f[INNER_ETH_OFFSET + 12] = 0x86;
+        f[INNER_ETH_OFFSET + 13] = 0xdd;
+        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadInnerProtocol));
+        let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        f[ETH_LEN + 6] = 0x20; // MF
+        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropOuterFragment));
+    }
+
+    #[test]
+    fn other_ports_and_protocols_are_not_ours() {
+        let f = vxlan_frame(1, 4789, [10, 244, 1, 5]);
+        assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::Pass);
+        let mut tcp = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        tcp[ETH_LEN + 9] = 6;
+        assert_eq!(classify(&tcp[..], &cfg(), known), DecapDecision::Pass);
+    }
+
+    #[test]
+    fn truncation_at_every_header_boundary() {
+        let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        // Cut before we know the UDP port: not ours. Cut after: ours, truncated.
+        for cut in [0, ETH_LEN, ETH_LEN + 10, OUTER_UDP_OFFSET, OUTER_UDP_OFFSET + 3] {
+            assert_eq!(classify(&f[..cut], &cfg(), known), DecapDecision::Pass, "cut at {cut}");
+        }
+        for cut in [VXLAN_OFFSET, INNER_ETH_OFFSET, INNER_IP_OFFSET, INNER_IP_OFFSET + 19] {
+            assert_eq!(
+                classify(&f[..cut], &cfg(), known),
+                DecapDecision::Drop(Outcome::DropTruncated),
+                "cut at {cut}"
+            );
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The egress decision: which container packets leave the host in a tunnel.
+
+use crate::packet::Packet;
+use crate::wire::{ETH_LEN, ETH_P_IPV4, EthHdr, Ipv4Hdr};
+
+/// What to do with a frame that a container sent into the host.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EgressDecision<R> {
+    /// Not for a remote subnet (same-host traffic, traffic to the host, non-IPv4): untouched.
+    Pass,
+    /// For a remote subnet: encapsulate towards `route`.
+    Encapsulate {
+        route: R,
+        /// The inner TOS byte, for the outer header.
+        tos: u8,
+    },
+}
+
+/// Decides what happens to `pkt`; `lookup` finds the remote subnet holding an IPv4 destination
+/// (longest prefix match).
+#[inline(always)]
+pub fn classify<P, R, F>(pkt: &P, lookup: F) -> EgressDecision<R>
+where
+    P: Packet + ?Sized,
+    F: FnOnce(&[u8; 4]) -> Option<R>,
+{
+    let Some(eth) = pkt.header::<EthHdr>(0) else {
+        return EgressDecision::Pass;
+    };
+    if eth.ethertype() != ETH_P_IPV4 {
+        return EgressDecision::Pass;
+    }
+    // A truncated or non-v4 IP header is not ours to judge: the kernel drops it and counts it.
+    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
+        return EgressDecision::Pass;
+    };
+    if ip.version() != 4 {
+        return EgressDecision::Pass;
+    }
+    match lookup(&ip.dst) {
+        Some(route) => EgressDecision::Encapsulate { route, tos: ip.tos },
+        None => EgressDecision::Pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn frame(ethertype: u16, ip: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    }
+
+    fn ipv4(tos: u8, dst: [u8; 4]) -> Vec<u8> {
+        let mut h = std::vec![0x45, tos, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 2];
+        h.extend_from_slice(&dst);
+        h
+    }
+
+    fn remote(dst: &[u8; 4]) -> Option<u8> {
+        (dst[..3] == [10, 244, 2]).then_some(2)
+    }
+
+    #[test]
+    fn remote_destination_is_encapsulated_with_its_tos() {
+        let f = frame(0x0800, &ipv4(0xb8, [10, 244, 2, 7]));
+        assert_eq!(
+            classify(&f[..], remote),
+            EgressDecision::Encapsulate { route: 2, tos: 0xb8 }
+        );
+    }
+
+    #[test]
+    fn other_traffic_passes() {
+        let local = frame(0x0800, &ipv4(0, [10, 244, 1, 3]));
+        assert_eq!(classify(&local[..], remote), EgressDecision::Pass);
+        let arp = frame(0x0806, &[0; 28]);
+        assert_eq!(classify(&arp[..], remote), EgressDecision::Pass);
+        let short = frame(0x0800, &ipv4(0, [10, 244, 2, 7])[..19]);
+        assert_eq!(classify(&short[..], remote), EgressDecision::Pass);
+        let mut v6ish = ipv4(0, [10, 244, 2, 7]);
+        v6ish[0] = 0x65;
+        assert_eq!(classify(&frame(0x0800, &v6ish)[..], remote), EgressDecision::Pass);
+        assert_eq!(classify(&[0u8; 10][..], remote), EgressDecision::Pass);
+    }
+}

@@ -1,0 +1,132 @@
+//! Map names and the key/value types stored in them. Every map is a BTF map, so
+//! `bpftool map dump pinned <pin_dir>/<NAME>` prints these fields by name.
+
+/// LPM trie: remote subnet -> the host that owns it. Key: [`lpm key`](LpmKeyIpv4).
+pub const REMOTE_SUBNETS: &str = "REMOTE_SUBNETS";
+/// Hash: peer public IPv4 -> [`Peer`]. Decapsulation accepts packets only from these addresses.
+pub const PEERS: &str = "PEERS";
+/// Array of one [`DatapathConfig`]: this host's side of the tunnels.
+pub const CONFIG: &str = "CONFIG";
+/// Per-CPU array of [`Counter`], indexed by [`crate::stats::index`].
+pub const STATS: &str = "STATS";
+
+/// Every map, for pinning and cleanup.
+pub const ALL: [&str; 4] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS];
+
+pub const REMOTE_SUBNETS_MAX: u32 = 1 << 20;
+pub const PEERS_MAX: u32 = 1 << 20;
+
+/// Wire formats a peer may be reached with. Numbers are stored in maps: never reuse one.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Vxlan = 1,
+}
+
+impl Backend {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Vxlan),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vxlan => "vxlan",
+        }
+    }
+}
+
+/// Key layout of an IPv4 LPM trie: prefix length in bits (host order, as the kernel wants), then the
+/// address in network order. Identical to aya's `lpm_trie::Key<[u8; 4]>`.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LpmKeyIpv4 {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Value of [`REMOTE_SUBNETS`]: where to send packets for a remote subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RemoteSubnet {
+    /// The owning host's public (underlay) IPv4 address, network order.
+    pub peer_ip: [u8; 4],
+    /// Inner destination MAC for VXLAN: the peer's VTEP MAC.
+    pub vtep_mac: [u8; 6],
+    /// A [`Backend`] number.
+    pub backend: u8,
+    pub reserved: u8,
+}
+
+/// Value of [`PEERS`]: a host we exchange overlay traffic with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub vtep_mac: [u8; 6],
+    /// A [`Backend`] number: how we send to this peer.
+    pub backend: u8,
+    pub reserved: u8,
+}
+
+/// The single entry of [`CONFIG`]: this host's side of every tunnel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// ifindex of the underlay interface that encapsulated packets leave through.
+    pub underlay_ifindex: u32,
+    /// MTU of the underlay interface: larger non-GSO packets after encapsulation are dropped
+    /// (counted as too big) instead of vanishing in the driver.
+    pub underlay_mtu: u32,
+    /// This host's public IPv4 address: the outer source address, network order.
+    pub local_ip: [u8; 4],
+    /// This host's container subnet (network order) and its netmask: decapsulated packets must be
+    /// addressed into it.
+    pub local_subnet: [u8; 4],
+    pub local_netmask: [u8; 4],
+    /// VXLAN VNI as on the wire: 3 bytes of VNI, one reserved zero byte.
+    pub vxlan_vni: [u8; 4],
+    /// VXLAN UDP destination port, network order.
+    pub vxlan_port: [u8; 2],
+    /// This host's VTEP MAC: the inner source MAC of what it sends.
+    pub vtep_mac: [u8; 6],
+}
+
+/// Value of [`STATS`]: packets and bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<LpmKeyIpv4>() == 8);
+    assert!(core::mem::size_of::<RemoteSubnet>() == 12);
+    assert!(core::mem::size_of::<Peer>() == 8);
+    assert!(core::mem::size_of::<DatapathConfig>() == 32);
+    assert!(core::mem::size_of::<Counter>() == 16);
+};
+
+impl DatapathConfig {
+    pub fn vxlan_port(&self) -> u16 {
+        u16::from_be_bytes(self.vxlan_port)
+    }
+    /// Whether `addr` lies in this host's container subnet.
+    pub fn is_local(&self, addr: &[u8; 4]) -> bool {
+        u32::from_be_bytes(*addr) & u32::from_be_bytes(self.local_netmask)
+            == u32::from_be_bytes(self.local_subnet)
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: #[repr(C)] (or packed), no implicit padding (sizes asserted above), only integers and
+    // byte arrays: every bit pattern is valid.
+    unsafe impl aya::Pod for LpmKeyIpv4 {}
+    unsafe impl aya::Pod for RemoteSubnet {}
+    unsafe impl aya::Pod for Peer {}
+    unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,37 @@
+//! Bounds-checked access to packet headers, the one abstraction the packet logic needs.
+
+/// A header type that may be read straight out of packet memory.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, have an alignment of 1 (only `u8` and byte arrays inside)
+/// and accept every bit pattern, so that a reference to one may point anywhere into a packet.
+pub unsafe trait Header: Sized {}
+
+/// Read access to a packet's bytes, starting at its Ethernet header.
+pub trait Packet {
+    /// The packet's length in bytes, as the kernel counts it (for GSO packets, the whole
+    /// super-packet).
+    fn len(&self) -> usize;
+
+    /// Whether the packet is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The header of type `T` at byte `offset`, or `None` when the packet ends before it does.
+    fn header<T: Header>(&self, offset: usize) -> Option<&T>;
+}
+
+/// Host-side packets (tests, the agent's own tooling) are byte slices.
+impl Packet for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn header<T: Header>(&self, offset: usize) -> Option<&T> {
+        let bytes = self.get(offset..offset.checked_add(core::mem::size_of::<T>())?)?;
+        // SAFETY: `bytes` holds exactly size_of::<T>() initialised bytes; `T: Header` guarantees
+        // alignment 1 and that any bit pattern is a valid `T`.
+        Some(unsafe { &*bytes.as_ptr().cast::<T>() })
+    }
+}

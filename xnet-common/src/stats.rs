@@ -1,0 +1,140 @@
+//! Counters: every packet the programs see ends in exactly one [`Outcome`], counted per
+//! [`Direction`]. Outcome numbers are stored in maps and shown to operators: never reuse or
+//! renumber one; add new ones at the end of their range.
+
+/// Which way the packet travels.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Container -> underlay (the tc program on the container interfaces).
+    Egress = 0,
+    /// Underlay -> container (the XDP or tc program on the underlay interface).
+    Ingress = 1,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Egress, Direction::Ingress];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        }
+    }
+}
+
+/// Room for outcome numbers per direction.
+pub const OUTCOMES_PER_DIRECTION: u32 = 256;
+/// Entries in the STATS map.
+pub const STATS_ENTRIES: u32 = 2 * OUTCOMES_PER_DIRECTION;
+/// Outcomes numbered at or above this are drops.
+pub const FIRST_DROP: u32 = 128;
+
+/// What happened to a packet. 1..127: forwarded or passed; 128..255: dropped, by reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not overlay traffic: handed on untouched.
+    Passed = 1,
+    /// Encapsulated in VXLAN and sent to the peer.
+    EncapVxlan = 2,
+    /// VXLAN from a known peer, decapsulated and delivered.
+    DecapVxlan = 3,
+
+    /// Overlay traffic from an address that is not a known peer.
+    DropUnknownPeer = 128,
+    /// VXLAN to our port with another VNI, or without the VNI flag.
+    DropBadVni = 129,
+    /// Overlay traffic cut short inside its headers.
+    DropTruncated = 130,
+    /// The encapsulated inner frame is not IPv4.
+    DropBadInnerProtocol = 131,
+    /// The decapsulated packet is not addressed to this host's container subnet.
+    DropInnerNotLocal = 132,
+    /// Overlay traffic arriving as an outer IP fragment (xnet never fragments).
+    DropOuterFragment = 133,
+    /// The kernel refused to grow the packet for the outer headers.
+    DropEncapFailed = 134,
+    /// The kernel refused to shrink the packet when removing the outer headers.
+    DropDecapFailed = 135,
+    /// The encapsulated packet would exceed the underlay MTU (and is not GSO).
+    DropTooBig = 136,
+    /// The agent has not configured the datapath (CONFIG is empty).
+    DropNotConfigured = 137,
+    /// Redirecting the encapsulated packet to the underlay interface failed.
+    DropRedirectFailed = 138,
+}
+
+impl Outcome {
+    /// Every outcome, for listing counters.
+    pub const ALL: [Outcome; 14] = [
+        Outcome::Passed,
+        Outcome::EncapVxlan,
+        Outcome::DecapVxlan,
+        Outcome::DropUnknownPeer,
+        Outcome::DropBadVni,
+        Outcome::DropTruncated,
+        Outcome::DropBadInnerProtocol,
+        Outcome::DropInnerNotLocal,
+        Outcome::DropOuterFragment,
+        Outcome::DropEncapFailed,
+        Outcome::DropDecapFailed,
+        Outcome::DropTooBig,
+        Outcome::DropNotConfigured,
+        Outcome::DropRedirectFailed,
+    ];
+
+    pub fn is_drop(self) -> bool {
+        self as u32 >= FIRST_DROP
+    }
+
+    /// The stable, snake_case name used in the CLI and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::EncapVxlan => "encap_vxlan",
+            Self::DecapVxlan => "decap_vxlan",
+            Self::DropUnknownPeer => "unknown_peer",
+            Self::DropBadVni => "bad_vni",
+            Self::DropTruncated => "truncated",
+            Self::DropBadInnerProtocol => "bad_inner_protocol",
+            Self::DropInnerNotLocal => "inner_not_local",
+            Self::DropOuterFragment => "outer_fragment",
+            Self::DropEncapFailed => "encap_failed",
+            Self::DropDecapFailed => "decap_failed",
+            Self::DropTooBig => "too_big",
+            Self::DropNotConfigured => "not_configured",
+            Self::DropRedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+/// The STATS index of a direction and outcome.
+#[inline(always)]
+pub const fn index(direction: Direction, outcome: Outcome) -> u32 {
+    direction as u32 * OUTCOMES_PER_DIRECTION + outcome as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_are_distinct_and_in_range() {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in Direction::ALL {
+            for o in Outcome::ALL {
+                let i = index(d, o);
+                assert!(i < STATS_ENTRIES, "{d:?}/{o:?} index {i} out of range");
+                assert!(seen.insert(i), "{d:?}/{o:?} index {i} used twice");
+            }
+        }
+    }
+
+    #[test]
+    fn drops_are_numbered_as_drops() {
+        for o in Outcome::ALL {
+            let variant = std::format!("{o:?}");
+            assert_eq!(o.is_drop(), variant.starts_with("Drop"), "{variant} is numbered {}", o as u32);
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Wire formats: Ethernet, IPv4, UDP and VXLAN headers as byte-exact `#[repr(C)]` structs.
+//!
+//! Multi-byte fields are network-order byte arrays with typed getters, so there is no padding and
+//! no byte-order guesswork anywhere a header is read or written.
+
+use crate::packet::Header;
+
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const UDP_LEN: usize = 8;
+pub const VXLAN_LEN: usize = 8;
+
+/// Bytes that VXLAN adds in front of the inner IPv4 packet, between the outer Ethernet header and
+/// the inner IP header: outer IPv4 + UDP + VXLAN + inner Ethernet.
+pub const VXLAN_ENCAP_LEN: usize = IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
+/// What VXLAN costs in MTU: the overlay MTU is the underlay MTU minus this.
+pub const VXLAN_MTU_OVERHEAD: u32 = VXLAN_ENCAP_LEN as u32;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const IPPROTO_UDP: u8 = 17;
+/// The VXLAN flags byte with the I bit (valid VNI) set, RFC 7348 section 5.
+pub const VXLAN_FLAG_VNI: u8 = 0x08;
+/// IPv4 "don't fragment" bit in the flags/fragment-offset field.
+pub const IPV4_DF: u16 = 0x4000;
+/// IPv4 "more fragments" bit and fragment offset.
+pub const IPV4_MF_OFFSET: u16 = 0x3fff;
+/// TTL of outer headers xnet writes (the Linux default).
+pub const OUTER_TTL: u8 = 64;
+/// UDP source ports of encapsulated packets come from the flow hash, in this range (the upper half
+/// of the ephemeral range, as RFC 7348 recommends).
+pub const UDP_SRC_PORT_MIN: u16 = 49152;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ethertype: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub total_len: [u8; 2],
+    pub id: [u8; 2],
+    pub flags_frag: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub checksum: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UdpHdr {
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub len: [u8; 2],
+    pub checksum: [u8; 2],
+}
+
+/// RFC 7348 VXLAN header: flags, 24 reserved bits, 24-bit VNI, 8 reserved bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VxlanHdr {
+    pub flags: u8,
+    pub reserved: [u8; 3],
+    /// VNI in the first three bytes, a reserved byte last: exactly as on the wire.
+    pub vni_reserved: [u8; 4],
+}
+
+/// Everything VXLAN puts between the outer Ethernet header and the inner IPv4 packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VxlanOuter {
+    pub ip: Ipv4Hdr,
+    pub udp: UdpHdr,
+    pub vxlan: VxlanHdr,
+    pub inner_eth: EthHdr,
+}
+
+// SAFETY: all of these are #[repr(C)] structs of u8 and byte arrays: alignment 1, any bit pattern
+// is valid.
+unsafe impl Header for EthHdr {}
+unsafe impl Header for Ipv4Hdr {}
+unsafe impl Header for UdpHdr {}
+unsafe impl Header for VxlanHdr {}
+unsafe impl Header for VxlanOuter {}
+
+const _: () = {
+    assert!(core::mem::size_of::<EthHdr>() == ETH_LEN);
+    assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_LEN);
+    assert!(core::mem::size_of::<UdpHdr>() == UDP_LEN);
+    assert!(core::mem::size_of::<VxlanHdr>() == VXLAN_LEN);
+    assert!(core::mem::size_of::<VxlanOuter>() == VXLAN_ENCAP_LEN);
+};
+
+impl EthHdr {
+    pub fn ethertype(&self) -> u16 {
+        u16::from_be_bytes(self.ethertype)
+    }
+}
+
+impl Ipv4Hdr {
+    pub fn version(&self) -> u8 {
+        self.version_ihl >> 4
+    }
+    /// Header length in bytes.
+    pub fn header_len(&self) -> usize {
+        ((self.version_ihl & 0x0f) as usize) * 4
+    }
+    pub fn total_len(&self) -> u16 {
+        u16::from_be_bytes(self.total_len)
+    }
+    pub fn flags_frag(&self) -> u16 {
+        u16::from_be_bytes(self.flags_frag)
+    }
+    /// Whether this is a fragment (more fragments follow, or it is not the first).
+    pub fn is_fragment(&self) -> bool {
+        self.flags_frag() & IPV4_MF_OFFSET != 0
+    }
+}
+
+impl UdpHdr {
+    pub fn dst_port(&self) -> u16 {
+        u16::from_be_bytes(self.dst_port)
+    }
+    pub fn src_port(&self) -> u16 {
+        u16::from_be_bytes(self.src_port)
+    }
+}
+
+impl VxlanHdr {
+    pub fn vni(&self) -> u32 {
+        u32::from_be_bytes(self.vni_reserved) >> 8
+    }
+}
+
+/// The wire form of a VNI: three bytes of VNI followed by the reserved byte (zero).
+pub const fn vni_to_wire(vni: u32) -> [u8; 4] {
+    (vni << 8).to_be_bytes()
+}
+
+/// The UDP source port for a flow: spreads flows over [`UDP_SRC_PORT_MIN`]..=65535 so the underlay's
+/// ECMP and RSS see distinct flows, like the kernel's `udp_flow_src_port`.
+pub fn udp_src_port(flow_hash: u32) -> u16 {
+    let span = (u16::MAX - UDP_SRC_PORT_MIN) as u64 + 1;
+    UDP_SRC_PORT_MIN + (((flow_hash as u64) * span) >> 32) as u16
+}
+
+/// What the outer headers need to know about the packet being encapsulated.
+#[derive(Clone, Copy, Debug)]
+pub struct InnerInfo {
+    /// Length of the inner packet from its IP header on (the frame minus its Ethernet header).
+    pub ip_len: usize,
+    /// The inner IPv4 TOS byte, copied to the outer header so DSCP and ECN survive the tunnel.
+    pub tos: u8,
+    /// The flow hash that picks the UDP source port.
+    pub flow_hash: u32,
+}
+
+/// The local end of a VXLAN tunnel.
+#[derive(Clone, Copy, Debug)]
+pub struct VxlanLocal {
+    pub ip: [u8; 4],
+    pub vtep_mac: [u8; 6],
+    pub port: u16,
+    pub vni: u32,
+}
+
+/// The remote end of a VXLAN tunnel.
+#[derive(Clone, Copy, Debug)]
+pub struct VxlanRemote {
+    pub ip: [u8; 4],
+    pub vtep_mac: [u8; 6],
+}
+
+/// Builds the 50 bytes VXLAN inserts after the outer Ethernet header. The outer IPv4 header has DF
+/// set (xnet never relies on fragmentation: the overlay MTU leaves room), ID 0, TTL 64 and a correct
+/// checksum; the UDP checksum is 0, as RFC 7348 allows over IPv4. Lengths above 65535 (GSO
+/// super-packets) are clamped: segmentation rewrites them per segment.
+pub fn vxlan_outer(local: &VxlanLocal, remote: &VxlanRemote, inner: &InnerInfo) -> VxlanOuter {
+    let udp_len = clamp_u16(UDP_LEN + VXLAN_LEN + ETH_LEN + inner.ip_len);
+    let ip_len = clamp_u16(IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN + inner.ip_len);
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: inner.tos,
+        total_len: ip_len.to_be_bytes(),
+        id: [0, 0],
+        flags_frag: IPV4_DF.to_be_bytes(),
+        ttl: OUTER_TTL,
+        protocol: IPPROTO_UDP,
+        checksum: [0, 0],
+        src: local.ip,
+        dst: remote.ip,
+    };
+    ip.checksum = crate::csum::ipv4_header(&ip);
+    VxlanOuter {
+        ip,
+        udp: UdpHdr {
+            src_port: udp_src_port(inner.flow_hash).to_be_bytes(),
+            dst_port: local.port.to_be_bytes(),
+            len: udp_len.to_be_bytes(),
+            checksum: [0, 0],
+        },
+        vxlan: VxlanHdr {
+            flags: VXLAN_FLAG_VNI,
+            reserved: [0; 3],
+            vni_reserved: vni_to_wire(local.vni),
+        },
+        inner_eth: EthHdr {
+            dst: remote.vtep_mac,
+            src: local.vtep_mac,
+            ethertype: ETH_P_IPV4.to_be_bytes(),
+        },
+    }
+}
+
+fn clamp_u16(n: usize) -> u16 {
+    if n > u16::MAX as usize {
+        u16::MAX
+    } else {
+        n as u16
+    }
+}

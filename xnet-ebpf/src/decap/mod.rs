@@ -1,0 +1,68 @@
+//! Decapsulation, written once for XDP and tc: [`run`] classifies with the shared decision and
+//! asks the context to remove the outer headers.
+
+mod vxlan;
+
+use aya_ebpf::{
+    EbpfContext,
+    programs::{TcContext, XdpContext},
+};
+use xnet_common::{
+    decap::{self, DecapDecision},
+    packet::Packet,
+    stats::Outcome,
+};
+
+use crate::{CONFIG, PEERS, ptr};
+
+/// What decapsulation needs from a program type.
+pub trait IngressContext: EbpfContext {
+    type View<'a>: Packet
+    where
+        Self: 'a;
+    fn view(&self) -> Self::View<'_>;
+    /// Removes `len` bytes right after the Ethernet header, keeping the outer Ethernet addresses
+    /// (they name this host, so the stack accepts the frame as its own).
+    fn strip_after_eth(&self, len: usize) -> Result<(), ()>;
+}
+
+impl IngressContext for TcContext {
+    type View<'a> = ptr::TcPacket<'a>;
+    fn view(&self) -> Self::View<'_> {
+        ptr::TcPacket(self)
+    }
+    #[inline(always)]
+    fn strip_after_eth(&self, len: usize) -> Result<(), ()> {
+        vxlan::strip_tc(self, len)
+    }
+}
+
+impl IngressContext for XdpContext {
+    type View<'a> = ptr::XdpPacket<'a>;
+    fn view(&self) -> Self::View<'_> {
+        ptr::XdpPacket(self)
+    }
+    #[inline(always)]
+    fn strip_after_eth(&self, len: usize) -> Result<(), ()> {
+        vxlan::strip_xdp(self, len)
+    }
+}
+
+/// Decapsulates `ctx` if it is tunnelled traffic for us; returns what happened.
+#[inline(always)]
+pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Outcome::Passed;
+    };
+    // SAFETY (of the `get` below): the value is copied out at once; a concurrent update by the agent
+    // can at worst make this one packet see the old or new peer entry.
+    let decision = decap::classify(&ctx.view(), cfg, |src| unsafe { PEERS.get(src) }.is_some());
+    match decision {
+        DecapDecision::Pass => Outcome::Passed,
+        DecapDecision::Drop(reason) => reason,
+        DecapDecision::DecapVxlan => match ctx.strip_after_eth(decap::VXLAN_STRIP_LEN) {
+            Ok(()) => Outcome::DecapVxlan,
+            Err(()) => Outcome::DropDecapFailed,
+        },
+    }
+}

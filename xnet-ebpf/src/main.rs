@@ -1,0 +1,99 @@
+//! xnet's kernel programs: maps and entry points only. The packet decisions live in `xnet-common`
+//! (shared with host tests); this crate applies them to live packets.
+#![no_std]
+#![no_main]
+
+mod decap;
+mod encap;
+mod ptr;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use xnet_common::{
+    egress::{self, EgressDecision},
+    maps::{
+        Counter, DatapathConfig, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX, RemoteSubnet,
+    },
+    stats::{Direction, Outcome, STATS_ENTRIES},
+};
+
+/// Remote subnet -> the host that owns it (longest prefix match on the inner destination).
+#[btf_map]
+static REMOTE_SUBNETS: LpmTrie<[u8; 4], RemoteSubnet, { REMOTE_SUBNETS_MAX as usize }> =
+    LpmTrie::new();
+
+/// Peer public IPv4 -> peer. Only these may send us tunnelled traffic.
+#[btf_map]
+static PEERS: HashMap<[u8; 4], Peer, { PEERS_MAX as usize }> = HashMap::new();
+
+/// This host's side of the tunnels; entry 0.
+#[btf_map]
+static CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+/// Packets and bytes by direction and outcome (see `xnet_common::stats`).
+#[btf_map]
+static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::new();
+
+/// tc, where container traffic enters the host (ingress hook of the container bridge):
+/// encapsulates packets for remote subnets and redirects them to the underlay interface.
+#[classifier]
+pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let (outcome, action) = match egress_packet(&ctx) {
+        Ok(sent) => sent,
+        Err(drop) => (drop, TC_ACT_SHOT as i32),
+    };
+    stats::count(Direction::Egress, outcome, len);
+    action
+}
+
+fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
+    let pkt = ptr::TcPacket(ctx);
+    let decision = egress::classify(&pkt, |dst| {
+        REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied()
+    });
+    let EgressDecision::Encapsulate { route, tos } = decision else {
+        return Ok((Outcome::Passed, TC_ACT_OK as i32));
+    };
+    let cfg = CONFIG.get(0).copied().ok_or(Outcome::DropNotConfigured)?;
+    if cfg.underlay_ifindex == 0 {
+        return Err(Outcome::DropNotConfigured);
+    }
+    encap::vxlan::encapsulate(ctx, &cfg, &route, tos)?;
+    let action = encap::redirect_to_underlay(&cfg)?;
+    Ok((Outcome::EncapVxlan, action))
+}
+
+/// tc ingress on the underlay interface: decapsulates tunnelled traffic from known peers.
+#[classifier]
+pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let outcome = decap::run(&ctx);
+    stats::count(Direction::Ingress, outcome, len);
+    if outcome.is_drop() { TC_ACT_SHOT as i32 } else { TC_ACT_OK as i32 }
+}
+
+/// XDP on the underlay interface: the same decapsulation as `xnet_tc_ingress`, before the kernel
+/// allocates an skb (for NICs that run XDP natively).
+#[xdp]
+pub fn xnet_xdp_ingress(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let outcome = decap::run(&ctx);
+    stats::count(Direction::Ingress, outcome, len);
+    if outcome.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,13 @@
+//! Builds the eBPF programs (crate `xnet-ebpf`, nightly, bpfel-unknown-none) into OUT_DIR/xnet, so
+//! a plain `cargo build` of the agent embeds an up-to-date object.
+fn main() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ebpf_dir = root.join("xnet-ebpf");
+    let common_dir = root.join("xnet-common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
+    let ebpf_dir = ebpf_dir.to_str().expect("workspace path is UTF-8");
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "xnet-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        aya_build::Toolchain::default(),
+    )
+}

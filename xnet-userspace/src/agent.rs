@@ -1,0 +1,188 @@
+//! `xnet run`: validate, set up the datapath, report readiness, wait for a signal, tear down.
+//!
+//! Order matters: everything that can be checked without changing the host is checked first, so a
+//! bad config leaves nothing behind; after that any failure rolls back what this run created.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use xnet_common::{
+    maps::{Backend as WireBackend, DatapathConfig, Peer, RemoteSubnet},
+    wire::{VXLAN_MTU_OVERHEAD, vni_to_wire},
+};
+
+use crate::{
+    config::{Config, IngressMode},
+    datapath::{self, Datapath, Hook},
+    host::{self, HostError, HostPlan, Interface},
+    metrics,
+    subnet::{Ipv4Net, Mac},
+};
+
+/// Everything the agent resolved about this host before touching it.
+pub struct Plan {
+    pub config: Config,
+    pub underlay: Interface,
+    pub container_ifaces: Vec<Interface>,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    pub ingress: Hook,
+    pub overlay_mtu: u32,
+}
+
+impl Plan {
+    /// Looks up the interfaces and fills in the defaults that depend on the host.
+    pub fn resolve(config: Config) -> Result<Self, HostError> {
+        let underlay = Interface::find(&config.iface, "iface")?;
+        let container_ifaces = config
+            .container_ifaces
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Interface::find(name, &format!("container_ifaces[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let public_ip = match config.public_ip {
+            Some(ip) => ip,
+            None => *underlay.ipv4.first().ok_or_else(|| HostError::NoAddress { name: underlay.name.clone() })?,
+        };
+        let vtep_mac = config.vtep_mac.unwrap_or_else(|| Mac::from_ipv4(public_ip));
+        let ingress = match config.backend.ingress {
+            IngressMode::Xdp => Hook::XdpIngress,
+            IngressMode::Tc => Hook::TcIngress,
+            // XDP on a virtual device such as a veth costs the sender its GSO: tc there.
+            IngressMode::Auto if underlay.is_virtual() => Hook::TcIngress,
+            IngressMode::Auto => Hook::XdpIngress,
+        };
+        let overlay_mtu = underlay.mtu - VXLAN_MTU_OVERHEAD;
+        host::check_bpffs(&config.pin_dir)?;
+        Ok(Self { config, underlay, container_ifaces, public_ip, vtep_mac, ingress, overlay_mtu })
+    }
+
+    pub fn datapath_config(&self) -> DatapathConfig {
+        DatapathConfig {
+            underlay_ifindex: self.underlay.index,
+            underlay_mtu: self.underlay.mtu,
+            local_ip: self.public_ip.octets(),
+            local_subnet: self.config.subnet.addr().octets(),
+            local_netmask: self.config.subnet.netmask().octets(),
+            vxlan_vni: vni_to_wire(self.config.backend.vni),
+            vxlan_port: self.config.backend.port.to_be_bytes(),
+            vtep_mac: self.vtep_mac.0,
+        }
+    }
+
+    pub fn routes(&self) -> (BTreeMap<Ipv4Net, RemoteSubnet>, BTreeMap<[u8; 4], Peer>) {
+        let mut routes = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        for p in &self.config.peers {
+            let backend = WireBackend::Vxlan as u8;
+            routes.insert(
+                p.subnet,
+                RemoteSubnet { peer_ip: p.public_ip.octets(), vtep_mac: p.vtep_mac.0, backend, reserved: 0 },
+            );
+            peers.insert(p.public_ip.octets(), Peer { vtep_mac: p.vtep_mac.0, backend, reserved: 0 });
+        }
+        (routes, peers)
+    }
+}
+
+/// Brings the datapath up for `plan`. On failure, a pin directory this call created is removed
+/// again; one that an earlier agent left (a takeover) is left as it was, still forwarding.
+fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
+    let pin_dir = &plan.config.pin_dir;
+    let fresh = !pin_dir.exists();
+    let result = (|| -> anyhow::Result<Datapath> {
+        let mut dp = Datapath::load(pin_dir)?;
+        dp.set_config(&plan.datapath_config())?;
+        let (routes, peers) = plan.routes();
+        dp.sync_routes(&routes, &peers)?;
+        host::apply(&HostPlan {
+            underlay: &plan.underlay,
+            container_ifaces: &plan.container_ifaces,
+            network: plan.config.network,
+            overlay_mtu: plan.overlay_mtu,
+        })?;
+        dp.attach(plan.ingress, &plan.underlay.name)?;
+        for c in &plan.container_ifaces {
+            dp.attach(Hook::TcEgress, &c.name)?;
+        }
+        dp.detach_stale()?;
+        Ok(dp)
+    })();
+    if result.is_err() && fresh {
+        if let Err(e) = datapath::remove_all(pin_dir) {
+            tracing::warn!(error = %e, "could not remove what this run pinned");
+        }
+    }
+    result
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let plan = Plan::resolve(config)?;
+    let dp = bring_up(&plan)?;
+
+    let metrics_task = match plan.config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on metrics_addr {addr} from {}", config_path.display()))?;
+            Some(tokio::spawn(metrics::serve(listener, plan.config.pin_dir.clone(), plan.config.peers.len())))
+        }
+        None => None,
+    };
+
+    tracing::info!(
+        subnet = %plan.config.subnet,
+        public_ip = %plan.public_ip,
+        vtep_mac = %plan.vtep_mac,
+        peers = plan.config.peers.len(),
+        mtu = plan.overlay_mtu,
+        ingress = ?plan.ingress,
+        pin_dir = %plan.config.pin_dir.display(),
+        "xnet ready"
+    );
+    notify_ready();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let pin_dir = dp.pin_dir().to_path_buf();
+    drop(dp);
+    if keep_datapath {
+        tracing::info!(pin_dir = %pin_dir.display(), "stopping; datapath left attached and pinned (--keep-datapath)");
+    } else {
+        datapath::remove_all(&pin_dir)?;
+        if let Some(bridge) = plan.container_ifaces.first() {
+            host::remove_route(plan.config.network, &bridge.name);
+        }
+        tracing::info!("stopped; datapath detached and unpinned");
+    }
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) that the agent is ready, when started by it.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "sd_notify: no socket"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

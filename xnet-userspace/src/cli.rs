@@ -1,0 +1,58 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_PIN_DIR;
+
+/// xnet: an eBPF overlay network for containers (flannel's model, an in-kernel datapath).
+#[derive(Debug, Parser)]
+#[command(name = "xnet", version)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG also works.
+    #[arg(long, global = true, env = "XNET_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: set up the datapath from a config file and keep it until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show the datapath's packet and byte counters (works while the agent is stopped).
+    Stats(StatsArgs),
+    /// Detach every xnet program and remove every pin under the pin directory.
+    Cleanup(PinDirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The static config file (TOML; see README).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// On exit, leave the datapath attached and its pins in place: traffic keeps flowing and the
+    /// next agent takes it over without a gap.
+    #[arg(long)]
+    pub keep_datapath: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinDirArg {
+    /// The pin directory of the datapath to act on.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list counters that are zero.
+    #[arg(long)]
+    pub all: bool,
+}

@@ -1,0 +1,398 @@
+//! The static config file: parsing and validation. Nothing here touches the host; [`Config::parse`]
+//! turns text into a checked [`Config`] or one [`ConfigError`] that names the file, the key and
+//! what to do.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::subnet::{Ipv4Net, Mac, NetParseError};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnet";
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+pub const DEFAULT_VNI: u32 = 1;
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// A config file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {error}")]
+    Read { file: PathBuf, error: std::io::Error },
+    #[error("config file {file} is not valid TOML for xnet: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("config file {file}: `{key}` {message}")]
+    Invalid { file: PathBuf, key: String, message: String },
+}
+
+/// How decapsulation attaches to the underlay interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressMode {
+    /// XDP on NICs that have a driver behind them, tc on virtual devices (veth: XDP there turns off
+    /// the peer's GSO, see TOOLCHAIN.md).
+    Auto,
+    Xdp,
+    Tc,
+}
+
+/// The tunnel settings of this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub vni: u32,
+    pub port: u16,
+    pub ingress: IngressMode,
+}
+
+/// A remote host and the subnet its containers use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+}
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub network: Ipv4Net,
+    pub subnet: Ipv4Net,
+    pub iface: String,
+    /// `None`: the first IPv4 address of `iface`, found when the agent starts.
+    pub public_ip: Option<Ipv4Addr>,
+    pub container_ifaces: Vec<String>,
+    /// `None`: derived from the public IP ([`Mac::from_ipv4`]).
+    pub vtep_mac: Option<Mac>,
+    pub pin_dir: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    pub backend: Backend,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    network: String,
+    subnet: String,
+    iface: String,
+    public_ip: Option<String>,
+    container_ifaces: Vec<String>,
+    vtep_mac: Option<String>,
+    pin_dir: Option<PathBuf>,
+    metrics_addr: Option<String>,
+    #[serde(default)]
+    backend: RawBackend,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    #[serde(rename = "type", default = "default_backend_type")]
+    kind: String,
+    vni: Option<i64>,
+    port: Option<i64>,
+    ingress: Option<IngressMode>,
+}
+
+impl Default for RawBackend {
+    fn default() -> Self {
+        Self { kind: default_backend_type(), vni: None, port: None, ingress: None }
+    }
+}
+
+fn default_backend_type() -> String {
+    "vxlan".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    subnet: String,
+    public_ip: String,
+    vtep_mac: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { file: path.to_owned(), error })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names the file in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: path.to_owned(),
+            message: e.message().to_string() + &line_of(text, e.span()),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: path.to_owned(),
+            key: key.to_string(),
+            message,
+        };
+        let net = |key: &str, value: &str| -> Result<Ipv4Net, ConfigError> {
+            value.parse::<Ipv4Net>().map_err(|e| match e {
+                NetParseError::Syntax(_) => invalid(key, format!("is {e}")),
+                NetParseError::HostBits { network, .. } => invalid(
+                    key,
+                    format!("= \"{value}\" has host bits set; write \"{network}\""),
+                ),
+            })
+        };
+        let ip = |key: &str, value: &str| -> Result<Ipv4Addr, ConfigError> {
+            value.parse().map_err(|_| {
+                invalid(key, format!("= \"{value}\" is not an IPv4 address such as 198.18.0.1"))
+            })
+        };
+        let mac = |key: &str, value: &str| -> Result<Mac, ConfigError> {
+            let m: Mac = value.parse().map_err(|e: String| invalid(key, format!("is {e}")))?;
+            if !m.is_unicast() || m.is_zero() {
+                return Err(invalid(key, format!("= \"{m}\" must be a unicast, non-zero MAC")));
+            }
+            Ok(m)
+        };
+        let iface = |key: &str, value: &str| -> Result<String, ConfigError> {
+            if value.is_empty() || value.len() > 15 || value.contains(['/', ' ', '\0']) {
+                return Err(invalid(key, format!("= \"{value}\" is not an interface name")));
+            }
+            Ok(value.to_string())
+        };
+
+        let network = net("network", &raw.network)?;
+        let subnet = net("subnet", &raw.subnet)?;
+        if !network.contains(&subnet) || subnet == network {
+            return Err(invalid(
+                "subnet",
+                format!(
+                    "= \"{subnet}\" must be a smaller subnet inside `network` = \"{network}\""
+                ),
+            ));
+        }
+        if subnet.prefix() > 30 {
+            return Err(invalid(
+                "subnet",
+                format!("= \"{subnet}\" leaves no room for containers; use /30 or larger"),
+            ));
+        }
+        let iface_name = iface("iface", &raw.iface)?;
+        let public_ip = raw.public_ip.as_deref().map(|v| ip("public_ip", v)).transpose()?;
+        if raw.container_ifaces.is_empty() {
+            return Err(invalid(
+                "container_ifaces",
+                "is empty; name the bridge your containers are attached to, e.g. [\"docker0\"]"
+                    .into(),
+            ));
+        }
+        let mut container_ifaces = Vec::new();
+        for (i, name) in raw.container_ifaces.iter().enumerate() {
+            let name = iface(&format!("container_ifaces[{i}]"), name)?;
+            if name == iface_name {
+                return Err(invalid(
+                    &format!("container_ifaces[{i}]"),
+                    format!("= \"{name}\" is also `iface`; containers and the underlay need different interfaces"),
+                ));
+            }
+            if container_ifaces.contains(&name) {
+                return Err(invalid(&format!("container_ifaces[{i}]"), format!("= \"{name}\" is listed twice")));
+            }
+            container_ifaces.push(name);
+        }
+        let vtep_mac = raw.vtep_mac.as_deref().map(|v| mac("vtep_mac", v)).transpose()?;
+        let pin_dir = raw.pin_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+        if !pin_dir.is_absolute() {
+            return Err(invalid("pin_dir", format!("= \"{}\" must be an absolute path on bpffs", pin_dir.display())));
+        }
+        let metrics_addr = raw
+            .metrics_addr
+            .as_deref()
+            .map(|v| {
+                v.parse::<SocketAddr>().map_err(|_| {
+                    invalid("metrics_addr", format!("= \"{v}\" is not an address:port such as 127.0.0.1:9436"))
+                })
+            })
+            .transpose()?;
+
+        let backend = match raw.backend.kind.as_str() {
+            "vxlan" => {
+                let vni = raw.backend.vni.unwrap_or(DEFAULT_VNI as i64);
+                if !(1..=MAX_VNI as i64).contains(&vni) {
+                    return Err(invalid("backend.vni", format!("= {vni} must be between 1 and {MAX_VNI}")));
+                }
+                let port = raw.backend.port.unwrap_or(DEFAULT_VXLAN_PORT as i64);
+                if !(1..=65535).contains(&port) {
+                    return Err(invalid("backend.port", format!("= {port} must be a UDP port between 1 and 65535")));
+                }
+                Backend {
+                    vni: vni as u32,
+                    port: port as u16,
+                    ingress: raw.backend.ingress.unwrap_or(IngressMode::Auto),
+                }
+            }
+            "udp" | "gre" | "direct" => {
+                return Err(invalid(
+                    "backend.type",
+                    format!("= \"{}\" is not available in this version of xnet yet; use \"vxlan\"", raw.backend.kind),
+                ));
+            }
+            other => {
+                return Err(invalid("backend.type", format!("= \"{other}\" is unknown; use \"vxlan\"")));
+            }
+        };
+
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        for (i, p) in raw.peers.iter().enumerate() {
+            let key = |k: &str| format!("peer[{i}].{k}");
+            let psubnet = net(&key("subnet"), &p.subnet)?;
+            if !network.contains(&psubnet) {
+                return Err(invalid(&key("subnet"), format!("= \"{psubnet}\" is outside `network` = \"{network}\"")));
+            }
+            if psubnet.overlaps(&subnet) {
+                return Err(invalid(
+                    &key("subnet"),
+                    format!("= \"{psubnet}\" overlaps this host's `subnet` = \"{subnet}\"; every host needs its own subnet"),
+                ));
+            }
+            let pip = ip(&key("public_ip"), &p.public_ip)?;
+            if Some(pip) == public_ip {
+                return Err(invalid(&key("public_ip"), format!("= \"{pip}\" is this host's own `public_ip`")));
+            }
+            let pmac = match &p.vtep_mac {
+                Some(v) => mac(&key("vtep_mac"), v)?,
+                None => Mac::from_ipv4(pip),
+            };
+            for (j, q) in peers.iter().enumerate() {
+                if q.subnet.overlaps(&psubnet) {
+                    return Err(invalid(
+                        &key("subnet"),
+                        format!("= \"{psubnet}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet", q.subnet),
+                    ));
+                }
+                if q.public_ip == pip {
+                    return Err(invalid(
+                        &key("public_ip"),
+                        format!("= \"{pip}\" is already peer[{j}]; list each peer host once"),
+                    ));
+                }
+            }
+            peers.push(PeerConfig { subnet: psubnet, public_ip: pip, vtep_mac: pmac });
+        }
+
+        Ok(Config {
+            file: path.to_owned(),
+            network,
+            subnet,
+            iface: iface_name,
+            public_ip,
+            container_ifaces,
+            vtep_mac,
+            pin_dir,
+            metrics_addr,
+            backend,
+            peers,
+        })
+    }
+}
+
+/// " (line N)" for a TOML error span, so the message points into the file.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => format!(" (line {})", text[..r.start.min(text.len())].lines().count().max(1)),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+network = "10.244.0.0/16"
+subnet = "10.244.1.0/24"
+iface = "eth0"
+public_ip = "198.18.0.1"
+container_ifaces = ["docker0"]
+vtep_mac = "02:00:c6:12:00:01"
+pin_dir = "/sys/fs/bpf/xnet"
+metrics_addr = "127.0.0.1:9436"
+[backend]
+type = "vxlan"
+vni = 1
+port = 8472
+ingress = "auto"
+[[peer]]
+subnet = "10.244.2.0/24"
+public_ip = "198.18.0.2"
+vtep_mac = "02:00:c6:12:00:02"
+[[peer]]
+subnet = "10.244.3.0/24"
+public_ip = "198.18.0.3"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/xnet/xnet.toml"), text)
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(c.backend, Backend { vni: 1, port: 8472, ingress: IngressMode::Auto });
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[1].vtep_mac.to_string(), "02:00:c6:12:00:03", "default VTEP MAC");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(
+            "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\niface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend { vni: 1, port: 8472, ingress: IngressMode::Auto });
+        assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!((c.public_ip, c.vtep_mac, c.metrics_addr), (None, None, None));
+    }
+
+    /// Each bad config gives its own message naming the key and the fix.
+    #[test]
+    fn bad_configs_are_refused_with_their_message() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("subnet = \"10.244.1.0/24\"", "subnet = \"10.245.1.0/24\"", &["`subnet`", "inside `network`"]),
+            ("network = \"10.244.0.0/16\"", "network = \"10.244.0.1/16\"", &["`network`", "host bits", "10.244.0.0/16"]),
+            ("subnet = \"10.244.2.0/24\"\npublic_ip = \"198.18.0.2\"", "subnet = \"10.244.1.128/25\"\npublic_ip = \"198.18.0.2\"", &["peer[0].subnet", "overlaps this host"]),
+            ("subnet = \"10.244.3.0/24\"", "subnet = \"10.244.2.0/23\"", &["peer[1].subnet", "overlaps peer[0]"]),
+            ("public_ip = \"198.18.0.3\"", "public_ip = \"198.18.0.2\"", &["peer[1].public_ip", "already peer[0]"]),
+            ("subnet = \"10.244.3.0/24\"", "subnet = \"10.99.3.0/24\"", &["peer[1].subnet", "outside `network`"]),
+            ("public_ip = \"198.18.0.1\"", "public_ip = \"198.18.0.300\"", &["`public_ip`", "not an IPv4 address"]),
+            ("vtep_mac = \"02:00:c6:12:00:01\"", "vtep_mac = \"02:00:c6:12:00\"", &["`vtep_mac`", "not a MAC"]),
+            ("vtep_mac = \"02:00:c6:12:00:01\"", "vtep_mac = \"01:00:5e:00:00:01\"", &["`vtep_mac`", "unicast"]),
+            ("vni = 1", "vni = 16777216", &["`backend.vni`", "between 1 and"]),
+            ("port = 8472", "port = 70000", &["`backend.port`", "UDP port"]),
+            ("type = \"vxlan\"", "type = \"gre\"", &["`backend.type`", "use \"vxlan\""]),
+            ("type = \"vxlan\"", "type = \"ipip\"", &["`backend.type`", "unknown"]),
+            ("ingress = \"auto\"", "ingress = \"ebpf\"", &["not valid TOML", "ingress", "line"]),
+            ("container_ifaces = [\"docker0\"]", "container_ifaces = []", &["`container_ifaces`", "is empty"]),
+            ("container_ifaces = [\"docker0\"]", "container_ifaces = [\"eth0\"]", &["container_ifaces[0]", "also `iface`"]),
+            ("iface = \"eth0\"", "iface = \"an-interface-name-too-long\"", &["`iface`", "not an interface name"]),
+            ("pin_dir = \"/sys/fs/bpf/xnet\"", "pin_dir = \"xnet\"", &["`pin_dir`", "absolute"]),
+            ("metrics_addr = \"127.0.0.1:9436\"", "metrics_addr = \"localhost\"", &["`metrics_addr`", "address:port"]),
+            ("iface = \"eth0\"", "iface = \"eth0\"\nifaces = 3", &["not valid TOML", "unknown field `ifaces`"]),
+        ];
+        for (from, to, expected) in cases {
+            assert!(GOOD.contains(from), "test case edits text that is not there: {from}");
+            let text = GOOD.replacen(from, to, 1);
+            let err = parse(&text).expect_err(&format!("config with {to:?} must be refused"));
+            let msg = err.to_string();
+            assert!(msg.contains("/etc/xnet/xnet.toml"), "message must name the file: {msg}");
+            for e in *expected {
+                assert!(msg.contains(e), "message for {to:?} should contain {e:?}: {msg}");
+            }
+            assert_eq!(msg.lines().count(), 1, "one sentence, one line: {msg}");
+        }
+    }
+}

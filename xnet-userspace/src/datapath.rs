@@ -1,0 +1,287 @@
+//! The kernel side as the agent sees it: load the programs, pin and reconcile the maps, attach
+//! (or take over an earlier agent's attachments without a gap), and detach.
+//!
+//! Pinned state under the pin directory:
+//! - `<MAP>` for every map in `xnet_common::maps::ALL`;
+//! - `links/<program>@<interface>` for every attachment (TCX or XDP bpf_links).
+//!
+//! While those pins exist the datapath keeps forwarding, with or without an agent.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use xnet_common::maps::{self, DatapathConfig, Peer, RemoteSubnet};
+
+use crate::{EBPF_OBJECT, programs, subnet::Ipv4Net};
+
+/// A datapath operation that failed, naming what it was done to.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot create pin directory {path}: {error}")]
+    PinDir { path: PathBuf, error: io::Error },
+    #[error("cannot load the eBPF object (maps pinned under {pin_dir}): {error}; if an older xnet left incompatible pins, run `xnet cleanup --pin-dir {pin_dir}`")]
+    Load { pin_dir: PathBuf, error: Box<aya::EbpfError> },
+    #[error("the kernel refused program {program}: {error}")]
+    Program { program: &'static str, error: Box<aya::programs::ProgramError> },
+    #[error("cannot attach {program} to interface {iface}: {detail}")]
+    Attach { program: &'static str, iface: String, detail: String },
+    #[error("cannot update map {map}: {detail}")]
+    Map { map: &'static str, detail: String },
+    #[error("cannot remove pin {path}: {error}")]
+    Unpin { path: PathBuf, error: io::Error },
+}
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of a container interface: frames containers send into the host.
+    TcEgress,
+    /// tc ingress of the underlay interface.
+    TcIngress,
+    /// XDP on the underlay interface.
+    XdpIngress,
+}
+
+impl Hook {
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::TcEgress => programs::TC_EGRESS,
+            Hook::TcIngress => programs::TC_INGRESS,
+            Hook::XdpIngress => programs::XDP_INGRESS,
+        }
+    }
+}
+
+/// The loaded programs and pinned maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Link pins that this run attached or took over.
+    attached: BTreeSet<PathBuf>,
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn link_pin(pin_dir: &Path, hook: Hook, iface: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("{}@{iface}", hook.program()))
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel, reusing maps pinned under `pin_dir` (so a restarted agent
+    /// keeps routes and counters) or creating and pinning them.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        fs::create_dir_all(links_dir(pin_dir))
+            .map_err(|error| DatapathError::PinDir { path: pin_dir.into(), error })?;
+        let mut loader = EbpfLoader::new();
+        for name in maps::ALL {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| DatapathError::Load {
+            pin_dir: pin_dir.into(),
+            error: Box::new(error),
+        })?;
+        for program in [programs::TC_EGRESS, programs::TC_INGRESS] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .expect("program is in the object")
+                .try_into()
+                .expect("program is a classifier");
+            p.load().map_err(|e| DatapathError::Program { program, error: Box::new(e) })?;
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(programs::XDP_INGRESS)
+            .expect("program is in the object")
+            .try_into()
+            .expect("program is XDP");
+        xdp.load()
+            .map_err(|e| DatapathError::Program { program: programs::XDP_INGRESS, error: Box::new(e) })?;
+        Ok(Self { ebpf, pin_dir: pin_dir.into(), attached: BTreeSet::new() })
+    }
+
+    /// Writes this host's side of the tunnels.
+    pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
+        let map_err = |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
+        let mut config: Array<&mut MapData, DatapathConfig> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("CONFIG map")).map_err(map_err)?;
+        config.set(0, cfg, 0).map_err(map_err)
+    }
+
+    /// Makes REMOTE_SUBNETS and PEERS hold exactly `routes` and `peers`: new and changed entries are
+    /// written first, stale ones removed after, so no packet for a still-valid subnet misses.
+    pub fn sync_routes(
+        &mut self,
+        routes: &BTreeMap<Ipv4Net, RemoteSubnet>,
+        peers: &BTreeMap<[u8; 4], Peer>,
+    ) -> Result<(), DatapathError> {
+        {
+            let map_err =
+                |e: aya::maps::MapError| DatapathError::Map { map: maps::PEERS, detail: e.to_string() };
+            let mut map: HashMap<&mut MapData, [u8; 4], Peer> =
+                HashMap::try_from(self.ebpf.map_mut(maps::PEERS).expect("PEERS map")).map_err(map_err)?;
+            for (ip, peer) in peers {
+                map.insert(ip, peer, 0).map_err(map_err)?;
+            }
+            let stale: Vec<[u8; 4]> =
+                map.keys().filter_map(Result::ok).filter(|k| !peers.contains_key(k)).collect();
+            for k in stale {
+                map.remove(&k).map_err(map_err)?;
+            }
+        }
+        let map_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::REMOTE_SUBNETS, detail: e.to_string() };
+        let mut map: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(
+            self.ebpf.map_mut(maps::REMOTE_SUBNETS).expect("REMOTE_SUBNETS map"),
+        )
+        .map_err(map_err)?;
+        for (net, route) in routes {
+            map.insert(&Key::new(net.prefix().into(), net.addr().octets()), route, 0).map_err(map_err)?;
+        }
+        let wanted: BTreeSet<(u32, [u8; 4])> =
+            routes.keys().map(|n| (n.prefix() as u32, n.addr().octets())).collect();
+        let stale: Vec<Key<[u8; 4]>> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            map.remove(&k).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches `hook` on `iface`, or atomically swaps this run's program into an attachment an
+    /// earlier agent left pinned (no moment without a program). The link is pinned.
+    pub fn attach(&mut self, hook: Hook, iface: &str) -> Result<(), DatapathError> {
+        let program = hook.program();
+        let pin = link_pin(&self.pin_dir, hook, iface);
+        let fail = |detail: String| DatapathError::Attach { program, iface: iface.into(), detail };
+        let previous = match PinnedLink::from_pin(&pin) {
+            Ok(old) => Some(FdLink::from(old)),
+            Err(_) => None,
+        };
+        let took_over = previous.is_some();
+        let fd_link: FdLink = match hook {
+            Hook::TcEgress | Hook::TcIngress => {
+                let p: &mut SchedClassifier =
+                    self.ebpf.program_mut(program).expect("program").try_into().expect("classifier");
+                let id = match previous {
+                    Some(old) => {
+                        let link = SchedClassifierLink::try_from(old).map_err(|e| fail(e.to_string()))?;
+                        p.attach_to_link(link).map_err(|e| fail(e.to_string()))?
+                    }
+                    None => p
+                        .attach_with_options(
+                            iface,
+                            TcAttachType::Ingress,
+                            TcAttachOptions::TcxOrder(LinkOrder::first()),
+                        )
+                        .map_err(|e| fail(e.to_string()))?,
+                };
+                p.take_link(id).map_err(|e| fail(e.to_string()))?.try_into().map_err(
+                    |e: aya::programs::links::LinkError| fail(e.to_string()),
+                )?
+            }
+            Hook::XdpIngress => {
+                let p: &mut Xdp = self.ebpf.program_mut(program).expect("program").try_into().expect("xdp");
+                let id = match previous {
+                    Some(old) => {
+                        let link = XdpLink::try_from(old).map_err(|e| fail(e.to_string()))?;
+                        p.attach_to_link(link).map_err(|e| fail(e.to_string()))?
+                    }
+                    None => p.attach(iface, XdpMode::default()).map_err(|e| fail(e.to_string()))?,
+                };
+                p.take_link(id).map_err(|e| fail(e.to_string()))?.try_into().map_err(
+                    |e: aya::programs::links::LinkError| fail(e.to_string()),
+                )?
+            }
+        };
+        if !took_over {
+            fd_link.pin(&pin).map_err(|e| fail(format!("pinning {}: {e}", pin.display())))?;
+        }
+        tracing::info!(program, iface, took_over, "attached");
+        self.attached.insert(pin);
+        Ok(())
+    }
+
+    /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an interface
+    /// dropped from the config, or ingress switched between XDP and tc).
+    pub fn detach_stale(&mut self) -> Result<(), DatapathError> {
+        for pin in pinned_links(&self.pin_dir) {
+            if !self.attached.contains(&pin) {
+                unpin_link(&pin)?;
+                tracing::info!(link = %pin.display(), "detached stale attachment");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+fn pinned_links(pin_dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(links_dir(pin_dir))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Unpins a link; with its last reference gone the kernel detaches it.
+fn unpin_link(pin: &Path) -> Result<(), DatapathError> {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            link.unpin().map_err(|error| DatapathError::Unpin { path: pin.into(), error })?;
+            Ok(())
+        }
+        // Not a link (or already gone): remove the file so the directory can go.
+        Err(_) => match fs::remove_file(pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(DatapathError::Unpin { path: pin.into(), error }),
+        },
+    }
+}
+
+/// Detaches every attachment and removes every pin under `pin_dir`, then the directory itself.
+/// Safe to run on a partial or missing pin directory.
+pub fn remove_all(pin_dir: &Path) -> Result<(), DatapathError> {
+    for pin in pinned_links(pin_dir) {
+        unpin_link(&pin)?;
+    }
+    for name in maps::ALL {
+        let path = pin_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(DatapathError::Unpin { path, error }),
+        }
+    }
+    for dir in [links_dir(pin_dir), pin_dir.to_path_buf()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(DatapathError::Unpin { path: dir, error }),
+        }
+    }
+    Ok(())
+}

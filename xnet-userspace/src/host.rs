@@ -1,0 +1,265 @@
+//! The host around the datapath: interfaces, sysctls, the overlay route, MTUs, bpffs.
+
+use std::{
+    ffi::{CStr, CString},
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::subnet::{Ipv4Net, Mac};
+
+/// A host setting or interface that stops the agent, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("interface {name} (`{key}` in the config) does not exist on this host; create it or fix the name")]
+    NoInterface { name: String, key: String },
+    #[error("interface {name} has no IPv4 address to use as the public IP; give it one or set `public_ip` in the config")]
+    NoAddress { name: String },
+    #[error("cannot read {what} of interface {name}: {error}")]
+    ReadInterface { name: String, what: &'static str, error: io::Error },
+    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or set `pin_dir`")]
+    NotBpffs { path: PathBuf },
+    #[error("cannot set {setting}: {detail}; run xnet as root, or set it yourself and restart")]
+    Setting { setting: String, detail: String },
+}
+
+/// What the agent needs to know about an interface.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: Mac,
+    pub mtu: u32,
+    pub ipv4: Vec<Ipv4Addr>,
+    /// The kernel driver (ethtool), e.g. "veth", "bridge", "virtio_net", "ixgbe".
+    pub driver: Option<String>,
+}
+
+impl Interface {
+    /// Looks `name` up in this network namespace; `key` is the config key that named it, for the
+    /// error message. (Asks the kernel through a socket, not /sys, which may show another namespace.)
+    pub fn find(name: &str, key: &str) -> Result<Self, HostError> {
+        let index = ifindex(name).ok_or_else(|| HostError::NoInterface {
+            name: name.into(),
+            key: key.into(),
+        })?;
+        let err = |what: &'static str| {
+            move |error: io::Error| HostError::ReadInterface { name: name.into(), what, error }
+        };
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(err("a socket"))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let mut req = ifreq(name);
+        // SAFETY: SIOCGIFMTU reads the name and writes ifru_mtu of a properly initialised ifreq.
+        if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } != 0 {
+            return Err(err("mtu")(io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel filled the mtu member of the union.
+        let mtu = unsafe { req.ifr_ifru.ifru_mtu } as u32;
+        let mut req = ifreq(name);
+        // SAFETY: SIOCGIFHWADDR writes ifru_hwaddr of a properly initialised ifreq.
+        if unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) } != 0 {
+            return Err(err("address")(io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel filled the hwaddr member of the union.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        let mac = Mac(std::array::from_fn(|i| data[i] as u8));
+        let ipv4 = ipv4_addresses(name).map_err(err("addresses"))?;
+        let driver = driver_name(fd, name);
+        Ok(Self { name: name.into(), index, mac, mtu, ipv4, driver })
+    }
+
+    /// Whether XDP pays off here: a NIC driver, not a virtual device. XDP on a veth turns off the
+    /// peer's GSO (TOOLCHAIN.md), and bridges and tunnels have no native XDP.
+    pub fn is_virtual(&self) -> bool {
+        matches!(
+            self.driver.as_deref(),
+            None | Some("veth" | "bridge" | "tun" | "vxlan" | "macvlan" | "ipvlan" | "dummy" | "netkit" | "bond" | "team")
+        )
+    }
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+/// The driver behind an interface (ethtool's GDRVINFO), if the kernel says.
+fn driver_name(fd: i32, name: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    // SAFETY: DrvInfo is plain data; zero is valid.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: SIOCETHTOOL with GDRVINFO writes at most size_of::<DrvInfo>() bytes into `info`,
+    // which outlives the call.
+    if unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) } != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The IPv4 addresses of `name`, primary first.
+fn ipv4_addresses(name: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned; it stays valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        // SAFETY: ifa_name is a NUL-terminated string; ifa_addr, when not null and AF_INET, points at
+        // a sockaddr_in.
+        unsafe {
+            if !ifa.ifa_addr.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+                && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Refuses a pin directory that is not on bpffs (pins elsewhere fail, or vanish with a tmpfs).
+pub fn check_bpffs(pin_dir: &Path) -> Result<(), HostError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    // The pin directory may not exist yet: check its closest existing ancestor.
+    let mut dir = pin_dir;
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
+    let c = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| HostError::NotBpffs { path: pin_dir.into() })?;
+    // SAFETY: statfs writes into `st`, a properly sized, zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is valid for writes.
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    if ok && st.f_type as i64 == BPF_FS_MAGIC {
+        Ok(())
+    } else {
+        Err(HostError::NotBpffs { path: pin_dir.into() })
+    }
+}
+
+fn sysctl_path(name: &str) -> PathBuf {
+    Path::new("/proc/sys").join(name.replace('.', "/"))
+}
+
+fn read_sysctl(name: &str) -> Result<String, HostError> {
+    fs::read_to_string(sysctl_path(name))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| HostError::Setting { setting: name.into(), detail: e.to_string() })
+}
+
+fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
+    if read_sysctl(name)? == value {
+        return Ok(());
+    }
+    fs::write(sysctl_path(name), value)
+        .map_err(|e| HostError::Setting { setting: format!("{name} = {value}"), detail: e.to_string() })?;
+    tracing::info!(sysctl = name, value, "host setting changed");
+    Ok(())
+}
+
+fn ip(args: &[&str], setting: String) -> Result<(), HostError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| HostError::Setting { setting: setting.clone(), detail: format!("cannot run `ip`: {e}") })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(HostError::Setting {
+            setting,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// The host settings the datapath relies on.
+pub struct HostPlan<'a> {
+    pub underlay: &'a Interface,
+    pub container_ifaces: &'a [Interface],
+    pub network: Ipv4Net,
+    pub overlay_mtu: u32,
+}
+
+/// Applies `plan`:
+/// - IPv4 forwarding on (decapsulated packets are forwarded to the container bridge);
+/// - reverse-path filtering on the underlay loose at most: decapsulated packets arrive there from
+///   container addresses that are routed elsewhere;
+/// - a route for the whole overlay network via the container bridge, so loose reverse-path checks
+///   pass and overlay traffic never leaks out of the default route unencapsulated;
+/// - the overlay MTU on the container interfaces (containers take their MTU from the bridge).
+pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
+    write_sysctl("net.ipv4.ip_forward", "1")?;
+    let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
+    if rp("all")? == "1" || rp(&plan.underlay.name)? == "1" {
+        write_sysctl(&format!("net.ipv4.conf.{}.rp_filter", plan.underlay.name), "2")?;
+    }
+    for c in plan.container_ifaces {
+        if c.mtu != plan.overlay_mtu {
+            let mtu = plan.overlay_mtu.to_string();
+            ip(
+                &["link", "set", "dev", &c.name, "mtu", &mtu],
+                format!("MTU {mtu} on {}", c.name),
+            )?;
+            tracing::info!(iface = %c.name, mtu = plan.overlay_mtu, "container interface MTU set");
+        }
+    }
+    if let Some(bridge) = plan.container_ifaces.first() {
+        let net = plan.network.to_string();
+        ip(
+            &["route", "replace", &net, "dev", &bridge.name, "proto", "static", "scope", "link"],
+            format!("route {net} dev {}", bridge.name),
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes the overlay route that [`apply`] added (on a normal stop).
+pub fn remove_route(network: Ipv4Net, bridge: &str) {
+    let net = network.to_string();
+    if let Err(e) = ip(&["route", "del", &net, "dev", bridge, "proto", "static"], format!("route {net}")) {
+        tracing::warn!(error = %e, "could not remove the overlay route");
+    }
+}
