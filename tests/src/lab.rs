@@ -93,7 +93,10 @@ pub fn xnet_bin() -> PathBuf {
             return candidate;
         }
     }
-    panic!("cannot find the xnet binary near {}; build it (cargo build -p xnet-userspace) or set XNET_BIN", exe.display());
+    panic!(
+        "cannot find the xnet binary near {}; build it (cargo build -p xnet-userspace) or set XNET_BIN",
+        exe.display()
+    );
 }
 
 impl Lab {
@@ -132,8 +135,19 @@ impl Lab {
         let ns = Netns::create(&format!("{}-h{i}", self.id));
         let port = format!("h{i}");
         run_ok(Command::new("ip").args([
-            "link", "add", "name", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
-            "netns", &self.switch.name,
+            "link",
+            "add",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch.name,
         ]));
         self.switch.ip(&["link", "set", &port, "master", "br0", "up"]);
         let public_ip = Ipv4Addr::new(198, 18, 0, i as u8);
@@ -263,10 +277,7 @@ impl Lab {
 
     /// Every container as (host, container) pairs.
     pub fn all_containers(&self) -> Vec<(usize, usize)> {
-        self.hosts
-            .iter()
-            .flat_map(|h| (1..=h.containers.len()).map(move |c| (h.index, c)))
-            .collect()
+        self.hosts.iter().flat_map(|h| (1..=h.containers.len()).map(move |c| (h.index, c))).collect()
     }
 
     /// Sends `bytes` bytes over one TCP connection from container `from` to container `to` and
@@ -298,8 +309,9 @@ impl Lab {
         ready_rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
         let start = Instant::now();
         let client = self.container(from).ns.spawn(move || {
-            let mut conn = TcpStream::connect_timeout(&SocketAddrV4::new(dst_ip, port).into(), Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("connect to {dst_ip}:{port}: {e}"));
+            let mut conn =
+                TcpStream::connect_timeout(&SocketAddrV4::new(dst_ip, port).into(), Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connect to {dst_ip}:{port}: {e}"));
             conn.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
             let mut hash = Fnv::new();
             let mut sent = 0;
@@ -357,7 +369,9 @@ impl Lab {
             .spawn(|| {
                 let mut out = Vec::new();
                 for iface in ["eth0", "docker0"] {
-                    for (hook, t) in [("tcx-ingress", TcAttachType::Ingress), ("tcx-egress", TcAttachType::Egress)] {
+                    for (hook, t) in
+                        [("tcx-ingress", TcAttachType::Ingress), ("tcx-egress", TcAttachType::Egress)]
+                    {
                         let (_, progs) = SchedClassifier::query_tcx(iface, t).expect("query tcx");
                         for p in progs {
                             out.push(format!("{iface}/{hook}:{}", p.name_as_str().unwrap_or("?")));

@@ -7,11 +7,16 @@ use xnet_tests::lab::{Capture, Lab, LabSpec};
 
 /// Outer VXLAN packets among captured frames: (outer src, outer dst, udp src port, udp dst port,
 /// VNI, inner src, inner dst).
-fn vxlan_packets(frames: &[Vec<u8>], port: u16) -> Vec<(Ipv4Addr, Ipv4Addr, u16, u16, u32, Ipv4Addr, Ipv4Addr)> {
+fn vxlan_packets(
+    frames: &[Vec<u8>],
+    port: u16,
+) -> Vec<(Ipv4Addr, Ipv4Addr, u16, u16, u32, Ipv4Addr, Ipv4Addr)> {
     let mut out = Vec::new();
     for f in frames {
         let Ok(p) = SlicedPacket::from_ethernet(f) else { continue };
-        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(udp))) = (&p.net, &p.transport) else { continue };
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(udp))) = (&p.net, &p.transport) else {
+            continue;
+        };
         if udp.destination_port() != port {
             continue;
         }
@@ -77,11 +82,15 @@ fn outer_headers_on_the_underlay_are_vxlan_between_public_ips() {
     }
     // Nothing of the overlay crosses the underlay unencapsulated.
     for f in &frames {
-        if let Ok(p) = SlicedPacket::from_ethernet(f) {
-            if let Some(NetSlice::Ipv4(ip)) = &p.net {
-                let dst = ip.header().destination_addr().octets();
-                assert!(dst[..2] != [10, 244], "overlay packet on the underlay without a tunnel: {:?}", ip.header());
-            }
+        if let Ok(p) = SlicedPacket::from_ethernet(f)
+            && let Some(NetSlice::Ipv4(ip)) = &p.net
+        {
+            let dst = ip.header().destination_addr().octets();
+            assert!(
+                dst[..2] != [10, 244],
+                "overlay packet on the underlay without a tunnel: {:?}",
+                ip.header()
+            );
         }
     }
 }
@@ -147,7 +156,56 @@ fn keep_datapath_survives_the_agent_and_a_new_agent_takes_over() {
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "datapath forwards with no agent running");
     let (encap_before, _) = lab.counter(1, "egress", "encap_vxlan");
     lab.start_agent(1, &[]);
-    assert!(lab.log(1).contains("took_over=true"), "the new agent took the pinned links over:\n{}", lab.log(1));
+    assert!(
+        lab.log(1).contains("took_over=true"),
+        "the new agent took the pinned links over:\n{}",
+        lab.log(1)
+    );
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
     assert!(lab.counter(1, "egress", "encap_vxlan").0 > encap_before, "counters survive the restart");
+}
+
+#[test]
+fn a_bad_config_is_refused_before_anything_is_attached() {
+    let lab = Lab::start(LabSpec { hosts: 2, start_agents: false, ..LabSpec::default() });
+    let good = lab.config_text(1);
+    let cases = [
+        (
+            good.replace("iface = \"eth0\"", "iface = \"eth9\""),
+            "interface eth9 (`iface` in the config) does not exist",
+        ),
+        (
+            good.replace("container_ifaces = [\"docker0\"]", "container_ifaces = [\"docker7\"]"),
+            "interface docker7 (`container_ifaces[0]` in the config)",
+        ),
+        (
+            good.replace("subnet = \"10.244.2.0/24\"", "subnet = \"10.244.1.0/25\""),
+            "`peer[0].subnet` = \"10.244.1.0/25\" overlaps this host's `subnet`",
+        ),
+        (
+            good.replace("public_ip = \"198.18.0.2\"", "public_ip = \"198.18.0.256\""),
+            "`peer[0].public_ip` = \"198.18.0.256\" is not an IPv4 address",
+        ),
+    ];
+    let host = lab.host(1);
+    for (text, expected) in cases {
+        assert_ne!(text, good, "case must change the config");
+        std::fs::write(&host.config_path, &text).unwrap();
+        let out = host
+            .ns
+            .command(xnet_tests::lab::xnet_bin().to_str().unwrap())
+            .args(["run", "--config"])
+            .arg(&host.config_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "exit status for {expected:?}: {stderr}");
+        assert!(stderr.contains(expected), "stderr should say {expected:?}: {stderr}");
+        assert!(
+            stderr.contains(host.config_path.to_str().unwrap()) || expected.starts_with("interface"),
+            "names the file: {stderr}"
+        );
+        assert!(!host.pin_dir.exists(), "nothing pinned after {expected:?}");
+        assert!(lab.attached_programs(1).is_empty(), "nothing attached after {expected:?}");
+    }
 }

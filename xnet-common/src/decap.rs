@@ -118,8 +118,7 @@ mod tests {
         inner_ip.extend_from_slice(&inner_dst);
         let local = VxlanLocal { ip: PEER, vtep_mac: [2, 0, 0, 0, 0, 2], port, vni };
         let remote = VxlanRemote { ip: [198, 18, 0, 1], vtep_mac: [2, 0, 0, 0, 0, 1] };
-        let outer =
-            vxlan_outer(&local, &remote, &InnerInfo { ip_len: inner_ip.len(), tos: 0, flow_hash: 7 });
+        let outer = vxlan_outer(&local, &remote, &InnerInfo { ip_len: inner_ip.len(), tos: 0, flow_hash: 7 });
         let mut f = std::vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         // SAFETY-free serialisation: VxlanOuter is a Header (repr(C), align 1, no padding).

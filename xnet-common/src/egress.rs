@@ -69,10 +69,7 @@ mod tests {
     #[test]
     fn remote_destination_is_encapsulated_with_its_tos() {
         let f = frame(0x0800, &ipv4(0xb8, [10, 244, 2, 7]));
-        assert_eq!(
-            classify(&f[..], remote),
-            EgressDecision::Encapsulate { route: 2, tos: 0xb8 }
-        );
+        assert_eq!(classify(&f[..], remote), EgressDecision::Encapsulate { route: 2, tos: 0xb8 });
     }
 
     #[test]

@@ -206,23 +206,11 @@ pub fn vxlan_outer(local: &VxlanLocal, remote: &VxlanRemote, inner: &InnerInfo) 
             len: udp_len.to_be_bytes(),
             checksum: [0, 0],
         },
-        vxlan: VxlanHdr {
-            flags: VXLAN_FLAG_VNI,
-            reserved: [0; 3],
-            vni_reserved: vni_to_wire(local.vni),
-        },
-        inner_eth: EthHdr {
-            dst: remote.vtep_mac,
-            src: local.vtep_mac,
-            ethertype: ETH_P_IPV4.to_be_bytes(),
-        },
+        vxlan: VxlanHdr { flags: VXLAN_FLAG_VNI, reserved: [0; 3], vni_reserved: vni_to_wire(local.vni) },
+        inner_eth: EthHdr { dst: remote.vtep_mac, src: local.vtep_mac, ethertype: ETH_P_IPV4.to_be_bytes() },
     }
 }
 
 fn clamp_u16(n: usize) -> u16 {
-    if n > u16::MAX as usize {
-        u16::MAX
-    } else {
-        n as u16
-    }
+    if n > u16::MAX as usize { u16::MAX } else { n as u16 }
 }

@@ -16,16 +16,13 @@ use aya_ebpf::{
 };
 use xnet_common::{
     egress::{self, EgressDecision},
-    maps::{
-        Counter, DatapathConfig, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX, RemoteSubnet,
-    },
+    maps::{Counter, DatapathConfig, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX, RemoteSubnet},
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
 
 /// Remote subnet -> the host that owns it (longest prefix match on the inner destination).
 #[btf_map]
-static REMOTE_SUBNETS: LpmTrie<[u8; 4], RemoteSubnet, { REMOTE_SUBNETS_MAX as usize }> =
-    LpmTrie::new();
+static REMOTE_SUBNETS: LpmTrie<[u8; 4], RemoteSubnet, { REMOTE_SUBNETS_MAX as usize }> = LpmTrie::new();
 
 /// Peer public IPv4 -> peer. Only these may send us tunnelled traffic.
 #[btf_map]
@@ -46,7 +43,7 @@ pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let (outcome, action) = match egress_packet(&ctx) {
         Ok(sent) => sent,
-        Err(drop) => (drop, TC_ACT_SHOT as i32),
+        Err(drop) => (drop, TC_ACT_SHOT),
     };
     stats::count(Direction::Egress, outcome, len);
     action
@@ -54,11 +51,9 @@ pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
 
 fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     let pkt = ptr::TcPacket(ctx);
-    let decision = egress::classify(&pkt, |dst| {
-        REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied()
-    });
+    let decision = egress::classify(&pkt, |dst| REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied());
     let EgressDecision::Encapsulate { route, tos } = decision else {
-        return Ok((Outcome::Passed, TC_ACT_OK as i32));
+        return Ok((Outcome::Passed, TC_ACT_OK));
     };
     let cfg = CONFIG.get(0).copied().ok_or(Outcome::DropNotConfigured)?;
     if cfg.underlay_ifindex == 0 {
@@ -75,7 +70,7 @@ pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let outcome = decap::run(&ctx);
     stats::count(Direction::Ingress, outcome, len);
-    if outcome.is_drop() { TC_ACT_SHOT as i32 } else { TC_ACT_OK as i32 }
+    if outcome.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
 /// XDP on the underlay interface: the same decapsulation as `xnet_tc_ingress`, before the kernel

@@ -43,7 +43,9 @@ impl Plan {
             .collect::<Result<Vec<_>, _>>()?;
         let public_ip = match config.public_ip {
             Some(ip) => ip,
-            None => *underlay.ipv4.first().ok_or_else(|| HostError::NoAddress { name: underlay.name.clone() })?,
+            None => {
+                *underlay.ipv4.first().ok_or_else(|| HostError::NoAddress { name: underlay.name.clone() })?
+            }
         };
         let vtep_mac = config.vtep_mac.unwrap_or_else(|| Mac::from_ipv4(public_ip));
         let ingress = match config.backend.ingress {
@@ -109,10 +111,11 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
         dp.detach_stale()?;
         Ok(dp)
     })();
-    if result.is_err() && fresh {
-        if let Err(e) = datapath::remove_all(pin_dir) {
-            tracing::warn!(error = %e, "could not remove what this run pinned");
-        }
+    if result.is_err()
+        && fresh
+        && let Err(e) = datapath::remove_all(pin_dir)
+    {
+        tracing::warn!(error = %e, "could not remove what this run pinned");
     }
     result
 }
@@ -125,9 +128,9 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
 
     let metrics_task = match plan.config.metrics_addr {
         Some(addr) => {
-            let listener = metrics::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on metrics_addr {addr} from {}", config_path.display()))?;
+            let listener = metrics::bind(addr).await.with_context(|| {
+                format!("cannot listen on metrics_addr {addr} from {}", config_path.display())
+            })?;
             Some(tokio::spawn(metrics::serve(listener, plan.config.pin_dir.clone(), plan.config.peers.len())))
         }
         None => None,
@@ -178,7 +181,8 @@ fn notify_ready() {
     let bytes = path.as_encoded_bytes();
     let result = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
     } else {
         sock.send_to(b"READY=1", Path::new(&path))
     };

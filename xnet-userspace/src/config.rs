@@ -28,8 +28,7 @@ pub enum ConfigError {
 }
 
 /// How decapsulation attaches to the underlay interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IngressMode {
     /// XDP on NICs that have a driver behind them, tc on virtual devices (veth: XDP there turns off
     /// the peer's GSO, see TOOLCHAIN.md).
@@ -96,7 +95,7 @@ struct RawBackend {
     kind: String,
     vni: Option<i64>,
     port: Option<i64>,
-    ingress: Option<IngressMode>,
+    ingress: Option<String>,
 }
 
 impl Default for RawBackend {
@@ -139,16 +138,15 @@ impl Config {
         let net = |key: &str, value: &str| -> Result<Ipv4Net, ConfigError> {
             value.parse::<Ipv4Net>().map_err(|e| match e {
                 NetParseError::Syntax(_) => invalid(key, format!("is {e}")),
-                NetParseError::HostBits { network, .. } => invalid(
-                    key,
-                    format!("= \"{value}\" has host bits set; write \"{network}\""),
-                ),
+                NetParseError::HostBits { network, .. } => {
+                    invalid(key, format!("= \"{value}\" has host bits set; write \"{network}\""))
+                }
             })
         };
         let ip = |key: &str, value: &str| -> Result<Ipv4Addr, ConfigError> {
-            value.parse().map_err(|_| {
-                invalid(key, format!("= \"{value}\" is not an IPv4 address such as 198.18.0.1"))
-            })
+            value
+                .parse()
+                .map_err(|_| invalid(key, format!("= \"{value}\" is not an IPv4 address such as 198.18.0.1")))
         };
         let mac = |key: &str, value: &str| -> Result<Mac, ConfigError> {
             let m: Mac = value.parse().map_err(|e: String| invalid(key, format!("is {e}")))?;
@@ -169,9 +167,7 @@ impl Config {
         if !network.contains(&subnet) || subnet == network {
             return Err(invalid(
                 "subnet",
-                format!(
-                    "= \"{subnet}\" must be a smaller subnet inside `network` = \"{network}\""
-                ),
+                format!("= \"{subnet}\" must be a smaller subnet inside `network` = \"{network}\""),
             ));
         }
         if subnet.prefix() > 30 {
@@ -185,8 +181,7 @@ impl Config {
         if raw.container_ifaces.is_empty() {
             return Err(invalid(
                 "container_ifaces",
-                "is empty; name the bridge your containers are attached to, e.g. [\"docker0\"]"
-                    .into(),
+                "is empty; name the bridge your containers are attached to, e.g. [\"docker0\"]".into(),
             ));
         }
         let mut container_ifaces = Vec::new();
@@ -195,25 +190,36 @@ impl Config {
             if name == iface_name {
                 return Err(invalid(
                     &format!("container_ifaces[{i}]"),
-                    format!("= \"{name}\" is also `iface`; containers and the underlay need different interfaces"),
+                    format!(
+                        "= \"{name}\" is also `iface`; containers and the underlay need different interfaces"
+                    ),
                 ));
             }
             if container_ifaces.contains(&name) {
-                return Err(invalid(&format!("container_ifaces[{i}]"), format!("= \"{name}\" is listed twice")));
+                return Err(invalid(
+                    &format!("container_ifaces[{i}]"),
+                    format!("= \"{name}\" is listed twice"),
+                ));
             }
             container_ifaces.push(name);
         }
         let vtep_mac = raw.vtep_mac.as_deref().map(|v| mac("vtep_mac", v)).transpose()?;
         let pin_dir = raw.pin_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
         if !pin_dir.is_absolute() {
-            return Err(invalid("pin_dir", format!("= \"{}\" must be an absolute path on bpffs", pin_dir.display())));
+            return Err(invalid(
+                "pin_dir",
+                format!("= \"{}\" must be an absolute path on bpffs", pin_dir.display()),
+            ));
         }
         let metrics_addr = raw
             .metrics_addr
             .as_deref()
             .map(|v| {
                 v.parse::<SocketAddr>().map_err(|_| {
-                    invalid("metrics_addr", format!("= \"{v}\" is not an address:port such as 127.0.0.1:9436"))
+                    invalid(
+                        "metrics_addr",
+                        format!("= \"{v}\" is not an address:port such as 127.0.0.1:9436"),
+                    )
                 })
             })
             .transpose()?;
@@ -226,18 +232,31 @@ impl Config {
                 }
                 let port = raw.backend.port.unwrap_or(DEFAULT_VXLAN_PORT as i64);
                 if !(1..=65535).contains(&port) {
-                    return Err(invalid("backend.port", format!("= {port} must be a UDP port between 1 and 65535")));
+                    return Err(invalid(
+                        "backend.port",
+                        format!("= {port} must be a UDP port between 1 and 65535"),
+                    ));
                 }
-                Backend {
-                    vni: vni as u32,
-                    port: port as u16,
-                    ingress: raw.backend.ingress.unwrap_or(IngressMode::Auto),
-                }
+                let ingress = match raw.backend.ingress.as_deref() {
+                    None | Some("auto") => IngressMode::Auto,
+                    Some("xdp") => IngressMode::Xdp,
+                    Some("tc") => IngressMode::Tc,
+                    Some(other) => {
+                        return Err(invalid(
+                            "backend.ingress",
+                            format!("= \"{other}\" must be \"auto\", \"xdp\" or \"tc\""),
+                        ));
+                    }
+                };
+                Backend { vni: vni as u32, port: port as u16, ingress }
             }
             "udp" | "gre" | "direct" => {
                 return Err(invalid(
                     "backend.type",
-                    format!("= \"{}\" is not available in this version of xnet yet; use \"vxlan\"", raw.backend.kind),
+                    format!(
+                        "= \"{}\" is not available in this version of xnet yet; use \"vxlan\"",
+                        raw.backend.kind
+                    ),
                 ));
             }
             other => {
@@ -250,17 +269,25 @@ impl Config {
             let key = |k: &str| format!("peer[{i}].{k}");
             let psubnet = net(&key("subnet"), &p.subnet)?;
             if !network.contains(&psubnet) {
-                return Err(invalid(&key("subnet"), format!("= \"{psubnet}\" is outside `network` = \"{network}\"")));
+                return Err(invalid(
+                    &key("subnet"),
+                    format!("= \"{psubnet}\" is outside `network` = \"{network}\""),
+                ));
             }
             if psubnet.overlaps(&subnet) {
                 return Err(invalid(
                     &key("subnet"),
-                    format!("= \"{psubnet}\" overlaps this host's `subnet` = \"{subnet}\"; every host needs its own subnet"),
+                    format!(
+                        "= \"{psubnet}\" overlaps this host's `subnet` = \"{subnet}\"; every host needs its own subnet"
+                    ),
                 ));
             }
             let pip = ip(&key("public_ip"), &p.public_ip)?;
             if Some(pip) == public_ip {
-                return Err(invalid(&key("public_ip"), format!("= \"{pip}\" is this host's own `public_ip`")));
+                return Err(invalid(
+                    &key("public_ip"),
+                    format!("= \"{pip}\" is this host's own `public_ip`"),
+                ));
             }
             let pmac = match &p.vtep_mac {
                 Some(v) => mac(&key("vtep_mac"), v)?,
@@ -270,7 +297,10 @@ impl Config {
                 if q.subnet.overlaps(&psubnet) {
                     return Err(invalid(
                         &key("subnet"),
-                        format!("= \"{psubnet}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet", q.subnet),
+                        format!(
+                            "= \"{psubnet}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet",
+                            q.subnet
+                        ),
                     ));
                 }
                 if q.public_ip == pip {
@@ -299,12 +329,14 @@ impl Config {
     }
 }
 
-/// " (line N)" for a TOML error span, so the message points into the file.
+/// " (line N: `text`)" for a TOML error span, so the message shows the key at fault.
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(r) => format!(" (line {})", text[..r.start.min(text.len())].lines().count().max(1)),
-        None => String::new(),
-    }
+    let Some(r) = span else { return String::new() };
+    let start = r.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let number = text[..line_start].matches('\n').count() + 1;
+    format!(" (line {number}: `{}`)", text[line_start..line_end].trim())
 }
 
 #[cfg(test)]
@@ -363,25 +395,78 @@ public_ip = "198.18.0.3"
     fn bad_configs_are_refused_with_their_message() {
         let cases: &[(&str, &str, &[&str])] = &[
             ("subnet = \"10.244.1.0/24\"", "subnet = \"10.245.1.0/24\"", &["`subnet`", "inside `network`"]),
-            ("network = \"10.244.0.0/16\"", "network = \"10.244.0.1/16\"", &["`network`", "host bits", "10.244.0.0/16"]),
-            ("subnet = \"10.244.2.0/24\"\npublic_ip = \"198.18.0.2\"", "subnet = \"10.244.1.128/25\"\npublic_ip = \"198.18.0.2\"", &["peer[0].subnet", "overlaps this host"]),
-            ("subnet = \"10.244.3.0/24\"", "subnet = \"10.244.2.0/23\"", &["peer[1].subnet", "overlaps peer[0]"]),
-            ("public_ip = \"198.18.0.3\"", "public_ip = \"198.18.0.2\"", &["peer[1].public_ip", "already peer[0]"]),
-            ("subnet = \"10.244.3.0/24\"", "subnet = \"10.99.3.0/24\"", &["peer[1].subnet", "outside `network`"]),
-            ("public_ip = \"198.18.0.1\"", "public_ip = \"198.18.0.300\"", &["`public_ip`", "not an IPv4 address"]),
-            ("vtep_mac = \"02:00:c6:12:00:01\"", "vtep_mac = \"02:00:c6:12:00\"", &["`vtep_mac`", "not a MAC"]),
-            ("vtep_mac = \"02:00:c6:12:00:01\"", "vtep_mac = \"01:00:5e:00:00:01\"", &["`vtep_mac`", "unicast"]),
+            (
+                "network = \"10.244.0.0/16\"",
+                "network = \"10.244.0.1/16\"",
+                &["`network`", "host bits", "10.244.0.0/16"],
+            ),
+            (
+                "subnet = \"10.244.2.0/24\"\npublic_ip = \"198.18.0.2\"",
+                "subnet = \"10.244.1.128/25\"\npublic_ip = \"198.18.0.2\"",
+                &["peer[0].subnet", "overlaps this host"],
+            ),
+            (
+                "subnet = \"10.244.3.0/24\"",
+                "subnet = \"10.244.2.0/23\"",
+                &["peer[1].subnet", "overlaps peer[0]"],
+            ),
+            (
+                "public_ip = \"198.18.0.3\"",
+                "public_ip = \"198.18.0.2\"",
+                &["peer[1].public_ip", "already peer[0]"],
+            ),
+            (
+                "subnet = \"10.244.3.0/24\"",
+                "subnet = \"10.99.3.0/24\"",
+                &["peer[1].subnet", "outside `network`"],
+            ),
+            (
+                "public_ip = \"198.18.0.1\"",
+                "public_ip = \"198.18.0.300\"",
+                &["`public_ip`", "not an IPv4 address"],
+            ),
+            (
+                "vtep_mac = \"02:00:c6:12:00:01\"",
+                "vtep_mac = \"02:00:c6:12:00\"",
+                &["`vtep_mac`", "not a MAC"],
+            ),
+            (
+                "vtep_mac = \"02:00:c6:12:00:01\"",
+                "vtep_mac = \"01:00:5e:00:00:01\"",
+                &["`vtep_mac`", "unicast"],
+            ),
             ("vni = 1", "vni = 16777216", &["`backend.vni`", "between 1 and"]),
             ("port = 8472", "port = 70000", &["`backend.port`", "UDP port"]),
             ("type = \"vxlan\"", "type = \"gre\"", &["`backend.type`", "use \"vxlan\""]),
             ("type = \"vxlan\"", "type = \"ipip\"", &["`backend.type`", "unknown"]),
-            ("ingress = \"auto\"", "ingress = \"ebpf\"", &["not valid TOML", "ingress", "line"]),
-            ("container_ifaces = [\"docker0\"]", "container_ifaces = []", &["`container_ifaces`", "is empty"]),
-            ("container_ifaces = [\"docker0\"]", "container_ifaces = [\"eth0\"]", &["container_ifaces[0]", "also `iface`"]),
-            ("iface = \"eth0\"", "iface = \"an-interface-name-too-long\"", &["`iface`", "not an interface name"]),
+            ("ingress = \"auto\"", "ingress = \"ebpf\"", &["`backend.ingress`", "\"xdp\""]),
+            ("vni = 1", "vni = \"one\"", &["not valid TOML", "vni", "line 12"]),
+            (
+                "container_ifaces = [\"docker0\"]",
+                "container_ifaces = []",
+                &["`container_ifaces`", "is empty"],
+            ),
+            (
+                "container_ifaces = [\"docker0\"]",
+                "container_ifaces = [\"eth0\"]",
+                &["container_ifaces[0]", "also `iface`"],
+            ),
+            (
+                "iface = \"eth0\"",
+                "iface = \"an-interface-name-too-long\"",
+                &["`iface`", "not an interface name"],
+            ),
             ("pin_dir = \"/sys/fs/bpf/xnet\"", "pin_dir = \"xnet\"", &["`pin_dir`", "absolute"]),
-            ("metrics_addr = \"127.0.0.1:9436\"", "metrics_addr = \"localhost\"", &["`metrics_addr`", "address:port"]),
-            ("iface = \"eth0\"", "iface = \"eth0\"\nifaces = 3", &["not valid TOML", "unknown field `ifaces`"]),
+            (
+                "metrics_addr = \"127.0.0.1:9436\"",
+                "metrics_addr = \"localhost\"",
+                &["`metrics_addr`", "address:port"],
+            ),
+            (
+                "iface = \"eth0\"",
+                "iface = \"eth0\"\nifaces = 3",
+                &["not valid TOML", "unknown field `ifaces`"],
+            ),
         ];
         for (from, to, expected) in cases {
             assert!(GOOD.contains(from), "test case edits text that is not there: {from}");

@@ -32,7 +32,9 @@ use crate::{EBPF_OBJECT, programs, subnet::Ipv4Net};
 pub enum DatapathError {
     #[error("cannot create pin directory {path}: {error}")]
     PinDir { path: PathBuf, error: io::Error },
-    #[error("cannot load the eBPF object (maps pinned under {pin_dir}): {error}; if an older xnet left incompatible pins, run `xnet cleanup --pin-dir {pin_dir}`")]
+    #[error(
+        "cannot load the eBPF object (maps pinned under {pin_dir}): {error}; if an older xnet left incompatible pins, run `xnet cleanup --pin-dir {pin_dir}`"
+    )]
     Load { pin_dir: PathBuf, error: Box<aya::EbpfError> },
     #[error("the kernel refused program {program}: {error}")]
     Program { program: &'static str, error: Box<aya::programs::ProgramError> },
@@ -91,10 +93,9 @@ impl Datapath {
         for name in maps::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| DatapathError::Load {
-            pin_dir: pin_dir.into(),
-            error: Box::new(error),
-        })?;
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|error| DatapathError::Load { pin_dir: pin_dir.into(), error: Box::new(error) })?;
         for program in [programs::TC_EGRESS, programs::TC_INGRESS] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(program)
@@ -115,7 +116,8 @@ impl Datapath {
 
     /// Writes this host's side of the tunnels.
     pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
-        let map_err = |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
+        let map_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
         let mut config: Array<&mut MapData, DatapathConfig> =
             Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("CONFIG map")).map_err(map_err)?;
         config.set(0, cfg, 0).map_err(map_err)
@@ -144,10 +146,9 @@ impl Datapath {
         }
         let map_err =
             |e: aya::maps::MapError| DatapathError::Map { map: maps::REMOTE_SUBNETS, detail: e.to_string() };
-        let mut map: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(
-            self.ebpf.map_mut(maps::REMOTE_SUBNETS).expect("REMOTE_SUBNETS map"),
-        )
-        .map_err(map_err)?;
+        let mut map: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
+            LpmTrie::try_from(self.ebpf.map_mut(maps::REMOTE_SUBNETS).expect("REMOTE_SUBNETS map"))
+                .map_err(map_err)?;
         for (net, route) in routes {
             map.insert(&Key::new(net.prefix().into(), net.addr().octets()), route, 0).map_err(map_err)?;
         }
@@ -192,9 +193,10 @@ impl Datapath {
                         )
                         .map_err(|e| fail(e.to_string()))?,
                 };
-                p.take_link(id).map_err(|e| fail(e.to_string()))?.try_into().map_err(
-                    |e: aya::programs::links::LinkError| fail(e.to_string()),
-                )?
+                p.take_link(id)
+                    .map_err(|e| fail(e.to_string()))?
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?
             }
             Hook::XdpIngress => {
                 let p: &mut Xdp = self.ebpf.program_mut(program).expect("program").try_into().expect("xdp");
@@ -205,9 +207,10 @@ impl Datapath {
                     }
                     None => p.attach(iface, XdpMode::default()).map_err(|e| fail(e.to_string()))?,
                 };
-                p.take_link(id).map_err(|e| fail(e.to_string()))?.try_into().map_err(
-                    |e: aya::programs::links::LinkError| fail(e.to_string()),
-                )?
+                p.take_link(id)
+                    .map_err(|e| fail(e.to_string()))?
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?
             }
         };
         if !took_over {

@@ -13,13 +13,19 @@ use crate::subnet::{Ipv4Net, Mac};
 /// A host setting or interface that stops the agent, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("interface {name} (`{key}` in the config) does not exist on this host; create it or fix the name")]
+    #[error(
+        "interface {name} (`{key}` in the config) does not exist on this host; create it or fix the name"
+    )]
     NoInterface { name: String, key: String },
-    #[error("interface {name} has no IPv4 address to use as the public IP; give it one or set `public_ip` in the config")]
+    #[error(
+        "interface {name} has no IPv4 address to use as the public IP; give it one or set `public_ip` in the config"
+    )]
     NoAddress { name: String },
     #[error("cannot read {what} of interface {name}: {error}")]
     ReadInterface { name: String, what: &'static str, error: io::Error },
-    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or set `pin_dir`")]
+    #[error(
+        "{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or set `pin_dir`"
+    )]
     NotBpffs { path: PathBuf },
     #[error("cannot set {setting}: {detail}; run xnet as root, or set it yourself and restart")]
     Setting { setting: String, detail: String },
@@ -41,10 +47,8 @@ impl Interface {
     /// Looks `name` up in this network namespace; `key` is the config key that named it, for the
     /// error message. (Asks the kernel through a socket, not /sys, which may show another namespace.)
     pub fn find(name: &str, key: &str) -> Result<Self, HostError> {
-        let index = ifindex(name).ok_or_else(|| HostError::NoInterface {
-            name: name.into(),
-            key: key.into(),
-        })?;
+        let index =
+            ifindex(name).ok_or_else(|| HostError::NoInterface { name: name.into(), key: key.into() })?;
         let err = |what: &'static str| {
             move |error: io::Error| HostError::ReadInterface { name: name.into(), what, error }
         };
@@ -75,7 +79,18 @@ impl Interface {
     pub fn is_virtual(&self) -> bool {
         matches!(
             self.driver.as_deref(),
-            None | Some("veth" | "bridge" | "tun" | "vxlan" | "macvlan" | "ipvlan" | "dummy" | "netkit" | "bond" | "team")
+            None | Some(
+                "veth"
+                    | "bridge"
+                    | "tun"
+                    | "vxlan"
+                    | "macvlan"
+                    | "ipvlan"
+                    | "dummy"
+                    | "netkit"
+                    | "bond"
+                    | "team"
+            )
         )
     }
 }
@@ -201,17 +216,14 @@ fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
 }
 
 fn ip(args: &[&str], setting: String) -> Result<(), HostError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| HostError::Setting { setting: setting.clone(), detail: format!("cannot run `ip`: {e}") })?;
+    let out = Command::new("ip").args(args).output().map_err(|e| HostError::Setting {
+        setting: setting.clone(),
+        detail: format!("cannot run `ip`: {e}"),
+    })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(HostError::Setting {
-            setting,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(HostError::Setting { setting, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
@@ -239,10 +251,7 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     for c in plan.container_ifaces {
         if c.mtu != plan.overlay_mtu {
             let mtu = plan.overlay_mtu.to_string();
-            ip(
-                &["link", "set", "dev", &c.name, "mtu", &mtu],
-                format!("MTU {mtu} on {}", c.name),
-            )?;
+            ip(&["link", "set", "dev", &c.name, "mtu", &mtu], format!("MTU {mtu} on {}", c.name))?;
             tracing::info!(iface = %c.name, mtu = plan.overlay_mtu, "container interface MTU set");
         }
     }

@@ -39,8 +39,7 @@ pub fn read_counters(pin_dir: &Path) -> Result<Vec<CounterRow>, InspectError> {
     for direction in Direction::ALL {
         for outcome in Outcome::ALL {
             let per_cpu = array.get(&stats::index(direction, outcome), 0).map_err(|e| err(e.to_string()))?;
-            let (packets, bytes) =
-                per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             rows.push(CounterRow {
                 direction: direction.name(),
                 outcome: outcome.name(),

@@ -27,7 +27,9 @@ pub fn render(pin_dir: &std::path::Path, peers: usize) -> Result<String, inspect
             );
         }
     };
-    family("xnet_packets_total", "Packets seen by the xnet datapath, by direction and outcome.", |r| r.packets);
+    family("xnet_packets_total", "Packets seen by the xnet datapath, by direction and outcome.", |r| {
+        r.packets
+    });
     family("xnet_bytes_total", "Bytes seen by the xnet datapath, by direction and outcome.", |r| r.bytes);
     let _ = writeln!(out, "# HELP xnet_peers Peer hosts the datapath knows.");
     let _ = writeln!(out, "# TYPE xnet_peers gauge");
@@ -48,7 +50,9 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, peers: usize) {
             let mut len = 0;
             // Read the request head (bounded); the body of a GET is empty.
             while len < buf.len() {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf[len..])).await {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf[len..]))
+                    .await
+                {
                     Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => len += n,
                 }

@@ -1,1 +1,267 @@
-fn main(){}
+//! `cargo xtask <command>`: set-up, build, run, demo and test for xnet.
+//!
+//! `demo` and `test` first install whatever this machine lacks (Debian packages, the nightly
+//! rust-src component, bpf-linker built against the nightly toolchain's own LLVM, a bpffs mount);
+//! every step checks before it acts, so a second run goes straight to the work.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing xnet needs, if missing.
+    Setup,
+    /// Build the agent (and the eBPF programs inside it) in release mode, then run it with the given
+    /// arguments, e.g. `cargo xtask run -- run --config /etc/xnet/xnet.toml`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Show xnet working: simulated hosts with containers on this machine, all pairs pinging.
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        #[arg(long, default_value_t = 2)]
+        containers: usize,
+    },
+    /// Format and lint checks, then every test: unit, BPF_PROG_TEST_RUN and lab tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the lab, the tests and the demo use.
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "bpftool", "procps"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Run { args } => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "xnet-userspace"])?;
+            let bin = root.join("target/release/xnet");
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            let status = cmd.args(&args).status().context("running xnet")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Demo { hosts, containers } => {
+            setup()?;
+            require_root("the demo creates network namespaces and loads eBPF programs")?;
+            cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
+            let status = Command::new(root.join("target/debug/xnet-demo"))
+                .args(["--hosts", &hosts.to_string(), "--containers", &containers.to_string()])
+                .env("XNET_BIN", root.join("target/debug/xnet"))
+                .status()
+                .context("running the demo")?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            require_root("the tests create network namespaces and load eBPF programs")?;
+            step("cargo fmt --check");
+            cargo(&["fmt", "--all", "--check"])?;
+            step("cargo clippy (host crates)");
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            step("cargo clippy (eBPF crate, bpfel-unknown-none)");
+            cargo(&[
+                "+nightly",
+                "clippy",
+                "-p",
+                "xnet-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            step("build the agent");
+            cargo(&["build", "-p", "xnet-userspace"])?;
+            step("cargo test");
+            let mut test_args = vec!["test", "--all-targets"];
+            test_args.extend(args.iter().map(String::as_str));
+            let status = Command::new("cargo")
+                .args(&test_args)
+                .env("XNET_BIN", root.join("target/debug/xnet"))
+                .status()?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("cargo").args(args).status().context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    run(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("run this as root: {why} (e.g. `sudo -E cargo xtask ...`)");
+    }
+    Ok(())
+}
+
+/// `sudo` in front of commands that need root, when we are not root.
+fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+fn setup() -> anyhow::Result<()> {
+    step("set-up (installs only what is missing)");
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !run(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .map(|s| s.contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    apt packages: present ({})", APT_PACKAGES.join(", "));
+        return Ok(());
+    }
+    eprintln!("    apt packages: installing {}", missing.join(", "));
+    run(privileged("apt-get").args(["update", "-qq"]))?;
+    run(privileged("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed =
+        run(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .context(
+                "the `nightly` toolchain is needed for the eBPF programs (rustup toolchain install nightly)",
+            )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("    rust-src (nightly): present");
+        return Ok(());
+    }
+    eprintln!("    rust-src (nightly): installing");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    Ok(())
+}
+
+/// bpf-linker, built against the LLVM inside the nightly toolchain (no system LLVM needed): a
+/// prefix directory whose lib/ holds libLLVM.so and a link named like its SONAME (TOOLCHAIN.md).
+fn bpf_linker() -> anyhow::Result<()> {
+    if Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!("    bpf-linker: present");
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(run(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let llvm = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .context("the nightly toolchain ships no libLLVM.so.*")?;
+    // libLLVM.so.22.1-rust-... -> major version 22 -> cargo feature llvm-22
+    let major: String = llvm["libLLVM.so.".len()..].chars().take_while(char::is_ascii_digit).collect();
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    let prefix = cargo_home.join("bpf-linker-llvm");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&llvm), &link)?;
+    }
+    eprintln!(
+        "    bpf-linker: building {BPF_LINKER_VERSION} against the nightly toolchain's LLVM {major} (about a minute)"
+    );
+    let status = Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix)
+        .status()?;
+    if !status.success() {
+        bail!("building bpf-linker failed ({status})");
+    }
+    Ok(())
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let fstype = run(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"])).unwrap_or_default();
+    if fstype.trim() == "bpf_fs" {
+        eprintln!("    bpffs: mounted on /sys/fs/bpf");
+        return Ok(());
+    }
+    eprintln!("    bpffs: mounting on /sys/fs/bpf");
+    run(privileged("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    Ok(())
+}

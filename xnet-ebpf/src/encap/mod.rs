@@ -11,9 +11,5 @@ use xnet_common::{maps::DatapathConfig, stats::Outcome};
 pub fn redirect_to_underlay(cfg: &DatapathConfig) -> Result<i32, Outcome> {
     // SAFETY: a null params pointer with length 0 asks the kernel to do the FIB lookup itself.
     let ret = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
-    if ret == TC_ACT_REDIRECT as i64 {
-        Ok(ret as i32)
-    } else {
-        Err(Outcome::DropRedirectFailed)
-    }
+    if ret == TC_ACT_REDIRECT as i64 { Ok(ret as i32) } else { Err(Outcome::DropRedirectFailed) }
 }

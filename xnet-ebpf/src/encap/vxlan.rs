@@ -32,8 +32,7 @@ pub fn encapsulate(
 ) -> Result<(), Outcome> {
     let frame_len = ctx.len() as usize;
     // SAFETY: ctx.skb.skb is the valid __sk_buff this program was called with.
-    let (gso_segs, flow_hash) =
-        unsafe { ((*ctx.skb.skb).gso_segs, bpf_get_hash_recalc(ctx.skb.skb)) };
+    let (gso_segs, flow_hash) = unsafe { ((*ctx.skb.skb).gso_segs, bpf_get_hash_recalc(ctx.skb.skb)) };
     let ip_len = frame_len - ETH_LEN;
     if gso_segs <= 1 && (ip_len + VXLAN_ENCAP_LEN) as u32 > cfg.underlay_mtu {
         return Err(Outcome::DropTooBig);
@@ -52,7 +51,6 @@ pub fn encapsulate(
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | encap_l2(ETH_LEN);
-    ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
-        .map_err(|_| Outcome::DropEncapFailed)?;
+    ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
     ctx.store(ETH_LEN, &outer, 0).map_err(|_| Outcome::DropEncapFailed)
 }
