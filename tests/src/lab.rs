@@ -347,6 +347,112 @@ impl Lab {
             .unwrap_or_else(|| panic!("no counter {direction}/{outcome}"))
     }
 
+    /// Plain routing between the hosts (flannel's host-gw, a static route per peer): the baseline
+    /// with no overlay at all. For labs started without agents.
+    pub fn setup_plain_routing(&self) {
+        for h in &self.hosts {
+            sysctl(&h.ns, "net.ipv4.ip_forward", "1");
+            for p in self.hosts.iter().filter(|p| p.index != h.index) {
+                h.ns.ip(&["route", "replace", &p.subnet, "via", &p.public_ip.to_string(), "dev", "eth0"]);
+            }
+        }
+    }
+
+    /// The kernel's vxlan device set up the way flannel's vxlan backend does it (flannel.1: VNI,
+    /// port, nolearning; per peer a permanent neighbour entry, an fdb entry and an onlink route).
+    /// For labs started without agents.
+    pub fn setup_kernel_vxlan(&self, vni: u32, port: u16) {
+        let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
+        for h in &self.hosts {
+            sysctl(&h.ns, "net.ipv4.ip_forward", "1");
+            h.ns.ip(&[
+                "link",
+                "add",
+                "flannel.1",
+                "type",
+                "vxlan",
+                "id",
+                &vni.to_string(),
+                "local",
+                &h.public_ip.to_string(),
+                "dev",
+                "eth0",
+                "dstport",
+                &port.to_string(),
+                "nolearning",
+            ]);
+            let mac = xnet::subnet::Mac::from_ipv4(h.public_ip).to_string();
+            h.ns.ip(&["link", "set", "flannel.1", "address", &mac, "mtu", &mtu, "up"]);
+            let vtep_ip = h.subnet.replace("/24", "");
+            h.ns.ip(&["addr", "add", &format!("{vtep_ip}/32"), "dev", "flannel.1"]);
+            for p in self.hosts.iter().filter(|p| p.index != h.index) {
+                let pmac = xnet::subnet::Mac::from_ipv4(p.public_ip).to_string();
+                let pvtep = p.subnet.replace("/24", "");
+                h.ns.ip(&[
+                    "neigh",
+                    "replace",
+                    &pvtep,
+                    "lladdr",
+                    &pmac,
+                    "dev",
+                    "flannel.1",
+                    "nud",
+                    "permanent",
+                ]);
+                run_ok(Command::new("bridge").args([
+                    "-n",
+                    &h.ns.name,
+                    "fdb",
+                    "append",
+                    &pmac,
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                    &p.public_ip.to_string(),
+                ]));
+                h.ns.ip(&["route", "replace", &p.subnet, "via", &pvtep, "dev", "flannel.1", "onlink"]);
+            }
+        }
+    }
+
+    /// TCP throughput from container `from` to container `to` with iperf3 (`streams` parallel
+    /// streams for `seconds`), in bit/s as the receiver counted it.
+    pub fn iperf3(&self, from: (usize, usize), to: (usize, usize), seconds: u32, streams: u32) -> f64 {
+        let port = (20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000).to_string();
+        let mut server = self
+            .container(to)
+            .ns
+            .command("iperf3")
+            .args(["-s", "-1", "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start iperf3 server (is iperf3 installed? cargo xtask bench installs it)");
+        let dst = self.container(to).ip.to_string();
+        let mut last_error = String::new();
+        let mut result = None;
+        // The server needs a moment to listen: retry while the client is refused.
+        for _ in 0..50 {
+            let o = self
+                .container(from)
+                .ns
+                .command("iperf3")
+                .args(["-c", &dst, "-p", &port, "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"])
+                .output()
+                .expect("run iperf3 client");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                result = Some(bps);
+                break;
+            }
+            last_error = format!("{} {}", v["error"], String::from_utf8_lossy(&o.stderr));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        result.unwrap_or_else(|| panic!("iperf3 {from:?} -> {to:?} gave no result: {last_error}"))
+    }
+
     /// The BPF programs attached to host `i`'s `eth0` and `docker0`, as "iface/hook:name" (asked
     /// from the kernel: TCX queries and the XDP program id of the link).
     pub fn attached_programs(&self, i: usize) -> Vec<String> {
@@ -404,6 +510,10 @@ impl Drop for Lab {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn sysctl(ns: &Netns, key: &str, value: &str) {
+    run_ok(ns.command("sysctl").args(["-q", "-w", &format!("{key}={value}")]));
 }
 
 fn stop_child(mut child: Child) -> ExitStatus {

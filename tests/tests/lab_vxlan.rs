@@ -188,6 +188,20 @@ fn a_bad_config_is_refused_before_anything_is_attached() {
         ),
     ];
     let host = lab.host(1);
+    // A metrics port that is already taken: found out before the datapath goes up.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = host.ns.spawn(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        held_tx.send(l.local_addr().unwrap().port()).unwrap();
+        release_rx.recv().ok();
+    });
+    let port = held_rx.recv().unwrap();
+    let mut cases = cases.to_vec();
+    cases.push((
+        good.replace("pin_dir =", &format!("metrics_addr = \"127.0.0.1:{port}\"\npin_dir =")),
+        "cannot listen on `metrics_addr`",
+    ));
     for (text, expected) in cases {
         assert_ne!(text, good, "case must change the config");
         std::fs::write(&host.config_path, &text).unwrap();
@@ -208,4 +222,6 @@ fn a_bad_config_is_refused_before_anything_is_attached() {
         assert!(!host.pin_dir.exists(), "nothing pinned after {expected:?}");
         assert!(lab.attached_programs(1).is_empty(), "nothing attached after {expected:?}");
     }
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
 }

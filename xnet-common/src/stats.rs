@@ -83,6 +83,26 @@ impl Outcome {
         Outcome::DropRedirectFailed,
     ];
 
+    /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
+    pub fn applies_to(self, direction: Direction) -> bool {
+        match self {
+            Self::Passed => true,
+            Self::EncapVxlan
+            | Self::DropEncapFailed
+            | Self::DropTooBig
+            | Self::DropNotConfigured
+            | Self::DropRedirectFailed => direction == Direction::Egress,
+            Self::DecapVxlan
+            | Self::DropUnknownPeer
+            | Self::DropBadVni
+            | Self::DropTruncated
+            | Self::DropBadInnerProtocol
+            | Self::DropInnerNotLocal
+            | Self::DropOuterFragment
+            | Self::DropDecapFailed => direction == Direction::Ingress,
+        }
+    }
+
     pub fn is_drop(self) -> bool {
         self as u32 >= FIRST_DROP
     }

@@ -124,18 +124,22 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
 pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let plan = Plan::resolve(config)?;
-    let dp = bring_up(&plan)?;
-
-    let metrics_task = match plan.config.metrics_addr {
-        Some(addr) => {
-            let listener = metrics::bind(addr).await.with_context(|| {
-                format!("cannot listen on metrics_addr {addr} from {}", config_path.display())
-            })?;
-            Some(tokio::spawn(metrics::serve(listener, plan.config.pin_dir.clone(), plan.config.peers.len())))
-        }
+    // Everything that can still fail comes before the datapath goes up.
+    let listener = match plan.config.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on `metrics_addr` = \"{addr}\" from {}; pick a free local address",
+                config_path.display()
+            )
+        })?),
         None => None,
     };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
 
+    let dp = bring_up(&plan)?;
+    let metrics_task = listener
+        .map(|l| tokio::spawn(metrics::serve(l, plan.config.pin_dir.clone(), plan.config.peers.len())));
     tracing::info!(
         subnet = %plan.config.subnet,
         public_ip = %plan.public_ip,
@@ -148,8 +152,6 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
     );
     notify_ready();
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),

@@ -37,7 +37,7 @@ pub fn read_counters(pin_dir: &Path) -> Result<Vec<CounterRow>, InspectError> {
     let array: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
     let mut rows = Vec::new();
     for direction in Direction::ALL {
-        for outcome in Outcome::ALL {
+        for outcome in Outcome::ALL.into_iter().filter(|o| o.applies_to(direction)) {
             let per_cpu = array.get(&stats::index(direction, outcome), 0).map_err(|e| err(e.to_string()))?;
             let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             rows.push(CounterRow {

@@ -11,6 +11,9 @@ use xnet::{
 };
 
 fn main() -> ExitCode {
+    // Like other command-line tools: `xnet stats | head` ends quietly instead of panicking.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let filter = match (&cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::new(level),

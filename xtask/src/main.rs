@@ -37,6 +37,15 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         containers: usize,
     },
+    /// Measure xnet against plain routing and the kernel's vxlan on the lab (TCP, one stream).
+    Bench {
+        /// Runs per mode.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Format and lint checks, then every test: unit, BPF_PROG_TEST_RUN and lab tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -46,7 +55,7 @@ enum Cmd {
 }
 
 /// Debian packages the lab, the tests and the demo use.
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "bpftool", "procps"];
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "bpftool", "procps", "iperf3"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +89,20 @@ fn main() -> anyhow::Result<()> {
                 .context("running the demo")?;
             if !status.success() {
                 bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Bench { runs, seconds } => {
+            setup()?;
+            require_root("the benchmark creates network namespaces and loads eBPF programs")?;
+            cargo(&["build", "--release", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
+            let status = Command::new(root.join("target/release/xnet-bench"))
+                .args(["--runs", &runs.to_string(), "--seconds", &seconds.to_string()])
+                .env("XNET_BIN", root.join("target/release/xnet"))
+                .status()
+                .context("running the benchmark")?;
+            if !status.success() {
+                bail!("the benchmark failed ({status})");
             }
             Ok(())
         }
