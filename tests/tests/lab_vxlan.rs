@@ -225,3 +225,29 @@ fn a_bad_config_is_refused_before_anything_is_attached() {
     release_tx.send(()).unwrap();
     holder.join().unwrap();
 }
+
+/// `Ip: ForwDatagrams` of host `i` (packets its IP stack forwarded).
+fn forwarded(lab: &Lab, i: usize) -> u64 {
+    let out = lab.host(i).ns.command("cat").arg("/proc/net/snmp").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let col = names.split_whitespace().position(|n| n == "ForwDatagrams").unwrap();
+    values.split_whitespace().nth(col).unwrap().parse().unwrap()
+}
+
+#[test]
+fn decapsulated_traffic_goes_straight_to_the_container() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    // Warm up: the host learns the container's neighbour entry and bridge port; the agent copies the
+    // port into LOCAL_PORTS within a second.
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (fwd0, decap0) = (forwarded(&lab, 2), lab.counter(2, "ingress", "decap_vxlan").0);
+    lab.tcp_transfer((1, 1), (2, 1), 8 << 20);
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "TTL and checksum rewritten correctly");
+    let (fwd, decap) = (forwarded(&lab, 2) - fwd0, lab.counter(2, "ingress", "decap_vxlan").0 - decap0);
+    assert!(decap > 50, "traffic was decapsulated ({decap} packets)");
+    assert!(fwd * 10 < decap, "{fwd} of {decap} decapsulated packets went through the host's IP forwarding");
+    assert_eq!(lab.counter(2, "ingress", "redirect_failed").0, 0);
+}

@@ -9,9 +9,14 @@ pub const PEERS: &str = "PEERS";
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU array of [`Counter`], indexed by [`crate::stats::index`].
 pub const STATS: &str = "STATS";
+/// Hash: MAC of a container behind a container bridge -> [`LocalPort`], the bridge port it sits
+/// behind. Lets decapsulated packets go straight to the container instead of through the bridge.
+pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
 
 /// Every map, for pinning and cleanup.
-pub const ALL: [&str; 4] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS];
+pub const ALL: [&str; 5] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS];
+
+pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
 
 pub const REMOTE_SUBNETS_MAX: u32 = 1 << 20;
 pub const PEERS_MAX: u32 = 1 << 20;
@@ -92,6 +97,13 @@ pub struct DatapathConfig {
     pub vtep_mac: [u8; 6],
 }
 
+/// Value of [`LOCAL_PORTS`]: the host-side interface (a veth whose peer is the container's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LocalPort {
+    pub ifindex: u32,
+}
+
 /// Value of [`STATS`]: packets and bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,6 +118,7 @@ const _: () = {
     assert!(core::mem::size_of::<Peer>() == 8);
     assert!(core::mem::size_of::<DatapathConfig>() == 32);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<LocalPort>() == 4);
 };
 
 impl DatapathConfig {
@@ -129,4 +142,5 @@ mod pod {
     unsafe impl aya::Pod for Peer {}
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for LocalPort {}
 }

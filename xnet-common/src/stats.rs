@@ -60,7 +60,7 @@ pub enum Outcome {
     DropTooBig = 136,
     /// The agent has not configured the datapath (CONFIG is empty).
     DropNotConfigured = 137,
-    /// Redirecting the encapsulated packet to the underlay interface failed.
+    /// Redirecting the packet (to the underlay, or into a container) failed.
     DropRedirectFailed = 138,
 }
 
@@ -86,12 +86,10 @@ impl Outcome {
     /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
     pub fn applies_to(self, direction: Direction) -> bool {
         match self {
-            Self::Passed => true,
-            Self::EncapVxlan
-            | Self::DropEncapFailed
-            | Self::DropTooBig
-            | Self::DropNotConfigured
-            | Self::DropRedirectFailed => direction == Direction::Egress,
+            Self::Passed | Self::DropRedirectFailed => true,
+            Self::EncapVxlan | Self::DropEncapFailed | Self::DropTooBig | Self::DropNotConfigured => {
+                direction == Direction::Egress
+            }
             Self::DecapVxlan
             | Self::DropUnknownPeer
             | Self::DropBadVni

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod decap;
+mod deliver;
 mod encap;
 mod ptr;
 mod stats;
@@ -14,9 +15,13 @@ use aya_ebpf::{
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use deliver::Delivery;
 use xnet_common::{
     egress::{self, EgressDecision},
-    maps::{Counter, DatapathConfig, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX, RemoteSubnet},
+    maps::{
+        Counter, DatapathConfig, LOCAL_PORTS_MAX, LocalPort, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX,
+        RemoteSubnet,
+    },
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
 
@@ -35,6 +40,10 @@ static CONFIG: Array<DatapathConfig, 1> = Array::new();
 /// Packets and bytes by direction and outcome (see `xnet_common::stats`).
 #[btf_map]
 static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::new();
+
+/// Container MAC -> the bridge port it sits behind (filled by the agent from the bridge FDB).
+#[btf_map]
+static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }> = HashMap::new();
 
 /// tc, where container traffic enters the host (ingress hook of the container bridge):
 /// encapsulates packets for remote subnets and redirects them to the underlay interface.
@@ -68,9 +77,18 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
 #[classifier]
 pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    let outcome = decap::run(&ctx);
+    let (outcome, action) = match decap::run(&ctx) {
+        // Straight into the container when the kernel knows where it is; else the host stack.
+        Outcome::DecapVxlan => match deliver::to_container(&ctx) {
+            Delivery::Redirected(action) => (Outcome::DecapVxlan, action),
+            Delivery::ToStack => (Outcome::DecapVxlan, TC_ACT_OK),
+            Delivery::Failed => (Outcome::DropRedirectFailed, TC_ACT_SHOT),
+        },
+        drop if drop.is_drop() => (drop, TC_ACT_SHOT),
+        passed => (passed, TC_ACT_OK),
+    };
     stats::count(Direction::Ingress, outcome, len);
-    if outcome.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
+    action
 }
 
 /// XDP on the underlay interface: the same decapsulation as `xnet_tc_ingress`, before the kernel

@@ -98,6 +98,7 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
         dp.set_config(&plan.datapath_config())?;
         let (routes, peers) = plan.routes();
         dp.sync_routes(&routes, &peers)?;
+        sync_local_ports(&mut dp, plan);
         host::apply(&HostPlan {
             underlay: &plan.underlay,
             container_ifaces: &plan.container_ifaces,
@@ -152,9 +153,14 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
     );
     notify_ready();
 
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut dp = dp;
+    let mut ports_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT"); break; }
+            _ = ports_tick.tick() => sync_local_ports(&mut dp, &plan),
+        }
     }
     if let Some(t) = metrics_task {
         t.abort();
@@ -171,6 +177,21 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
         tracing::info!("stopped; datapath detached and unpinned");
     }
     Ok(())
+}
+
+/// Refreshes which bridge port each local container sits behind (for direct delivery). A failure
+/// costs only speed: packets for unknown containers go through the host stack.
+fn sync_local_ports(dp: &mut Datapath, plan: &Plan) {
+    let mut ports = BTreeMap::new();
+    for c in &plan.container_ifaces {
+        match host::bridge_ports(&c.name) {
+            Ok(p) => ports.extend(p),
+            Err(e) => return tracing::warn!(error = %e, "direct delivery: cannot read bridge ports"),
+        }
+    }
+    if let Err(e) = dp.sync_local_ports(&ports) {
+        tracing::warn!(error = %e, "direct delivery: cannot update LOCAL_PORTS");
+    }
 }
 
 /// Tells systemd (Type=notify) that the agent is ready, when started by it.

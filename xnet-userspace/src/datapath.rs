@@ -23,7 +23,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use xnet_common::maps::{self, DatapathConfig, Peer, RemoteSubnet};
+use xnet_common::maps::{self, DatapathConfig, LocalPort, Peer, RemoteSubnet};
 
 use crate::{EBPF_OBJECT, programs, subnet::Ipv4Net};
 
@@ -159,6 +159,26 @@ impl Datapath {
             .filter_map(Result::ok)
             .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
             .collect();
+        for k in stale {
+            map.remove(&k).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Makes LOCAL_PORTS hold exactly `ports` (container MAC -> bridge port ifindex).
+    pub fn sync_local_ports(&mut self, ports: &BTreeMap<[u8; 6], u32>) -> Result<(), DatapathError> {
+        let map_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::LOCAL_PORTS, detail: e.to_string() };
+        let mut map: HashMap<&mut MapData, [u8; 6], LocalPort> =
+            HashMap::try_from(self.ebpf.map_mut(maps::LOCAL_PORTS).expect("LOCAL_PORTS map"))
+                .map_err(map_err)?;
+        for (mac, ifindex) in ports {
+            if map.get(mac, 0).ok().map(|p| p.ifindex) != Some(*ifindex) {
+                map.insert(mac, LocalPort { ifindex: *ifindex }, 0).map_err(map_err)?;
+            }
+        }
+        let stale: Vec<[u8; 6]> =
+            map.keys().filter_map(Result::ok).filter(|k| !ports.contains_key(k)).collect();
         for k in stale {
             map.remove(&k).map_err(map_err)?;
         }

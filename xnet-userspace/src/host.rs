@@ -1,6 +1,7 @@
 //! The host around the datapath: interfaces, sysctls, the overlay route, MTUs, bpffs.
 
 use std::{
+    collections::BTreeMap,
     ffi::{CStr, CString},
     fs, io,
     net::Ipv4Addr,
@@ -265,10 +266,86 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     Ok(())
 }
 
+/// The containers behind a Linux bridge: MAC -> ifindex of the bridge port it was learned on, from
+/// the bridge's forwarding database (dynamic entries only: the bridge's and ports' own addresses
+/// are permanent entries). Not a bridge, or no such device: empty.
+pub fn bridge_ports(bridge: &str) -> Result<BTreeMap<[u8; 6], u32>, HostError> {
+    let setting = || format!("reading the forwarding database of {bridge}");
+    let out = Command::new("bridge").args(["-j", "fdb", "show", "br", bridge]).output().map_err(|e| {
+        HostError::Setting { setting: setting(), detail: format!("cannot run `bridge`: {e}") }
+    })?;
+    if !out.status.success() {
+        return Ok(BTreeMap::new());
+    }
+    parse_fdb(&out.stdout, bridge, ifindex)
+        .map_err(|detail| HostError::Setting { setting: setting(), detail })
+}
+
+/// Parses `bridge -j fdb show` output (see [`bridge_ports`]).
+fn parse_fdb(
+    json: &[u8],
+    bridge: &str,
+    ifindex: impl Fn(&str) -> Option<u32>,
+) -> Result<BTreeMap<[u8; 6], u32>, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        mac: String,
+        ifname: Option<String>,
+        master: Option<String>,
+        state: Option<String>,
+        #[serde(default)]
+        flags: Vec<String>,
+    }
+    let entries: Vec<Entry> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for e in entries {
+        let dynamic = e.state.as_deref().unwrap_or("").is_empty() || e.state.as_deref() == Some("stale");
+        if !dynamic || e.master.as_deref() != Some(bridge) || e.flags.iter().any(|f| f == "self") {
+            continue;
+        }
+        let (Ok(mac), Some(port)) = (e.mac.parse::<Mac>(), e.ifname.as_deref().and_then(&ifindex)) else {
+            continue;
+        };
+        if mac.is_unicast() {
+            out.insert(mac.0, port);
+        }
+    }
+    Ok(out)
+}
+
 /// Removes the overlay route that [`apply`] added (on a normal stop).
 pub fn remove_route(network: Ipv4Net, bridge: &str) {
     let net = network.to_string();
     if let Err(e) = ip(&["route", "del", &net, "dev", bridge, "proto", "static"], format!("route {net}")) {
         tracing::warn!(error = %e, "could not remove the overlay route");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdb_keeps_learned_container_macs_only() {
+        // Shape of `bridge -j fdb show br docker0` (iproute2 6.1) with one container behind vc1.
+        let json = br#"[
+            {"mac":"33:33:00:00:00:01","ifname":"vc1","flags":["self"],"state":"permanent"},
+            {"mac":"02:42:0a:f4:01:02","ifname":"vc1","master":"docker0","state":""},
+            {"mac":"ae:11:22:33:44:55","ifname":"vc1","vlan":1,"master":"docker0","state":"permanent"},
+            {"mac":"02:42:0a:f4:01:09","ifname":"vc9","master":"docker0","state":""},
+            {"mac":"02:42:0a:f4:01:03","ifname":"vc2","master":"docker0","state":"stale"},
+            {"mac":"02:42:0a:f4:01:04","ifname":"vx","master":"other","state":""},
+            {"mac":"01:00:5e:00:00:01","ifname":"vc1","master":"docker0","state":""}
+        ]"#;
+        let ports = parse_fdb(json, "docker0", |n| match n {
+            "vc1" => Some(11),
+            "vc2" => Some(12),
+            _ => None,
+        })
+        .unwrap();
+        let expected: BTreeMap<[u8; 6], u32> =
+            [([2, 0x42, 10, 0xf4, 1, 2], 11), ([2, 0x42, 10, 0xf4, 1, 3], 12)].into();
+        assert_eq!(ports, expected);
+        assert!(parse_fdb(b"not json", "docker0", |_| None).is_err());
     }
 }

@@ -1,0 +1,95 @@
+//! Delivering a decapsulated packet straight into the container it is for.
+//!
+//! Handing it to the host stack works, but there it is forwarded through the container bridge, and
+//! a decapsulated GSO packet still carries its tunnel GSO state (kernel 6.18 has no
+//! `bpf_skb_adjust_room` flag to clear it): the bridge, which has no tunnel offloads, segments it in
+//! software. Going straight to the container's veth skips the bridge and that cost. Whatever this
+//! cannot resolve (no neighbour entry yet, unknown bridge port, TTL running out) goes to the stack,
+//! which also answers with the right ICMP.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer},
+    programs::TcContext,
+};
+use xnet_common::{
+    packet::Packet,
+    wire::{ETH_LEN, EthHdr, Ipv4Hdr},
+};
+
+use crate::{LOCAL_PORTS, ptr};
+
+const AF_INET: u8 = 2;
+/// Offsets of the IPv4 TTL/protocol word and checksum in a frame.
+const TTL_OFFSET: usize = ETH_LEN + 8;
+const IP_CSUM_OFFSET: usize = ETH_LEN + 10;
+
+/// Where a decapsulated packet went.
+pub enum Delivery {
+    /// Redirected into the container; the tc action to return.
+    Redirected(i32),
+    /// Left unchanged for the host stack.
+    ToStack,
+    /// Rewritten for the container but not redirected: must be dropped (and counted).
+    Failed,
+}
+
+/// Redirects the (already decapsulated) packet into its container when the kernel can tell where
+/// that is.
+#[inline(always)]
+pub fn to_container(ctx: &TcContext) -> Delivery {
+    match resolve(ctx) {
+        Some(ifindex) => rewrite_and_redirect(ctx, ifindex),
+        None => Delivery::ToStack,
+    }
+}
+
+/// The bridge port behind which the inner destination sits, and the MACs to use; `None` when the
+/// stack should handle the packet. Reads only.
+#[inline(always)]
+fn resolve(ctx: &TcContext) -> Option<(u32, EthHdr, Ipv4Hdr)> {
+    let ip = *ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN)?;
+    if ip.ttl <= 1 {
+        return None;
+    }
+    // SAFETY: bpf_fib_lookup is plain data (integers and unions of integers); zero is valid.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = ip.protocol;
+    // tot_len stays 0: the kernel then checks the skb itself against the egress MTU, which is right
+    // for GSO packets (their IP length is the whole super-packet's).
+    fib.__bindgen_anon_2.tos = ip.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    // SAFETY: reading a field of the __sk_buff this program was called with.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed; ctx.skb.skb is our skb.
+    let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // SAFETY: the value is copied out at once (see decap::run on concurrent updates).
+    let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
+    let eth = EthHdr { dst: fib.dmac, src: fib.smac, ethertype: 0x0800u16.to_be_bytes() };
+    Some((port.ifindex, eth, ip))
+}
+
+#[inline(always)]
+fn rewrite_and_redirect(ctx: &TcContext, (ifindex, eth, ip): (u32, EthHdr, Ipv4Hdr)) -> Delivery {
+    if ctx.store(0, &eth, 0).is_err() {
+        return Delivery::Failed;
+    }
+    // Forwarding decrements the TTL (RFC 1812); patch the header checksum for the changed word.
+    let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
+    let new = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
+    if ctx.l3_csum_replace(IP_CSUM_OFFSET, old.to_be() as u64, new.to_be() as u64, 2).is_err()
+        || ctx.store(TTL_OFFSET, &(ip.ttl - 1), 0).is_err()
+    {
+        return Delivery::Failed;
+    }
+    // SAFETY: plain helper call; redirects to the ingress of the veth peer of `ifindex`.
+    let ret = unsafe { bpf_redirect_peer(ifindex, 0) };
+    if ret == TC_ACT_REDIRECT as i64 { Delivery::Redirected(ret as i32) } else { Delivery::Failed }
+}
