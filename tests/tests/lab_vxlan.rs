@@ -251,3 +251,78 @@ fn decapsulated_traffic_goes_straight_to_the_container() {
     assert!(fwd * 10 < decap, "{fwd} of {decap} decapsulated packets went through the host's IP forwarding");
     assert_eq!(lab.counter(2, "ingress", "redirect_failed").0, 0);
 }
+
+#[test]
+fn a_second_agent_on_the_same_pin_dir_is_refused() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    let host = lab.host(1);
+    let out = host
+        .ns
+        .command(xnet_tests::lab::xnet_bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&host.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another xnet agent (pid "), "{stderr}");
+    assert!(stderr.contains(host.pin_dir.to_str().unwrap()), "{stderr}");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "the first agent's datapath is untouched");
+    assert!(!lab.log(1).contains("took_over=true"), "the refused agent took nothing over");
+}
+
+#[test]
+fn takeover_survives_a_recreated_container_bridge() {
+    let mut lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    lab.stop_agent(1);
+    lab.start_agent(1, &["--keep-datapath"]);
+    lab.stop_agent(1);
+    // What a Docker restart does: docker0 goes away and comes back with the same name.
+    let ns = &lab.host(1).ns;
+    ns.ip(&["link", "del", "docker0"]);
+    ns.ip(&["link", "add", "docker0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.244.1.1/24", "dev", "docker0"]);
+    ns.ip(&["link", "set", "docker0", "up"]);
+    ns.ip(&["link", "set", "vc1", "master", "docker0"]);
+    lab.start_agent(1, &[]);
+    let log = lab.log(1);
+    assert!(log.contains("pinned attachment is stale; attaching anew"), "{log}");
+    let attached = lab.attached_programs(1);
+    assert!(attached.contains(&"docker0/tcx-ingress:xnet_tc_egress".to_string()), "{attached:?}");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "egress works on the new bridge");
+}
+
+#[test]
+fn bpftool_prints_every_map_with_named_fields() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    let dump = |map: &str| -> serde_json::Value {
+        let path = lab.host(1).pin_dir.join(map);
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bpftool on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let routes = dump("REMOTE_SUBNETS");
+    // With -j, bpftool puts the BTF view (the named fields) under "formatted".
+    let route = &routes.as_array().unwrap()[0]["formatted"];
+    assert_eq!(route["key"]["prefix_len"], 24, "{route}");
+    assert_eq!(route["key"]["data"], serde_json::json!([10, 244, 2, 0]), "{route}");
+    assert_eq!(route["value"]["peer_ip"], serde_json::json!([198, 18, 0, 2]), "{route}");
+    assert_eq!(route["value"]["vtep_mac"], serde_json::json!([2, 0, 198, 18, 0, 2]), "{route}");
+    let config = dump("CONFIG");
+    assert_eq!(config[0]["formatted"]["value"]["local_ip"], serde_json::json!([198, 18, 0, 1]), "{config}");
+    let peers = dump("PEERS");
+    assert_eq!(peers[0]["formatted"]["value"]["backend"], 1, "{peers}");
+    let stats = dump("STATS");
+    let slot = &stats[1]["formatted"]["values"][0]["value"];
+    assert!(slot["packets"].is_u64() && slot["bytes"].is_u64(), "{}", stats[1]);
+}

@@ -55,7 +55,22 @@ impl Plan {
             IngressMode::Auto if underlay.is_virtual() => Hook::TcIngress,
             IngressMode::Auto => Hook::XdpIngress,
         };
-        let overlay_mtu = underlay.mtu - VXLAN_MTU_OVERHEAD;
+        // 68: the smallest MTU IPv4 allows (RFC 791).
+        let overlay_mtu =
+            underlay.mtu.checked_sub(VXLAN_MTU_OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| {
+                HostError::MtuTooSmall {
+                    name: underlay.name.clone(),
+                    mtu: underlay.mtu,
+                    overhead: VXLAN_MTU_OVERHEAD,
+                }
+            })?;
+        if !underlay.ipv4.contains(&public_ip) {
+            tracing::warn!(
+                public_ip = %public_ip,
+                iface = %underlay.name,
+                "public_ip is not an address of iface; peers must reach it (behind NAT they send to it and it must lead here)"
+            );
+        }
         host::check_bpffs(&config.pin_dir)?;
         Ok(Self { config, underlay, container_ifaces, public_ip, vtep_mac, ingress, overlay_mtu })
     }
@@ -98,7 +113,9 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
         dp.set_config(&plan.datapath_config())?;
         let (routes, peers) = plan.routes();
         dp.sync_routes(&routes, &peers)?;
-        sync_local_ports(&mut dp, plan);
+        if let Err(e) = sync_local_ports(&mut dp, plan) {
+            tracing::warn!(error = %e, "direct delivery: cannot fill LOCAL_PORTS; packets take the host stack");
+        }
         host::apply(&HostPlan {
             underlay: &plan.underlay,
             container_ifaces: &plan.container_ifaces,
@@ -137,6 +154,7 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let _lock = host::lock_pin_dir(&plan.config.pin_dir)?;
 
     let dp = bring_up(&plan)?;
     let metrics_task = listener
@@ -155,11 +173,18 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
 
     let mut dp = dp;
     let mut ports_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last_warning = None;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = int.recv() => { tracing::info!("SIGINT"); break; }
-            _ = ports_tick.tick() => sync_local_ports(&mut dp, &plan),
+            _ = ports_tick.tick() => {
+                let warning = sync_local_ports(&mut dp, &plan).err();
+                if warning.is_some() && warning != last_warning {
+                    tracing::warn!(error = warning.as_deref().unwrap_or(""), "direct delivery: cannot refresh LOCAL_PORTS; packets take the host stack");
+                }
+                last_warning = warning;
+            }
         }
     }
     if let Some(t) = metrics_task {
@@ -181,17 +206,12 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
 
 /// Refreshes which bridge port each local container sits behind (for direct delivery). A failure
 /// costs only speed: packets for unknown containers go through the host stack.
-fn sync_local_ports(dp: &mut Datapath, plan: &Plan) {
+fn sync_local_ports(dp: &mut Datapath, plan: &Plan) -> Result<(), String> {
     let mut ports = BTreeMap::new();
     for c in &plan.container_ifaces {
-        match host::bridge_ports(&c.name) {
-            Ok(p) => ports.extend(p),
-            Err(e) => return tracing::warn!(error = %e, "direct delivery: cannot read bridge ports"),
-        }
+        ports.extend(host::bridge_ports(&c.name).map_err(|e| e.to_string())?);
     }
-    if let Err(e) = dp.sync_local_ports(&ports) {
-        tracing::warn!(error = %e, "direct delivery: cannot update LOCAL_PORTS");
-    }
+    dp.sync_local_ports(&ports).map_err(|e| e.to_string())
 }
 
 /// Tells systemd (Type=notify) that the agent is ready, when started by it.

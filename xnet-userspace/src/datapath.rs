@@ -18,7 +18,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
+        links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
@@ -186,59 +186,77 @@ impl Datapath {
     }
 
     /// Attaches `hook` on `iface`, or atomically swaps this run's program into an attachment an
-    /// earlier agent left pinned (no moment without a program). The link is pinned.
+    /// earlier agent left pinned (no moment without a program). The link is pinned. A pinned link
+    /// that can no longer be updated (its interface was deleted and perhaps re-created) is replaced
+    /// by a fresh attachment.
     pub fn attach(&mut self, hook: Hook, iface: &str) -> Result<(), DatapathError> {
         let program = hook.program();
         let pin = link_pin(&self.pin_dir, hook, iface);
         let fail = |detail: String| DatapathError::Attach { program, iface: iface.into(), detail };
-        let previous = match PinnedLink::from_pin(&pin) {
-            Ok(old) => Some(FdLink::from(old)),
-            Err(_) => None,
-        };
-        let took_over = previous.is_some();
-        let fd_link: FdLink = match hook {
-            Hook::TcEgress | Hook::TcIngress => {
-                let p: &mut SchedClassifier =
-                    self.ebpf.program_mut(program).expect("program").try_into().expect("classifier");
-                let id = match previous {
-                    Some(old) => {
-                        let link = SchedClassifierLink::try_from(old).map_err(|e| fail(e.to_string()))?;
-                        p.attach_to_link(link).map_err(|e| fail(e.to_string()))?
-                    }
-                    None => p
-                        .attach_with_options(
-                            iface,
-                            TcAttachType::Ingress,
-                            TcAttachOptions::TcxOrder(LinkOrder::first()),
-                        )
-                        .map_err(|e| fail(e.to_string()))?,
-                };
-                p.take_link(id)
-                    .map_err(|e| fail(e.to_string()))?
-                    .try_into()
-                    .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?
-            }
-            Hook::XdpIngress => {
-                let p: &mut Xdp = self.ebpf.program_mut(program).expect("program").try_into().expect("xdp");
-                let id = match previous {
-                    Some(old) => {
-                        let link = XdpLink::try_from(old).map_err(|e| fail(e.to_string()))?;
-                        p.attach_to_link(link).map_err(|e| fail(e.to_string()))?
-                    }
-                    None => p.attach(iface, XdpMode::default()).map_err(|e| fail(e.to_string()))?,
-                };
-                p.take_link(id)
-                    .map_err(|e| fail(e.to_string()))?
-                    .try_into()
-                    .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?
-            }
+        // The kernel refuses to update a link whose interface is gone (ENOLINK).
+        let took_over = match PinnedLink::from_pin(&pin) {
+            Ok(old) => match self.replace_program(hook, FdLink::from(old)) {
+                Ok(_still_pinned) => true,
+                Err(e) => {
+                    tracing::warn!(link = %pin.display(), error = %e, "pinned attachment is stale; attaching anew");
+                    unpin_link(&pin)?;
+                    false
+                }
+            },
+            Err(_) => false,
         };
         if !took_over {
-            fd_link.pin(&pin).map_err(|e| fail(format!("pinning {}: {e}", pin.display())))?;
+            let link = self.attach_new(hook, iface).map_err(fail)?;
+            link.pin(&pin).map_err(|e| fail(format!("pinning {}: {e}", pin.display())))?;
         }
         tracing::info!(program, iface, took_over, "attached");
         self.attached.insert(pin);
         Ok(())
+    }
+
+    /// Swaps this run's program into an existing link (bpf_link_update).
+    fn replace_program(&mut self, hook: Hook, old: FdLink) -> Result<FdLink, String> {
+        let program = hook.program();
+        match hook {
+            Hook::TcEgress | Hook::TcIngress => {
+                let p: &mut SchedClassifier =
+                    self.ebpf.program_mut(program).expect("program").try_into().expect("classifier");
+                let link = SchedClassifierLink::try_from(old).map_err(|e| e.to_string())?;
+                let id = p.attach_to_link(link).map_err(|e| e.to_string())?;
+                p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())
+            }
+            Hook::XdpIngress => {
+                let p: &mut Xdp = self.ebpf.program_mut(program).expect("program").try_into().expect("xdp");
+                let link = XdpLink::try_from(old).map_err(|e| e.to_string())?;
+                let id = p.attach_to_link(link).map_err(|e| e.to_string())?;
+                p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())
+            }
+        }
+    }
+
+    /// A new attachment (TCX first in line on tc hooks, so a program of another tool behind us
+    /// still sees what we pass).
+    fn attach_new(&mut self, hook: Hook, iface: &str) -> Result<FdLink, String> {
+        let program = hook.program();
+        match hook {
+            Hook::TcEgress | Hook::TcIngress => {
+                let p: &mut SchedClassifier =
+                    self.ebpf.program_mut(program).expect("program").try_into().expect("classifier");
+                let id = p
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                    .map_err(|e| e.to_string())?;
+                p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())
+            }
+            Hook::XdpIngress => {
+                let p: &mut Xdp = self.ebpf.program_mut(program).expect("program").try_into().expect("xdp");
+                let id = p.attach(iface, XdpMode::default()).map_err(|e| e.to_string())?;
+                p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())
+            }
+        }
     }
 
     /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an interface

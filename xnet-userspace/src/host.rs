@@ -28,6 +28,12 @@ pub enum HostError {
         "{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or set `pin_dir`"
     )]
     NotBpffs { path: PathBuf },
+    #[error(
+        "another xnet agent (pid {pid}) runs with pin_dir {pin_dir}; stop it first, or give this one its own `pin_dir`"
+    )]
+    AgentRunning { pin_dir: PathBuf, pid: String },
+    #[error("interface {name} has MTU {mtu}, too small for VXLAN's {overhead} bytes of headers; raise it")]
+    MtuTooSmall { name: String, mtu: u32, overhead: u32 },
     #[error("cannot set {setting}: {detail}; run xnet as root, or set it yourself and restart")]
     Setting { setting: String, detail: String },
 }
@@ -173,6 +179,45 @@ fn ipv4_addresses(name: &str) -> io::Result<Vec<Ipv4Addr>> {
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// Held while an agent runs: one agent per pin directory. A second agent would swap its programs
+/// into the first one's links, and whichever stopped first would tear down the other's datapath.
+pub struct PinDirLock {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl Drop for PinDirLock {
+    fn drop(&mut self) {
+        // Unlink before the descriptor (and with it the lock) goes: a new agent then locks a new file.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the lock of `pin_dir` (a file under /run/xnet), or says which agent holds it.
+pub fn lock_pin_dir(pin_dir: &Path) -> Result<PinDirLock, HostError> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    let dir = Path::new("/run/xnet");
+    let name: String = pin_dir.to_string_lossy().chars().map(|c| if c == '/' { '_' } else { c }).collect();
+    let path = dir.join(format!("agent{name}.lock"));
+    let setting = || format!("lock file {}", path.display());
+    fs::create_dir_all(dir).map_err(|e| HostError::Setting { setting: setting(), detail: e.to_string() })?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| HostError::Setting { setting: setting(), detail: e.to_string() })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        return Err(HostError::AgentRunning { pin_dir: pin_dir.into(), pid: holder.trim().to_string() });
+    }
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    Ok(PinDirLock { path, _file: file })
 }
 
 /// Refuses a pin directory that is not on bpffs (pins elsewhere fail, or vanish with a tmpfs).
