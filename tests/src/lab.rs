@@ -253,6 +253,17 @@ impl Lab {
         stop_child(child)
     }
 
+    /// Runs `xnet args...` to completion inside host `i`'s namespace (the agent's own view of the
+    /// host), e.g. a second `run` or `stats`.
+    pub fn xnet(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.host(i)
+            .ns
+            .command(xnet_bin().to_str().expect("utf-8 path"))
+            .args(args)
+            .output()
+            .expect("run xnet")
+    }
+
     /// The agent log of host `i`.
     pub fn log(&self, i: usize) -> String {
         fs::read_to_string(&self.host(i).log_path).unwrap_or_default()

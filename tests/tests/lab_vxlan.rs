@@ -205,13 +205,7 @@ fn a_bad_config_is_refused_before_anything_is_attached() {
     for (text, expected) in cases {
         assert_ne!(text, good, "case must change the config");
         std::fs::write(&host.config_path, &text).unwrap();
-        let out = host
-            .ns
-            .command(xnet_tests::lab::xnet_bin().to_str().unwrap())
-            .args(["run", "--config"])
-            .arg(&host.config_path)
-            .output()
-            .unwrap();
+        let out = lab.xnet(1, &["run", "--config", host.config_path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "exit status for {expected:?}: {stderr}");
         assert!(stderr.contains(expected), "stderr should say {expected:?}: {stderr}");
@@ -256,13 +250,7 @@ fn decapsulated_traffic_goes_straight_to_the_container() {
 fn a_second_agent_on_the_same_pin_dir_is_refused() {
     let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
     let host = lab.host(1);
-    let out = host
-        .ns
-        .command(xnet_tests::lab::xnet_bin().to_str().unwrap())
-        .args(["run", "--config"])
-        .arg(&host.config_path)
-        .output()
-        .unwrap();
+    let out = lab.xnet(1, &["run", "--config", host.config_path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another xnet agent (pid "), "{stderr}");

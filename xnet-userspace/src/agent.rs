@@ -113,9 +113,7 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
         dp.set_config(&plan.datapath_config())?;
         let (routes, peers) = plan.routes();
         dp.sync_routes(&routes, &peers)?;
-        if let Err(e) = sync_local_ports(&mut dp, plan) {
-            tracing::warn!(error = %e, "direct delivery: cannot fill LOCAL_PORTS; packets take the host stack");
-        }
+        refresh_local_ports(&mut dp, plan, &mut None);
         host::apply(&HostPlan {
             underlay: &plan.underlay,
             container_ifaces: &plan.container_ifaces,
@@ -156,7 +154,7 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
     let mut int = signal(SignalKind::interrupt())?;
     let _lock = host::lock_pin_dir(&plan.config.pin_dir)?;
 
-    let dp = bring_up(&plan)?;
+    let mut dp = bring_up(&plan)?;
     let metrics_task = listener
         .map(|l| tokio::spawn(metrics::serve(l, plan.config.pin_dir.clone(), plan.config.peers.len())));
     tracing::info!(
@@ -171,20 +169,13 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
     );
     notify_ready();
 
-    let mut dp = dp;
     let mut ports_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut last_warning = None;
+    let mut last_ports_error = None;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = int.recv() => { tracing::info!("SIGINT"); break; }
-            _ = ports_tick.tick() => {
-                let warning = sync_local_ports(&mut dp, &plan).err();
-                if warning.is_some() && warning != last_warning {
-                    tracing::warn!(error = warning.as_deref().unwrap_or(""), "direct delivery: cannot refresh LOCAL_PORTS; packets take the host stack");
-                }
-                last_warning = warning;
-            }
+            _ = ports_tick.tick() => refresh_local_ports(&mut dp, &plan, &mut last_ports_error),
         }
     }
     if let Some(t) = metrics_task {
@@ -205,13 +196,25 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
 }
 
 /// Refreshes which bridge port each local container sits behind (for direct delivery). A failure
-/// costs only speed: packets for unknown containers go through the host stack.
-fn sync_local_ports(dp: &mut Datapath, plan: &Plan) -> Result<(), String> {
-    let mut ports = BTreeMap::new();
-    for c in &plan.container_ifaces {
-        ports.extend(host::bridge_ports(&c.name).map_err(|e| e.to_string())?);
+/// costs only speed: packets for unknown containers go through the host stack. Logs an error once,
+/// not every second while it lasts (`last_error` remembers it).
+fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &mut Option<String>) {
+    let result = plan
+        .container_ifaces
+        .iter()
+        .try_fold(BTreeMap::new(), |mut ports, c| {
+            ports.extend(host::bridge_ports(&c.name)?);
+            Ok::<_, HostError>(ports)
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|ports| dp.sync_local_ports(&ports).map_err(|e| e.to_string()));
+    let error = result.err();
+    if let Some(e) = &error
+        && Some(e) != last_error.as_ref()
+    {
+        tracing::warn!(error = %e, "direct delivery: cannot refresh LOCAL_PORTS; packets take the host stack");
     }
-    dp.sync_local_ports(&ports).map_err(|e| e.to_string())
+    *last_error = error;
 }
 
 /// Tells systemd (Type=notify) that the agent is ready, when started by it.
