@@ -35,15 +35,26 @@ pub struct LabSpec {
     pub port: u16,
     /// Start an agent on every host right away.
     pub start_agents: bool,
+    /// Give every agent `metrics_addr` = [`METRICS_ADDR`] (each host has its own loopback).
+    pub metrics: bool,
 }
 
 impl Default for LabSpec {
     fn default() -> Self {
-        Self { hosts: 3, containers_per_host: 2, ingress: "auto", vni: 1, port: 8472, start_agents: true }
+        Self {
+            hosts: 3,
+            containers_per_host: 2,
+            ingress: "auto",
+            vni: 1,
+            port: 8472,
+            start_agents: true,
+            metrics: false,
+        }
     }
 }
 
 pub const NETWORK: &str = "10.244.0.0/16";
+pub const METRICS_ADDR: &str = "127.0.0.1:9436";
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const VXLAN_OVERHEAD: u32 = xnet_common::wire::VXLAN_MTU_OVERHEAD;
 
@@ -65,6 +76,8 @@ pub struct Host {
     pub config_path: PathBuf,
     pub pin_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The agent's subnet.env (inside the lab directory, not /run/xnet).
+    pub subnet_file: PathBuf,
     agent: Option<Child>,
 }
 
@@ -185,6 +198,7 @@ impl Lab {
             config_path: self.dir.join(format!("h{i}.toml")),
             pin_dir: self.pin_root.join(format!("h{i}")),
             log_path: self.dir.join(format!("h{i}.log")),
+            subnet_file: self.dir.join(format!("h{i}.subnet.env")),
             agent: None,
         }
     }
@@ -192,13 +206,16 @@ impl Lab {
     /// The config file of host `i` (1-based): every other host is a peer.
     pub fn config_text(&self, i: usize) -> String {
         let h = self.host(i);
+        let metrics =
+            if self.spec.metrics { format!("metrics_addr = \"{METRICS_ADDR}\"\n") } else { String::new() };
         let mut s = format!(
             "network = \"{NETWORK}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
-             container_ifaces = [\"docker0\"]\npin_dir = \"{}\"\n\n[backend]\ntype = \"vxlan\"\n\
-             vni = {}\nport = {}\ningress = \"{}\"\n",
+             container_ifaces = [\"docker0\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
+             [backend]\ntype = \"vxlan\"\nvni = {}\nport = {}\ningress = \"{}\"\n",
             h.subnet,
             h.public_ip,
             h.pin_dir.display(),
+            h.subnet_file.display(),
             self.spec.vni,
             self.spec.port,
             self.spec.ingress
@@ -262,6 +279,26 @@ impl Lab {
             .args(args)
             .output()
             .expect("run xnet")
+    }
+
+    /// `GET path` from `addr` inside host `i`'s namespace; the response body.
+    pub fn http_get(&self, i: usize, addr: &str, path: &str) -> String {
+        let (addr, path) = (addr.to_string(), path.to_string());
+        self.host(i)
+            .ns
+            .spawn(move || {
+                let mut conn = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+                conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .expect("send");
+                let mut resp = String::new();
+                conn.read_to_string(&mut resp).expect("read response");
+                let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+                assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+                body.to_string()
+            })
+            .join()
+            .expect("http thread")
     }
 
     /// The agent log of host `i`.

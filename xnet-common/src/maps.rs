@@ -13,8 +13,15 @@ pub const STATS: &str = "STATS";
 /// behind. Lets decapsulated packets go straight to the container instead of through the bridge.
 pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
 
+/// Array of one [`AgentState`]: what the agent that set this datapath up knows about it. Read by
+/// `xnet status` and the metrics; the programs do not use it.
+pub const AGENT: &str = "AGENT";
+/// Hash: [`LpmKeyIpv4`] of a remote subnet -> [`RouteInfo`] (where the route came from, since when).
+/// Read by `xnet routes`; the programs do not use it.
+pub const ROUTE_INFO: &str = "ROUTE_INFO";
+
 /// Every map, for pinning and cleanup.
-pub const ALL: [&str; 5] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS];
+pub const ALL: [&str; 7] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS, AGENT, ROUTE_INFO];
 
 pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
 
@@ -104,6 +111,70 @@ pub struct LocalPort {
     pub ifindex: u32,
 }
 
+/// Where routes come from. Numbers are stored in maps: never reuse one.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// A static config file.
+    File = 1,
+}
+
+impl Store {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::File),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+        }
+    }
+}
+
+/// How decapsulation is attached. Numbers are stored in maps: never reuse one.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressHook {
+    Tc = 1,
+    Xdp = 2,
+}
+
+/// The single entry of [`AGENT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AgentState {
+    /// Process id of the agent that last set the datapath up.
+    pub pid: u32,
+    /// MTU applied to the container interfaces.
+    pub overlay_mtu: u32,
+    /// Unix seconds: when that agent started.
+    pub started_at: u64,
+    /// Unix seconds: when the maps were last made to match the store.
+    pub last_reconcile: u64,
+    /// A [`Store`] number.
+    pub store: u8,
+    /// 1 when the store was reachable at the last attempt.
+    pub store_up: u8,
+    /// An [`IngressHook`] number.
+    pub ingress: u8,
+    pub reserved: [u8; 5],
+    /// Unix seconds when this host's subnet lease expires; 0 when there is no lease (static file).
+    pub lease_expiry: u64,
+}
+
+/// Value of [`ROUTE_INFO`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RouteInfo {
+    /// A [`Store`] number.
+    pub source: u8,
+    pub reserved: [u8; 7],
+    /// Unix seconds: when the route was first installed.
+    pub added_at: u64,
+}
+
 /// Value of [`STATS`]: packets and bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -119,6 +190,8 @@ const _: () = {
     assert!(core::mem::size_of::<DatapathConfig>() == 32);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<LocalPort>() == 4);
+    assert!(core::mem::size_of::<AgentState>() == 40);
+    assert!(core::mem::size_of::<RouteInfo>() == 16);
 };
 
 impl DatapathConfig {
@@ -143,4 +216,6 @@ mod pod {
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for LocalPort {}
+    unsafe impl aya::Pod for AgentState {}
+    unsafe impl aya::Pod for RouteInfo {}
 }

@@ -19,8 +19,8 @@ use deliver::Delivery;
 use xnet_common::{
     egress::{self, EgressDecision},
     maps::{
-        Counter, DatapathConfig, LOCAL_PORTS_MAX, LocalPort, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX,
-        RemoteSubnet,
+        AgentState, Counter, DatapathConfig, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEERS_MAX, Peer,
+        REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
@@ -44,6 +44,15 @@ static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::ne
 /// Container MAC -> the bridge port it sits behind (filled by the agent from the bridge FDB).
 #[btf_map]
 static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }> = HashMap::new();
+
+/// The agent's own record of this datapath (`xnet status`); not read by the programs, declared here
+/// so it is created, typed and pinned with the rest.
+#[btf_map]
+static AGENT: Array<AgentState, 1> = Array::new();
+
+/// Where each remote subnet came from and since when (`xnet routes`); not read by the programs.
+#[btf_map]
+static ROUTE_INFO: HashMap<LpmKeyIpv4, RouteInfo, { REMOTE_SUBNETS_MAX as usize }> = HashMap::new();
 
 /// tc, where container traffic enters the host (ingress hook of the container bridge):
 /// encapsulates packets for remote subnets and redirects them to the underlay interface.

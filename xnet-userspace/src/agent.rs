@@ -8,16 +8,18 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use xnet_common::{
-    maps::{Backend as WireBackend, DatapathConfig, Peer, RemoteSubnet},
+    maps::{AgentState, Backend as WireBackend, DatapathConfig, IngressHook, Peer, RemoteSubnet, Store},
     wire::{VXLAN_MTU_OVERHEAD, vni_to_wire},
 };
 
 use crate::{
+    cli::RunArgs,
     config::{Config, IngressMode},
     datapath::{self, Datapath, Hook},
     host::{self, HostError, HostPlan, Interface},
     metrics,
     subnet::{Ipv4Net, Mac},
+    subnet_env::{self, SubnetEnv},
 };
 
 /// Everything the agent resolved about this host before touching it.
@@ -112,7 +114,22 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(pin_dir)?;
         dp.set_config(&plan.datapath_config())?;
         let (routes, peers) = plan.routes();
-        dp.sync_routes(&routes, &peers)?;
+        let now = unix_now();
+        dp.sync_routes(&routes, &peers, Store::File, now)?;
+        dp.set_agent_state(&AgentState {
+            pid: std::process::id(),
+            overlay_mtu: plan.overlay_mtu,
+            started_at: now,
+            last_reconcile: now,
+            store: Store::File as u8,
+            store_up: 1,
+            ingress: match plan.ingress {
+                Hook::XdpIngress => IngressHook::Xdp as u8,
+                _ => IngressHook::Tc as u8,
+            },
+            reserved: [0; 5],
+            lease_expiry: 0,
+        })?;
         refresh_local_ports(&mut dp, plan, &mut None);
         host::apply(&HostPlan {
             underlay: &plan.underlay,
@@ -137,8 +154,12 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let (config_path, keep_datapath) = (args.config.as_path(), args.keep_datapath);
+    let mut config = Config::load(config_path)?;
+    if let Some(file) = &args.subnet_file {
+        config.subnet_file = file.clone();
+    }
     let plan = Plan::resolve(config)?;
     // Everything that can still fail comes before the datapath goes up.
     let listener = match plan.config.metrics_addr {
@@ -153,10 +174,10 @@ pub async fn run(config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let _lock = host::lock_pin_dir(&plan.config.pin_dir)?;
+    write_runtime_files(&plan)?;
 
     let mut dp = bring_up(&plan)?;
-    let metrics_task = listener
-        .map(|l| tokio::spawn(metrics::serve(l, plan.config.pin_dir.clone(), plan.config.peers.len())));
+    let metrics_task = listener.map(|l| tokio::spawn(metrics::serve(l, plan.config.pin_dir.clone())));
     tracing::info!(
         subnet = %plan.config.subnet,
         public_ip = %plan.public_ip,
@@ -215,6 +236,26 @@ fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &mut Option<S
         tracing::warn!(error = %e, "direct delivery: cannot refresh LOCAL_PORTS; packets take the host stack");
     }
     *last_error = error;
+}
+
+/// subnet.env (and the Docker options file, if configured) for the container runtime.
+fn write_runtime_files(plan: &Plan) -> anyhow::Result<()> {
+    let env = SubnetEnv {
+        network: plan.config.network,
+        subnet: plan.config.subnet,
+        mtu: plan.overlay_mtu,
+        ipmasq: false,
+    };
+    subnet_env::write_atomic(&plan.config.subnet_file, &env.render())?;
+    if let Some(path) = &plan.config.docker_opts_file {
+        subnet_env::write_atomic(path, &env.render_docker_opts())?;
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Tells systemd (Type=notify) that the agent is ready, when started by it.

@@ -23,6 +23,10 @@ pub enum Command {
     Run(RunArgs),
     /// Show the datapath's packet and byte counters (works while the agent is stopped).
     Stats(StatsArgs),
+    /// List the remote subnets and how each is reached (works while the agent is stopped).
+    Routes(ShowArgs),
+    /// Show the attachments, the agent, the store and the MTU (works while the agent is stopped).
+    Status(ShowArgs),
     /// Detach every xnet program and remove every pin under the pin directory.
     Cleanup(PinDirArg),
 }
@@ -36,6 +40,10 @@ pub struct RunArgs {
     /// next agent takes it over without a gap.
     #[arg(long)]
     pub keep_datapath: bool,
+    /// Where to write subnet.env (XNET_*/FLANNEL_* NETWORK, SUBNET, MTU, IPMASQ); overrides
+    /// `subnet_file` in the config (default /run/xnet/subnet.env).
+    #[arg(long, value_name = "FILE")]
+    pub subnet_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -46,13 +54,22 @@ pub struct PinDirArg {
 }
 
 #[derive(Debug, Args)]
-pub struct StatsArgs {
+pub struct ShowArgs {
     #[command(flatten)]
     pub pin: PinDirArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub show: ShowArgs,
     /// Also list counters that are zero.
     #[arg(long)]
     pub all: bool,
+    /// Refresh every SECONDS and show rates (packets/s, bits/s) until interrupted.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "json")]
+    pub watch: Option<f64>,
 }

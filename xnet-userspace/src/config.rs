@@ -67,6 +67,10 @@ pub struct Config {
     pub vtep_mac: Option<Mac>,
     pub pin_dir: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where to write subnet.env for the container runtime.
+    pub subnet_file: PathBuf,
+    /// Where to write a Docker options file (`DOCKER_NETWORK_OPTIONS=...`), if anywhere.
+    pub docker_opts_file: Option<PathBuf>,
     pub backend: Backend,
     pub peers: Vec<PeerConfig>,
 }
@@ -82,6 +86,8 @@ struct RawConfig {
     vtep_mac: Option<String>,
     pin_dir: Option<PathBuf>,
     metrics_addr: Option<String>,
+    subnet_file: Option<PathBuf>,
+    docker_opts_file: Option<PathBuf>,
     #[serde(default)]
     backend: RawBackend,
     #[serde(default, rename = "peer")]
@@ -224,6 +230,18 @@ impl Config {
             })
             .transpose()?;
 
+        let absolute = |key: &str, p: Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
+            match p {
+                Some(p) if !p.is_absolute() => {
+                    Err(invalid(key, format!("= \"{}\" must be an absolute path", p.display())))
+                }
+                p => Ok(p),
+            }
+        };
+        let subnet_file = absolute("subnet_file", raw.subnet_file)?
+            .unwrap_or_else(|| PathBuf::from(crate::subnet_env::DEFAULT_SUBNET_FILE));
+        let docker_opts_file = absolute("docker_opts_file", raw.docker_opts_file)?;
+
         let backend = match raw.backend.kind.as_str() {
             "vxlan" => {
                 let vni = raw.backend.vni.unwrap_or(DEFAULT_VNI as i64);
@@ -323,6 +341,8 @@ impl Config {
             vtep_mac,
             pin_dir,
             metrics_addr,
+            subnet_file,
+            docker_opts_file,
             backend,
             peers,
         })
@@ -388,6 +408,8 @@ public_ip = "198.18.0.3"
         assert_eq!(c.backend, Backend { vni: 1, port: 8472, ingress: IngressMode::Auto });
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!((c.public_ip, c.vtep_mac, c.metrics_addr), (None, None, None));
+        assert_eq!(c.subnet_file, PathBuf::from("/run/xnet/subnet.env"));
+        assert_eq!(c.docker_opts_file, None);
     }
 
     /// Each bad config gives its own message naming the key and the fix.

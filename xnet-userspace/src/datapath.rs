@@ -23,7 +23,9 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use xnet_common::maps::{self, DatapathConfig, LocalPort, Peer, RemoteSubnet};
+use xnet_common::maps::{
+    self, AgentState, DatapathConfig, LocalPort, LpmKeyIpv4, Peer, RemoteSubnet, RouteInfo, Store,
+};
 
 use crate::{EBPF_OBJECT, programs, subnet::Ipv4Net};
 
@@ -116,20 +118,58 @@ impl Datapath {
 
     /// Writes this host's side of the tunnels.
     pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
-        let map_err =
-            |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
-        let mut config: Array<&mut MapData, DatapathConfig> =
-            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("CONFIG map")).map_err(map_err)?;
-        config.set(0, cfg, 0).map_err(map_err)
+        self.set_single(maps::CONFIG, cfg)
+    }
+
+    /// Records what the agent knows about this datapath (for `xnet status` and the metrics).
+    pub fn set_agent_state(&mut self, state: &AgentState) -> Result<(), DatapathError> {
+        self.set_single(maps::AGENT, state)
+    }
+
+    /// Writes entry 0 of a one-entry array map.
+    fn set_single<T: aya::Pod>(&mut self, map: &'static str, value: &T) -> Result<(), DatapathError> {
+        let map_err = |e: aya::maps::MapError| DatapathError::Map { map, detail: e.to_string() };
+        let mut array: Array<&mut MapData, T> =
+            Array::try_from(self.ebpf.map_mut(map).expect("map is in the object")).map_err(map_err)?;
+        array.set(0, value, 0).map_err(map_err)
     }
 
     /// Makes REMOTE_SUBNETS and PEERS hold exactly `routes` and `peers`: new and changed entries are
     /// written first, stale ones removed after, so no packet for a still-valid subnet misses.
+    /// ROUTE_INFO follows, keeping the time a route was first installed across agent restarts.
     pub fn sync_routes(
         &mut self,
         routes: &BTreeMap<Ipv4Net, RemoteSubnet>,
         peers: &BTreeMap<[u8; 4], Peer>,
+        source: Store,
+        now: u64,
     ) -> Result<(), DatapathError> {
+        {
+            let map_err =
+                |e: aya::maps::MapError| DatapathError::Map { map: maps::ROUTE_INFO, detail: e.to_string() };
+            let mut info: HashMap<&mut MapData, LpmKeyIpv4, RouteInfo> =
+                HashMap::try_from(self.ebpf.map_mut(maps::ROUTE_INFO).expect("ROUTE_INFO map"))
+                    .map_err(map_err)?;
+            let keys: BTreeSet<(u32, [u8; 4])> =
+                routes.keys().map(|n| (n.prefix() as u32, n.addr().octets())).collect();
+            for (prefix_len, addr) in &keys {
+                let key = LpmKeyIpv4 { prefix_len: *prefix_len, addr: *addr };
+                let added_at = match info.get(&key, 0) {
+                    Ok(old) if old.source == source as u8 => old.added_at,
+                    _ => now,
+                };
+                info.insert(key, RouteInfo { source: source as u8, reserved: [0; 7], added_at }, 0)
+                    .map_err(map_err)?;
+            }
+            let stale: Vec<LpmKeyIpv4> = info
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !keys.contains(&(k.prefix_len, k.addr)))
+                .collect();
+            for k in stale {
+                info.remove(&k).map_err(map_err)?;
+            }
+        }
         {
             let map_err =
                 |e: aya::maps::MapError| DatapathError::Map { map: maps::PEERS, detail: e.to_string() };

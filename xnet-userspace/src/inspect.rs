@@ -1,19 +1,44 @@
-//! Reading the pinned datapath state, for the CLI and metrics. Works while no agent runs.
+//! Reading the pinned datapath state, for the CLI and the metrics. Everything here reads pins under
+//! the pin directory only, so it works while no agent runs.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::{
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    programs::links::{FdLink, PinnedLink},
+};
 use serde::Serialize;
 use xnet_common::{
-    maps::{self, Counter},
+    maps::{
+        self, AgentState, Backend, Counter, DatapathConfig, IngressHook, LpmKeyIpv4, Peer, RemoteSubnet,
+        RouteInfo, Store,
+    },
     stats::{self, Direction, Outcome},
 };
+
+use crate::subnet::{Ipv4Net, Mac};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read pinned map {path}: {detail}; is an xnet datapath set up with this --pin-dir?")]
 pub struct InspectError {
     pub path: PathBuf,
     pub detail: String,
+}
+
+fn open(pin_dir: &Path, name: &str) -> Result<(Map, PathBuf), InspectError> {
+    let path = pin_dir.join(name);
+    let data =
+        MapData::from_pin(&path).map_err(|e| InspectError { path: path.clone(), detail: e.to_string() })?;
+    let map =
+        Map::from_map_data(data).map_err(|e| InspectError { path: path.clone(), detail: e.to_string() })?;
+    Ok((map, path))
+}
+
+fn fail(path: &Path) -> impl Fn(aya::maps::MapError) -> InspectError + '_ {
+    move |e| InspectError { path: path.into(), detail: e.to_string() }
 }
 
 /// One counter, summed over CPUs.
@@ -28,17 +53,14 @@ pub struct CounterRow {
     pub bytes: u64,
 }
 
-/// Every counter of the datapath pinned under `pin_dir`.
+/// Every counter of the datapath pinned under `pin_dir` (the outcomes possible in each direction).
 pub fn read_counters(pin_dir: &Path) -> Result<Vec<CounterRow>, InspectError> {
-    let path = pin_dir.join(maps::STATS);
-    let err = |detail: String| InspectError { path: path.clone(), detail };
-    let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
-    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
-    let array: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
+    let (map, path) = open(pin_dir, maps::STATS)?;
+    let array: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(fail(&path))?;
     let mut rows = Vec::new();
     for direction in Direction::ALL {
         for outcome in Outcome::ALL.into_iter().filter(|o| o.applies_to(direction)) {
-            let per_cpu = array.get(&stats::index(direction, outcome), 0).map_err(|e| err(e.to_string()))?;
+            let per_cpu = array.get(&stats::index(direction, outcome), 0).map_err(fail(&path))?;
             let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             rows.push(CounterRow {
                 direction: direction.name(),
@@ -51,4 +73,179 @@ pub fn read_counters(pin_dir: &Path) -> Result<Vec<CounterRow>, InspectError> {
         }
     }
     Ok(rows)
+}
+
+/// A remote subnet and how it is reached.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RouteRow {
+    pub subnet: String,
+    pub peer: Ipv4Addr,
+    pub backend: &'static str,
+    pub vni: u32,
+    pub vtep_mac: String,
+    /// "file" (static config) or "etcd"; "unknown" when the agent recorded nothing.
+    pub source: &'static str,
+    /// Seconds since the route was first installed.
+    pub age_seconds: Option<u64>,
+}
+
+/// The routes of the datapath pinned under `pin_dir`, sorted by subnet.
+pub fn read_routes(pin_dir: &Path, now: u64) -> Result<Vec<RouteRow>, InspectError> {
+    let config = read_single::<DatapathConfig>(pin_dir, maps::CONFIG)?;
+    let vni = u32::from_be_bytes(config.vxlan_vni) >> 8;
+    let (map, path) = open(pin_dir, maps::REMOTE_SUBNETS)?;
+    let trie: LpmTrie<MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(map).map_err(fail(&path))?;
+    let (map, info_path) = open(pin_dir, maps::ROUTE_INFO)?;
+    let info: HashMap<MapData, LpmKeyIpv4, RouteInfo> = HashMap::try_from(map).map_err(fail(&info_path))?;
+    let mut rows = Vec::new();
+    for entry in trie.iter() {
+        let (key, route) = entry.map_err(fail(&path))?;
+        let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+            .map_or_else(|| format!("{:?}/{}", key.data(), key.prefix_len()), |n| n.to_string());
+        let meta = info.get(&LpmKeyIpv4 { prefix_len: key.prefix_len(), addr: key.data() }, 0).ok();
+        rows.push(RouteRow {
+            subnet,
+            peer: Ipv4Addr::from(route.peer_ip),
+            backend: Backend::from_u8(route.backend).map_or("unknown", Backend::name),
+            vni,
+            vtep_mac: Mac(route.vtep_mac).to_string(),
+            source: meta.and_then(|m| Store::from_u8(m.source)).map_or("unknown", Store::name),
+            age_seconds: meta.map(|m| now.saturating_sub(m.added_at)),
+        });
+    }
+    rows.sort_by_key(|r| r.subnet.parse::<Ipv4Net>().ok());
+    Ok(rows)
+}
+
+fn read_single<T: aya::Pod>(pin_dir: &Path, name: &str) -> Result<T, InspectError> {
+    let (map, path) = open(pin_dir, name)?;
+    let array: Array<MapData, T> = Array::try_from(map).map_err(fail(&path))?;
+    array.get(&0, 0).map_err(fail(&path))
+}
+
+/// One program attachment, from its pinned link.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AttachmentRow {
+    pub iface: String,
+    pub hook: &'static str,
+    pub program: String,
+    pub program_id: u32,
+    pub link_id: u32,
+}
+
+/// The agent's record and what is attached.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub pin_dir: PathBuf,
+    pub agent_pid: u32,
+    pub agent_running: bool,
+    pub agent_started_at: u64,
+    pub store: &'static str,
+    pub store_up: bool,
+    pub last_reconcile: u64,
+    /// Unix seconds; `None` without a lease (static file).
+    pub lease_expiry: Option<u64>,
+    pub overlay_mtu: u32,
+    pub ingress: &'static str,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: String,
+    pub vni: u32,
+    pub port: u16,
+    pub peers: usize,
+    pub routes: usize,
+    pub attachments: Vec<AttachmentRow>,
+}
+
+/// Everything `xnet status` shows, for the datapath pinned under `pin_dir`.
+pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
+    let agent = read_single::<AgentState>(pin_dir, maps::AGENT)?;
+    let config = read_single::<DatapathConfig>(pin_dir, maps::CONFIG)?;
+    let (map, path) = open(pin_dir, maps::PEERS)?;
+    let peers: HashMap<MapData, [u8; 4], Peer> = HashMap::try_from(map).map_err(fail(&path))?;
+    let peers = peers.keys().filter_map(Result::ok).count();
+    let (map, path) = open(pin_dir, maps::REMOTE_SUBNETS)?;
+    let trie: LpmTrie<MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(map).map_err(fail(&path))?;
+    let routes = trie.keys().filter_map(Result::ok).count();
+    Ok(Status {
+        pin_dir: pin_dir.into(),
+        agent_pid: agent.pid,
+        agent_running: agent.pid != 0 && Path::new("/proc").join(agent.pid.to_string()).exists(),
+        agent_started_at: agent.started_at,
+        store: Store::from_u8(agent.store).map_or("unknown", Store::name),
+        store_up: agent.store_up == 1,
+        last_reconcile: agent.last_reconcile,
+        lease_expiry: (agent.lease_expiry != 0).then_some(agent.lease_expiry),
+        overlay_mtu: agent.overlay_mtu,
+        ingress: match agent.ingress {
+            x if x == IngressHook::Xdp as u8 => "xdp",
+            x if x == IngressHook::Tc as u8 => "tc",
+            _ => "unknown",
+        },
+        public_ip: Ipv4Addr::from(config.local_ip),
+        vtep_mac: Mac(config.vtep_mac).to_string(),
+        vni: u32::from_be_bytes(config.vxlan_vni) >> 8,
+        port: config.vxlan_port(),
+        peers,
+        routes,
+        attachments: read_attachments(pin_dir),
+    })
+}
+
+/// The pinned links under `pin_dir/links`, named `<program>@<interface>`.
+fn read_attachments(pin_dir: &Path) -> Vec<AttachmentRow> {
+    let mut rows = Vec::new();
+    let Ok(dir) = std::fs::read_dir(pin_dir.join("links")) else { return rows };
+    for entry in dir.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((program, iface)) = name.split_once('@') else { continue };
+        let (program_id, link_id) = PinnedLink::from_pin(entry.path())
+            .ok()
+            .and_then(|l| FdLink::from(l).info().ok())
+            .map_or((0, 0), |i| (i.program_id(), i.id()));
+        let hook = if program.contains("xdp") { "xdp" } else { "tcx ingress" };
+        rows.push(AttachmentRow { iface: iface.into(), hook, program: program.into(), program_id, link_id });
+    }
+    rows.sort_by(|a, b| (&a.iface, &a.program).cmp(&(&b.iface, &b.program)));
+    rows
+}
+
+/// `2026-11-24T19:40:00Z` for Unix seconds (UTC; civil-from-days, proleptic Gregorian).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `3d4h`, `5m12s`, `42s`: a short duration.
+pub fn ago(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_546_800), "2026-11-24T19:00:00Z");
+        assert_eq!(ago(42), "42s");
+        assert_eq!(ago(312), "5m12s");
+        assert_eq!(ago(3 * 86_400 + 4 * 3600 + 5), "3d4h");
+    }
 }

@@ -8,7 +8,9 @@ pub mod datapath;
 pub mod host;
 pub mod inspect;
 pub mod metrics;
+pub mod report;
 pub mod subnet;
+pub mod subnet_env;
 
 /// The compiled eBPF object (built by build.rs from `xnet-ebpf`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xnet"));

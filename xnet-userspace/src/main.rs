@@ -6,8 +6,8 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use xnet::{
-    cli::{Cli, Command, StatsArgs},
-    inspect,
+    cli::{Cli, Command, ShowArgs, StatsArgs},
+    inspect, report,
 };
 
 fn main() -> ExitCode {
@@ -31,8 +31,10 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(xnet::agent::run(&args.config, args.keep_datapath))),
+            .and_then(|rt| rt.block_on(xnet::agent::run(&args))),
         Command::Stats(args) => stats(&args),
+        Command::Routes(args) => routes(&args),
+        Command::Status(args) => status(&args),
         Command::Cleanup(args) => {
             xnet::datapath::remove_all(&args.pin_dir).map_err(anyhow::Error::from).map(|()| {
                 println!("removed xnet datapath under {}", args.pin_dir.display());
@@ -49,16 +51,61 @@ fn main() -> ExitCode {
 }
 
 fn stats(args: &StatsArgs) -> anyhow::Result<()> {
-    let rows = inspect::read_counters(&args.pin.pin_dir)?;
-    let rows: Vec<_> = rows.into_iter().filter(|r| args.all || r.packets > 0).collect();
+    let pin_dir = &args.show.pin.pin_dir;
+    let visible = |rows: Vec<inspect::CounterRow>| -> Vec<inspect::CounterRow> {
+        rows.into_iter().filter(|r| args.all || r.packets > 0).collect()
+    };
+    let Some(interval) = args.watch else {
+        let rows = visible(inspect::read_counters(pin_dir)?);
+        if args.show.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", report::counters(&rows, None));
+        }
+        return Ok(());
+    };
+    anyhow::ensure!(interval >= 0.1, "--watch needs at least 0.1 seconds between samples");
+    let mut before = inspect::read_counters(pin_dir)?;
+    let mut then = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        let now_rows = inspect::read_counters(pin_dir)?;
+        let dt = then.elapsed().as_secs_f64();
+        then = std::time::Instant::now();
+        // Show a row if it is non-zero now (or --all); rates against the previous sample.
+        let rows: Vec<(inspect::CounterRow, (f64, f64))> = now_rows
+            .iter()
+            .zip(&before)
+            .filter(|(r, _)| args.all || r.packets > 0)
+            .map(|(r, b)| {
+                let pps = r.packets.saturating_sub(b.packets) as f64 / dt;
+                let bps = r.bytes.saturating_sub(b.bytes) as f64 * 8.0 / dt;
+                (r.clone(), (pps, bps))
+            })
+            .collect();
+        let (rows, rates): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+        println!("{}", inspect::utc(xnet::agent::unix_now()));
+        println!("{}", report::counters(&rows, Some(&rates)));
+        before = now_rows;
+    }
+}
+
+fn routes(args: &ShowArgs) -> anyhow::Result<()> {
+    let rows = inspect::read_routes(&args.pin.pin_dir, xnet::agent::unix_now())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+    } else {
+        print!("{}", report::routes(&rows));
     }
-    println!("{:<8} {:<20} {:>5} {:>14} {:>16}", "DIR", "OUTCOME", "CODE", "PACKETS", "BYTES");
-    for r in rows {
-        let outcome = if r.drop { format!("drop:{}", r.outcome) } else { r.outcome.to_string() };
-        println!("{:<8} {:<20} {:>5} {:>14} {:>16}", r.direction, outcome, r.code, r.packets, r.bytes);
+    Ok(())
+}
+
+fn status(args: &ShowArgs) -> anyhow::Result<()> {
+    let status = inspect::read_status(&args.pin.pin_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", report::status(&status, xnet::agent::unix_now()));
     }
     Ok(())
 }

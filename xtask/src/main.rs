@@ -55,7 +55,8 @@ enum Cmd {
 }
 
 /// Debian packages the lab, the tests and the demo use.
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "bpftool", "procps", "iperf3"];
+/// (prometheus: for promtool, which checks the metrics output.)
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "bpftool", "procps", "iperf3", "prometheus"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> anyhow::Result<()> {

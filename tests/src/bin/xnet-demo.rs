@@ -5,7 +5,7 @@
 use std::{process::Command, time::Instant};
 
 use clap::Parser;
-use xnet_tests::lab::{Lab, LabSpec, xnet_bin};
+use xnet_tests::lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin};
 
 #[derive(Parser)]
 struct Args {
@@ -23,8 +23,12 @@ fn main() {
         "xnet demo: {} hosts with {} containers each, VXLAN between the hosts\n",
         args.hosts, args.containers
     );
-    let lab =
-        Lab::start(LabSpec { hosts: args.hosts, containers_per_host: args.containers, ..LabSpec::default() });
+    let lab = Lab::start(LabSpec {
+        hosts: args.hosts,
+        containers_per_host: args.containers,
+        metrics: true,
+        ..LabSpec::default()
+    });
     for h in &lab.hosts {
         println!(
             "--- host {} (namespace {}, eth0 {}, docker0 {}), config {}:",
@@ -85,10 +89,37 @@ fn main() {
             }
         }
     }
+    let h1 = lab.host(1);
+    for cmd in ["routes", "status"] {
+        println!("\n--- host 1: xnet {cmd} --pin-dir {}", h1.pin_dir.display());
+        match Command::new(xnet_bin()).arg(cmd).arg("--pin-dir").arg(&h1.pin_dir).output() {
+            Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => {
+                failures += 1;
+                println!("FAILED: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            Err(e) => {
+                failures += 1;
+                println!("cannot run xnet {cmd}: {e}");
+            }
+        }
+    }
+    println!("\n--- host 1: curl http://{METRICS_ADDR}/metrics (non-zero packet counters and gauges)");
+    let metrics = lab.http_get(1, METRICS_ADDR, "/metrics");
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let zero_counter = is_zero_counter(line);
+        if !zero_counter && !line.starts_with("xnet_bytes_total") {
+            println!("{line}");
+        }
+    }
     drop(lab);
     if failures > 0 {
         eprintln!("\ndemo FAILED: {failures} check(s) failed");
         std::process::exit(1);
     }
     println!("\ndemo passed: every pair connected; lab removed");
+}
+
+fn is_zero_counter(line: &str) -> bool {
+    line.starts_with("xnet_packets_total") && line.ends_with(" 0")
 }

@@ -1,0 +1,112 @@
+//! Human-readable renderings of what [`crate::inspect`] reads (the `--json` forms are serde's).
+
+use std::fmt::Write as _;
+
+use crate::inspect::{CounterRow, RouteRow, Status, ago, utc};
+
+fn outcome_label(r: &CounterRow) -> String {
+    if r.drop { format!("drop:{}", r.outcome) } else { r.outcome.to_string() }
+}
+
+/// The counters table. `rates`: (packets/s, bits/s) per row, from `--watch`.
+pub fn counters(rows: &[CounterRow], rates: Option<&[(f64, f64)]>) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "{:<8} {:<24} {:>5} {:>14} {:>16}", "DIR", "OUTCOME", "CODE", "PACKETS", "BYTES");
+    if rates.is_some() {
+        let _ = write!(out, " {:>12} {:>12}", "PKT/S", "BIT/S");
+    }
+    out.push('\n');
+    for (i, r) in rows.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{:<8} {:<24} {:>5} {:>14} {:>16}",
+            r.direction,
+            outcome_label(r),
+            r.code,
+            r.packets,
+            r.bytes
+        );
+        if let Some(rates) = rates {
+            let (pps, bps) = rates[i];
+            let _ = write!(out, " {:>12.0} {:>12}", pps, si(bps));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// 1.23G, 456.0M, 12.0k.
+fn si(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.1}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+pub fn routes(rows: &[RouteRow]) -> String {
+    let mut out = format!(
+        "{:<18} {:<15} {:<8} {:>8} {:<17} {:<7} {:>8}\n",
+        "SUBNET", "PEER", "BACKEND", "VNI", "VTEP MAC", "SOURCE", "AGE"
+    );
+    for r in rows {
+        let age = r.age_seconds.map_or("-".to_string(), ago);
+        let _ = writeln!(
+            out,
+            "{:<18} {:<15} {:<8} {:>8} {:<17} {:<7} {:>8}",
+            r.subnet,
+            r.peer.to_string(),
+            r.backend,
+            r.vni,
+            r.vtep_mac,
+            r.source,
+            age
+        );
+    }
+    out
+}
+
+pub fn status(s: &Status, now: u64) -> String {
+    let mut out = String::new();
+    let agent = if s.agent_running {
+        format!("pid {}, running, up {}", s.agent_pid, ago(now.saturating_sub(s.agent_started_at)))
+    } else {
+        format!("not running (last agent pid {}); the datapath keeps forwarding", s.agent_pid)
+    };
+    let lease = match s.lease_expiry {
+        Some(t) => format!("expires {} (in {})", utc(t), ago(t.saturating_sub(now))),
+        None => "none (static file)".to_string(),
+    };
+    let _ = writeln!(out, "pin dir      {}", s.pin_dir.display());
+    let _ = writeln!(out, "agent        {agent}");
+    let _ = writeln!(
+        out,
+        "store        {}, {}, last reconciled {} ({} ago)",
+        s.store,
+        if s.store_up { "up" } else { "DOWN" },
+        utc(s.last_reconcile),
+        ago(now.saturating_sub(s.last_reconcile))
+    );
+    let _ = writeln!(out, "lease        {lease}");
+    let _ = writeln!(
+        out,
+        "tunnel       vxlan vni {} port {}, public ip {}, vtep mac {}",
+        s.vni, s.port, s.public_ip, s.vtep_mac
+    );
+    let _ = writeln!(out, "mtu          {} (containers)", s.overlay_mtu);
+    let _ = writeln!(out, "peers        {} ({} routes)", s.peers, s.routes);
+    let _ = writeln!(out, "decap        {}", s.ingress);
+    let _ = writeln!(out, "attachments");
+    for a in &s.attachments {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<12} {:<18} prog {:<6} link {}",
+            a.iface, a.hook, a.program, a.program_id, a.link_id
+        );
+    }
+    if s.attachments.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    out
+}
