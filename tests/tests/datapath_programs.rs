@@ -348,6 +348,8 @@ fn decap_drops_and_passes_by_the_rules() {
     fragment[14..34].copy_from_slice(&ip.to_bytes());
     let mut tcp = good.clone();
     tcp[23] = 6;
+    let mut bad_checksum = good.clone();
+    bad_checksum[22] = 63; // outer TTL changed, checksum left as it was
     let drop = |o| Some(o);
     let cases: Vec<(&str, Vec<u8>, Option<Outcome>)> = vec![
         // scapy: ...IP(src="198.18.0.9")/UDP(dport=8472)/VXLAN(vni=0x123456)/...
@@ -373,6 +375,8 @@ fn decap_drops_and_passes_by_the_rules() {
             drop(Outcome::DropInnerNotLocal),
         ),
         ("outer fragment", fragment, drop(Outcome::DropOuterFragment)),
+        // scapy: ...IP(src="198.18.0.2", ttl=63, chksum=<that of ttl=64>)/UDP(dport=8472)/VXLAN()/...
+        ("bad outer checksum", bad_checksum, drop(Outcome::DropBadOuterChecksum)),
         ("outer TCP", tcp, None),
         // Truncated at every header boundary: before the UDP port is known the packet is not
         // provably ours (the kernel judges it); after, it is ours and truncated.

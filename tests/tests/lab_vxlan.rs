@@ -313,4 +313,17 @@ fn bpftool_prints_every_map_with_named_fields() {
     let stats = dump("STATS");
     let slot = &stats[1]["formatted"]["values"][0]["value"];
     assert!(slot["packets"].is_u64() && slot["bytes"].is_u64(), "{}", stats[1]);
+    let agent = dump("AGENT");
+    assert_eq!(agent[0]["formatted"]["value"]["overlay_mtu"], 1450, "{agent}");
+    let info = dump("ROUTE_INFO");
+    assert_eq!(info[0]["formatted"]["key"]["prefix_len"], 24, "{info}");
+    assert_eq!(info[0]["formatted"]["value"]["source"], 1, "{info}");
+    // The ping taught the bridge the container's MAC; the agent copies it within a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let ports = dump("LOCAL_PORTS");
+    assert!(ports[0]["formatted"]["value"]["ifindex"].as_u64().unwrap() > 0, "{ports}");
+    // Every map the datapath pins is covered above.
+    for name in xnet_common::maps::ALL {
+        assert!(!dump(name).as_array().unwrap().is_empty(), "{name} dumped empty");
+    }
 }

@@ -62,7 +62,11 @@ where
     if udp.dst_port != cfg.vxlan_port {
         return DecapDecision::Pass;
     }
-    // From here on the packet is addressed to our tunnel.
+    // From here on the packet is addressed to our tunnel. It has not met ip_rcv yet, so nobody has
+    // checked its header.
+    if !crate::csum::ipv4_header_valid(ip) {
+        return DecapDecision::Drop(Outcome::DropBadOuterChecksum);
+    }
     if fragment {
         return DecapDecision::Drop(Outcome::DropOuterFragment);
     }
@@ -155,8 +159,13 @@ mod tests {
         f[INNER_ETH_OFFSET + 13] = 0xdd;
         assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadInnerProtocol));
         let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
-        f[ETH_LEN + 6] = 0x20; // MF
+        f[ETH_LEN + 6] = 0x20; // MF, DF cleared: fix the checksum for the changed word
+        let sum = u16::from_be_bytes([f[ETH_LEN + 10], f[ETH_LEN + 11]]) as u32 + 0x4000 + 0xffff - 0x2000;
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&crate::csum::fold(sum).to_be_bytes());
         assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropOuterFragment));
+        let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        f[ETH_LEN + 8] = 63; // TTL changed, checksum not
+        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadOuterChecksum));
     }
 
     #[test]
@@ -164,7 +173,7 @@ mod tests {
         let f = vxlan_frame(1, 4789, [10, 244, 1, 5]);
         assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::Pass);
         let mut tcp = vxlan_frame(1, 8472, [10, 244, 1, 5]);
-        tcp[ETH_LEN + 9] = 6;
+        tcp[ETH_LEN + 9] = 6; // not ours whatever its checksum says
         assert_eq!(classify(&tcp[..], &cfg(), known), DecapDecision::Pass);
     }
 

@@ -62,11 +62,13 @@ pub enum Outcome {
     DropNotConfigured = 137,
     /// Redirecting the packet (to the underlay, or into a container) failed.
     DropRedirectFailed = 138,
+    /// Tunnelled traffic whose outer IPv4 header checksum is wrong.
+    DropBadOuterChecksum = 139,
 }
 
 impl Outcome {
     /// Every outcome, for listing counters.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Passed,
         Outcome::EncapVxlan,
         Outcome::DecapVxlan,
@@ -81,6 +83,7 @@ impl Outcome {
         Outcome::DropTooBig,
         Outcome::DropNotConfigured,
         Outcome::DropRedirectFailed,
+        Outcome::DropBadOuterChecksum,
     ];
 
     /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
@@ -97,7 +100,8 @@ impl Outcome {
             | Self::DropBadInnerProtocol
             | Self::DropInnerNotLocal
             | Self::DropOuterFragment
-            | Self::DropDecapFailed => direction == Direction::Ingress,
+            | Self::DropDecapFailed
+            | Self::DropBadOuterChecksum => direction == Direction::Ingress,
         }
     }
 
@@ -122,6 +126,7 @@ impl Outcome {
             Self::DropTooBig => "too_big",
             Self::DropNotConfigured => "not_configured",
             Self::DropRedirectFailed => "redirect_failed",
+            Self::DropBadOuterChecksum => "bad_outer_checksum",
         }
     }
 }
