@@ -189,3 +189,36 @@ fn the_agent_tells_systemd_when_it_is_ready() {
     assert!(status.success(), "agent exit {status}");
     assert!(!host.pin_dir.exists(), "SIGTERM removed the pins");
 }
+
+#[test]
+fn stats_watch_shows_rates() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    let mut watch = lab
+        .host(1)
+        .ns
+        .command(xnet_bin().to_str().unwrap())
+        .args(["stats", "--watch", "0.5", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ping = lab
+        .container((1, 1))
+        .ns
+        .command("ping")
+        .args(["-c", "40", "-i", "0.05", "-q", &lab.container((2, 1)).ip.to_string()])
+        .output()
+        .unwrap();
+    assert!(ping.status.success());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGINT) };
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PKT/S") && text.contains("BIT/S"), "{text}");
+    // At 20 echo requests a second, some sample must show a non-zero encapsulation rate.
+    let rate = text
+        .lines()
+        .filter(|l| l.contains("encap_vxlan"))
+        .filter_map(|l| l.split_whitespace().nth(5)?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(rate >= 5.0, "encap rate {rate} pkt/s:\n{text}");
+}
