@@ -193,7 +193,7 @@ fn the_agent_tells_systemd_when_it_is_ready() {
 #[test]
 fn stats_watch_shows_rates() {
     let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
-    let mut watch = lab
+    let watch = lab
         .host(1)
         .ns
         .command(xnet_bin().to_str().unwrap())
