@@ -37,6 +37,12 @@ pub struct LabSpec {
     pub start_agents: bool,
     /// Give every agent `metrics_addr` = [`METRICS_ADDR`] (each host has its own loopback).
     pub metrics: bool,
+    /// `[backend] type` of every host ("vxlan", "udp", "gre", "direct").
+    pub backend: &'static str,
+    /// `[backend] key` (GRE) of every host.
+    pub gre_key: Option<u32>,
+    /// Per host (index 0 = host 1): another `[backend] type` than `backend`.
+    pub host_backends: Vec<&'static str>,
 }
 
 impl Default for LabSpec {
@@ -49,6 +55,9 @@ impl Default for LabSpec {
             port: 8472,
             start_agents: true,
             metrics: false,
+            backend: "vxlan",
+            gre_key: None,
+            host_backends: Vec::new(),
         }
     }
 }
@@ -208,16 +217,23 @@ impl Lab {
         let h = self.host(i);
         let metrics =
             if self.spec.metrics { format!("metrics_addr = \"{METRICS_ADDR}\"\n") } else { String::new() };
+        let backend = self.spec.host_backends.get(i - 1).copied().unwrap_or(self.spec.backend);
+        // `port` is the VXLAN port here; it applies where VXLAN is the format or direct's fallback.
+        let port = if matches!(backend, "vxlan" | "direct") {
+            format!("port = {}\n", self.spec.port)
+        } else {
+            String::new()
+        };
+        let key = self.spec.gre_key.map_or(String::new(), |k| format!("key = {k}\n"));
         let mut s = format!(
             "network = \"{NETWORK}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
              container_ifaces = [\"docker0\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
-             [backend]\ntype = \"vxlan\"\nvni = {}\nport = {}\ningress = \"{}\"\n",
+             [backend]\ntype = \"{backend}\"\nvni = {}\n{port}{key}ingress = \"{}\"\n",
             h.subnet,
             h.public_ip,
             h.pin_dir.display(),
             h.subnet_file.display(),
             self.spec.vni,
-            self.spec.port,
             self.spec.ingress
         );
         for p in self.hosts.iter().filter(|p| p.index != i) {
@@ -262,6 +278,23 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         h.agent = Some(child);
+        self.apply_container_mtu(i);
+    }
+
+    /// What Docker does with subnet.env: the containers of host `i` get the agent's `XNET_MTU`.
+    pub fn apply_container_mtu(&self, i: usize) {
+        let h = self.host(i);
+        let env =
+            fs::read_to_string(&h.subnet_file).unwrap_or_else(|e| panic!("subnet.env of host {i}: {e}"));
+        let mtu = env
+            .lines()
+            .find_map(|l| l.strip_prefix("XNET_MTU="))
+            .unwrap_or_else(|| panic!("no XNET_MTU in subnet.env of host {i}:\n{env}"))
+            .to_string();
+        for (j, c) in h.containers.iter().enumerate() {
+            h.ns.ip(&["link", "set", &format!("vc{}", j + 1), "mtu", &mtu]);
+            c.ns.ip(&["link", "set", "eth0", "mtu", &mtu]);
+        }
     }
 
     /// Stops host `i`'s agent with SIGTERM and returns its exit status.
@@ -407,59 +440,56 @@ impl Lab {
     }
 
     /// The kernel's vxlan device set up the way flannel's vxlan backend does it (flannel.1: VNI,
-    /// port, nolearning; per peer a permanent neighbour entry, an fdb entry and an onlink route).
-    /// For labs started without agents.
+    /// port, nolearning; per peer a permanent neighbour entry, an fdb entry and an onlink route), on
+    /// every host. For labs started without agents.
     pub fn setup_kernel_vxlan(&self, vni: u32, port: u16) {
-        let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
         for h in &self.hosts {
-            sysctl(&h.ns, "net.ipv4.ip_forward", "1");
-            h.ns.ip(&[
-                "link",
-                "add",
-                "flannel.1",
-                "type",
-                "vxlan",
-                "id",
-                &vni.to_string(),
-                "local",
-                &h.public_ip.to_string(),
+            self.setup_kernel_vxlan_on(h.index, vni, port);
+        }
+    }
+
+    /// [`Lab::setup_kernel_vxlan`] on host `i` only, with every other host as a peer (whose VTEP MAC
+    /// is xnet's default, so xnet hosts and kernel hosts agree).
+    pub fn setup_kernel_vxlan_on(&self, i: usize, vni: u32, port: u16) {
+        let h = self.host(i);
+        let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
+        sysctl(&h.ns, "net.ipv4.ip_forward", "1");
+        h.ns.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            &vni.to_string(),
+            "local",
+            &h.public_ip.to_string(),
+            "dev",
+            "eth0",
+            "dstport",
+            &port.to_string(),
+            "nolearning",
+        ]);
+        let mac = xnet::subnet::Mac::from_ipv4(h.public_ip).to_string();
+        h.ns.ip(&["link", "set", "flannel.1", "address", &mac, "mtu", &mtu, "up"]);
+        let vtep_ip = h.subnet.replace("/24", "");
+        h.ns.ip(&["addr", "add", &format!("{vtep_ip}/32"), "dev", "flannel.1"]);
+        for p in self.hosts.iter().filter(|p| p.index != h.index) {
+            let pmac = xnet::subnet::Mac::from_ipv4(p.public_ip).to_string();
+            let pvtep = p.subnet.replace("/24", "");
+            h.ns.ip(&["neigh", "replace", &pvtep, "lladdr", &pmac, "dev", "flannel.1", "nud", "permanent"]);
+            run_ok(Command::new("bridge").args([
+                "-n",
+                &h.ns.name,
+                "fdb",
+                "append",
+                &pmac,
                 "dev",
-                "eth0",
-                "dstport",
-                &port.to_string(),
-                "nolearning",
-            ]);
-            let mac = xnet::subnet::Mac::from_ipv4(h.public_ip).to_string();
-            h.ns.ip(&["link", "set", "flannel.1", "address", &mac, "mtu", &mtu, "up"]);
-            let vtep_ip = h.subnet.replace("/24", "");
-            h.ns.ip(&["addr", "add", &format!("{vtep_ip}/32"), "dev", "flannel.1"]);
-            for p in self.hosts.iter().filter(|p| p.index != h.index) {
-                let pmac = xnet::subnet::Mac::from_ipv4(p.public_ip).to_string();
-                let pvtep = p.subnet.replace("/24", "");
-                h.ns.ip(&[
-                    "neigh",
-                    "replace",
-                    &pvtep,
-                    "lladdr",
-                    &pmac,
-                    "dev",
-                    "flannel.1",
-                    "nud",
-                    "permanent",
-                ]);
-                run_ok(Command::new("bridge").args([
-                    "-n",
-                    &h.ns.name,
-                    "fdb",
-                    "append",
-                    &pmac,
-                    "dev",
-                    "flannel.1",
-                    "dst",
-                    &p.public_ip.to_string(),
-                ]));
-                h.ns.ip(&["route", "replace", &p.subnet, "via", &pvtep, "dev", "flannel.1", "onlink"]);
-            }
+                "flannel.1",
+                "dst",
+                &p.public_ip.to_string(),
+            ]));
+            h.ns.ip(&["route", "replace", &p.subnet, "via", &pvtep, "dev", "flannel.1", "onlink"]);
         }
     }
 
@@ -658,6 +688,17 @@ impl Capture {
                 if n > 0 {
                     frames.push(buf[..n as usize].to_vec());
                 }
+            }
+            // Frames that arrived before the stop but were not read yet still count.
+            loop {
+                // SAFETY: as above; MSG_DONTWAIT returns at once when the queue is empty.
+                let n = unsafe {
+                    libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                };
+                if n <= 0 {
+                    break;
+                }
+                frames.push(buf[..n as usize].to_vec());
             }
             frames
         });

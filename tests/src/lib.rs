@@ -1,5 +1,6 @@
 //! The xnet lab: simulated hosts in network namespaces with real agents, shared by the integration
 //! tests, the demo and the benchmark.
 
+pub mod decoder;
 pub mod lab;
 pub mod netns;

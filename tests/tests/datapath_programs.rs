@@ -13,7 +13,7 @@ use aya::{
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, UdpHeader};
 use xnet::{EBPF_OBJECT, programs};
 use xnet_common::{
-    maps::{Backend, Counter, DatapathConfig, Peer, RemoteSubnet},
+    maps::{Backend, Counter, DatapathConfig, GRE_KEYED, Peer, RemoteSubnet},
     stats::{Direction, Outcome, index},
     wire::vni_to_wire,
 };
@@ -36,6 +36,7 @@ const PEER_UNDERLAY_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 /// A VNI whose three bytes differ, so a byte-order mistake shows.
 const VNI: u32 = 0x12_34_56;
 const PORT: u16 = 8472;
+const UDP_PORT: u16 = 8285;
 const UNDERLAY_MTU: u32 = 1500;
 
 struct Datapath {
@@ -45,6 +46,12 @@ struct Datapath {
 impl Datapath {
     /// The object loaded without pins; `configured` fills CONFIG, PEERS and REMOTE_SUBNETS.
     fn new(configured: bool) -> Self {
+        Self::with(configured, None)
+    }
+
+    /// Like [`Datapath::new`], with GRE keyed when `gre_key` is set. Remote subnets: 10.244.2.0/24
+    /// via vxlan, .3 via udp, .4 via gre, .5 direct (peers 198.18.0.2 to .5).
+    fn with(configured: bool, gre_key: Option<u32>) -> Self {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load object");
         for p in [programs::TC_EGRESS, programs::TC_INGRESS] {
             let prog: &mut SchedClassifier = ebpf.program_mut(p).unwrap().try_into().unwrap();
@@ -62,24 +69,32 @@ impl Datapath {
                 vxlan_vni: vni_to_wire(VNI),
                 vxlan_port: PORT.to_be_bytes(),
                 vtep_mac: LOCAL_VTEP,
+                udp_port: UDP_PORT.to_be_bytes(),
+                flags: if gre_key.is_some() { GRE_KEYED } else { 0 },
+                reserved: 0,
+                gre_key: gre_key.unwrap_or(0).to_be_bytes(),
             };
             let mut config: Array<&mut MapData, DatapathConfig> =
                 Array::try_from(ebpf.map_mut("CONFIG").unwrap()).unwrap();
             config.set(0, cfg, 0).unwrap();
+            let backends = [(2, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)];
             let mut peers: HashMap<&mut MapData, [u8; 4], Peer> =
                 HashMap::try_from(ebpf.map_mut("PEERS").unwrap()).unwrap();
-            peers
-                .insert(PEER_IP, Peer { vtep_mac: PEER_VTEP, backend: Backend::Vxlan as u8, reserved: 0 }, 0)
-                .unwrap();
+            for (n, backend) in backends {
+                let peer = Peer { vtep_mac: PEER_VTEP, backend: backend as u8, reserved: 0 };
+                peers.insert([198, 18, 0, n], peer, 0).unwrap();
+            }
             let mut routes: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
                 LpmTrie::try_from(ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
-            let route = RemoteSubnet {
-                peer_ip: PEER_IP,
-                vtep_mac: PEER_VTEP,
-                backend: Backend::Vxlan as u8,
-                reserved: 0,
-            };
-            routes.insert(&Key::new(24, [10, 244, 2, 0]), route, 0).unwrap();
+            for (n, backend) in backends {
+                let route = RemoteSubnet {
+                    peer_ip: [198, 18, 0, n],
+                    vtep_mac: PEER_VTEP,
+                    backend: backend as u8,
+                    reserved: 0,
+                };
+                routes.insert(&Key::new(24, [10, 244, n, 0]), route, 0).unwrap();
+            }
         }
         Datapath { ebpf }
     }
@@ -404,6 +419,217 @@ fn decap_drops_and_passes_by_the_rules() {
                 None => {
                     let out = dp.check(case, program, &input, pass, (Direction::Ingress, Outcome::Passed));
                     assert_eq!(out, input, "{case}: {program} must leave what is not ours untouched");
+                }
+            }
+        }
+    }
+}
+
+/// An outer IPv4 header as the peer at 198.18.0.`n` receives it from us (DF, ID 0, TTL 64).
+fn outer_ip(n: u8, proto: IpNumber, tos: u8, payload_len: usize) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(payload_len as u16, 64, proto, LOCAL_IP, [198, 18, 0, n]).unwrap();
+    ip.dont_fragment = true;
+    ip.dscp = Ipv4Dscp::try_new(tos >> 2).unwrap();
+    ip.ecn = Ipv4Ecn::try_new(tos & 3).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    ip.to_bytes().to_vec()
+}
+
+/// `inner` (an IPv4 packet) with its TTL one lower and the header checksum recomputed.
+fn ttl_decremented(inner: &[u8]) -> Vec<u8> {
+    let (mut ip, rest) = Ipv4Header::from_slice(inner).unwrap();
+    ip.time_to_live -= 1;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut v = ip.to_bytes().to_vec();
+    v.extend_from_slice(rest);
+    v
+}
+
+#[test]
+fn egress_udp_is_flannels_framing_byte_for_byte() {
+    let mut dp = Datapath::new(true);
+    // scapy: Ether(dst=BRIDGE_MAC, src=CONTAINER_MAC)/IP(src="10.244.1.2", dst="10.244.3.7", tos=0x20,
+    //        flags="DF", id=0x1c46)/ICMP(id=0x1234, seq=1)/Raw(bytes(range(40)))
+    let input = container_ping([10, 244, 3, 7], 0x20, 40);
+    let out =
+        dp.check("udp", programs::TC_EGRESS, &input, TC_ACT_REDIRECT, (Direction::Egress, Outcome::EncapUdp));
+    // scapy: Ether(...)/IP(src="198.18.0.1", dst="198.18.0.3", tos=0x20, flags="DF", id=0)
+    //        /UDP(sport=8285, dport=8285, chksum=0)/<input IP with ttl 63>
+    let inner = ttl_decremented(&input[14..]);
+    let mut expected = input[..14].to_vec();
+    expected.extend(outer_ip(3, IpNumber::UDP, 0x20, 8 + inner.len()));
+    expected.extend(
+        UdpHeader {
+            source_port: 8285,
+            destination_port: 8285,
+            length: (8 + inner.len()) as u16,
+            checksum: 0,
+        }
+        .to_bytes(),
+    );
+    expected.extend(&inner);
+    assert_eq!(hex(&out), hex(&expected), "flannel udp frame");
+
+    // An inner TTL of 1 would reach 0: dropped, as flannel does.
+    let mut dying = input.clone();
+    let (mut ip, _) = Ipv4Header::from_slice(&dying[14..]).unwrap();
+    ip.time_to_live = 1;
+    ip.header_checksum = ip.calc_header_checksum();
+    dying[14..34].copy_from_slice(&ip.to_bytes());
+    dp.check(
+        "ttl 1",
+        programs::TC_EGRESS,
+        &dying,
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropTtlExceeded),
+    );
+}
+
+#[test]
+fn egress_gre_byte_for_byte_with_and_without_key() {
+    // scapy: Ether(...)/IP(src="10.244.1.2", dst="10.244.4.7", flags="DF", id=0x1c46)/ICMP()/Raw(...)
+    let input = container_ping([10, 244, 4, 7], 0, 24);
+    for key in [None, Some(0xdead_beef_u32)] {
+        let mut dp = Datapath::with(true, key);
+        let out = dp.check(
+            "gre",
+            programs::TC_EGRESS,
+            &input,
+            TC_ACT_REDIRECT,
+            (Direction::Egress, Outcome::EncapGre),
+        );
+        // scapy: Ether(...)/IP(src="198.18.0.1", dst="198.18.0.4", flags="DF", id=0, proto=47)
+        //        /GRE(proto=0x0800[, key_present=1, key=0xdeadbeef])/<input IP>
+        let gre: Vec<u8> = match key {
+            None => vec![0x00, 0x00, 0x08, 0x00],
+            Some(k) => [vec![0x20, 0x00, 0x08, 0x00], k.to_be_bytes().to_vec()].concat(),
+        };
+        let mut expected = input[..14].to_vec();
+        expected.extend(outer_ip(4, IpNumber::GRE, 0, gre.len() + input.len() - 14));
+        expected.extend(&gre);
+        expected.extend(&input[14..]);
+        assert_eq!(hex(&out), hex(&expected), "GRE frame, key {key:?}");
+    }
+}
+
+#[test]
+fn egress_direct_leaves_the_packet_as_it_is() {
+    let mut dp = Datapath::new(true);
+    let input = container_ping([10, 244, 5, 7], 0, 8);
+    let out = dp.check(
+        "direct",
+        programs::TC_EGRESS,
+        &input,
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::Direct),
+    );
+    assert_eq!(out, input, "direct routing sends the packet unchanged (the kernel sets the MACs)");
+    let big = container_ping([10, 244, 5, 7], 0, 1501 - 28);
+    dp.check(
+        "direct too big",
+        programs::TC_EGRESS,
+        &big,
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropTooBig),
+    );
+}
+
+/// A frame from the peer 198.18.0.`n` carrying `l4` (proto `proto`) to us.
+fn from_peer(n: u8, proto: IpNumber, l4: &[u8]) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(l4.len() as u16, 64, proto, [198, 18, 0, n], LOCAL_IP).unwrap();
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut l3 = ip.to_bytes().to_vec();
+    l3.extend_from_slice(l4);
+    ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, &l3)
+}
+
+#[test]
+fn decap_udp_and_gre_from_known_peers() {
+    let inner = inner_to_local();
+    let expected = ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, &inner);
+    let udp = [
+        UdpHeader {
+            source_port: 8285,
+            destination_port: 8285,
+            length: (8 + inner.len()) as u16,
+            checksum: 0,
+        }
+        .to_bytes()
+        .to_vec(),
+        inner.clone(),
+    ]
+    .concat();
+    let gre = [vec![0x00, 0x00, 0x08, 0x00], inner.clone()].concat();
+    let gre_keyed = [vec![0x20, 0x00, 0x08, 0x00], 7u32.to_be_bytes().to_vec(), inner.clone()].concat();
+    // scapy: ...IP(src="198.18.0.3")/UDP(sport=8285, dport=8285)/IP(src="10.244.2.7", dst="10.244.1.5")/ICMP()
+    // scapy: ...IP(src="198.18.0.4", proto=47)/GRE(proto=0x0800)/IP(...)/ICMP()
+    // scapy: ...IP(src="198.18.0.4", proto=47)/GRE(proto=0x0800, key_present=1, key=7)/IP(...)/ICMP()
+    let cases = [
+        (None, from_peer(3, IpNumber::UDP, &udp), Outcome::DecapUdp),
+        (None, from_peer(4, IpNumber::GRE, &gre), Outcome::DecapGre),
+        (Some(7), from_peer(4, IpNumber::GRE, &gre_keyed), Outcome::DecapGre),
+    ];
+    for (key, input, outcome) in cases {
+        let mut dp = Datapath::with(true, key);
+        for (program, pass, _) in DECAP {
+            let out = dp.check("decap", program, &input, pass, (Direction::Ingress, outcome));
+            assert_eq!(hex(&out), hex(&expected), "{program}: {outcome:?} decapsulated");
+        }
+    }
+}
+
+#[test]
+fn decap_gre_drops_by_the_rules() {
+    let inner = inner_to_local();
+    let plain = from_peer(4, IpNumber::GRE, &[vec![0x00, 0x00, 0x08, 0x00], inner.clone()].concat());
+    let keyed = |k: u32| {
+        from_peer(
+            4,
+            IpNumber::GRE,
+            &[vec![0x20, 0x00, 0x08, 0x00], k.to_be_bytes().to_vec(), inner.clone()].concat(),
+        )
+    };
+    let with_flags = |f: [u8; 2]| {
+        from_peer(4, IpNumber::GRE, &[vec![f[0], f[1], 0x08, 0x00], vec![0; 4], inner.clone()].concat())
+    };
+    let ethernet_in_gre =
+        from_peer(4, IpNumber::GRE, &[vec![0x00, 0x00, 0x65, 0x58], inner.clone()].concat());
+    let stranger = {
+        let mut f = plain.clone();
+        f[26..30].copy_from_slice(&STRANGER_IP);
+        let mut ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+        ip.header_checksum = ip.calc_header_checksum();
+        f[14..34].copy_from_slice(&ip.to_bytes());
+        f
+    };
+    let drop = |o| Some(o);
+    // (GRE key configured, case, input, drop reason or None for "not ours")
+    type Case = (Option<u32>, &'static str, Vec<u8>, Option<Outcome>);
+    let cases: Vec<Case> = vec![
+        (Some(7), "wrong key", keyed(8), drop(Outcome::DropBadGreKey)),
+        (Some(7), "key missing", plain.clone(), drop(Outcome::DropBadGreKey)),
+        (None, "unexpected key", keyed(7), drop(Outcome::DropBadGreKey)),
+        (None, "checksum flag", with_flags([0x80, 0x00]), drop(Outcome::DropBadGreHeader)),
+        (None, "sequence flag", with_flags([0x10, 0x00]), drop(Outcome::DropBadGreHeader)),
+        (None, "version 1", with_flags([0x00, 0x01]), drop(Outcome::DropBadGreHeader)),
+        (None, "unknown peer", stranger, drop(Outcome::DropUnknownPeer)),
+        (None, "cut inside GRE", plain[..36].to_vec(), None),
+        (None, "cut after GRE", plain[..38].to_vec(), drop(Outcome::DropTruncated)),
+        (Some(7), "cut inside key", keyed(7)[..40].to_vec(), drop(Outcome::DropTruncated)),
+        // Ethernet over GRE (0x6558) is someone else's: untouched.
+        (None, "TEB payload", ethernet_in_gre, None),
+    ];
+    for (key, case, input, outcome) in cases {
+        let mut dp = Datapath::with(true, key);
+        for (program, pass, shot) in DECAP {
+            match outcome {
+                Some(reason) => {
+                    dp.check(case, program, &input, shot, (Direction::Ingress, reason));
+                }
+                None => {
+                    let out = dp.check(case, program, &input, pass, (Direction::Ingress, Outcome::Passed));
+                    assert_eq!(out, input, "{case}: untouched");
                 }
             }
         }

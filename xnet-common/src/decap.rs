@@ -4,15 +4,50 @@ use crate::maps::DatapathConfig;
 use crate::packet::Packet;
 use crate::stats::Outcome;
 use crate::wire::{
-    ETH_LEN, ETH_P_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UDP_LEN, UdpHdr, VXLAN_ENCAP_LEN,
-    VXLAN_FLAG_VNI, VXLAN_LEN, VxlanHdr,
+    ETH_LEN, ETH_P_IPV4, EthHdr, GRE_ENCAP_LEN, GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S, GRE_KEYED_ENCAP_LEN,
+    GRE_VERSION_MASK, GreHdr, GreKey, IPPROTO_GRE, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UDP_ENCAP_LEN, UDP_LEN,
+    UdpHdr, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_LEN, VxlanHdr,
 };
 
-/// Offsets of the VXLAN headers in a frame (outer IPv4 without options).
-pub const OUTER_UDP_OFFSET: usize = ETH_LEN + IPV4_LEN;
+/// Offsets in a frame with an outer IPv4 header without options.
+pub const OUTER_L4_OFFSET: usize = ETH_LEN + IPV4_LEN;
+pub const OUTER_UDP_OFFSET: usize = OUTER_L4_OFFSET;
 pub const VXLAN_OFFSET: usize = OUTER_UDP_OFFSET + UDP_LEN;
 pub const INNER_ETH_OFFSET: usize = VXLAN_OFFSET + VXLAN_LEN;
 pub const INNER_IP_OFFSET: usize = INNER_ETH_OFFSET + ETH_LEN;
+pub const GRE_KEY_OFFSET: usize = OUTER_L4_OFFSET + 4;
+
+/// The wire format of a tunnelled packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    Vxlan,
+    /// flannel's udp framing.
+    Udp,
+    Gre,
+    /// GRE with the RFC 2890 key.
+    GreKeyed,
+}
+
+impl Tunnel {
+    /// Bytes after the outer Ethernet header that decapsulation removes.
+    pub const fn strip_len(self) -> usize {
+        match self {
+            Tunnel::Vxlan => VXLAN_ENCAP_LEN,
+            Tunnel::Udp => UDP_ENCAP_LEN,
+            Tunnel::Gre => GRE_ENCAP_LEN,
+            Tunnel::GreKeyed => GRE_KEYED_ENCAP_LEN,
+        }
+    }
+
+    /// The counter of a successful decapsulation.
+    pub const fn outcome(self) -> Outcome {
+        match self {
+            Tunnel::Vxlan => Outcome::DecapVxlan,
+            Tunnel::Udp => Outcome::DecapUdp,
+            Tunnel::Gre | Tunnel::GreKeyed => Outcome::DecapGre,
+        }
+    }
+}
 
 /// What to do with a frame that arrived on the underlay interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,17 +56,15 @@ pub enum DecapDecision {
     Pass,
     /// Overlay traffic that must not be delivered, with the reason.
     Drop(Outcome),
-    /// VXLAN from a known peer for a local container: remove [`VXLAN_ENCAP_LEN`] bytes after the
-    /// outer Ethernet header and deliver.
-    DecapVxlan,
+    /// From a known peer for a local container: remove [`Tunnel::strip_len`] bytes after the outer
+    /// Ethernet header and deliver.
+    Decap(Tunnel),
 }
 
-/// Bytes removed by [`DecapDecision::DecapVxlan`].
-pub const VXLAN_STRIP_LEN: usize = VXLAN_ENCAP_LEN;
-
-/// Decides what happens to `pkt`. A packet is ours once it is IPv4/UDP to the configured VXLAN port;
-/// anything cut short before that point is left to the kernel. `is_peer` says whether an outer
-/// source address belongs to a known peer.
+/// Decides what happens to `pkt`. Every wire format is accepted at once, whatever this host sends
+/// with, so hosts can change backend one at a time. A packet is ours once it is IPv4 and either UDP
+/// to the VXLAN or the flannel-udp port, or GRE carrying IPv4; anything cut short before that is
+/// left to the kernel. `is_peer` says whether an outer source address belongs to a known peer.
 #[inline(always)]
 pub fn classify<P, F>(pkt: &P, cfg: &DatapathConfig, is_peer: F) -> DecapDecision
 where
@@ -47,45 +80,90 @@ where
     let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
         return DecapDecision::Pass;
     };
-    // Outer headers with IP options are not something xnet or the kernel's vxlan send.
-    if ip.version_ihl != 0x45 || ip.protocol != IPPROTO_UDP {
+    // Outer headers with IP options are not something xnet or the kernel's tunnels send.
+    if ip.version_ihl != 0x45 {
         return DecapDecision::Pass;
     }
-    let fragment = ip.is_fragment();
-    if fragment && ip.flags_frag() & 0x1fff != 0 {
-        // A later fragment carries no UDP header: nothing says it is ours.
+    if ip.is_fragment() && ip.flags_frag() & 0x1fff != 0 {
+        // A later fragment carries no transport header: nothing says it is ours.
         return DecapDecision::Pass;
     }
-    let Some(udp) = pkt.header::<UdpHdr>(OUTER_UDP_OFFSET) else {
-        return DecapDecision::Pass;
+    let tunnel = match ip.protocol {
+        IPPROTO_UDP => {
+            let Some(udp) = pkt.header::<UdpHdr>(OUTER_UDP_OFFSET) else {
+                return DecapDecision::Pass;
+            };
+            if udp.dst_port == cfg.vxlan_port {
+                Tunnel::Vxlan
+            } else if udp.dst_port == cfg.udp_port {
+                Tunnel::Udp
+            } else {
+                return DecapDecision::Pass;
+            }
+        }
+        IPPROTO_GRE => {
+            let Some(gre) = pkt.header::<GreHdr>(OUTER_L4_OFFSET) else {
+                return DecapDecision::Pass;
+            };
+            // Other GRE payloads (Ethernet, ERSPAN, ...) belong to someone else.
+            if gre.protocol() != ETH_P_IPV4 {
+                return DecapDecision::Pass;
+            }
+            if gre.flags_version() & GRE_FLAG_K != 0 { Tunnel::GreKeyed } else { Tunnel::Gre }
+        }
+        _ => return DecapDecision::Pass,
     };
-    if udp.dst_port != cfg.vxlan_port {
-        return DecapDecision::Pass;
-    }
-    // From here on the packet is addressed to our tunnel. It has not met ip_rcv yet, so nobody has
+    // From here on the packet is addressed to our tunnels. It has not met ip_rcv yet, so nobody has
     // checked its header.
     if !crate::csum::ipv4_header_valid(ip) {
         return DecapDecision::Drop(Outcome::DropBadOuterChecksum);
     }
-    if fragment {
+    if ip.is_fragment() {
         return DecapDecision::Drop(Outcome::DropOuterFragment);
     }
     if !is_peer(&ip.src) {
         return DecapDecision::Drop(Outcome::DropUnknownPeer);
     }
-    let Some(vxlan) = pkt.header::<VxlanHdr>(VXLAN_OFFSET) else {
-        return DecapDecision::Drop(Outcome::DropTruncated);
+    let inner_ip_offset = match tunnel {
+        Tunnel::Vxlan => {
+            let Some(vxlan) = pkt.header::<VxlanHdr>(VXLAN_OFFSET) else {
+                return DecapDecision::Drop(Outcome::DropTruncated);
+            };
+            if vxlan.flags & VXLAN_FLAG_VNI == 0 || vxlan.vni_reserved[..3] != cfg.vxlan_vni[..3] {
+                return DecapDecision::Drop(Outcome::DropBadVni);
+            }
+            let Some(inner_eth) = pkt.header::<EthHdr>(INNER_ETH_OFFSET) else {
+                return DecapDecision::Drop(Outcome::DropTruncated);
+            };
+            if inner_eth.ethertype() != ETH_P_IPV4 {
+                return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
+            }
+            INNER_IP_OFFSET
+        }
+        Tunnel::Udp => ETH_LEN + UDP_ENCAP_LEN,
+        Tunnel::Gre | Tunnel::GreKeyed => {
+            let Some(gre) = pkt.header::<GreHdr>(OUTER_L4_OFFSET) else {
+                return DecapDecision::Drop(Outcome::DropTruncated);
+            };
+            if gre.flags_version() & (GRE_FLAG_C | GRE_FLAG_S | GRE_VERSION_MASK) != 0 {
+                return DecapDecision::Drop(Outcome::DropBadGreHeader);
+            }
+            match (cfg.gre_key(), tunnel) {
+                (None, Tunnel::Gre) => ETH_LEN + GRE_ENCAP_LEN,
+                (Some(key), Tunnel::GreKeyed) => {
+                    let Some(got) = pkt.header::<GreKey>(GRE_KEY_OFFSET) else {
+                        return DecapDecision::Drop(Outcome::DropTruncated);
+                    };
+                    if got.0 != key.to_be_bytes() {
+                        return DecapDecision::Drop(Outcome::DropBadGreKey);
+                    }
+                    ETH_LEN + GRE_KEYED_ENCAP_LEN
+                }
+                _ => return DecapDecision::Drop(Outcome::DropBadGreKey),
+            }
+        }
     };
-    if vxlan.flags & VXLAN_FLAG_VNI == 0 || vxlan.vni_reserved[..3] != cfg.vxlan_vni[..3] {
-        return DecapDecision::Drop(Outcome::DropBadVni);
-    }
-    let Some(inner_eth) = pkt.header::<EthHdr>(INNER_ETH_OFFSET) else {
-        return DecapDecision::Drop(Outcome::DropTruncated);
-    };
-    if inner_eth.ethertype() != ETH_P_IPV4 {
-        return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
-    }
-    let Some(inner_ip) = pkt.header::<Ipv4Hdr>(INNER_IP_OFFSET) else {
+    let Some(inner_ip) = pkt.header::<Ipv4Hdr>(inner_ip_offset) else {
         return DecapDecision::Drop(Outcome::DropTruncated);
     };
     if inner_ip.version() != 4 {
@@ -94,7 +172,7 @@ where
     if !cfg.is_local(&inner_ip.dst) {
         return DecapDecision::Drop(Outcome::DropInnerNotLocal);
     }
-    DecapDecision::DecapVxlan
+    DecapDecision::Decap(tunnel)
 }
 
 #[cfg(test)]
@@ -139,7 +217,7 @@ mod tests {
     #[test]
     fn good_vxlan_is_decapsulated() {
         let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
-        assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::DecapVxlan);
+        assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::Decap(Tunnel::Vxlan));
     }
 
     #[test]

@@ -33,19 +33,34 @@ pub const PEERS_MAX: u32 = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Vxlan = 1,
+    /// flannel's udp framing.
+    Udp = 2,
+    Gre = 3,
+    /// No encapsulation: to the peer's MAC on the shared underlay segment.
+    Direct = 4,
 }
 
 impl Backend {
+    pub const ALL: [Backend; 4] = [Backend::Vxlan, Backend::Udp, Backend::Gre, Backend::Direct];
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Vxlan),
+            2 => Some(Self::Udp),
+            3 => Some(Self::Gre),
+            4 => Some(Self::Direct),
             _ => None,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Self::Vxlan => "vxlan",
+            Self::Udp => "udp",
+            Self::Gre => "gre",
+            Self::Direct => "direct",
         }
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
     }
 }
 
@@ -102,7 +117,17 @@ pub struct DatapathConfig {
     pub vxlan_port: [u8; 2],
     /// This host's VTEP MAC: the inner source MAC of what it sends.
     pub vtep_mac: [u8; 6],
+    /// flannel udp port (source and destination), network order.
+    pub udp_port: [u8; 2],
+    /// [`GRE_KEYED`]: GRE carries `gre_key` (sent, and required on what arrives).
+    pub flags: u8,
+    pub reserved: u8,
+    /// GRE key, network order.
+    pub gre_key: [u8; 4],
 }
+
+/// [`DatapathConfig::flags`]: GRE uses a key.
+pub const GRE_KEYED: u8 = 1;
 
 /// Value of [`LOCAL_PORTS`]: the host-side interface (a veth whose peer is the container's).
 #[repr(C)]
@@ -159,7 +184,9 @@ pub struct AgentState {
     pub store_up: u8,
     /// An [`IngressHook`] number.
     pub ingress: u8,
-    pub reserved: [u8; 5],
+    /// The [`Backend`] number of `[backend] type`.
+    pub backend: u8,
+    pub reserved: [u8; 4],
     /// Unix seconds when this host's subnet lease expires; 0 when there is no lease (static file).
     pub lease_expiry: u64,
 }
@@ -187,7 +214,7 @@ const _: () = {
     assert!(core::mem::size_of::<LpmKeyIpv4>() == 8);
     assert!(core::mem::size_of::<RemoteSubnet>() == 12);
     assert!(core::mem::size_of::<Peer>() == 8);
-    assert!(core::mem::size_of::<DatapathConfig>() == 32);
+    assert!(core::mem::size_of::<DatapathConfig>() == 40);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<LocalPort>() == 4);
     assert!(core::mem::size_of::<AgentState>() == 40);
@@ -197,6 +224,13 @@ const _: () = {
 impl DatapathConfig {
     pub fn vxlan_port(&self) -> u16 {
         u16::from_be_bytes(self.vxlan_port)
+    }
+    pub fn udp_port(&self) -> u16 {
+        u16::from_be_bytes(self.udp_port)
+    }
+    /// The GRE key, if GRE uses one.
+    pub fn gre_key(&self) -> Option<u32> {
+        (self.flags & GRE_KEYED != 0).then(|| u32::from_be_bytes(self.gre_key))
     }
     /// Whether `addr` lies in this host's container subnet.
     pub fn is_local(&self, addr: &[u8; 4]) -> bool {

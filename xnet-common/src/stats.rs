@@ -39,6 +39,16 @@ pub enum Outcome {
     EncapVxlan = 2,
     /// VXLAN from a known peer, decapsulated and delivered.
     DecapVxlan = 3,
+    /// Sent in flannel's udp framing.
+    EncapUdp = 4,
+    /// flannel udp framing from a known peer, decapsulated and delivered.
+    DecapUdp = 5,
+    /// Sent in GRE.
+    EncapGre = 6,
+    /// GRE from a known peer, decapsulated and delivered.
+    DecapGre = 7,
+    /// Sent unencapsulated to the peer's MAC (direct backend).
+    Direct = 8,
 
     /// Overlay traffic from an address that is not a known peer.
     DropUnknownPeer = 128,
@@ -64,14 +74,25 @@ pub enum Outcome {
     DropRedirectFailed = 138,
     /// Tunnelled traffic whose outer IPv4 header checksum is wrong.
     DropBadOuterChecksum = 139,
+    /// The inner TTL ran out (flannel's udp framing decrements it, as flannel does).
+    DropTtlExceeded = 140,
+    /// GRE whose key is missing, unexpected or not ours.
+    DropBadGreKey = 141,
+    /// GRE with a checksum, sequence number, another version or a non-IPv4 payload.
+    DropBadGreHeader = 142,
 }
 
 impl Outcome {
     /// Every outcome, for listing counters.
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 23] = [
         Outcome::Passed,
         Outcome::EncapVxlan,
         Outcome::DecapVxlan,
+        Outcome::EncapUdp,
+        Outcome::DecapUdp,
+        Outcome::EncapGre,
+        Outcome::DecapGre,
+        Outcome::Direct,
         Outcome::DropUnknownPeer,
         Outcome::DropBadVni,
         Outcome::DropTruncated,
@@ -84,16 +105,28 @@ impl Outcome {
         Outcome::DropNotConfigured,
         Outcome::DropRedirectFailed,
         Outcome::DropBadOuterChecksum,
+        Outcome::DropTtlExceeded,
+        Outcome::DropBadGreKey,
+        Outcome::DropBadGreHeader,
     ];
 
     /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
     pub fn applies_to(self, direction: Direction) -> bool {
         match self {
             Self::Passed | Self::DropRedirectFailed => true,
-            Self::EncapVxlan | Self::DropEncapFailed | Self::DropTooBig | Self::DropNotConfigured => {
-                direction == Direction::Egress
-            }
+            Self::EncapVxlan
+            | Self::EncapUdp
+            | Self::EncapGre
+            | Self::Direct
+            | Self::DropTtlExceeded
+            | Self::DropEncapFailed
+            | Self::DropTooBig
+            | Self::DropNotConfigured => direction == Direction::Egress,
             Self::DecapVxlan
+            | Self::DecapUdp
+            | Self::DecapGre
+            | Self::DropBadGreKey
+            | Self::DropBadGreHeader
             | Self::DropUnknownPeer
             | Self::DropBadVni
             | Self::DropTruncated
@@ -115,6 +148,11 @@ impl Outcome {
             Self::Passed => "passed",
             Self::EncapVxlan => "encap_vxlan",
             Self::DecapVxlan => "decap_vxlan",
+            Self::EncapUdp => "encap_udp",
+            Self::DecapUdp => "decap_udp",
+            Self::EncapGre => "encap_gre",
+            Self::DecapGre => "decap_gre",
+            Self::Direct => "direct",
             Self::DropUnknownPeer => "unknown_peer",
             Self::DropBadVni => "bad_vni",
             Self::DropTruncated => "truncated",
@@ -127,6 +165,9 @@ impl Outcome {
             Self::DropNotConfigured => "not_configured",
             Self::DropRedirectFailed => "redirect_failed",
             Self::DropBadOuterChecksum => "bad_outer_checksum",
+            Self::DropTtlExceeded => "ttl_exceeded",
+            Self::DropBadGreKey => "bad_gre_key",
+            Self::DropBadGreHeader => "bad_gre_header",
         }
     }
 }

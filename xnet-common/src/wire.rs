@@ -15,6 +15,22 @@ pub const VXLAN_LEN: usize = 8;
 pub const VXLAN_ENCAP_LEN: usize = IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
 /// What VXLAN costs in MTU: the overlay MTU is the underlay MTU minus this.
 pub const VXLAN_MTU_OVERHEAD: u32 = VXLAN_ENCAP_LEN as u32;
+pub const GRE_LEN: usize = 4;
+pub const GRE_KEY_LEN: usize = 4;
+/// flannel's udp backend: outer IPv4 + UDP in front of the raw inner IPv4 packet.
+pub const UDP_ENCAP_LEN: usize = IPV4_LEN + UDP_LEN;
+/// GRE (RFC 2784) without and with the RFC 2890 key.
+pub const GRE_ENCAP_LEN: usize = IPV4_LEN + GRE_LEN;
+pub const GRE_KEYED_ENCAP_LEN: usize = GRE_ENCAP_LEN + GRE_KEY_LEN;
+pub const IPPROTO_GRE: u8 = 47;
+/// GRE flags: C (checksum present), K (key present), S (sequence number present); version in the
+/// low three bits.
+pub const GRE_FLAG_C: u16 = 0x8000;
+pub const GRE_FLAG_K: u16 = 0x2000;
+pub const GRE_FLAG_S: u16 = 0x1000;
+pub const GRE_VERSION_MASK: u16 = 0x0007;
+/// flannel's udp backend port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const IPPROTO_UDP: u8 = 17;
@@ -72,6 +88,36 @@ pub struct VxlanHdr {
     pub vni_reserved: [u8; 4],
 }
 
+/// RFC 2784 GRE header (no checksum); the RFC 2890 key follows when the K flag is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GreHdr {
+    pub flags_version: [u8; 2],
+    pub protocol: [u8; 2],
+}
+
+/// A 32-bit GRE key (RFC 2890), network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GreKey(pub [u8; 4]);
+
+/// flannel udp: what goes in front of the raw inner IPv4 packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UdpOuter {
+    pub ip: Ipv4Hdr,
+    pub udp: UdpHdr,
+}
+
+/// GRE with the key field; without a key only the first [`GRE_ENCAP_LEN`] bytes are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GreOuter {
+    pub ip: Ipv4Hdr,
+    pub gre: GreHdr,
+    pub key: GreKey,
+}
+
 /// Everything VXLAN puts between the outer Ethernet header and the inner IPv4 packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -89,6 +135,10 @@ unsafe impl Header for Ipv4Hdr {}
 unsafe impl Header for UdpHdr {}
 unsafe impl Header for VxlanHdr {}
 unsafe impl Header for VxlanOuter {}
+unsafe impl Header for GreHdr {}
+unsafe impl Header for GreKey {}
+unsafe impl Header for UdpOuter {}
+unsafe impl Header for GreOuter {}
 
 const _: () = {
     assert!(core::mem::size_of::<EthHdr>() == ETH_LEN);
@@ -96,6 +146,8 @@ const _: () = {
     assert!(core::mem::size_of::<UdpHdr>() == UDP_LEN);
     assert!(core::mem::size_of::<VxlanHdr>() == VXLAN_LEN);
     assert!(core::mem::size_of::<VxlanOuter>() == VXLAN_ENCAP_LEN);
+    assert!(core::mem::size_of::<UdpOuter>() == UDP_ENCAP_LEN);
+    assert!(core::mem::size_of::<GreOuter>() == GRE_KEYED_ENCAP_LEN);
 };
 
 impl EthHdr {
@@ -130,6 +182,15 @@ impl UdpHdr {
     }
     pub fn src_port(&self) -> u16 {
         u16::from_be_bytes(self.src_port)
+    }
+}
+
+impl GreHdr {
+    pub fn flags_version(&self) -> u16 {
+        u16::from_be_bytes(self.flags_version)
+    }
+    pub fn protocol(&self) -> u16 {
+        u16::from_be_bytes(self.protocol)
     }
 }
 
@@ -178,37 +239,67 @@ pub struct VxlanRemote {
     pub vtep_mac: [u8; 6],
 }
 
-/// Builds the 50 bytes VXLAN inserts after the outer Ethernet header. The outer IPv4 header has DF
-/// set (xnet never relies on fragmentation: the overlay MTU leaves room), ID 0, TTL 64 and a correct
-/// checksum; the UDP checksum is 0, as RFC 7348 allows over IPv4. Lengths above 65535 (GSO
-/// super-packets) are clamped: segmentation rewrites them per segment.
-pub fn vxlan_outer(local: &VxlanLocal, remote: &VxlanRemote, inner: &InnerInfo) -> VxlanOuter {
-    let udp_len = clamp_u16(UDP_LEN + VXLAN_LEN + ETH_LEN + inner.ip_len);
-    let ip_len = clamp_u16(IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN + inner.ip_len);
+/// The outer IPv4 header every encapsulation writes: DF set (xnet never relies on fragmentation:
+/// the overlay MTU leaves room), ID 0, TTL 64, the inner TOS, a correct checksum. Lengths above
+/// 65535 (GSO super-packets) are clamped: segmentation rewrites them per segment.
+pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, payload_len: usize, tos: u8) -> Ipv4Hdr {
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,
-        tos: inner.tos,
-        total_len: ip_len.to_be_bytes(),
+        tos,
+        total_len: clamp_u16(IPV4_LEN + payload_len).to_be_bytes(),
         id: [0, 0],
         flags_frag: IPV4_DF.to_be_bytes(),
         ttl: OUTER_TTL,
-        protocol: IPPROTO_UDP,
+        protocol,
         checksum: [0, 0],
-        src: local.ip,
-        dst: remote.ip,
+        src,
+        dst,
     };
     ip.checksum = crate::csum::ipv4_header(&ip);
+    ip
+}
+
+/// Builds the 50 bytes VXLAN inserts after the outer Ethernet header; the UDP checksum is 0, as
+/// RFC 7348 allows over IPv4.
+pub fn vxlan_outer(local: &VxlanLocal, remote: &VxlanRemote, inner: &InnerInfo) -> VxlanOuter {
+    let udp_payload = VXLAN_LEN + ETH_LEN + inner.ip_len;
     VxlanOuter {
-        ip,
+        ip: outer_ipv4(local.ip, remote.ip, IPPROTO_UDP, UDP_LEN + udp_payload, inner.tos),
         udp: UdpHdr {
             src_port: udp_src_port(inner.flow_hash).to_be_bytes(),
             dst_port: local.port.to_be_bytes(),
-            len: udp_len.to_be_bytes(),
+            len: clamp_u16(UDP_LEN + udp_payload).to_be_bytes(),
             checksum: [0, 0],
         },
         vxlan: VxlanHdr { flags: VXLAN_FLAG_VNI, reserved: [0; 3], vni_reserved: vni_to_wire(local.vni) },
         inner_eth: EthHdr { dst: remote.vtep_mac, src: local.vtep_mac, ethertype: ETH_P_IPV4.to_be_bytes() },
     }
+}
+
+/// flannel's udp framing: the raw inner IPv4 packet in UDP from `port` to `port`, checksum 0.
+pub fn udp_outer(src: [u8; 4], dst: [u8; 4], port: u16, inner: &InnerInfo) -> UdpOuter {
+    UdpOuter {
+        ip: outer_ipv4(src, dst, IPPROTO_UDP, UDP_LEN + inner.ip_len, inner.tos),
+        udp: UdpHdr {
+            src_port: port.to_be_bytes(),
+            dst_port: port.to_be_bytes(),
+            len: clamp_u16(UDP_LEN + inner.ip_len).to_be_bytes(),
+            checksum: [0, 0],
+        },
+    }
+}
+
+/// RFC 2784 GRE carrying IPv4 (protocol 0x0800), with the RFC 2890 key iff `key` is set; no
+/// checksum, no sequence number. Returns the headers and how many of their bytes are used.
+pub fn gre_outer(src: [u8; 4], dst: [u8; 4], key: Option<u32>, inner: &InnerInfo) -> (GreOuter, usize) {
+    let len = if key.is_some() { GRE_KEYED_ENCAP_LEN } else { GRE_ENCAP_LEN };
+    let flags = if key.is_some() { GRE_FLAG_K } else { 0 };
+    let outer = GreOuter {
+        ip: outer_ipv4(src, dst, IPPROTO_GRE, len - IPV4_LEN + inner.ip_len, inner.tos),
+        gre: GreHdr { flags_version: flags.to_be_bytes(), protocol: ETH_P_IPV4.to_be_bytes() },
+        key: GreKey(key.unwrap_or(0).to_be_bytes()),
+    };
+    (outer, len)
 }
 
 fn clamp_u16(n: usize) -> u16 {

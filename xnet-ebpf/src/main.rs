@@ -19,8 +19,8 @@ use deliver::Delivery;
 use xnet_common::{
     egress::{self, EgressDecision},
     maps::{
-        AgentState, Counter, DatapathConfig, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEERS_MAX, Peer,
-        REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
+        AgentState, Backend, Counter, DatapathConfig, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEERS_MAX,
+        Peer, REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
@@ -77,9 +77,29 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     if cfg.underlay_ifindex == 0 {
         return Err(Outcome::DropNotConfigured);
     }
-    encap::vxlan::encapsulate(ctx, &cfg, &route, tos)?;
-    let action = encap::redirect_to_underlay(&cfg)?;
-    Ok((Outcome::EncapVxlan, action))
+    let sent = match Backend::from_u8(route.backend) {
+        Some(Backend::Vxlan) => {
+            encap::vxlan::encapsulate(ctx, &cfg, &route, tos)?;
+            Outcome::EncapVxlan
+        }
+        Some(Backend::Udp) => {
+            encap::udp::encapsulate(ctx, &cfg, &route, tos)?;
+            Outcome::EncapUdp
+        }
+        Some(Backend::Gre) => {
+            encap::gre::encapsulate(ctx, &cfg, &route, tos)?;
+            Outcome::EncapGre
+        }
+        Some(Backend::Direct) => {
+            encap::check_fits(ctx, &cfg, 0)?;
+            let action = encap::redirect_to_underlay(&cfg, Some(route.peer_ip))?;
+            return Ok((Outcome::Direct, action));
+        }
+        // A backend number this program does not know (a newer agent?): never leak the packet.
+        None => return Err(Outcome::DropEncapFailed),
+    };
+    let action = encap::redirect_to_underlay(&cfg, None)?;
+    Ok((sent, action))
 }
 
 /// tc ingress on the underlay interface: decapsulates tunnelled traffic from known peers.
@@ -88,11 +108,13 @@ pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let (outcome, action) = match decap::run(&ctx) {
         // Straight into the container when the kernel knows where it is; else the host stack.
-        Outcome::DecapVxlan => match deliver::to_container(&ctx) {
-            Delivery::Redirected(action) => (Outcome::DecapVxlan, action),
-            Delivery::ToStack => (Outcome::DecapVxlan, TC_ACT_OK),
-            Delivery::Failed => (Outcome::DropRedirectFailed, TC_ACT_SHOT),
-        },
+        decapsulated @ (Outcome::DecapVxlan | Outcome::DecapUdp | Outcome::DecapGre) => {
+            match deliver::to_container(&ctx) {
+                Delivery::Redirected(action) => (decapsulated, action),
+                Delivery::ToStack => (decapsulated, TC_ACT_OK),
+                Delivery::Failed => (Outcome::DropRedirectFailed, TC_ACT_SHOT),
+            }
+        }
         drop if drop.is_drop() => (drop, TC_ACT_SHOT),
         passed => (passed, TC_ACT_OK),
     };

@@ -8,8 +8,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use xnet_common::{
-    maps::{AgentState, Backend as WireBackend, DatapathConfig, IngressHook, Peer, RemoteSubnet, Store},
-    wire::{VXLAN_MTU_OVERHEAD, vni_to_wire},
+    maps::{
+        AgentState, Backend as WireBackend, DatapathConfig, GRE_KEYED, IngressHook, Peer, RemoteSubnet, Store,
+    },
+    wire::vni_to_wire,
 };
 
 use crate::{
@@ -31,6 +33,9 @@ pub struct Plan {
     pub vtep_mac: Mac,
     pub ingress: Hook,
     pub overlay_mtu: u32,
+    /// The backend each peer (in config order) is sent with: its own, or `[backend] type`, and for
+    /// `direct` peers that are not on the underlay's segment, the fallback.
+    pub peer_backends: Vec<WireBackend>,
 }
 
 impl Plan {
@@ -57,15 +62,29 @@ impl Plan {
             IngressMode::Auto if underlay.is_virtual() => Hook::TcIngress,
             IngressMode::Auto => Hook::XdpIngress,
         };
-        // 68: the smallest MTU IPv4 allows (RFC 791).
-        let overlay_mtu =
-            underlay.mtu.checked_sub(VXLAN_MTU_OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| {
-                HostError::MtuTooSmall {
-                    name: underlay.name.clone(),
-                    mtu: underlay.mtu,
-                    overhead: VXLAN_MTU_OVERHEAD,
+        let backend = &config.backend;
+        let peer_backends: Vec<WireBackend> = config
+            .peers
+            .iter()
+            .map(|p| match p.backend.unwrap_or(backend.kind) {
+                WireBackend::Direct if !underlay.on_link(p.public_ip) => {
+                    tracing::info!(
+                        peer = %p.public_ip,
+                        fallback = backend.fallback.name(),
+                        "peer is not on the underlay's segment: direct routing falls back"
+                    );
+                    backend.fallback
                 }
-            })?;
+                b => b,
+            })
+            .collect();
+        // The containers' MTU must fit the costliest encapsulation this host sends with.
+        let overhead =
+            peer_backends.iter().chain([&backend.kind]).map(|b| backend.overhead(*b)).max().unwrap_or(0);
+        // 68: the smallest MTU IPv4 allows (RFC 791).
+        let overlay_mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= 68).ok_or_else(|| {
+            HostError::MtuTooSmall { name: underlay.name.clone(), mtu: underlay.mtu, overhead }
+        })?;
         if !underlay.ipv4.contains(&public_ip) {
             tracing::warn!(
                 public_ip = %public_ip,
@@ -74,7 +93,16 @@ impl Plan {
             );
         }
         host::check_bpffs(&config.pin_dir)?;
-        Ok(Self { config, underlay, container_ifaces, public_ip, vtep_mac, ingress, overlay_mtu })
+        Ok(Self {
+            config,
+            underlay,
+            container_ifaces,
+            public_ip,
+            vtep_mac,
+            ingress,
+            overlay_mtu,
+            peer_backends,
+        })
     }
 
     pub fn datapath_config(&self) -> DatapathConfig {
@@ -85,16 +113,20 @@ impl Plan {
             local_subnet: self.config.subnet.addr().octets(),
             local_netmask: self.config.subnet.netmask().octets(),
             vxlan_vni: vni_to_wire(self.config.backend.vni),
-            vxlan_port: self.config.backend.port.to_be_bytes(),
+            vxlan_port: self.config.backend.vxlan_port.to_be_bytes(),
             vtep_mac: self.vtep_mac.0,
+            udp_port: self.config.backend.udp_port.to_be_bytes(),
+            flags: if self.config.backend.gre_key.is_some() { GRE_KEYED } else { 0 },
+            reserved: 0,
+            gre_key: self.config.backend.gre_key.unwrap_or(0).to_be_bytes(),
         }
     }
 
     pub fn routes(&self) -> (BTreeMap<Ipv4Net, RemoteSubnet>, BTreeMap<[u8; 4], Peer>) {
         let mut routes = BTreeMap::new();
         let mut peers = BTreeMap::new();
-        for p in &self.config.peers {
-            let backend = WireBackend::Vxlan as u8;
+        for (p, backend) in self.config.peers.iter().zip(&self.peer_backends) {
+            let backend = *backend as u8;
             routes.insert(
                 p.subnet,
                 RemoteSubnet { peer_ip: p.public_ip.octets(), vtep_mac: p.vtep_mac.0, backend, reserved: 0 },
@@ -127,7 +159,8 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
                 Hook::XdpIngress => IngressHook::Xdp as u8,
                 _ => IngressHook::Tc as u8,
             },
-            reserved: [0; 5],
+            backend: plan.config.backend.kind as u8,
+            reserved: [0; 4],
             lease_expiry: 0,
         })?;
         refresh_local_ports(&mut dp, plan, &mut None);

@@ -37,12 +37,38 @@ pub enum IngressMode {
     Tc,
 }
 
-/// The tunnel settings of this host.
+pub use xnet_common::maps::Backend as BackendType;
+
+/// The tunnel settings of this host. Every wire format has its settings here, because peers may
+/// override the backend and decapsulation accepts every format.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
+    pub kind: BackendType,
+    /// VXLAN network identifier.
     pub vni: u32,
-    pub port: u16,
+    /// VXLAN UDP port (8472 unless set with `port` for type vxlan, or a vxlan fallback).
+    pub vxlan_port: u16,
+    /// flannel udp port (8285 unless set with `port` for type udp, or a udp fallback).
+    pub udp_port: u16,
+    /// GRE key (RFC 2890), if any.
+    pub gre_key: Option<u32>,
+    /// For `direct`: what peers that are not on the underlay's segment get.
+    pub fallback: BackendType,
     pub ingress: IngressMode,
+}
+
+impl Backend {
+    /// Bytes a backend adds in front of the inner IPv4 packet (what it costs in MTU).
+    pub fn overhead(&self, kind: BackendType) -> u32 {
+        use xnet_common::wire::{GRE_ENCAP_LEN, GRE_KEYED_ENCAP_LEN, UDP_ENCAP_LEN, VXLAN_ENCAP_LEN};
+        (match kind {
+            BackendType::Vxlan => VXLAN_ENCAP_LEN,
+            BackendType::Udp => UDP_ENCAP_LEN,
+            BackendType::Gre if self.gre_key.is_some() => GRE_KEYED_ENCAP_LEN,
+            BackendType::Gre => GRE_ENCAP_LEN,
+            BackendType::Direct => 0,
+        }) as u32
+    }
 }
 
 /// A remote host and the subnet its containers use.
@@ -51,6 +77,8 @@ pub struct PeerConfig {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: Mac,
+    /// Overrides `[backend] type` for this peer.
+    pub backend: Option<BackendType>,
 }
 
 /// A validated config.
@@ -101,12 +129,14 @@ struct RawBackend {
     kind: String,
     vni: Option<i64>,
     port: Option<i64>,
+    key: Option<i64>,
+    fallback: Option<String>,
     ingress: Option<String>,
 }
 
 impl Default for RawBackend {
     fn default() -> Self {
-        Self { kind: default_backend_type(), vni: None, port: None, ingress: None }
+        Self { kind: default_backend_type(), vni: None, port: None, key: None, fallback: None, ingress: None }
     }
 }
 
@@ -120,6 +150,7 @@ struct RawPeer {
     subnet: String,
     public_ip: String,
     vtep_mac: Option<String>,
+    backend: Option<String>,
 }
 
 impl Config {
@@ -242,45 +273,87 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(crate::subnet_env::DEFAULT_SUBNET_FILE));
         let docker_opts_file = absolute("docker_opts_file", raw.docker_opts_file)?;
 
-        let backend = match raw.backend.kind.as_str() {
-            "vxlan" => {
-                let vni = raw.backend.vni.unwrap_or(DEFAULT_VNI as i64);
-                if !(1..=MAX_VNI as i64).contains(&vni) {
-                    return Err(invalid("backend.vni", format!("= {vni} must be between 1 and {MAX_VNI}")));
-                }
-                let port = raw.backend.port.unwrap_or(DEFAULT_VXLAN_PORT as i64);
-                if !(1..=65535).contains(&port) {
-                    return Err(invalid(
-                        "backend.port",
-                        format!("= {port} must be a UDP port between 1 and 65535"),
-                    ));
-                }
-                let ingress = match raw.backend.ingress.as_deref() {
-                    None | Some("auto") => IngressMode::Auto,
-                    Some("xdp") => IngressMode::Xdp,
-                    Some("tc") => IngressMode::Tc,
-                    Some(other) => {
-                        return Err(invalid(
-                            "backend.ingress",
-                            format!("= \"{other}\" must be \"auto\", \"xdp\" or \"tc\""),
-                        ));
-                    }
-                };
-                Backend { vni: vni as u32, port: port as u16, ingress }
+        let backend_type = |key: &str, name: &str| -> Result<BackendType, ConfigError> {
+            BackendType::from_name(name).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("= \"{name}\" is unknown; use \"vxlan\", \"udp\", \"gre\" or \"direct\""),
+                )
+            })
+        };
+        let kind = backend_type("backend.type", &raw.backend.kind)?;
+        let fallback = match raw.backend.fallback.as_deref() {
+            None => BackendType::Vxlan,
+            Some(_) if kind != BackendType::Direct => {
+                return Err(invalid("backend.fallback", "applies only to type \"direct\"; remove it".into()));
             }
-            "udp" | "gre" | "direct" => {
+            Some("direct") => {
                 return Err(invalid(
-                    "backend.type",
-                    format!(
-                        "= \"{}\" is not available in this version of xnet yet; use \"vxlan\"",
-                        raw.backend.kind
-                    ),
+                    "backend.fallback",
+                    "= \"direct\" cannot reach peers off the segment; use \"vxlan\", \"udp\" or \"gre\""
+                        .into(),
                 ));
             }
-            other => {
-                return Err(invalid("backend.type", format!("= \"{other}\" is unknown; use \"vxlan\"")));
+            Some(name) => backend_type("backend.fallback", name)?,
+        };
+        let vni = raw.backend.vni.unwrap_or(DEFAULT_VNI as i64);
+        if !(1..=MAX_VNI as i64).contains(&vni) {
+            return Err(invalid("backend.vni", format!("= {vni} must be between 1 and {MAX_VNI}")));
+        }
+        let gre_key = match raw.backend.key {
+            None => None,
+            Some(k) if (0..=u32::MAX as i64).contains(&k) => Some(k as u32),
+            Some(k) => {
+                return Err(invalid(
+                    "backend.key",
+                    format!("= {k} must be a 32-bit GRE key, 0 to {}", u32::MAX),
+                ));
             }
         };
+        // `port` is the port of the UDP-based format in use: the type's, or direct's fallback's.
+        let udp_kind = match kind {
+            BackendType::Direct => fallback,
+            k => k,
+        };
+        let (mut vxlan_port, mut udp_port) = (DEFAULT_VXLAN_PORT, xnet_common::wire::DEFAULT_UDP_PORT);
+        if let Some(port) = raw.backend.port {
+            if !(1..=65535).contains(&port) {
+                return Err(invalid(
+                    "backend.port",
+                    format!("= {port} must be a UDP port between 1 and 65535"),
+                ));
+            }
+            match udp_kind {
+                BackendType::Vxlan => vxlan_port = port as u16,
+                BackendType::Udp => udp_port = port as u16,
+                _ => {
+                    return Err(invalid(
+                        "backend.port",
+                        "applies to vxlan and udp, not gre; remove it".into(),
+                    ));
+                }
+            }
+        }
+        if vxlan_port == udp_port {
+            return Err(invalid(
+                "backend.port",
+                format!(
+                    "= {vxlan_port} is also the other UDP format's port (vxlan {vxlan_port}, udp {udp_port}); pick another"
+                ),
+            ));
+        }
+        let ingress = match raw.backend.ingress.as_deref() {
+            None | Some("auto") => IngressMode::Auto,
+            Some("xdp") => IngressMode::Xdp,
+            Some("tc") => IngressMode::Tc,
+            Some(other) => {
+                return Err(invalid(
+                    "backend.ingress",
+                    format!("= \"{other}\" must be \"auto\", \"xdp\" or \"tc\""),
+                ));
+            }
+        };
+        let backend = Backend { kind, vni: vni as u32, vxlan_port, udp_port, gre_key, fallback, ingress };
 
         let mut peers: Vec<PeerConfig> = Vec::new();
         for (i, p) in raw.peers.iter().enumerate() {
@@ -311,6 +384,7 @@ impl Config {
                 Some(v) => mac(&key("vtep_mac"), v)?,
                 None => Mac::from_ipv4(pip),
             };
+            let pbackend = p.backend.as_deref().map(|b| backend_type(&key("backend"), b)).transpose()?;
             for (j, q) in peers.iter().enumerate() {
                 if q.subnet.overlaps(&psubnet) {
                     return Err(invalid(
@@ -328,7 +402,7 @@ impl Config {
                     ));
                 }
             }
-            peers.push(PeerConfig { subnet: psubnet, public_ip: pip, vtep_mac: pmac });
+            peers.push(PeerConfig { subnet: psubnet, public_ip: pip, vtep_mac: pmac, backend: pbackend });
         }
 
         Ok(Config {
@@ -394,9 +468,38 @@ public_ip = "198.18.0.3"
     fn the_documented_example_parses() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.subnet.to_string(), "10.244.1.0/24");
-        assert_eq!(c.backend, Backend { vni: 1, port: 8472, ingress: IngressMode::Auto });
+        assert_eq!((c.backend.kind, c.backend.vni, c.backend.vxlan_port), (BackendType::Vxlan, 1, 8472));
+        assert_eq!(
+            (c.backend.udp_port, c.backend.gre_key, c.backend.ingress),
+            (8285, None, IngressMode::Auto)
+        );
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.peers[1].vtep_mac.to_string(), "02:00:c6:12:00:03", "default VTEP MAC");
+    }
+
+    #[test]
+    fn backends_and_their_settings() {
+        let gre =
+            parse(&GOOD.replace("type = \"vxlan\"", "type = \"gre\"\nkey = 42").replace("port = 8472\n", ""))
+                .unwrap();
+        assert_eq!((gre.backend.kind, gre.backend.gre_key), (BackendType::Gre, Some(42)));
+        assert_eq!(gre.backend.overhead(BackendType::Gre), 28, "GRE with a key");
+        let udp =
+            parse(&GOOD.replace("type = \"vxlan\"", "type = \"udp\"").replace("port = 8472", "port = 9000"))
+                .unwrap();
+        assert_eq!((udp.backend.udp_port, udp.backend.vxlan_port), (9000, 8472));
+        assert_eq!(udp.backend.overhead(BackendType::Udp), 28);
+        let direct = parse(
+            &GOOD
+                .replace("type = \"vxlan\"", "type = \"direct\"\nfallback = \"udp\"")
+                .replace("port = 8472\n", ""),
+        )
+        .unwrap();
+        assert_eq!((direct.backend.kind, direct.backend.fallback), (BackendType::Direct, BackendType::Udp));
+        assert_eq!(direct.backend.overhead(BackendType::Direct), 0);
+        let peer = parse(&GOOD.replace("vtep_mac = \"02:00:c6:12:00:02\"", "backend = \"gre\"")).unwrap();
+        assert_eq!(peer.peers[0].backend, Some(BackendType::Gre));
+        assert_eq!(peer.backend.overhead(BackendType::Vxlan), 50);
     }
 
     #[test]
@@ -405,7 +508,7 @@ public_ip = "198.18.0.3"
             "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\niface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n",
         )
         .unwrap();
-        assert_eq!(c.backend, Backend { vni: 1, port: 8472, ingress: IngressMode::Auto });
+        assert_eq!((c.backend.kind, c.backend.vni, c.backend.vxlan_port), (BackendType::Vxlan, 1, 8472));
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!((c.public_ip, c.vtep_mac, c.metrics_addr), (None, None, None));
         assert_eq!(c.subnet_file, PathBuf::from("/run/xnet/subnet.env"));
@@ -459,8 +562,25 @@ public_ip = "198.18.0.3"
             ),
             ("vni = 1", "vni = 16777216", &["`backend.vni`", "between 1 and"]),
             ("port = 8472", "port = 70000", &["`backend.port`", "UDP port"]),
-            ("type = \"vxlan\"", "type = \"gre\"", &["`backend.type`", "use \"vxlan\""]),
-            ("type = \"vxlan\"", "type = \"ipip\"", &["`backend.type`", "unknown"]),
+            ("type = \"vxlan\"", "type = \"ipip\"", &["`backend.type`", "unknown", "\"gre\""]),
+            ("type = \"vxlan\"", "type = \"gre\"", &["`backend.port`", "not gre"]),
+            (
+                "type = \"vxlan\"",
+                "type = \"vxlan\"\nfallback = \"udp\"",
+                &["`backend.fallback`", "only to type \"direct\""],
+            ),
+            (
+                "type = \"vxlan\"",
+                "type = \"direct\"\nfallback = \"direct\"",
+                &["`backend.fallback`", "off the segment"],
+            ),
+            ("port = 8472", "port = 8285", &["`backend.port`", "other UDP format"]),
+            ("vni = 1", "vni = 1\nkey = -1", &["`backend.key`", "32-bit"]),
+            (
+                "vtep_mac = \"02:00:c6:12:00:02\"",
+                "vtep_mac = \"02:00:c6:12:00:02\"\nbackend = \"ipip\"",
+                &["`peer[0].backend`", "unknown"],
+            ),
             ("ingress = \"auto\"", "ingress = \"ebpf\"", &["`backend.ingress`", "\"xdp\""]),
             ("vni = 1", "vni = \"one\"", &["not valid TOML", "vni", "line 12"]),
             (

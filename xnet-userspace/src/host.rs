@@ -32,7 +32,7 @@ pub enum HostError {
         "another xnet agent (pid {pid}) runs with pin_dir {pin_dir}; stop it first, or give this one its own `pin_dir`"
     )]
     AgentRunning { pin_dir: PathBuf, pid: String },
-    #[error("interface {name} has MTU {mtu}, too small for VXLAN's {overhead} bytes of headers; raise it")]
+    #[error("interface {name} has MTU {mtu}, too small for {overhead} bytes of tunnel headers; raise it")]
     MtuTooSmall { name: String, mtu: u32, overhead: u32 },
     #[error("cannot set {setting}: {detail}; run xnet as root, or set it yourself and restart")]
     Setting { setting: String, detail: String },
@@ -46,6 +46,8 @@ pub struct Interface {
     pub mac: Mac,
     pub mtu: u32,
     pub ipv4: Vec<Ipv4Addr>,
+    /// The networks those addresses are on (what is reachable without a router).
+    pub ipv4_nets: Vec<Ipv4Net>,
     /// The kernel driver (ethtool), e.g. "veth", "bridge", "virtio_net", "ixgbe".
     pub driver: Option<String>,
 }
@@ -76,9 +78,19 @@ impl Interface {
         // SAFETY: the kernel filled the hwaddr member of the union.
         let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
         let mac = Mac(std::array::from_fn(|i| data[i] as u8));
-        let ipv4 = ipv4_addresses(name).map_err(err("addresses"))?;
+        let addrs = ipv4_addresses(name).map_err(err("addresses"))?;
+        let ipv4 = addrs.iter().map(|(a, _)| *a).collect();
+        let ipv4_nets = addrs
+            .iter()
+            .filter_map(|(a, p)| Ipv4Net::new(Ipv4Addr::from(u32::from(*a) & Ipv4Net::mask_of(*p)), *p))
+            .collect();
         let driver = driver_name(fd, name);
-        Ok(Self { name: name.into(), index, mac, mtu, ipv4, driver })
+        Ok(Self { name: name.into(), index, mac, mtu, ipv4, ipv4_nets, driver })
+    }
+
+    /// Whether `ip` is on one of this interface's networks (reachable without a router).
+    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
+        self.ipv4_nets.iter().any(|n| n.contains_addr(ip))
     }
 
     /// Whether XDP pays off here: a NIC driver, not a virtual device. XDP on a veth turns off the
@@ -151,8 +163,8 @@ fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// The IPv4 addresses of `name`, primary first.
-fn ipv4_addresses(name: &str) -> io::Result<Vec<Ipv4Addr>> {
+/// The IPv4 addresses of `name` with their prefix lengths, primary first.
+fn ipv4_addresses(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -171,7 +183,13 @@ fn ipv4_addresses(name: &str) -> io::Result<Vec<Ipv4Addr>> {
                 && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
             {
                 let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let prefix = if ifa.ifa_netmask.is_null() {
+                    32
+                } else {
+                    let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                    u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+                };
+                out.push((Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), prefix));
             }
         }
         cur = ifa.ifa_next;

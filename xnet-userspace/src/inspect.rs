@@ -81,7 +81,10 @@ pub struct RouteRow {
     pub subnet: String,
     pub peer: Ipv4Addr,
     pub backend: &'static str,
-    pub vni: u32,
+    /// VXLAN network identifier, for vxlan routes.
+    pub vni: Option<u32>,
+    /// GRE key, for gre routes that use one.
+    pub key: Option<u32>,
     pub vtep_mac: String,
     /// "file" (static config) or "etcd"; "unknown" when the agent recorded nothing.
     pub source: &'static str,
@@ -93,6 +96,7 @@ pub struct RouteRow {
 pub fn read_routes(pin_dir: &Path, now: u64) -> Result<Vec<RouteRow>, InspectError> {
     let config = read_single::<DatapathConfig>(pin_dir, maps::CONFIG)?;
     let vni = u32::from_be_bytes(config.vxlan_vni) >> 8;
+    let gre_key = config.gre_key();
     let (map, path) = open(pin_dir, maps::REMOTE_SUBNETS)?;
     let trie: LpmTrie<MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(map).map_err(fail(&path))?;
     let (map, info_path) = open(pin_dir, maps::ROUTE_INFO)?;
@@ -103,11 +107,13 @@ pub fn read_routes(pin_dir: &Path, now: u64) -> Result<Vec<RouteRow>, InspectErr
         let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
             .map_or_else(|| format!("{:?}/{}", key.data(), key.prefix_len()), |n| n.to_string());
         let meta = info.get(&LpmKeyIpv4 { prefix_len: key.prefix_len(), addr: key.data() }, 0).ok();
+        let backend = Backend::from_u8(route.backend);
         rows.push(RouteRow {
             subnet,
             peer: Ipv4Addr::from(route.peer_ip),
-            backend: Backend::from_u8(route.backend).map_or("unknown", Backend::name),
-            vni,
+            backend: backend.map_or("unknown", Backend::name),
+            vni: (backend == Some(Backend::Vxlan)).then_some(vni),
+            key: gre_key.filter(|_| backend == Some(Backend::Gre)),
             vtep_mac: Mac(route.vtep_mac).to_string(),
             source: meta.and_then(|m| Store::from_u8(m.source)).map_or("unknown", Store::name),
             age_seconds: meta.map(|m| now.saturating_sub(m.added_at)),
@@ -147,10 +153,14 @@ pub struct Status {
     pub lease_expiry: Option<u64>,
     pub overlay_mtu: u32,
     pub ingress: &'static str,
+    /// `[backend] type`.
+    pub backend: &'static str,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: String,
     pub vni: u32,
-    pub port: u16,
+    pub vxlan_port: u16,
+    pub udp_port: u16,
+    pub gre_key: Option<u32>,
     pub peers: usize,
     pub routes: usize,
     pub attachments: Vec<AttachmentRow>,
@@ -181,10 +191,13 @@ pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
             x if x == IngressHook::Tc as u8 => "tc",
             _ => "unknown",
         },
+        backend: Backend::from_u8(agent.backend).map_or("unknown", Backend::name),
         public_ip: Ipv4Addr::from(config.local_ip),
         vtep_mac: Mac(config.vtep_mac).to_string(),
         vni: u32::from_be_bytes(config.vxlan_vni) >> 8,
-        port: config.vxlan_port(),
+        vxlan_port: config.vxlan_port(),
+        udp_port: config.udp_port(),
+        gre_key: config.gre_key(),
         peers,
         routes,
         attachments: read_attachments(pin_dir),

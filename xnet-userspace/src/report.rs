@@ -47,18 +47,19 @@ fn si(v: f64) -> String {
 
 pub fn routes(rows: &[RouteRow]) -> String {
     let mut out = format!(
-        "{:<18} {:<15} {:<8} {:>8} {:<17} {:<7} {:>8}\n",
-        "SUBNET", "PEER", "BACKEND", "VNI", "VTEP MAC", "SOURCE", "AGE"
+        "{:<18} {:<15} {:<8} {:>10} {:<17} {:<7} {:>8}\n",
+        "SUBNET", "PEER", "BACKEND", "VNI/KEY", "VTEP MAC", "SOURCE", "AGE"
     );
     for r in rows {
         let age = r.age_seconds.map_or("-".to_string(), ago);
+        let id = r.vni.or(r.key).map_or("-".to_string(), |v| v.to_string());
         let _ = writeln!(
             out,
-            "{:<18} {:<15} {:<8} {:>8} {:<17} {:<7} {:>8}",
+            "{:<18} {:<15} {:<8} {:>10} {:<17} {:<7} {:>8}",
             r.subnet,
             r.peer.to_string(),
             r.backend,
-            r.vni,
+            id,
             r.vtep_mac,
             r.source,
             age
@@ -89,10 +90,11 @@ pub fn status(s: &Status, now: u64) -> String {
         ago(now.saturating_sub(s.last_reconcile))
     );
     let _ = writeln!(out, "lease        {lease}");
+    let key = s.gre_key.map_or("none".to_string(), |k| k.to_string());
     let _ = writeln!(
         out,
-        "tunnel       vxlan vni {} port {}, public ip {}, vtep mac {}",
-        s.vni, s.port, s.public_ip, s.vtep_mac
+        "backend      {}; public ip {}; vxlan vni {} port {}, vtep mac {}; udp port {}; gre key {}",
+        s.backend, s.public_ip, s.vni, s.vxlan_port, s.vtep_mac, s.udp_port, key
     );
     let _ = writeln!(out, "mtu          {} (containers)", s.overlay_mtu);
     let _ = writeln!(out, "peers        {} ({} routes)", s.peers, s.routes);

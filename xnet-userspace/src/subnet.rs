@@ -22,7 +22,11 @@ impl Ipv4Net {
         self.prefix
     }
     pub fn mask(&self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) }
+        Self::mask_of(self.prefix)
+    }
+    /// The netmask of a prefix length (0..=32) as an integer.
+    pub fn mask_of(prefix: u8) -> u32 {
+        if prefix == 0 { 0 } else { u32::MAX << (32 - prefix.min(32)) }
     }
     pub fn netmask(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.mask())

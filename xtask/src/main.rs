@@ -36,6 +36,9 @@ enum Cmd {
         hosts: usize,
         #[arg(long, default_value_t = 2)]
         containers: usize,
+        /// vxlan, udp, gre or direct.
+        #[arg(long, default_value = "vxlan")]
+        backend: String,
     },
     /// Measure xnet against plain routing and the kernel's vxlan on the lab (TCP, one stream).
     Bench {
@@ -55,8 +58,10 @@ enum Cmd {
 }
 
 /// Debian packages the lab, the tests and the demo use.
-/// (prometheus: for promtool, which checks the metrics output.)
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "bpftool", "procps", "iperf3", "prometheus"];
+/// (prometheus: for promtool, which checks the metrics output; python3-scapy: the independent
+/// decoder of captured GRE and UDP packets.)
+const APT_PACKAGES: &[&str] =
+    &["iproute2", "iputils-ping", "bpftool", "procps", "iperf3", "prometheus", "python3-scapy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> anyhow::Result<()> {
@@ -79,12 +84,13 @@ fn main() -> anyhow::Result<()> {
             let status = cmd.args(&args).status().context("running xnet")?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Demo { hosts, containers } => {
+        Cmd::Demo { hosts, containers, backend } => {
             setup()?;
             require_root("the demo creates network namespaces and loads eBPF programs")?;
             cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
             let status = Command::new(root.join("target/debug/xnet-demo"))
                 .args(["--hosts", &hosts.to_string(), "--containers", &containers.to_string()])
+                .args(["--backend", &backend])
                 .env("XNET_BIN", root.join("target/debug/xnet"))
                 .status()
                 .context("running the demo")?;

@@ -25,23 +25,31 @@ struct Args {
 enum Mode {
     Plain,
     KernelVxlan,
-    XnetVxlan,
+    /// xnet with this backend.
+    Xnet(&'static str),
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Plain, Mode::KernelVxlan, Mode::XnetVxlan];
-    fn name(self) -> &'static str {
+    const ALL: [Mode; 6] = [
+        Mode::Plain,
+        Mode::KernelVxlan,
+        Mode::Xnet("vxlan"),
+        Mode::Xnet("udp"),
+        Mode::Xnet("gre"),
+        Mode::Xnet("direct"),
+    ];
+    fn name(self) -> String {
         match self {
-            Mode::Plain => "plain routing (host-gw)",
-            Mode::KernelVxlan => "kernel vxlan (flannel-style)",
-            Mode::XnetVxlan => "xnet vxlan",
+            Mode::Plain => "plain routing (host-gw)".into(),
+            Mode::KernelVxlan => "kernel vxlan (flannel-style)".into(),
+            Mode::Xnet(b) => format!("xnet {b}"),
         }
     }
-    fn key(self) -> &'static str {
+    fn key(self) -> String {
         match self {
-            Mode::Plain => "plain",
-            Mode::KernelVxlan => "kernel_vxlan",
-            Mode::XnetVxlan => "xnet_vxlan",
+            Mode::Plain => "plain".into(),
+            Mode::KernelVxlan => "kernel_vxlan".into(),
+            Mode::Xnet(b) => format!("xnet_{b}"),
         }
     }
 }
@@ -58,17 +66,19 @@ fn main() {
     let mut results: Vec<(Mode, Vec<f64>)> = Mode::ALL.iter().map(|m| (*m, Vec::new())).collect();
     for run in 1..=args.runs {
         for (mode, samples) in results.iter_mut() {
+            let backend = if let Mode::Xnet(b) = mode { b } else { "vxlan" };
             let spec = LabSpec {
                 hosts: 2,
                 containers_per_host: 1,
-                start_agents: *mode == Mode::XnetVxlan,
+                start_agents: matches!(mode, Mode::Xnet(_)),
+                backend,
                 ..LabSpec::default()
             };
             let lab = Lab::start(spec);
             match mode {
                 Mode::Plain => lab.setup_plain_routing(),
                 Mode::KernelVxlan => lab.setup_kernel_vxlan(1, 8472),
-                Mode::XnetVxlan => {}
+                Mode::Xnet(_) => {}
             }
             assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
             let bps = lab.iperf3((1, 1), (2, 1), args.seconds, 1);

@@ -13,6 +13,9 @@ struct Args {
     hosts: usize,
     #[arg(long, default_value_t = 2)]
     containers: usize,
+    /// vxlan, udp (flannel's framing), gre or direct.
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "udp", "gre", "direct"])]
+    backend: String,
 }
 
 fn main() {
@@ -20,13 +23,14 @@ fn main() {
     assert!((2..=50).contains(&args.hosts), "--hosts must be between 2 and 50");
     assert!((1..=50).contains(&args.containers), "--containers must be between 1 and 50");
     println!(
-        "xnet demo: {} hosts with {} containers each, VXLAN between the hosts\n",
-        args.hosts, args.containers
+        "xnet demo: {} hosts with {} containers each, backend {} between the hosts\n",
+        args.hosts, args.containers, args.backend
     );
     let lab = Lab::start(LabSpec {
         hosts: args.hosts,
         containers_per_host: args.containers,
         metrics: true,
+        backend: args.backend.clone().leak(),
         ..LabSpec::default()
     });
     for h in &lab.hosts {

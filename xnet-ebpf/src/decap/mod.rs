@@ -1,7 +1,7 @@
 //! Decapsulation, written once for XDP and tc: [`run`] classifies with the shared decision and
 //! asks the context to remove the outer headers.
 
-mod vxlan;
+mod strip;
 
 use aya_ebpf::{
     EbpfContext,
@@ -33,7 +33,7 @@ impl IngressContext for TcContext {
     }
     #[inline(always)]
     fn strip_after_eth(&self, len: usize) -> Result<(), ()> {
-        vxlan::strip_tc(self, len)
+        strip::tc(self, len)
     }
 }
 
@@ -44,7 +44,7 @@ impl IngressContext for XdpContext {
     }
     #[inline(always)]
     fn strip_after_eth(&self, len: usize) -> Result<(), ()> {
-        vxlan::strip_xdp(self, len)
+        strip::xdp(self, len)
     }
 }
 
@@ -60,8 +60,8 @@ pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
     match decision {
         DecapDecision::Pass => Outcome::Passed,
         DecapDecision::Drop(reason) => reason,
-        DecapDecision::DecapVxlan => match ctx.strip_after_eth(decap::VXLAN_STRIP_LEN) {
-            Ok(()) => Outcome::DecapVxlan,
+        DecapDecision::Decap(tunnel) => match ctx.strip_after_eth(tunnel.strip_len()) {
+            Ok(()) => tunnel.outcome(),
             Err(()) => Outcome::DropDecapFailed,
         },
     }

@@ -3,9 +3,8 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::bpf_get_hash_recalc,
     programs::TcContext,
 };
 use xnet_common::{
@@ -14,15 +13,11 @@ use xnet_common::{
     wire::{ETH_LEN, InnerInfo, VXLAN_ENCAP_LEN, VxlanLocal, VxlanRemote, vxlan_outer},
 };
 
-/// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header length, in the flags' top byte.
-const fn encap_l2(len: usize) -> u64 {
-    ((len as u64) & 0xff) << 56
-}
+use super::{FIXED_GSO, check_fits, encap_l2, flow_hash};
 
 /// Inserts outer IPv4/UDP/VXLAN and the inner Ethernet header after the frame's Ethernet header.
 /// The kernel is told the layout, so a GSO packet stays whole and is segmented as a UDP tunnel
-/// packet on its way out; FIXED_GSO keeps the inner MSS, which the overlay MTU already leaves room
-/// for.
+/// packet on its way out.
 #[inline(always)]
 pub fn encapsulate(
     ctx: &TcContext,
@@ -30,13 +25,7 @@ pub fn encapsulate(
     route: &RemoteSubnet,
     tos: u8,
 ) -> Result<(), Outcome> {
-    let frame_len = ctx.len() as usize;
-    // SAFETY: ctx.skb.skb is the valid __sk_buff this program was called with.
-    let (gso_segs, flow_hash) = unsafe { ((*ctx.skb.skb).gso_segs, bpf_get_hash_recalc(ctx.skb.skb)) };
-    let ip_len = frame_len - ETH_LEN;
-    if gso_segs <= 1 && (ip_len + VXLAN_ENCAP_LEN) as u32 > cfg.underlay_mtu {
-        return Err(Outcome::DropTooBig);
-    }
+    check_fits(ctx, cfg, VXLAN_ENCAP_LEN)?;
     let local = VxlanLocal {
         ip: cfg.local_ip,
         vtep_mac: cfg.vtep_mac,
@@ -44,9 +33,9 @@ pub fn encapsulate(
         vni: u32::from_be_bytes(cfg.vxlan_vni) >> 8,
     };
     let remote = VxlanRemote { ip: route.peer_ip, vtep_mac: route.vtep_mac };
-    let outer = vxlan_outer(&local, &remote, &InnerInfo { ip_len, tos, flow_hash });
-
-    let flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64
+    let inner = InnerInfo { ip_len: ctx.len() as usize - ETH_LEN, tos, flow_hash: flow_hash(ctx) };
+    let outer = vxlan_outer(&local, &remote, &inner);
+    let flags = FIXED_GSO
         | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64

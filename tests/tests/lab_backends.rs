@@ -1,0 +1,209 @@
+//! Every backend on the lab: connectivity and 10 MB TCP both ways at the default underlay MTU 1500
+//! (which proves the overlay MTU is right), the wire format checked by an independent decoder
+//! (scapy), interop with the kernel's vxlan as flannel sets it up, and hosts with mixed backends.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use xnet_tests::{
+    decoder::scapy_decode,
+    lab::{Capture, Lab, LabSpec},
+};
+
+const TEN_MB: usize = 10 << 20;
+
+/// Pings from every container to the first container of every other host, and moves 10 MB over
+/// TCP both ways between hosts 1 and 2 and between hosts 1 and 3.
+fn check_connectivity(lab: &Lab) {
+    for from in lab.all_containers() {
+        for h in lab.hosts.iter().filter(|h| h.index != from.0) {
+            let to = lab.container((h.index, 1)).ip;
+            assert!(
+                lab.ping(from, to),
+                "ping {from:?} -> {to} failed; log of host {}:\n{}",
+                from.0,
+                lab.log(from.0)
+            );
+        }
+    }
+    for (a, b) in [((1, 1), (2, 1)), ((2, 1), (1, 1)), ((1, 2), (3, 1)), ((3, 1), (1, 2))] {
+        lab.tcp_transfer(a, b, TEN_MB);
+    }
+}
+
+/// The decoded packets between hosts 1 and 2 that carry container traffic.
+fn tunnelled(lab: &Lab, decoded: &[Value]) -> Vec<Value> {
+    let hosts = [lab.host(1).public_ip.to_string(), lab.host(2).public_ip.to_string()];
+    decoded
+        .iter()
+        .filter(|d| hosts.contains(&d["src"].as_str().unwrap_or("").to_string()))
+        .filter(|d| d["inner_dst"].as_str().is_some_and(|i| i.starts_with("10.244.")))
+        .cloned()
+        .collect()
+}
+
+/// Captures host 2's underlay port while container (1,1) pings container (2,1).
+fn capture_ping(lab: &Lab) -> Vec<Vec<u8>> {
+    let capture = Capture::start(&lab.switch, &lab.host(2).switch_port);
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    capture.finish()
+}
+
+fn counter(lab: &Lab, i: usize, direction: &str, outcome: &str) -> u64 {
+    lab.counter(i, direction, outcome).0
+}
+
+fn mtu(lab: &Lab, i: usize) -> String {
+    let env = std::fs::read_to_string(&lab.host(i).subnet_file).unwrap();
+    env.lines().find_map(|l| l.strip_prefix("XNET_MTU=")).unwrap().to_string()
+}
+
+#[test]
+fn udp_backend_speaks_flannels_framing() {
+    let lab = Lab::start(LabSpec { backend: "udp", ..LabSpec::default() });
+    assert_eq!(mtu(&lab, 1), "1472", "1500 - 28");
+    check_connectivity(&lab);
+    let decoded = scapy_decode(&lab.dir, &capture_ping(&lab), 8285);
+    let packets = tunnelled(&lab, &decoded);
+    assert!(packets.len() >= 2, "request and reply in flannel udp framing: {decoded:?}");
+    for p in &packets {
+        assert_eq!(
+            (p["kind"].as_str(), p["sport"].as_u64(), p["dport"].as_u64()),
+            (Some("udp"), Some(8285), Some(8285)),
+            "{p}"
+        );
+        assert_eq!(p["inner_chksum_ok"], true, "inner IPv4 intact: {p}");
+        assert_eq!(p["outer_chksum_ok"], true, "{p}");
+        assert_eq!(p["inner_len"], p["inner_bytes"], "the whole inner packet is the payload: {p}");
+        // The container sent TTL 64; flannel's udp proxy decrements it when it sends.
+        assert_eq!(p["inner_ttl"], 63, "{p}");
+    }
+    assert!(counter(&lab, 1, "egress", "encap_udp") > 0 && counter(&lab, 2, "ingress", "decap_udp") > 0);
+}
+
+#[test]
+fn gre_backend_with_a_key() {
+    let lab = Lab::start(LabSpec { backend: "gre", gre_key: Some(0x0bad_cafe), ..LabSpec::default() });
+    assert_eq!(mtu(&lab, 1), "1472", "1500 - 28 with a key");
+    check_connectivity(&lab);
+    let decoded = scapy_decode(&lab.dir, &capture_ping(&lab), 8285);
+    let packets = tunnelled(&lab, &decoded);
+    assert!(packets.len() >= 2, "{decoded:?}");
+    for p in &packets {
+        assert_eq!(
+            (p["kind"].as_str(), p["proto"].as_u64(), p["gre_proto"].as_u64()),
+            (Some("gre"), Some(47), Some(0x0800)),
+            "{p}"
+        );
+        assert_eq!((p["key_present"].as_bool(), p["key"].as_u64()), (Some(true), Some(0x0bad_cafe)), "{p}");
+        assert_eq!(
+            (p["chksum_present"].as_bool(), p["seq_present"].as_bool(), p["version"].as_u64()),
+            (Some(false), Some(false), Some(0)),
+            "{p}"
+        );
+        assert_eq!(p["inner_chksum_ok"], true, "{p}");
+        assert_eq!(p["inner_len"], p["inner_bytes"], "{p}");
+    }
+    assert!(counter(&lab, 1, "egress", "encap_gre") > 0 && counter(&lab, 2, "ingress", "decap_gre") > 0);
+}
+
+#[test]
+fn gre_backend_without_a_key() {
+    let lab = Lab::start(LabSpec { backend: "gre", ..LabSpec::default() });
+    assert_eq!(mtu(&lab, 1), "1476", "1500 - 24");
+    check_connectivity(&lab);
+    let packets = tunnelled(&lab, &scapy_decode(&lab.dir, &capture_ping(&lab), 8285));
+    assert!(packets.len() >= 2);
+    for p in &packets {
+        assert_eq!((p["gre_proto"].as_u64(), p["key_present"].as_bool()), (Some(0x0800), Some(false)), "{p}");
+    }
+}
+
+#[test]
+fn direct_backend_routes_without_encapsulation() {
+    let lab = Lab::start(LabSpec { backend: "direct", ..LabSpec::default() });
+    assert_eq!(mtu(&lab, 1), "1500", "no overhead");
+    check_connectivity(&lab);
+    let frames = capture_ping(&lab);
+    let decoded = scapy_decode(&lab.dir, &frames, 8285);
+    let plain: Vec<&Value> =
+        decoded.iter().filter(|d| d["src"].as_str().is_some_and(|s| s.starts_with("10.244."))).collect();
+    assert!(plain.len() >= 2, "container packets cross the underlay as they are: {decoded:?}");
+    assert!(decoded.iter().all(|d| d["kind"].is_null()), "nothing tunnelled: {decoded:?}");
+    assert!(counter(&lab, 1, "egress", "direct") > 0);
+    let routes = lab.xnet(1, &["routes", "--json", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    let routes: Value = serde_json::from_slice(&routes.stdout).unwrap();
+    assert!(routes.as_array().unwrap().iter().all(|r| r["backend"] == "direct"), "{routes}");
+}
+
+#[test]
+fn direct_falls_back_per_peer_when_a_peer_is_off_the_segment() {
+    let mut lab = Lab::start(LabSpec { backend: "direct", start_agents: false, ..LabSpec::default() });
+    // Hosts 1 and 2 on 198.18.0.0/25, host 3 on 198.18.0.128/25: one wire, two subnets joined by
+    // device routes, so host 3 is reachable but not on-link for the others.
+    let addrs = ["198.18.0.1", "198.18.0.2", "198.18.0.130"];
+    for (i, addr) in addrs.iter().enumerate() {
+        let h = &lab.hosts[i];
+        h.ns.ip(&["addr", "flush", "dev", "eth0"]);
+        h.ns.ip(&["addr", "add", &format!("{addr}/25"), "dev", "eth0"]);
+        let other = if i < 2 { "198.18.0.128/25" } else { "198.18.0.0/25" };
+        h.ns.ip(&["route", "add", other, "dev", "eth0"]);
+    }
+    lab.hosts[2].public_ip = addrs[2].parse().unwrap();
+    for i in 1..=3 {
+        lab.write_config(i);
+    }
+    for i in 1..=3 {
+        lab.start_agent(i, &[]);
+    }
+    let routes = lab.xnet(1, &["routes", "--json", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    let routes: Value = serde_json::from_slice(&routes.stdout).unwrap();
+    let used: Vec<(&str, &str)> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["peer"].as_str().unwrap(), r["backend"].as_str().unwrap()))
+        .collect();
+    assert_eq!(used, [("198.18.0.2", "direct"), ("198.18.0.130", "vxlan")], "{routes}");
+    assert_eq!(mtu(&lab, 1), "1450", "the fallback's overhead counts");
+    check_connectivity(&lab);
+    assert!(counter(&lab, 1, "egress", "direct") > 0 && counter(&lab, 1, "egress", "encap_vxlan") > 0);
+}
+
+#[test]
+fn interoperates_with_the_kernels_vxlan_as_flannel_sets_it_up() {
+    for (port, vni) in [(8472, 1), (4789, 4242)] {
+        let mut lab = Lab::start(LabSpec {
+            hosts: 2,
+            containers_per_host: 1,
+            start_agents: false,
+            port,
+            vni,
+            ..LabSpec::default()
+        });
+        // Host 2 has no xnet: flannel.1 as flannel's vxlan backend makes it. Host 1 runs xnet.
+        lab.setup_kernel_vxlan_on(2, vni, port);
+        lab.start_agent(1, &[]);
+        let (a, b) = ((1, 1), (2, 1));
+        assert!(lab.ping(a, lab.container(b).ip), "xnet -> kernel vxlan (port {port}, vni {vni})");
+        assert!(lab.ping(b, lab.container(a).ip), "kernel vxlan -> xnet (port {port}, vni {vni})");
+        lab.tcp_transfer(a, b, TEN_MB);
+        lab.tcp_transfer(b, a, TEN_MB);
+        assert!(
+            counter(&lab, 1, "egress", "encap_vxlan") > 0 && counter(&lab, 1, "ingress", "decap_vxlan") > 0
+        );
+    }
+}
+
+#[test]
+fn hosts_with_different_backends_all_talk() {
+    let lab = Lab::start(LabSpec { host_backends: vec!["gre", "udp", "vxlan"], ..LabSpec::default() });
+    check_connectivity(&lab);
+    // Each host sent with its own backend, and decapsulated what the others sent.
+    let sent: BTreeSet<(usize, &str)> = [(1, "encap_gre"), (2, "encap_udp"), (3, "encap_vxlan")].into();
+    for (i, outcome) in &sent {
+        assert!(counter(&lab, *i, "egress", outcome) > 0, "host {i} {outcome}");
+    }
+    assert!(counter(&lab, 1, "ingress", "decap_udp") > 0 && counter(&lab, 1, "ingress", "decap_vxlan") > 0);
+    assert!(counter(&lab, 2, "ingress", "decap_gre") > 0 && counter(&lab, 3, "ingress", "decap_gre") > 0);
+}
