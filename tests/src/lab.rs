@@ -290,11 +290,20 @@ impl Lab {
             .lines()
             .find_map(|l| l.strip_prefix("XNET_MTU="))
             .unwrap_or_else(|| panic!("no XNET_MTU in subnet.env of host {i}:\n{env}"))
-            .to_string();
+            .parse()
+            .expect("XNET_MTU is a number");
+        self.set_container_mtu(i, mtu);
+    }
+
+    /// Sets the MTU of host `i`'s bridge, container interfaces and their host-side peers.
+    pub fn set_container_mtu(&self, i: usize, mtu: u32) {
+        let h = self.host(i);
+        let mtu = mtu.to_string();
         for (j, c) in h.containers.iter().enumerate() {
             h.ns.ip(&["link", "set", &format!("vc{}", j + 1), "mtu", &mtu]);
             c.ns.ip(&["link", "set", "eth0", "mtu", &mtu]);
         }
+        h.ns.ip(&["link", "set", "docker0", "mtu", &mtu]);
     }
 
     /// Stops host `i`'s agent with SIGTERM and returns its exit status.
