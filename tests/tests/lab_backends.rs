@@ -59,6 +59,15 @@ fn mtu(lab: &Lab, i: usize) -> String {
 }
 
 #[test]
+fn vxlan_backend() {
+    let lab = Lab::start(LabSpec::default());
+    assert_eq!(mtu(&lab, 1), "1450", "1500 - 50");
+    check_connectivity(&lab);
+    // (VXLAN's headers on the wire are checked field by field in lab_vxlan.rs.)
+    assert!(counter(&lab, 1, "egress", "encap_vxlan") > 0 && counter(&lab, 2, "ingress", "decap_vxlan") > 0);
+}
+
+#[test]
 fn udp_backend_speaks_flannels_framing() {
     let lab = Lab::start(LabSpec { backend: "udp", ..LabSpec::default() });
     assert_eq!(mtu(&lab, 1), "1472", "1500 - 28");
