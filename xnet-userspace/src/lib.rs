@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod flannel;
 pub mod host;
 pub mod inspect;
 pub mod metrics;

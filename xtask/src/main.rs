@@ -58,10 +58,23 @@ enum Cmd {
 }
 
 /// Debian packages the lab, the tests and the demo use.
-/// (prometheus: for promtool, which checks the metrics output; python3-scapy: the independent
-/// decoder of captured GRE and UDP packets.)
-const APT_PACKAGES: &[&str] =
-    &["iproute2", "iputils-ping", "bpftool", "procps", "iperf3", "prometheus", "python3-scapy"];
+/// (protobuf-compiler, libprotobuf-dev: the etcd client's build runs protoc, which needs the
+/// well-known .proto files; etcd-server, etcd-client: a real etcd
+/// for the tests; prometheus: for promtool, which checks the metrics output; python3-scapy: the
+/// independent decoder of captured GRE and UDP packets.)
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "bpftool",
+    "procps",
+    "iperf3",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
+    "etcd-client",
+    "prometheus",
+    "python3-scapy",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> anyhow::Result<()> {
