@@ -2,5 +2,6 @@
 //! tests, the demo and the benchmark.
 
 pub mod decoder;
+pub mod etcd;
 pub mod lab;
 pub mod netns;

@@ -1,0 +1,118 @@
+//! A real etcd (Debian's etcd-server) for tests: a single member on loopback with free ports and
+//! its own data directory, removed on drop, also after a panic.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub endpoint: String,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Etcd {
+    /// Starts etcd on 127.0.0.1 and waits until it answers.
+    pub fn start() -> Etcd {
+        let (client, peer) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("xnet-etcd-{}-{client}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let args: Vec<String> = [
+            "--name",
+            "xnet-test",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("xnet-test={peer_url}"),
+            "--initial-cluster-state",
+            "new",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut etcd = Etcd { child: None, dir, endpoint, args };
+        etcd.resume();
+        etcd
+    }
+
+    /// Starts the (stopped) etcd process again with the same data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "etcd already runs");
+        let child = Command::new("etcd")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd (cargo xtask test installs Debian's etcd-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.etcdctl(&["endpoint", "health"]).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not become healthy at {}", self.endpoint);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops etcd (its data stays for [`Etcd::resume`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs etcdctl (v3 API) against this etcd; stdout on success.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", key, value]).unwrap_or_else(|e| panic!("etcdctl put {key}: {e}"));
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out =
+            self.etcdctl(&["get", key, "--print-value-only"]).unwrap_or_else(|e| panic!("etcdctl get: {e}"));
+        let v = out.trim_end_matches('\n');
+        (!v.is_empty()).then(|| v.to_string())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
