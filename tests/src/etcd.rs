@@ -13,6 +13,8 @@ pub struct Etcd {
     dir: PathBuf,
     pub endpoint: String,
     args: Vec<String>,
+    /// The network namespace it runs in (None: this process's).
+    netns: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -23,10 +25,21 @@ impl Etcd {
     /// Starts etcd on 127.0.0.1 and waits until it answers.
     pub fn start() -> Etcd {
         let (client, peer) = (free_port(), free_port());
-        let dir = std::env::temp_dir().join(format!("xnet-etcd-{}-{client}", std::process::id()));
+        Self::start_at(None, "127.0.0.1", client, peer)
+    }
+
+    /// Starts etcd in the namespace at `netns`, listening on `ip`.
+    pub fn start_in(netns: &std::path::Path, ip: &str) -> Etcd {
+        Self::start_at(Some(netns.to_path_buf()), ip, 2379, 2380)
+    }
+
+    fn start_at(netns: Option<PathBuf>, ip: &str, client: u16, peer: u16) -> Etcd {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("xnet-etcd-{}-{n}-{ip}-{client}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let endpoint = format!("http://{ip}:{client}");
+        let peer_url = format!("http://{ip}:{peer}");
         let args: Vec<String> = [
             "--name",
             "xnet-test",
@@ -52,7 +65,7 @@ impl Etcd {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut etcd = Etcd { child: None, dir, endpoint, args };
+        let mut etcd = Etcd { child: None, dir, endpoint, args, netns };
         etcd.resume();
         etcd
     }
@@ -60,7 +73,8 @@ impl Etcd {
     /// Starts the (stopped) etcd process again with the same data.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "etcd already runs");
-        let child = Command::new("etcd")
+        let child = self
+            .command("etcd")
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -84,7 +98,8 @@ impl Etcd {
 
     /// Runs etcdctl (v3 API) against this etcd; stdout on success.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
+        let out = self
+            .command("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint, "--command-timeout=3s"])
             .args(args)
@@ -94,6 +109,13 @@ impl Etcd {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => crate::netns::Netns::command_at(ns, program),
+            None => Command::new(program),
         }
     }
 

@@ -43,6 +43,9 @@ pub struct LabSpec {
     pub gre_key: Option<u32>,
     /// Per host (index 0 = host 1): another `[backend] type` than `backend`.
     pub host_backends: Vec<&'static str>,
+    /// Run etcd (on the underlay, at [`ETCD_IP`]) and give every agent the etcd store instead of
+    /// peers in its file. Hosts remember their subnet (subnet.env), so host i leases 10.244.i.0/24.
+    pub etcd: bool,
 }
 
 impl Default for LabSpec {
@@ -58,12 +61,16 @@ impl Default for LabSpec {
             backend: "vxlan",
             gre_key: None,
             host_backends: Vec::new(),
+            etcd: false,
         }
     }
 }
 
 pub const NETWORK: &str = "10.244.0.0/16";
 pub const METRICS_ADDR: &str = "127.0.0.1:9436";
+/// Where the lab's etcd listens (in the switch namespace, on the underlay).
+pub const ETCD_IP: &str = "198.18.0.254";
+pub const ETCD_CONFIG_KEY: &str = "/coreos.com/network/config";
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const VXLAN_OVERHEAD: u32 = xnet_common::wire::VXLAN_MTU_OVERHEAD;
 
@@ -96,6 +103,8 @@ pub struct Lab {
     pub dir: PathBuf,
     pub pin_root: PathBuf,
     pub hosts: Vec<Host>,
+    /// With [`LabSpec::etcd`].
+    pub etcd: Option<crate::etcd::Etcd>,
     pub switch: Netns,
 }
 
@@ -135,15 +144,30 @@ impl Lab {
         fs::create_dir_all(&dir).expect("lab dir");
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/xnet-lab-{id}"));
         let switch = Netns::create(&format!("{id}-sw"));
-        let mut lab = Lab { id: id.clone(), spec: spec.clone(), dir, pin_root, hosts: Vec::new(), switch };
+        let mut lab =
+            Lab { id: id.clone(), spec: spec.clone(), dir, pin_root, hosts: Vec::new(), etcd: None, switch };
         lab.switch.ip(&["link", "add", "br0", "type", "bridge"]);
         lab.switch.ip(&["link", "set", "br0", "up"]);
+        if spec.etcd {
+            lab.switch.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+            let etcd = crate::etcd::Etcd::start_in(&lab.switch.path(), ETCD_IP);
+            etcd.put(
+                ETCD_CONFIG_KEY,
+                &format!("{{\"Network\": \"{NETWORK}\", \"Backend\": {{\"Type\": \"{}\"}}}}", spec.backend),
+            );
+            lab.etcd = Some(etcd);
+        }
         for i in 1..=spec.hosts {
             let host = lab.build_host(i);
             lab.hosts.push(host);
         }
         for i in 1..=spec.hosts {
             lab.write_config(i);
+            if spec.etcd {
+                // The subnet this host had: the agent leases it again.
+                let h = lab.host(i);
+                fs::write(&h.subnet_file, format!("XNET_SUBNET={}/24\n", h.bridge_ip)).expect("subnet.env");
+            }
         }
         if spec.start_agents {
             for i in 1..=spec.hosts {
@@ -215,6 +239,22 @@ impl Lab {
     /// The config file of host `i` (1-based): every other host is a peer.
     pub fn config_text(&self, i: usize) -> String {
         let h = self.host(i);
+        if self.spec.etcd {
+            let metrics = if self.spec.metrics {
+                format!("metrics_addr = \"{METRICS_ADDR}\"\n")
+            } else {
+                String::new()
+            };
+            return format!(
+                "iface = \"eth0\"\npublic_ip = \"{}\"\ncontainer_ifaces = [\"docker0\"]\npin_dir = \"{}\"\n\
+                 subnet_file = \"{}\"\n{metrics}\n[backend]\ningress = \"{}\"\n\n[etcd]\n\
+                 endpoints = [\"http://{ETCD_IP}:2379\"]\nlease_ttl = 30\n",
+                h.public_ip,
+                h.pin_dir.display(),
+                h.subnet_file.display(),
+                self.spec.ingress
+            );
+        }
         let metrics =
             if self.spec.metrics { format!("metrics_addr = \"{METRICS_ADDR}\"\n") } else { String::new() };
         let backend = self.spec.host_backends.get(i - 1).copied().unwrap_or(self.spec.backend);
@@ -592,6 +632,7 @@ impl Drop for Lab {
         }
         // Namespaces go with the fields (Netns::drop); their interfaces and attachments with them.
         self.hosts.clear();
+        self.etcd = None;
         let _ = fs::remove_dir_all(&self.pin_root);
         if std::env::var_os("XNET_LAB_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

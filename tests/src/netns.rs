@@ -26,10 +26,9 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    /// A command that runs inside this namespace. Unlike `ip netns exec` it keeps the caller's mount
-    /// namespace, so bpffs pins stay visible (see TOOLCHAIN.md).
-    pub fn command(&self, program: &str) -> Command {
-        let file = File::open(self.path()).unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
+    /// A command that runs inside the namespace at `path` (see [`Netns::command`]).
+    pub fn command_at(path: &std::path::Path, program: &str) -> Command {
+        let file = File::open(path).unwrap_or_else(|e| panic!("open netns {}: {e}", path.display()));
         let mut cmd = Command::new(program);
         // SAFETY: setns is async-signal-safe; `file` is moved into the closure and stays open until
         // exec.
@@ -42,6 +41,12 @@ impl Netns {
             });
         }
         cmd
+    }
+
+    /// A command that runs inside this namespace. Unlike `ip netns exec` it keeps the caller's mount
+    /// namespace, so bpffs pins stay visible (see TOOLCHAIN.md).
+    pub fn command(&self, program: &str) -> Command {
+        Self::command_at(&self.path(), program)
     }
 
     /// `ip -n <ns> args...`, which must succeed.

@@ -142,18 +142,22 @@ pub struct LocalPort {
 pub enum Store {
     /// A static config file.
     File = 1,
+    /// etcd, in flannel's schema.
+    Etcd = 2,
 }
 
 impl Store {
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::File),
+            2 => Some(Self::Etcd),
             _ => None,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Self::File => "file",
+            Self::Etcd => "etcd",
         }
     }
 }
@@ -186,7 +190,8 @@ pub struct AgentState {
     pub ingress: u8,
     /// The [`Backend`] number of `[backend] type`.
     pub backend: u8,
-    pub reserved: [u8; 4],
+    /// Entries in the store that were skipped as malformed at the last reconcile.
+    pub invalid_entries: u32,
     /// Unix seconds when this host's subnet lease expires; 0 when there is no lease (static file).
     pub lease_expiry: u64,
 }

@@ -63,21 +63,7 @@ impl Plan {
             IngressMode::Auto => Hook::XdpIngress,
         };
         let backend = &config.backend;
-        let peer_backends: Vec<WireBackend> = config
-            .peers
-            .iter()
-            .map(|p| match p.backend.unwrap_or(backend.kind) {
-                WireBackend::Direct if !underlay.on_link(p.public_ip) => {
-                    tracing::info!(
-                        peer = %p.public_ip,
-                        fallback = backend.fallback.name(),
-                        "peer is not on the underlay's segment: direct routing falls back"
-                    );
-                    backend.fallback
-                }
-                b => b,
-            })
-            .collect();
+        let peer_backends = effective_backends(backend, &underlay, &config.peers);
         // The containers' MTU must fit the costliest encapsulation this host sends with.
         let overhead =
             peer_backends.iter().chain([&backend.kind]).map(|b| backend.overhead(*b)).max().unwrap_or(0);
@@ -103,6 +89,12 @@ impl Plan {
             overlay_mtu,
             peer_backends,
         })
+    }
+
+    /// Replaces the peers (etcd: the leases changed) and works out their backends again.
+    pub fn set_peers(&mut self, peers: Vec<crate::config::PeerConfig>) {
+        self.peer_backends = effective_backends(&self.config.backend, &self.underlay, &peers);
+        self.config.peers = peers;
     }
 
     pub fn datapath_config(&self) -> DatapathConfig {
@@ -137,9 +129,32 @@ impl Plan {
     }
 }
 
+/// The backend each peer is sent with: its own, or `[backend] type`; a `direct` peer that is not on
+/// the underlay's segment gets the fallback.
+fn effective_backends(
+    backend: &crate::config::Backend,
+    underlay: &Interface,
+    peers: &[crate::config::PeerConfig],
+) -> Vec<WireBackend> {
+    peers
+        .iter()
+        .map(|p| match p.backend.unwrap_or(backend.kind) {
+            WireBackend::Direct if !underlay.on_link(p.public_ip) => {
+                tracing::info!(
+                    peer = %p.public_ip,
+                    fallback = backend.fallback.name(),
+                    "peer is not on the underlay's segment: direct routing falls back"
+                );
+                backend.fallback
+            }
+            b => b,
+        })
+        .collect()
+}
+
 /// Brings the datapath up for `plan`. On failure, a pin directory this call created is removed
 /// again; one that an earlier agent left (a takeover) is left as it was, still forwarding.
-fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
+pub(crate) fn bring_up(plan: &Plan, store: Store, lease_expiry: u64) -> anyhow::Result<Datapath> {
     let pin_dir = &plan.config.pin_dir;
     let fresh = !pin_dir.exists();
     let result = (|| -> anyhow::Result<Datapath> {
@@ -147,21 +162,21 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
         dp.set_config(&plan.datapath_config())?;
         let (routes, peers) = plan.routes();
         let now = unix_now();
-        dp.sync_routes(&routes, &peers, Store::File, now)?;
+        dp.sync_routes(&routes, &peers, store, now)?;
         dp.set_agent_state(&AgentState {
             pid: std::process::id(),
             overlay_mtu: plan.overlay_mtu,
             started_at: now,
             last_reconcile: now,
-            store: Store::File as u8,
+            store: store as u8,
             store_up: 1,
             ingress: match plan.ingress {
                 Hook::XdpIngress => IngressHook::Xdp as u8,
                 _ => IngressHook::Tc as u8,
             },
             backend: plan.config.backend.kind as u8,
-            reserved: [0; 4],
-            lease_expiry: 0,
+            invalid_entries: 0,
+            lease_expiry,
         })?;
         refresh_local_ports(&mut dp, plan, &mut None);
         host::apply(&HostPlan {
@@ -186,16 +201,18 @@ fn bring_up(plan: &Plan) -> anyhow::Result<Datapath> {
     result
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let (config_path, keep_datapath) = (args.config.as_path(), args.keep_datapath);
-    let mut config = Config::load(config_path)?;
-    if let Some(file) = &args.subnet_file {
-        config.subnet_file = file.clone();
-    }
-    let plan = Plan::resolve(config)?;
-    // Everything that can still fail comes before the datapath goes up.
-    let listener = match plan.config.metrics_addr {
+/// What every agent holds while it runs, set up before the datapath goes up.
+pub(crate) struct Running {
+    pub(crate) metrics: Option<tokio::net::TcpListener>,
+    pub(crate) term: tokio::signal::unix::Signal,
+    pub(crate) int: tokio::signal::unix::Signal,
+    _lock: host::PinDirLock,
+}
+
+/// Everything that can still fail before the datapath goes up: the metrics listener, the signal
+/// handlers, the pin directory lock.
+pub(crate) async fn prepare(config: &Config, config_path: &Path) -> anyhow::Result<Running> {
+    let metrics = match config.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await.with_context(|| {
             format!(
                 "cannot listen on `metrics_addr` = \"{addr}\" from {}; pick a free local address",
@@ -204,13 +221,58 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let _lock = host::lock_pin_dir(&plan.config.pin_dir)?;
-    write_runtime_files(&plan)?;
+    Ok(Running {
+        metrics,
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        _lock: host::lock_pin_dir(&config.pin_dir)?,
+    })
+}
 
-    let mut dp = bring_up(&plan)?;
-    let metrics_task = listener.map(|l| tokio::spawn(metrics::serve(l, plan.config.pin_dir.clone())));
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let config_path = args.config.as_path();
+    let mut config = Config::load(config_path)?;
+    if let Some(file) = &args.subnet_file {
+        config.subnet_file = file.clone();
+    }
+    if !args.etcd_endpoints.is_empty() {
+        let mut settings =
+            config.etcd.take().unwrap_or_else(|| crate::etcd_store::EtcdSettings::new(Vec::new()));
+        settings.endpoints = args.etcd_endpoints.clone();
+        config.etcd = Some(settings);
+    }
+    if let (Some(prefix), Some(settings)) = (&args.etcd_prefix, config.etcd.as_mut()) {
+        settings.prefix = prefix.trim_end_matches('/').to_string();
+    }
+    match config.etcd.clone() {
+        Some(settings) => crate::etcd_agent::run(config, settings, config_path, args.keep_datapath).await,
+        None => run_static(config, config_path, args.keep_datapath).await,
+    }
+}
+
+/// The static store: routes from the config file, set up once.
+async fn run_static(config: Config, config_path: &Path, keep_datapath: bool) -> anyhow::Result<()> {
+    let plan = Plan::resolve(config)?;
+    let mut running = prepare(&plan.config, config_path).await?;
+    write_runtime_files(&plan)?;
+    let mut dp = bring_up(&plan, Store::File, 0)?;
+    let metrics_task = ready(&plan, &mut running);
+    let mut ports_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last_ports_error = None;
+    loop {
+        tokio::select! {
+            _ = running.term.recv() => { tracing::info!("SIGTERM"); break; }
+            _ = running.int.recv() => { tracing::info!("SIGINT"); break; }
+            _ = ports_tick.tick() => refresh_local_ports(&mut dp, &plan, &mut last_ports_error),
+        }
+    }
+    stop(dp, &plan, metrics_task, keep_datapath)
+}
+
+/// Starts the metrics server, logs readiness and tells systemd.
+pub(crate) fn ready(plan: &Plan, running: &mut Running) -> Option<tokio::task::JoinHandle<()>> {
+    let task = running.metrics.take().map(|l| tokio::spawn(metrics::serve(l, plan.config.pin_dir.clone())));
     tracing::info!(
         subnet = %plan.config.subnet,
         public_ip = %plan.public_ip,
@@ -222,16 +284,16 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
         "xnet ready"
     );
     notify_ready();
+    task
+}
 
-    let mut ports_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut last_ports_error = None;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT"); break; }
-            _ = ports_tick.tick() => refresh_local_ports(&mut dp, &plan, &mut last_ports_error),
-        }
-    }
+/// Tears down (or, with `keep_datapath`, leaves) the datapath on the way out.
+pub(crate) fn stop(
+    dp: Datapath,
+    plan: &Plan,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    keep_datapath: bool,
+) -> anyhow::Result<()> {
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -252,7 +314,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
 /// Refreshes which bridge port each local container sits behind (for direct delivery). A failure
 /// costs only speed: packets for unknown containers go through the host stack. Logs an error once,
 /// not every second while it lasts (`last_error` remembers it).
-fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &mut Option<String>) {
+pub(crate) fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &mut Option<String>) {
     let result = plan
         .container_ifaces
         .iter()
@@ -272,7 +334,7 @@ fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &mut Option<S
 }
 
 /// subnet.env (and the Docker options file, if configured) for the container runtime.
-fn write_runtime_files(plan: &Plan) -> anyhow::Result<()> {
+pub(crate) fn write_runtime_files(plan: &Plan) -> anyhow::Result<()> {
     let env = SubnetEnv {
         network: plan.config.network,
         subnet: plan.config.subnet,

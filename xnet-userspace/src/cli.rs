@@ -40,6 +40,13 @@ pub struct RunArgs {
     /// next agent takes it over without a gap.
     #[arg(long)]
     pub keep_datapath: bool,
+    /// Take network, subnet, backend and peers from etcd (flannel's schema) at these endpoints
+    /// (comma-separated http:// URLs); overrides `[etcd] endpoints` in the config.
+    #[arg(long, value_name = "URL[,URL]", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// The etcd key prefix (default /coreos.com/network, flannel's).
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
     /// Where to write subnet.env (XNET_*/FLANNEL_* NETWORK, SUBNET, MTU, IPMASQ); overrides
     /// `subnet_file` in the config (default /run/xnet/subnet.env).
     #[arg(long, value_name = "FILE")]

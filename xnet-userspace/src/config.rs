@@ -101,13 +101,16 @@ pub struct Config {
     pub docker_opts_file: Option<PathBuf>,
     pub backend: Backend,
     pub peers: Vec<PeerConfig>,
+    /// `[etcd]`: network, subnet, backend type and peers come from etcd (flannel's schema); until
+    /// the agent has read them, `network` and `subnet` hold nothing meaningful.
+    pub etcd: Option<crate::etcd_store::EtcdSettings>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    network: String,
-    subnet: String,
+    network: Option<String>,
+    subnet: Option<String>,
     iface: String,
     public_ip: Option<String>,
     container_ifaces: Vec<String>,
@@ -120,6 +123,18 @@ struct RawConfig {
     backend: RawBackend,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    /// Seconds.
+    lease_ttl: Option<i64>,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -199,9 +214,62 @@ impl Config {
             Ok(value.to_string())
         };
 
-        let network = net("network", &raw.network)?;
-        let subnet = net("subnet", &raw.subnet)?;
-        if !network.contains(&subnet) || subnet == network {
+        let etcd = match &raw.etcd {
+            None => None,
+            Some(e) => {
+                for (present, key) in [
+                    (raw.network.is_some(), "network"),
+                    (raw.subnet.is_some(), "subnet"),
+                    (!raw.peers.is_empty(), "peer"),
+                ] {
+                    if present {
+                        return Err(invalid(
+                            key,
+                            "comes from etcd when [etcd] is set; remove it from the file".into(),
+                        ));
+                    }
+                }
+                if e.endpoints.is_empty() || e.endpoints.iter().any(|u| !u.starts_with("http://")) {
+                    return Err(invalid(
+                        "etcd.endpoints",
+                        "must list http:// URLs such as [\"http://127.0.0.1:2379\"] (TLS is not supported yet)".into(),
+                    ));
+                }
+                let mut settings = crate::etcd_store::EtcdSettings::new(e.endpoints.clone());
+                if let Some(prefix) = &e.prefix {
+                    if !prefix.starts_with('/') {
+                        return Err(invalid("etcd.prefix", format!("= \"{prefix}\" must start with /")));
+                    }
+                    settings.prefix = prefix.trim_end_matches('/').to_string();
+                }
+                if let Some(ttl) = e.lease_ttl {
+                    if ttl < 1 {
+                        return Err(invalid(
+                            "etcd.lease_ttl",
+                            format!("= {ttl} must be a positive number of seconds"),
+                        ));
+                    }
+                    settings.lease_ttl = std::time::Duration::from_secs(ttl as u64);
+                }
+                settings.username = e.username.clone();
+                settings.password = e.password.clone();
+                Some(settings)
+            }
+        };
+        let required = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
+            v.clone()
+                .ok_or_else(|| invalid(key, "is missing; set it, or set [etcd] to take it from etcd".into()))
+        };
+        let (network, subnet) = if etcd.is_some() {
+            // Filled from etcd by the agent.
+            ("0.0.0.0/0".parse().expect("valid"), "0.0.0.0/30".parse().expect("valid"))
+        } else {
+            (
+                net("network", &required("network", &raw.network)?)?,
+                net("subnet", &required("subnet", &raw.subnet)?)?,
+            )
+        };
+        if etcd.is_none() && (!network.contains(&subnet) || subnet == network) {
             return Err(invalid(
                 "subnet",
                 format!("= \"{subnet}\" must be a smaller subnet inside `network` = \"{network}\""),
@@ -419,6 +487,7 @@ impl Config {
             docker_opts_file,
             backend,
             peers,
+            etcd,
         })
     }
 }

@@ -148,6 +148,8 @@ pub struct Status {
     pub agent_started_at: u64,
     pub store: &'static str,
     pub store_up: bool,
+    /// Store entries skipped as malformed at the last reconcile.
+    pub invalid_entries: u32,
     pub last_reconcile: u64,
     /// Unix seconds; `None` without a lease (static file).
     pub lease_expiry: Option<u64>,
@@ -183,6 +185,7 @@ pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
         agent_started_at: agent.started_at,
         store: Store::from_u8(agent.store).map_or("unknown", Store::name),
         store_up: agent.store_up == 1,
+        invalid_entries: agent.invalid_entries,
         last_reconcile: agent.last_reconcile,
         lease_expiry: (agent.lease_expiry != 0).then_some(agent.lease_expiry),
         overlay_mtu: agent.overlay_mtu,

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod etcd_agent;
 pub mod etcd_store;
 pub mod flannel;
 pub mod host;

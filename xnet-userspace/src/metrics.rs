@@ -50,6 +50,12 @@ pub fn render(pin_dir: &std::path::Path, now: u64) -> Result<String, inspect::In
         u8::from(status.store_up).to_string(),
     );
     gauge(
+        "xnet_store_invalid_entries",
+        "Store entries (leases) skipped as malformed at the last reconcile.",
+        "",
+        status.invalid_entries.to_string(),
+    );
+    gauge(
         "xnet_last_reconcile_timestamp_seconds",
         "When the datapath maps were last made to match the store (Unix time).",
         "",

@@ -89,6 +89,10 @@ pub fn status(s: &Status, now: u64) -> String {
         utc(s.last_reconcile),
         ago(now.saturating_sub(s.last_reconcile))
     );
+    if s.invalid_entries > 0 {
+        let _ =
+            writeln!(out, "skipped      {} malformed store entries (see the agent log)", s.invalid_entries);
+    }
     let _ = writeln!(out, "lease        {lease}");
     let key = s.gre_key.map_or("none".to_string(), |k| k.to_string());
     let _ = writeln!(

@@ -1,0 +1,178 @@
+//! The etcd store on the lab: hosts lease subnets and learn each other from etcd (flannel's
+//! schema), follow joins and revocations, and keep forwarding through etcd outages.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xnet_tests::lab::{Lab, LabSpec};
+
+/// The subnets in host `i`'s datapath.
+fn routes(lab: &Lab, i: usize) -> Vec<String> {
+    let out = lab.xnet(i, &["routes", "--json", "--pin-dir", lab.host(i).pin_dir.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map_or(Vec::new(), |a| a.iter().map(|r| r["subnet"].as_str().unwrap_or("").to_string()).collect())
+}
+
+/// Waits up to `limit` for `cond`; returns how long it took.
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn hosts_learn_each_other_from_etcd_and_a_fourth_joins() {
+    let mut lab = Lab::start(LabSpec {
+        hosts: 4,
+        containers_per_host: 1,
+        etcd: true,
+        start_agents: false,
+        ..LabSpec::default()
+    });
+    for i in 1..=3 {
+        lab.start_agent(i, &[]);
+    }
+    let etcd = lab.etcd.as_ref().unwrap();
+    for i in 1..=3 {
+        let lease = etcd.get(&format!("/coreos.com/network/subnets/10.244.{i}.0-24")).expect("lease");
+        assert!(lease.contains(&format!("\"PublicIP\":\"198.18.0.{i}\"")), "{lease}");
+    }
+    for (a, b) in [(1, 2), (2, 3), (3, 1)] {
+        assert!(lab.ping((a, 1), lab.container((b, 1)).ip), "host {a} -> host {b}\n{}", lab.log(a));
+    }
+    lab.start_agent(4, &[]);
+    let took = wait_for(Duration::from_secs(10), "host 1 learns host 4", || {
+        routes(&lab, 1).contains(&"10.244.4.0/24".to_string())
+    });
+    eprintln!("a new host reached host 1's map in {took:?}");
+    assert!(lab.ping((1, 1), lab.container((4, 1)).ip));
+    assert!(lab.ping((4, 1), lab.container((2, 1)).ip));
+}
+
+/// A lease as flannel writes it, for a host that does not exist (no traffic goes to it).
+fn fake_lease(n: u8) -> (String, String) {
+    (
+        format!("/coreos.com/network/subnets/10.244.{n}.0-24"),
+        format!(
+            r#"{{"PublicIP":"198.18.0.{n}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:c6:12:00:{n:02x}"}}}}"#
+        ),
+    )
+}
+
+#[test]
+fn new_leases_reach_the_maps_quickly_and_removals_too() {
+    let lab = Lab::start(LabSpec {
+        hosts: 2,
+        containers_per_host: 1,
+        etcd: true,
+        metrics: true,
+        ..LabSpec::default()
+    });
+    let etcd = lab.etcd.as_ref().unwrap();
+    let mut times = Vec::new();
+    for n in 100..120u8 {
+        let (key, value) = fake_lease(n);
+        let start = Instant::now();
+        etcd.put(&key, &value);
+        let subnet = format!("10.244.{n}.0/24");
+        wait_for(Duration::from_secs(5), "lease in host 1's map", || routes(&lab, 1).contains(&subnet));
+        times.push(start.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "lease -> host 1's map, 20 leases (etcdctl put included): median {:?}, worst {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    for n in 100..120u8 {
+        etcd.etcdctl(&["del", &fake_lease(n).0]).unwrap();
+    }
+    wait_for(Duration::from_secs(5), "removed leases leave the map", || routes(&lab, 1) == ["10.244.2.0/24"]);
+    // Malformed entries are skipped, logged and counted; the rest still apply.
+    etcd.put(
+        "/coreos.com/network/subnets/10.244.77.0-24",
+        r#"{"PublicIP":"198.18.0.999","BackendType":"vxlan"}"#,
+    );
+    etcd.put("/coreos.com/network/subnets/10.99.1.0-24", r#"{"PublicIP":"198.18.0.78","BackendType":"udp"}"#);
+    let (key, value) = fake_lease(79);
+    etcd.put(&key, &value);
+    wait_for(Duration::from_secs(5), "the good lease applies", || {
+        routes(&lab, 1).contains(&"10.244.79.0/24".to_string())
+    });
+    assert!(!routes(&lab, 1).iter().any(|r| r.starts_with("10.244.77.") || r.starts_with("10.99.")));
+    let metrics = lab.http_get(1, xnet_tests::lab::METRICS_ADDR, "/metrics");
+    assert!(metrics.lines().any(|l| l == "xnet_store_invalid_entries 2"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "xnet_store_up{store=\"etcd\"} 1"), "{metrics}");
+    let log = lab.log(1);
+    assert!(
+        log.contains("10.244.77.0-24: PublicIP") && log.contains("10.99.1.0-24: is outside the network"),
+        "{log}"
+    );
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "traffic unaffected");
+}
+
+#[test]
+fn a_revoked_lease_takes_its_routes_away() {
+    let mut lab = Lab::start(LabSpec { hosts: 3, containers_per_host: 1, etcd: true, ..LabSpec::default() });
+    // Host 3 goes away with its datapath kept and its lease left in etcd, as after a crash.
+    lab.stop_agent(3);
+    lab.start_agent(3, &["--keep-datapath"]);
+    lab.stop_agent(3);
+    let etcd = lab.etcd.as_ref().unwrap();
+    let key = "/coreos.com/network/subnets/10.244.3.0-24";
+    let out = etcd.etcdctl(&["get", key, "-w", "json"]).unwrap();
+    let lease: u64 =
+        serde_json::from_str::<Value>(&out).unwrap()["kvs"][0]["lease"].as_u64().expect("lease id");
+    assert!(routes(&lab, 1).contains(&"10.244.3.0/24".to_string()));
+    etcd.etcdctl(&["lease", "revoke", &format!("{lease:x}")]).unwrap();
+    wait_for(Duration::from_secs(5), "host 1 drops host 3", || {
+        !routes(&lab, 1).contains(&"10.244.3.0/24".to_string())
+    });
+    wait_for(Duration::from_secs(5), "host 2 drops host 3", || {
+        !routes(&lab, 2).contains(&"10.244.3.0/24".to_string())
+    });
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "the others still talk");
+}
+
+#[test]
+fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
+    let mut lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, etcd: true, ..LabSpec::default() });
+    // 20 s without etcd while the containers ping each other every 200 ms: no reply may be lost.
+    let to = lab.container((2, 1)).ip.to_string();
+    let ping = lab
+        .container((1, 1))
+        .ns
+        .command("ping")
+        .args(["-c", "120", "-i", "0.2", "-q", &to])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    lab.etcd.as_mut().unwrap().stop();
+    std::thread::sleep(Duration::from_secs(20));
+    lab.etcd.as_mut().unwrap().resume();
+    let out = ping.wait_with_output().unwrap();
+    // ping exits 0 only if replies came back; -q's summary says how many.
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && summary.contains("120 received"),
+        "no reply lost during the outage: {summary}"
+    );
+    // Host 1 cut off from etcd while a host joins; it catches up when it can reach etcd again.
+    lab.host(1).ns.ip(&["route", "add", "blackhole", &format!("{}/32", xnet_tests::lab::ETCD_IP)]);
+    let (key, value) = fake_lease(90);
+    lab.etcd.as_ref().unwrap().put(&key, &value);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!routes(&lab, 1).contains(&"10.244.90.0/24".to_string()), "partitioned: cannot know yet");
+    lab.host(1).ns.ip(&["route", "del", "blackhole", &format!("{}/32", xnet_tests::lab::ETCD_IP)]);
+    let took = wait_for(Duration::from_secs(45), "host 1 reconciles after the partition", || {
+        routes(&lab, 1).contains(&"10.244.90.0/24".to_string())
+    });
+    eprintln!("reconciled {took:?} after the partition healed");
+    let log = lab.log(1);
+    assert!(log.contains("etcd is back; reconciled"), "{log}");
+}
