@@ -34,6 +34,34 @@ impl Etcd {
     }
 
     fn start_at(netns: Option<PathBuf>, ip: &str, client: u16, peer: u16) -> Etcd {
+        let mut etcd =
+            Self::member(netns, "xnet-test", ip, client, peer, &format!("xnet-test=http://{ip}:{peer}"));
+        etcd.resume();
+        etcd
+    }
+
+    /// A cluster of members (one per address, ports 2379/2380) in the namespace at `netns`, started
+    /// together and healthy once they have a leader.
+    pub fn cluster_in(netns: &std::path::Path, ips: &[&str]) -> Vec<Etcd> {
+        let initial: Vec<String> =
+            ips.iter().enumerate().map(|(i, ip)| format!("m{i}=http://{ip}:2380")).collect();
+        let mut members: Vec<Etcd> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                Self::member(Some(netns.to_path_buf()), &format!("m{i}"), ip, 2379, 2380, &initial.join(","))
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_healthy();
+        }
+        members
+    }
+
+    fn member(netns: Option<PathBuf>, name: &str, ip: &str, client: u16, peer: u16, initial: &str) -> Etcd {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("xnet-etcd-{}-{n}-{ip}-{client}", std::process::id()));
@@ -42,7 +70,7 @@ impl Etcd {
         let peer_url = format!("http://{ip}:{peer}");
         let args: Vec<String> = [
             "--name",
-            "xnet-test",
+            name,
             "--data-dir",
             dir.to_str().unwrap(),
             "--listen-client-urls",
@@ -54,7 +82,7 @@ impl Etcd {
             "--initial-advertise-peer-urls",
             &peer_url,
             "--initial-cluster",
-            &format!("xnet-test={peer_url}"),
+            initial,
             "--initial-cluster-state",
             "new",
             "--logger",
@@ -65,13 +93,24 @@ impl Etcd {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut etcd = Etcd { child: None, dir, endpoint, args, netns };
-        etcd.resume();
-        etcd
+        Etcd { child: None, dir, endpoint, args, netns }
+    }
+
+    /// Whether this member is the cluster's leader now.
+    pub fn is_leader(&self) -> bool {
+        let Ok(out) = self.etcdctl(&["endpoint", "status", "-w", "json"]) else { return false };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let status = &v[0]["Status"];
+        status["leader"].as_u64().is_some() && status["leader"] == status["header"]["member_id"]
     }
 
     /// Starts the (stopped) etcd process again with the same data.
     pub fn resume(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "etcd already runs");
         let child = self
             .command("etcd")
@@ -81,6 +120,9 @@ impl Etcd {
             .spawn()
             .expect("start etcd (cargo xtask test installs Debian's etcd-server)");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.etcdctl(&["endpoint", "health"]).is_err() {
             assert!(Instant::now() < deadline, "etcd did not become healthy at {}", self.endpoint);

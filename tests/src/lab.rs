@@ -46,6 +46,10 @@ pub struct LabSpec {
     /// Run etcd (on the underlay, at [`ETCD_IP`]) and give every agent the etcd store instead of
     /// peers in its file. Hosts remember their subnet (subnet.env), so host i leases 10.244.i.0/24.
     pub etcd: bool,
+    /// etcd members (1, or 3 for a cluster at [`ETCD_CLUSTER_IPS`]).
+    pub etcd_members: usize,
+    /// `[etcd] lease_ttl` of every agent, seconds.
+    pub lease_ttl: u32,
 }
 
 impl Default for LabSpec {
@@ -62,6 +66,8 @@ impl Default for LabSpec {
             gre_key: None,
             host_backends: Vec::new(),
             etcd: false,
+            etcd_members: 1,
+            lease_ttl: 30,
         }
     }
 }
@@ -71,6 +77,8 @@ pub const METRICS_ADDR: &str = "127.0.0.1:9436";
 /// Where the lab's etcd listens (in the switch namespace, on the underlay).
 pub const ETCD_IP: &str = "198.18.0.254";
 pub const ETCD_CONFIG_KEY: &str = "/coreos.com/network/config";
+/// Where a 3-member etcd cluster listens (in the switch namespace).
+pub const ETCD_CLUSTER_IPS: [&str; 3] = ["198.18.0.251", "198.18.0.252", "198.18.0.253"];
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const VXLAN_OVERHEAD: u32 = xnet_common::wire::VXLAN_MTU_OVERHEAD;
 
@@ -103,8 +111,8 @@ pub struct Lab {
     pub dir: PathBuf,
     pub pin_root: PathBuf,
     pub hosts: Vec<Host>,
-    /// With [`LabSpec::etcd`].
-    pub etcd: Option<crate::etcd::Etcd>,
+    /// With [`LabSpec::etcd`]: the members.
+    pub etcd: Vec<crate::etcd::Etcd>,
     pub switch: Netns,
 }
 
@@ -144,18 +152,31 @@ impl Lab {
         fs::create_dir_all(&dir).expect("lab dir");
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/xnet-lab-{id}"));
         let switch = Netns::create(&format!("{id}-sw"));
-        let mut lab =
-            Lab { id: id.clone(), spec: spec.clone(), dir, pin_root, hosts: Vec::new(), etcd: None, switch };
+        let mut lab = Lab {
+            id: id.clone(),
+            spec: spec.clone(),
+            dir,
+            pin_root,
+            hosts: Vec::new(),
+            etcd: Vec::new(),
+            switch,
+        };
         lab.switch.ip(&["link", "add", "br0", "type", "bridge"]);
         lab.switch.ip(&["link", "set", "br0", "up"]);
         if spec.etcd {
-            lab.switch.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
-            let etcd = crate::etcd::Etcd::start_in(&lab.switch.path(), ETCD_IP);
-            etcd.put(
-                ETCD_CONFIG_KEY,
-                &format!("{{\"Network\": \"{NETWORK}\", \"Backend\": {{\"Type\": \"{}\"}}}}", spec.backend),
-            );
-            lab.etcd = Some(etcd);
+            let ips: Vec<&str> =
+                if spec.etcd_members > 1 { ETCD_CLUSTER_IPS.to_vec() } else { vec![ETCD_IP] };
+            for ip in &ips {
+                lab.switch.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+            }
+            lab.etcd = if ips.len() > 1 {
+                crate::etcd::Etcd::cluster_in(&lab.switch.path(), &ips)
+            } else {
+                vec![crate::etcd::Etcd::start_in(&lab.switch.path(), ETCD_IP)]
+            };
+            let config =
+                format!("{{\"Network\": \"{NETWORK}\", \"Backend\": {{\"Type\": \"{}\"}}}}", spec.backend);
+            lab.etcd[0].put(ETCD_CONFIG_KEY, &config);
         }
         for i in 1..=spec.hosts {
             let host = lab.build_host(i);
@@ -248,11 +269,13 @@ impl Lab {
             return format!(
                 "iface = \"eth0\"\npublic_ip = \"{}\"\ncontainer_ifaces = [\"docker0\"]\npin_dir = \"{}\"\n\
                  subnet_file = \"{}\"\n{metrics}\n[backend]\ningress = \"{}\"\n\n[etcd]\n\
-                 endpoints = [\"http://{ETCD_IP}:2379\"]\nlease_ttl = 30\n",
+                 endpoints = [{}]\nlease_ttl = {}\n",
                 h.public_ip,
                 h.pin_dir.display(),
                 h.subnet_file.display(),
-                self.spec.ingress
+                self.spec.ingress,
+                self.etcd.iter().map(|e| format!("\"{}\"", e.endpoint)).collect::<Vec<_>>().join(", "),
+                self.spec.lease_ttl
             );
         }
         let metrics =
@@ -632,7 +655,7 @@ impl Drop for Lab {
         }
         // Namespaces go with the fields (Netns::drop); their interfaces and attachments with them.
         self.hosts.clear();
-        self.etcd = None;
+        self.etcd.clear();
         let _ = fs::remove_dir_all(&self.pin_root);
         if std::env::var_os("XNET_LAB_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

@@ -36,7 +36,7 @@ fn hosts_learn_each_other_from_etcd_and_a_fourth_joins() {
     for i in 1..=3 {
         lab.start_agent(i, &[]);
     }
-    let etcd = lab.etcd.as_ref().unwrap();
+    let etcd = &lab.etcd[0];
     for i in 1..=3 {
         let lease = etcd.get(&format!("/coreos.com/network/subnets/10.244.{i}.0-24")).expect("lease");
         assert!(lease.contains(&format!("\"PublicIP\":\"198.18.0.{i}\"")), "{lease}");
@@ -44,7 +44,12 @@ fn hosts_learn_each_other_from_etcd_and_a_fourth_joins() {
     for (a, b) in [(1, 2), (2, 3), (3, 1)] {
         assert!(lab.ping((a, 1), lab.container((b, 1)).ip), "host {a} -> host {b}\n{}", lab.log(a));
     }
-    lab.start_agent(4, &[]);
+    // The fourth host names etcd on the command line instead of in its file.
+    let text = lab.config_text(4);
+    let local_only = &text[..text.find("[etcd]").unwrap()];
+    std::fs::write(&lab.host(4).config_path, local_only).unwrap();
+    let endpoint = lab.etcd[0].endpoint.clone();
+    lab.start_agent(4, &["--etcd-endpoints", &endpoint, "--etcd-prefix", "/coreos.com/network"]);
     let took = wait_for(Duration::from_secs(10), "host 1 learns host 4", || {
         routes(&lab, 1).contains(&"10.244.4.0/24".to_string())
     });
@@ -72,7 +77,7 @@ fn new_leases_reach_the_maps_quickly_and_removals_too() {
         metrics: true,
         ..LabSpec::default()
     });
-    let etcd = lab.etcd.as_ref().unwrap();
+    let etcd = &lab.etcd[0];
     let mut times = Vec::new();
     for n in 100..120u8 {
         let (key, value) = fake_lease(n);
@@ -122,7 +127,7 @@ fn a_revoked_lease_takes_its_routes_away() {
     lab.stop_agent(3);
     lab.start_agent(3, &["--keep-datapath"]);
     lab.stop_agent(3);
-    let etcd = lab.etcd.as_ref().unwrap();
+    let etcd = &lab.etcd[0];
     let key = "/coreos.com/network/subnets/10.244.3.0-24";
     let out = etcd.etcdctl(&["get", key, "-w", "json"]).unwrap();
     let lease: u64 =
@@ -152,9 +157,9 @@ fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    lab.etcd.as_mut().unwrap().stop();
+    lab.etcd[0].stop();
     std::thread::sleep(Duration::from_secs(20));
-    lab.etcd.as_mut().unwrap().resume();
+    lab.etcd[0].resume();
     let out = ping.wait_with_output().unwrap();
     // ping exits 0 only if replies came back; -q's summary says how many.
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -165,7 +170,7 @@ fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
     // Host 1 cut off from etcd while a host joins; it catches up when it can reach etcd again.
     lab.host(1).ns.ip(&["route", "add", "blackhole", &format!("{}/32", xnet_tests::lab::ETCD_IP)]);
     let (key, value) = fake_lease(90);
-    lab.etcd.as_ref().unwrap().put(&key, &value);
+    lab.etcd[0].put(&key, &value);
     std::thread::sleep(Duration::from_secs(3));
     assert!(!routes(&lab, 1).contains(&"10.244.90.0/24".to_string()), "partitioned: cannot know yet");
     lab.host(1).ns.ip(&["route", "del", "blackhole", &format!("{}/32", xnet_tests::lab::ETCD_IP)]);
@@ -175,4 +180,36 @@ fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
     eprintln!("reconciled {took:?} after the partition healed");
     let log = lab.log(1);
     assert!(log.contains("etcd is back; reconciled"), "{log}");
+}
+
+#[test]
+fn a_three_member_cluster_loses_its_leader_and_the_agents_carry_on() {
+    let mut lab = Lab::start(LabSpec {
+        hosts: 2,
+        containers_per_host: 1,
+        etcd: true,
+        etcd_members: 3,
+        lease_ttl: 6,
+        ..LabSpec::default()
+    });
+    let leader = (0..3).find(|&i| lab.etcd[i].is_leader()).expect("a leader");
+    lab.etcd[leader].stop();
+    let survivor = (leader + 1) % 3;
+    // The 6 s leases must be renewed through the other members for 12 s to still be there.
+    std::thread::sleep(Duration::from_secs(12));
+    for i in 1..=2 {
+        let key = format!("/coreos.com/network/subnets/10.244.{i}.0-24");
+        assert!(
+            lab.etcd[survivor].get(&key).is_some(),
+            "host {i}'s lease outlived its TTL: renewed\n{}",
+            lab.log(i)
+        );
+    }
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    // And they still learn from the remaining members.
+    let (key, value) = fake_lease(91);
+    lab.etcd[survivor].put(&key, &value);
+    wait_for(Duration::from_secs(40), "host 1 learns through the surviving members", || {
+        routes(&lab, 1).contains(&"10.244.91.0/24".to_string())
+    });
 }

@@ -232,9 +232,14 @@ pub(crate) async fn prepare(config: &Config, config_path: &Path) -> anyhow::Resu
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let config_path = args.config.as_path();
-    let mut config = Config::load(config_path)?;
+    let mut config = Config::load(config_path, !args.etcd_endpoints.is_empty())?;
     if let Some(file) = &args.subnet_file {
         config.subnet_file = file.clone();
+    }
+    if let Some(bad) = args.etcd_endpoints.iter().find(|u| !u.starts_with("http://")) {
+        anyhow::bail!(
+            "--etcd-endpoints: {bad:?} is not an http:// URL such as http://127.0.0.1:2379 (TLS is not supported yet)"
+        );
     }
     if !args.etcd_endpoints.is_empty() {
         let mut settings =

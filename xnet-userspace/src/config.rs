@@ -169,15 +169,21 @@ struct RawPeer {
 }
 
 impl Config {
-    /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads and validates `path`. `etcd_on_command_line`: the command line names an etcd store, so
+    /// the file holds only this host's own settings.
+    pub fn load(path: &Path, etcd_on_command_line: bool) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { file: path.to_owned(), error })?;
-        Self::parse(path, &text)
+        Self::parse_with(path, &text, etcd_on_command_line)
     }
 
     /// Validates config text; `path` names the file in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(path, text, false)
+    }
+
+    /// [`Config::parse`], for a command line that names an etcd store or not.
+    pub fn parse_with(path: &Path, text: &str, etcd_on_command_line: bool) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: path.to_owned(),
             message: e.message().to_string() + &line_of(text, e.span()),
@@ -214,22 +220,27 @@ impl Config {
             Ok(value.to_string())
         };
 
+        if raw.etcd.is_some() || etcd_on_command_line {
+            for (present, key) in [
+                (raw.network.is_some(), "network"),
+                (raw.subnet.is_some(), "subnet"),
+                (!raw.peers.is_empty(), "peer"),
+            ] {
+                if present {
+                    return Err(invalid(
+                        key,
+                        "comes from etcd when an etcd store is set; remove it from the file".into(),
+                    ));
+                }
+            }
+        }
         let etcd = match &raw.etcd {
+            None if etcd_on_command_line => Some(crate::etcd_store::EtcdSettings::new(Vec::new())),
             None => None,
             Some(e) => {
-                for (present, key) in [
-                    (raw.network.is_some(), "network"),
-                    (raw.subnet.is_some(), "subnet"),
-                    (!raw.peers.is_empty(), "peer"),
-                ] {
-                    if present {
-                        return Err(invalid(
-                            key,
-                            "comes from etcd when [etcd] is set; remove it from the file".into(),
-                        ));
-                    }
-                }
-                if e.endpoints.is_empty() || e.endpoints.iter().any(|u| !u.starts_with("http://")) {
+                if (e.endpoints.is_empty() && !etcd_on_command_line)
+                    || e.endpoints.iter().any(|u| !u.starts_with("http://"))
+                {
                     return Err(invalid(
                         "etcd.endpoints",
                         "must list http:// URLs such as [\"http://127.0.0.1:2379\"] (TLS is not supported yet)".into(),
@@ -569,6 +580,30 @@ public_ip = "198.18.0.3"
         let peer = parse(&GOOD.replace("vtep_mac = \"02:00:c6:12:00:02\"", "backend = \"gre\"")).unwrap();
         assert_eq!(peer.peers[0].backend, Some(BackendType::Gre));
         assert_eq!(peer.backend.overhead(BackendType::Vxlan), 50);
+    }
+
+    #[test]
+    fn etcd_mode_takes_the_overlay_from_etcd() {
+        let local = "iface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n";
+        let c = parse(&format!("{local}[etcd]\nendpoints = [\"http://198.18.0.254:2379\"]\nprefix = \"/x/net/\"\nlease_ttl = 60\n")).unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!((e.endpoints.len(), e.prefix.as_str(), e.lease_ttl.as_secs()), (1, "/x/net", 60));
+        let on_cli = Config::parse_with(Path::new("/etc/xnet/xnet.toml"), local, true).unwrap();
+        assert!(on_cli.etcd.is_some(), "--etcd-endpoints with a file of local settings only");
+        for (text, expected) in [
+            (
+                format!("{local}subnet = \"10.244.1.0/24\"\n[etcd]\nendpoints = [\"http://e:2379\"]\n"),
+                "`subnet` comes from etcd",
+            ),
+            (format!("{local}[etcd]\nendpoints = []\n"), "`etcd.endpoints` must list http://"),
+            (format!("{local}[etcd]\nendpoints = [\"https://e:2379\"]\n"), "TLS is not supported"),
+            (format!("{local}[etcd]\nendpoints = [\"http://e:2379\"]\nprefix = \"x\"\n"), "`etcd.prefix`"),
+            (format!("{local}[etcd]\nendpoints = [\"http://e:2379\"]\nlease_ttl = 0\n"), "`etcd.lease_ttl`"),
+            (local.to_string(), "`network` is missing"),
+        ] {
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
     }
 
     #[test]
