@@ -213,3 +213,52 @@ fn a_three_member_cluster_loses_its_leader_and_the_agents_carry_on() {
         routes(&lab, 1).contains(&"10.244.91.0/24".to_string())
     });
 }
+
+#[test]
+fn the_agent_waits_for_the_network_config_and_defends_its_lease() {
+    let lab = Lab::start(LabSpec {
+        hosts: 2,
+        containers_per_host: 1,
+        etcd: true,
+        start_agents: false,
+        ..LabSpec::default()
+    });
+    let etcd = &lab.etcd[0];
+    let config = etcd.get(xnet_tests::lab::ETCD_CONFIG_KEY).unwrap();
+    etcd.etcdctl(&["del", xnet_tests::lab::ETCD_CONFIG_KEY]).unwrap();
+    // Without a network config the agent waits, says what is missing, and does not exit.
+    let host = lab.host(1);
+    let log = std::fs::File::create(&host.log_path).unwrap();
+    let mut agent = host
+        .ns
+        .command(xnet_tests::lab::xnet_bin().to_str().unwrap())
+        .args(["run", "--config", host.config_path.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the agent reports the missing config", || {
+        lab.log(1).contains("/coreos.com/network/config does not exist")
+    });
+    assert!(agent.try_wait().unwrap().is_none(), "still running, waiting:\n{}", lab.log(1));
+    assert!(!host.pin_dir.exists(), "nothing set up yet");
+    etcd.put(xnet_tests::lab::ETCD_CONFIG_KEY, &config);
+    wait_for(Duration::from_secs(40), "ready once the config exists", || lab.log(1).contains("xnet ready"));
+
+    // Someone overwrites host 1's lease with another address: host 1 restores it.
+    let key = "/coreos.com/network/subnets/10.244.1.0-24";
+    etcd.put(key, r#"{"PublicIP":"198.18.0.66","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:c6:12:00:42"}}"#);
+    wait_for(Duration::from_secs(10), "host 1 restores its lease", || {
+        etcd.get(key).is_some_and(|v| v.contains("\"PublicIP\":\"198.18.0.1\""))
+    });
+    assert!(
+        lab.log(1).contains("this host's lease was deleted or overwritten in etcd; restoring it"),
+        "{}",
+        lab.log(1)
+    );
+    etcd.etcdctl(&["del", key]).unwrap();
+    wait_for(Duration::from_secs(10), "and after a delete", || etcd.get(key).is_some());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+}

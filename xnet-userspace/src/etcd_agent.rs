@@ -165,9 +165,22 @@ async fn reconcile(
     plan: &mut Plan,
     sync: &mut Sync,
 ) -> Result<i64, StoreError> {
-    let list = store.leases(&sync.net).await?;
+    let mut list = store.leases(&sync.net).await?;
     for bad in &list.invalid {
         tracing::warn!(entry = %bad, "skipping a malformed lease");
+    }
+    // Our subnet is ours while our etcd lease lives: if its key was deleted or overwritten, put it
+    // back (the other hosts route by it), naming what was there.
+    let mine = &sync.held.lease;
+    if !list.leases.iter().any(|l| l.subnet == mine.subnet && l.public_ip == mine.public_ip) {
+        let found = list.leases.iter().find(|l| l.subnet == mine.subnet).map(|l| l.public_ip.to_string());
+        tracing::error!(
+            subnet = %mine.subnet,
+            found = found.as_deref().unwrap_or("nothing"),
+            "this host's lease was deleted or overwritten in etcd; restoring it"
+        );
+        store.restore(&sync.held).await?;
+        list = store.leases(&sync.net).await?;
     }
     let (peers, conflicts) = peers_from(&list, &sync.held);
     sync.invalid = list.invalid.len() as u32 + conflicts;

@@ -187,6 +187,17 @@ impl EtcdStore {
         Err(StoreError::Exhausted { network: cfg.network, min: cfg.subnet_min, max: cfg.subnet_max })
     }
 
+    /// Writes `held`'s lease value again, attached to its etcd lease (after someone deleted or
+    /// overwrote it).
+    pub async fn restore(&mut self, held: &Held) -> Result<(), StoreError> {
+        let key = flannel::lease_key(&self.settings.prefix, &held.lease.subnet);
+        self.client
+            .put(key, held.lease.to_json(), Some(PutOptions::new().with_lease(held.lease_id)))
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
     /// Renews the etcd lease; returns the seconds it now has left (0: it expired or was revoked).
     pub async fn renew(&mut self, lease_id: i64) -> Result<i64, StoreError> {
         let gone = |e: &etcd_client::Error| e.to_string().contains("lease not found");

@@ -39,6 +39,9 @@ enum Cmd {
         /// vxlan, udp, gre or direct.
         #[arg(long, default_value = "vxlan")]
         backend: String,
+        /// file (a config file per host) or etcd (a real etcd, flannel's schema).
+        #[arg(long, default_value = "file")]
+        store: String,
     },
     /// Measure xnet against plain routing and the kernel's vxlan on the lab (TCP, one stream).
     Bench {
@@ -97,13 +100,13 @@ fn main() -> anyhow::Result<()> {
             let status = cmd.args(&args).status().context("running xnet")?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Demo { hosts, containers, backend } => {
+        Cmd::Demo { hosts, containers, backend, store } => {
             setup()?;
             require_root("the demo creates network namespaces and loads eBPF programs")?;
             cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
             let status = Command::new(root.join("target/debug/xnet-demo"))
                 .args(["--hosts", &hosts.to_string(), "--containers", &containers.to_string()])
-                .args(["--backend", &backend])
+                .args(["--backend", &backend, "--store", &store])
                 .env("XNET_BIN", root.join("target/debug/xnet"))
                 .status()
                 .context("running the demo")?;

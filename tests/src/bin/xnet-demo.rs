@@ -16,6 +16,10 @@ struct Args {
     /// vxlan, udp (flannel's framing), gre or direct.
     #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "udp", "gre", "direct"])]
     backend: String,
+    /// Where routes come from: each host's config file, or a real etcd (flannel's schema) that the
+    /// demo starts on the underlay.
+    #[arg(long, default_value = "file", value_parser = ["file", "etcd"])]
+    store: String,
 }
 
 fn main() {
@@ -31,8 +35,15 @@ fn main() {
         containers_per_host: args.containers,
         metrics: true,
         backend: args.backend.clone().leak(),
+        etcd: args.store == "etcd",
         ..LabSpec::default()
     });
+    if let Some(etcd) = lab.etcd.first() {
+        let config = etcd.get(xnet_tests::lab::ETCD_CONFIG_KEY).unwrap_or_default();
+        println!("--- etcd at {}: {} = {config}", etcd.endpoint, xnet_tests::lab::ETCD_CONFIG_KEY);
+        let leases = etcd.etcdctl(&["get", "/coreos.com/network/subnets/", "--prefix"]).unwrap_or_default();
+        println!("leases, written by the agents (no peer is written by hand):\n{leases}");
+    }
     for h in &lab.hosts {
         println!(
             "--- host {} (namespace {}, eth0 {}, docker0 {}), config {}:",
