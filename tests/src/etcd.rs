@@ -15,6 +15,8 @@ pub struct Etcd {
     args: Vec<String>,
     /// The network namespace it runs in (None: this process's).
     netns: Option<PathBuf>,
+    /// With TLS: the directory holding ca.pem, client.pem and client.key (for etcdctl).
+    pub tls_dir: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -36,6 +38,60 @@ impl Etcd {
     fn start_at(netns: Option<PathBuf>, ip: &str, client: u16, peer: u16) -> Etcd {
         let mut etcd =
             Self::member(netns, "xnet-test", ip, client, peer, &format!("xnet-test=http://{ip}:{peer}"));
+        etcd.resume();
+        etcd
+    }
+
+    /// etcd on 127.0.0.1 over TLS, requiring client certificates; the CA, server and client
+    /// certificates are made with openssl in its directory (`tls_dir`).
+    pub fn start_tls() -> Etcd {
+        let (client, peer) = (free_port(), free_port());
+        let mut etcd = Self::member(
+            None,
+            "xnet-tls",
+            "127.0.0.1",
+            client,
+            peer,
+            &format!("xnet-tls=http://127.0.0.1:{peer}"),
+        );
+        let certs = etcd.dir.with_extension("certs");
+        let _ = std::fs::remove_dir_all(&certs);
+        std::fs::create_dir_all(&certs).expect("certs dir");
+        let sh = |script: &str| {
+            let out = Command::new("sh").arg("-c").arg(script).current_dir(&certs).output().expect("sh");
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=xnet-test-ca 2>/dev/null",
+        );
+        for (name, ext) in [
+            ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            sh(&format!(
+                "openssl req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN=xnet-{name} 2>/dev/null && \
+                 printf '{ext}\\nbasicConstraints=CA:FALSE\\n' > {name}.ext && \
+                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null"
+            ));
+        }
+        let https = format!("https://127.0.0.1:{client}");
+        for a in etcd.args.iter_mut() {
+            if *a == etcd.endpoint {
+                *a = https.clone();
+            }
+        }
+        let c = |f: &str| certs.join(f).to_str().unwrap().to_string();
+        etcd.args.extend([
+            "--cert-file".into(),
+            c("server.pem"),
+            "--key-file".into(),
+            c("server.key"),
+            "--trusted-ca-file".into(),
+            c("ca.pem"),
+            "--client-cert-auth".into(),
+        ]);
+        etcd.endpoint = https;
+        etcd.tls_dir = Some(certs);
         etcd.resume();
         etcd
     }
@@ -93,7 +149,7 @@ impl Etcd {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        Etcd { child: None, dir, endpoint, args, netns }
+        Etcd { child: None, dir, endpoint, args, netns, tls_dir: None }
     }
 
     /// Whether this member is the cluster's leader now.
@@ -140,13 +196,14 @@ impl Etcd {
 
     /// Runs etcdctl (v3 API) against this etcd; stdout on success.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
+        let mut cmd = self.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.endpoint, "--command-timeout=3s"]);
+        if let Some(d) = &self.tls_dir {
+            for (flag, file) in [("--cacert", "ca.pem"), ("--cert", "client.pem"), ("--key", "client.key")] {
+                cmd.arg(flag).arg(d.join(file));
+            }
+        }
+        let out = cmd.args(args).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -178,5 +235,8 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(d) = &self.tls_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -148,3 +148,28 @@ async fn flannels_data_is_understood_and_bad_data_is_named() {
     );
     assert_ne!(held.lease.subnet, "10.5.34.0/24".parse().unwrap(), "flannel's subnet is taken");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let etcd = Etcd::start_tls();
+    etcd.put(CONFIG_KEY, r#"{"Network": "10.80.0.0/16", "Backend": {"Type": "vxlan"}}"#);
+    let certs = etcd.tls_dir.clone().unwrap();
+    let mut settings = EtcdSettings::new(vec![etcd.endpoint.clone()]);
+    settings.ca_file = Some(certs.join("ca.pem"));
+    settings.cert_file = Some(certs.join("client.pem"));
+    settings.key_file = Some(certs.join("client.key"));
+    let mut s = EtcdStore::connect(settings.clone()).await.expect("TLS connect");
+    let cfg = s.network_config().await.expect("read over TLS");
+    let held = s.acquire(&cfg, &me(1), None).await.unwrap();
+    assert_eq!(held.lease.subnet.to_string(), "10.80.1.0/24");
+    // Without a client certificate etcd refuses; without the CA file, xnet says which file.
+    let mut anonymous = settings.clone();
+    anonymous.cert_file = None;
+    anonymous.key_file = None;
+    let refused = async { EtcdStore::connect(anonymous).await?.network_config().await };
+    assert!(refused.await.is_err(), "etcd requires a client certificate");
+    let mut missing = settings;
+    missing.ca_file = Some(certs.join("nope.pem"));
+    let e = EtcdStore::connect(missing).await.err().expect("missing CA file").to_string();
+    assert!(e.contains("etcd.ca_file") && e.contains("nope.pem"), "{e}");
+}

@@ -236,9 +236,12 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.subnet_file {
         config.subnet_file = file.clone();
     }
-    if let Some(bad) = args.etcd_endpoints.iter().find(|u| !u.starts_with("http://")) {
+    let tls = config.etcd.as_ref().is_some_and(|e| e.ca_file.is_some());
+    if let Some(bad) =
+        args.etcd_endpoints.iter().find(|u| !(u.starts_with("http://") || (tls && u.starts_with("https://"))))
+    {
         anyhow::bail!(
-            "--etcd-endpoints: {bad:?} is not an http:// URL such as http://127.0.0.1:2379 (TLS is not supported yet)"
+            "--etcd-endpoints: {bad:?} is not an http:// URL such as http://127.0.0.1:2379 (https:// needs `ca_file` in [etcd])"
         );
     }
     if !args.etcd_endpoints.is_empty() {

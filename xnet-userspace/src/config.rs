@@ -135,6 +135,9 @@ struct RawEtcd {
     lease_ttl: Option<i64>,
     username: Option<String>,
     password: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -238,12 +241,28 @@ impl Config {
             None if etcd_on_command_line => Some(crate::etcd_store::EtcdSettings::new(Vec::new())),
             None => None,
             Some(e) => {
-                if (e.endpoints.is_empty() && !etcd_on_command_line)
-                    || e.endpoints.iter().any(|u| !u.starts_with("http://"))
-                {
+                let tls = e.ca_file.is_some();
+                let scheme_ok = |u: &String| u.starts_with("http://") || (tls && u.starts_with("https://"));
+                if (e.endpoints.is_empty() && !etcd_on_command_line) || !e.endpoints.iter().all(scheme_ok) {
                     return Err(invalid(
                         "etcd.endpoints",
-                        "must list http:// URLs such as [\"http://127.0.0.1:2379\"] (TLS is not supported yet)".into(),
+                        "must list http:// URLs such as [\"http://127.0.0.1:2379\"], or https:// ones with `ca_file` set"
+                            .into(),
+                    ));
+                }
+                for (key, path) in [
+                    ("etcd.ca_file", &e.ca_file),
+                    ("etcd.cert_file", &e.cert_file),
+                    ("etcd.key_file", &e.key_file),
+                ] {
+                    if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                        return Err(invalid(key, "must be an absolute path to a PEM file".into()));
+                    }
+                }
+                if e.cert_file.is_some() != e.key_file.is_some() {
+                    return Err(invalid(
+                        "etcd.cert_file",
+                        "and `etcd.key_file` go together; set both or neither".into(),
                     ));
                 }
                 let mut settings = crate::etcd_store::EtcdSettings::new(e.endpoints.clone());
@@ -264,6 +283,9 @@ impl Config {
                 }
                 settings.username = e.username.clone();
                 settings.password = e.password.clone();
+                settings.ca_file = e.ca_file.clone();
+                settings.cert_file = e.cert_file.clone();
+                settings.key_file = e.key_file.clone();
                 Some(settings)
             }
         };
@@ -596,7 +618,13 @@ public_ip = "198.18.0.3"
                 "`subnet` comes from etcd",
             ),
             (format!("{local}[etcd]\nendpoints = []\n"), "`etcd.endpoints` must list http://"),
-            (format!("{local}[etcd]\nendpoints = [\"https://e:2379\"]\n"), "TLS is not supported"),
+            (format!("{local}[etcd]\nendpoints = [\"https://e:2379\"]\n"), "with `ca_file` set"),
+            (
+                format!(
+                    "{local}[etcd]\nendpoints = [\"https://e:2379\"]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\n"
+                ),
+                "go together",
+            ),
             (format!("{local}[etcd]\nendpoints = [\"http://e:2379\"]\nprefix = \"x\"\n"), "`etcd.prefix`"),
             (format!("{local}[etcd]\nendpoints = [\"http://e:2379\"]\nlease_ttl = 0\n"), "`etcd.lease_ttl`"),
             (local.to_string(), "`network` is missing"),

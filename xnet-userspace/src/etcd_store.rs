@@ -21,6 +21,11 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// PEM files for https:// endpoints: the CA that signed etcd's certificate, and this host's
+    /// client certificate and key (when etcd asks for one).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl EtcdSettings {
@@ -31,6 +36,9 @@ impl EtcdSettings {
             lease_ttl: Duration::from_secs(24 * 3600),
             username: None,
             password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -44,6 +52,8 @@ pub enum StoreError {
         "{key} does not exist; write flannel's network config there, e.g. etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'"
     )]
     NoConfig { key: String },
+    #[error("cannot read {what} {path}: {error}")]
+    TlsFile { what: &'static str, path: std::path::PathBuf, error: std::io::Error },
     #[error("invalid network config: {0}")]
     BadConfig(SchemaError),
     #[error(
@@ -93,6 +103,20 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(ca) = &settings.ca_file {
+            let read = |what: &'static str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|error| StoreError::TlsFile { what, path: path.into(), error })
+            };
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("etcd.ca_file", ca)?));
+            if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read("etcd.cert_file", cert)?,
+                    read("etcd.key_file", key)?,
+                ));
+            }
+            options = options.with_tls(tls);
         }
         let client = Client::connect(&settings.endpoints, Some(options)).await.map_err(|e| {
             StoreError::Etcd { endpoints: settings.endpoints.join(","), error: e.to_string() }
