@@ -45,6 +45,13 @@ async fn leases_stay_inside_the_bounds_and_survive_a_restart() {
         "the range is full"
     );
     // A restarted agent (new connection) with the same public IP gets its subnet back.
+    // The subnet remembered in a host's subnet file is taken again if it is free (not the first free).
+    let mut wide = store(&etcd, Duration::from_secs(60)).await;
+    etcd.etcdctl(&["del", "/coreos.com/network/subnets/10.50.13.0-24"]).unwrap();
+    etcd.etcdctl(&["del", "/coreos.com/network/subnets/10.50.11.0-24"]).unwrap();
+    let hint: Ipv4Net = "10.50.13.0/24".parse().unwrap();
+    assert_eq!(wide.acquire(&cfg, &me(7), Some(hint)).await.unwrap().lease.subnet, hint);
+    got.remove(&"10.50.11.0/24".parse().unwrap());
     let first = got.iter().next().copied().unwrap();
     let list = s.leases(&cfg).await.unwrap();
     let owner = list.leases.iter().find(|l| l.subnet == first).unwrap().public_ip;
