@@ -28,6 +28,27 @@ fn err(key: &str, message: impl Into<String>) -> SchemaError {
     SchemaError { key: key.into(), message: message.into() }
 }
 
+/// A backend by the name flannel gives it (`host-gw` is direct routing; `gre` is xnet's own).
+fn backend_from_flannel(name: &str) -> Option<BackendType> {
+    match name {
+        "vxlan" => Some(BackendType::Vxlan),
+        "udp" => Some(BackendType::Udp),
+        "host-gw" => Some(BackendType::Direct),
+        "gre" => Some(BackendType::Gre),
+        _ => None,
+    }
+}
+
+/// The name flannel gives a backend.
+fn flannel_name(backend: BackendType) -> &'static str {
+    match backend {
+        BackendType::Vxlan => "vxlan",
+        BackendType::Udp => "udp",
+        BackendType::Direct => "host-gw",
+        BackendType::Gre => "gre",
+    }
+}
+
 /// The field `name` of a JSON object, matched case-insensitively (exact match first), as Go does.
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.get(name).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
@@ -40,8 +61,9 @@ pub struct NetworkConfig {
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+    /// The backend; flannel's vxlan with `DirectRouting` is [`BackendType::Direct`] (direct for
+    /// peers on the segment, vxlan for the others).
     pub backend: BackendType,
-    /// flannel's vxlan `DirectRouting`: direct for peers on the segment, vxlan for the others.
     pub vni: u32,
     /// The port of the backend's UDP format (vxlan or udp), if set.
     pub port: Option<u16>,
@@ -110,17 +132,14 @@ impl NetworkConfig {
         let kind = backend.and_then(|b| field(b, "Type")).and_then(Value::as_str).unwrap_or("udp");
         let direct_routing =
             backend.and_then(|b| field(b, "DirectRouting")).and_then(Value::as_bool).unwrap_or(false);
-        let backend_type = match kind {
-            "vxlan" if direct_routing => BackendType::Direct,
-            "vxlan" => BackendType::Vxlan,
-            "udp" => BackendType::Udp,
-            "host-gw" => BackendType::Direct,
-            "gre" => BackendType::Gre,
-            other => {
+        let backend_type = match backend_from_flannel(kind) {
+            Some(BackendType::Vxlan) if direct_routing => BackendType::Direct,
+            Some(b) => b,
+            None => {
                 return Err(err(
                     &bk("Type"),
                     format!(
-                        "= {other:?} is not a backend xnet speaks; use \"vxlan\", \"udp\", \"host-gw\" or \"gre\""
+                        "= {kind:?} is not a backend xnet speaks; use \"vxlan\", \"udp\", \"host-gw\" or \"gre\""
                     ),
                 ));
             }
@@ -202,18 +221,9 @@ impl Lease {
             err(&format!("{key}: PublicIP"), format!("= {public_ip:?} is not an IPv4 address"))
         })?;
         let kind = field(obj, "BackendType").and_then(Value::as_str).unwrap_or("udp");
-        let backend = match kind {
-            "vxlan" => BackendType::Vxlan,
-            "udp" => BackendType::Udp,
-            "host-gw" => BackendType::Direct,
-            "gre" => BackendType::Gre,
-            other => {
-                return Err(err(
-                    &format!("{key}: BackendType"),
-                    format!("= {other:?} is not a backend xnet speaks"),
-                ));
-            }
-        };
+        let backend = backend_from_flannel(kind).ok_or_else(|| {
+            err(&format!("{key}: BackendType"), format!("= {kind:?} is not a backend xnet speaks"))
+        })?;
         let data = field(obj, "BackendData").and_then(Value::as_object);
         let vtep_mac = match data.and_then(|d| field(d, "VtepMAC")).and_then(Value::as_str) {
             Some(m) => Some(m.parse::<Mac>().map_err(|e| err(&format!("{key}: BackendData.VtepMAC"), e))?),
@@ -228,12 +238,7 @@ impl Lease {
 
     /// The lease value, as flannel writes it.
     pub fn to_json(&self) -> String {
-        let name = match self.backend {
-            BackendType::Vxlan => "vxlan",
-            BackendType::Udp => "udp",
-            BackendType::Direct => "host-gw",
-            BackendType::Gre => "gre",
-        };
+        let name = flannel_name(self.backend);
         let data = match (self.backend, self.vtep_mac) {
             (BackendType::Vxlan, Some(mac)) => {
                 json!({"VNI": self.vni.unwrap_or(1), "VtepMAC": mac.to_string()})
