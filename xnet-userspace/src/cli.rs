@@ -19,7 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: set up the datapath from a config file and keep it until SIGINT/SIGTERM.
+    /// Run the agent: set up the datapath (peers from the config file or from etcd) and keep it
+    /// until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Show the datapath's packet and byte counters (works while the agent is stopped).
     Stats(StatsArgs),
@@ -33,7 +34,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The static config file (TOML; see README).
+    /// The config file (TOML; see README): this host's settings, and either its peers or where
+    /// etcd is.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// On exit, leave the datapath attached and its pins in place: traffic keeps flowing and the
