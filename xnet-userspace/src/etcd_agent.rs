@@ -5,7 +5,6 @@
 
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
-use anyhow::Context as _;
 use etcd_client::{WatchOptions, WatchStream};
 use xnet_common::maps::{AgentState, IngressHook, Store};
 
@@ -225,17 +224,42 @@ pub async fn run(
         vni: net.vni,
     };
     let hint = remembered_subnet(&config.subnet_file);
-    let held = store.acquire(&net, &me, hint).await.context("leasing a subnet")?;
+    // Leasing and the first listing are retried like the config: etcd may blink, and a full range
+    // may free up when stale leases expire.
+    let mut delay = Duration::from_millis(250);
+    let mut last = String::new();
+    let (held, list) = loop {
+        let attempt = async {
+            let held = store.acquire(&net, &me, hint).await?;
+            let list = store.leases(&net).await?;
+            Ok::<_, StoreError>((held, list))
+        };
+        match attempt.await {
+            Ok(ok) => break ok,
+            Err(e) => {
+                let message = e.to_string();
+                if message != last {
+                    tracing::warn!(error = %message, "cannot lease a subnet yet; retrying");
+                    last = message;
+                }
+            }
+        }
+        delay = backoff(delay);
+        tokio::select! {
+            _ = running.term.recv() => return Ok(()),
+            _ = running.int.recv() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    };
     tracing::info!(subnet = %held.lease.subnet, lease_id = held.lease_id, ttl = held.ttl, "leased");
     apply_network_config(&mut config, &net, held.lease.subnet);
-    let list = store.leases(&net).await?;
     let (peers, _) = peers_from(&list, &held);
     config.peers = peers;
     let mut plan = Plan::resolve(config)?;
     write_runtime_files(&plan)?;
     let mut dp = bring_up(&plan, Store::Etcd, unix_now() + held.ttl.max(0) as u64)?;
     let mut sync = Sync { net, held, up: true, invalid: 0, last_reconcile: unix_now(), started: unix_now() };
-    let mut revision = reconcile(&mut store, &mut dp, &mut plan, &mut sync).await?;
+    let revision = reconcile(&mut store, &mut dp, &mut plan, &mut sync).await?;
     let metrics_task = ready(&plan, &mut running);
 
     let renew_every = Duration::from_secs((sync.held.ttl.max(3) / 3) as u64).min(Duration::from_secs(3600));
@@ -245,7 +269,8 @@ pub async fn run(
     let mut last_ports_error = None;
     let mut stream = watch(&mut store, revision + 1).await.ok();
     let mut retry_delay = Duration::from_millis(250);
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    // Without a watch, re-list and watch again (at once for a first watch that failed).
+    let mut retry_at = stream.is_none().then(tokio::time::Instant::now);
     loop {
         let next_message = async {
             match stream.as_mut() {
@@ -290,7 +315,7 @@ pub async fn run(
                 Ok(Some(resp)) if !resp.canceled() && resp.compact_revision() == 0 => {
                     if !resp.events().is_empty() {
                         match reconcile(&mut store, &mut dp, &mut plan, &mut sync).await {
-                            Ok(r) => revision = revision.max(r),
+                            Ok(_) => {}
                             Err(e) => { tracing::warn!(error = %e, "reconcile failed; retrying"); stream = None; retry_at = Some(tokio::time::Instant::now() + retry_delay); }
                         }
                     }
@@ -311,9 +336,8 @@ pub async fn run(
                     Ok::<_, StoreError>((r, watch(&mut store, r + 1).await?))
                 };
                 match attempt.await {
-                    Ok((r, s)) => {
+                    Ok((_, s)) => {
                         tracing::info!("etcd is back; reconciled");
-                        revision = r;
                         stream = Some(s);
                         retry_delay = Duration::from_millis(250);
                     }
@@ -328,6 +352,5 @@ pub async fn run(
             }
         }
     }
-    let _ = revision;
     stop(dp, &plan, metrics_task, keep_datapath)
 }
