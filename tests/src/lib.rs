@@ -5,3 +5,4 @@ pub mod decoder;
 pub mod etcd;
 pub mod lab;
 pub mod netns;
+pub mod progcost;

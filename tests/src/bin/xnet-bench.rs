@@ -131,7 +131,45 @@ fn main() {
             med / kernel
         );
     }
-    println!("\n{md}");
+    // Per-packet cost of the programs (BPF_PROG_TEST_RUN), and egress cost as the LPM map grows.
+    use xnet_common::maps::Backend;
+    use xnet_tests::progcost::{Bench, container_frame, tunnelled_frame};
+    let mut bench = Bench::new();
+    let runs = 2001;
+    let _ = writeln!(
+        md,
+        "Per-packet cost, BPF_PROG_TEST_RUN (median of {runs} single runs, kernel-measured ns)\n"
+    );
+    let _ = writeln!(md, "| program | packet | ns |");
+    let _ = writeln!(md, "|---|---|---:|");
+    for (n, backend) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
+        let ns = bench.cost(xnet::programs::TC_EGRESS, &container_frame([10, 244, n, 7]), runs);
+        let _ = writeln!(md, "| tc egress | encap {} | {ns:.0} |", backend.name());
+    }
+    let ns = bench.cost(xnet::programs::TC_EGRESS, &container_frame([10, 244, 1, 9]), runs);
+    let _ = writeln!(md, "| tc egress | same-host (pass) | {ns:.0} |");
+    for (n, backend) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre)] {
+        for program in [xnet::programs::TC_INGRESS, xnet::programs::XDP_INGRESS] {
+            let ns = bench.cost(program, &tunnelled_frame(n, backend), runs);
+            let _ = writeln!(md, "| {program} | decap {} | {ns:.0} |", backend.name());
+        }
+    }
+    let _ = writeln!(md, "\nEgress (vxlan encap) cost as REMOTE_SUBNETS grows\n");
+    let _ = writeln!(md, "| remote subnets | ns | vs 10 |");
+    let _ = writeln!(md, "|---:|---:|---:|");
+    let mut present = 4u32;
+    let mut base = 0.0;
+    for size in [10u32, 10_000, 100_000, 1_000_000] {
+        bench.add_routes(present - 4, size - present);
+        present = size;
+        let ns = bench.cost(xnet::programs::TC_EGRESS, &container_frame([10, 244, 2, 7]), runs);
+        if size == 10 {
+            base = ns;
+        }
+        let _ = writeln!(md, "| {size} | {ns:.0} | {:.2}x |", ns / base);
+        eprintln!("[{:>5.1}s] lookup with {size} subnets: {ns:.0} ns", started.elapsed().as_secs_f64());
+    }
+    println!("{md}");
     std::fs::create_dir_all(&args.out).expect("bench output dir");
     std::fs::write(args.out.join("bench.md"), &md).expect("write bench.md");
     let json = serde_json::json!({

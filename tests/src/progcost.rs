@@ -1,0 +1,160 @@
+//! Per-packet cost of the programs, measured by the kernel through BPF_PROG_TEST_RUN: the median
+//! of many single runs (with `repeat > 1` the kernel would rerun a program on the packet it already
+//! changed: encapsulation would grow it, decapsulation turn it into a plain packet).
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use xnet::{EBPF_OBJECT, programs};
+use xnet_common::{
+    maps::{Backend, DatapathConfig, Peer, RemoteSubnet},
+    wire::{InnerInfo, UdpHdr, VxlanLocal, VxlanRemote, udp_outer, vni_to_wire, vxlan_outer},
+};
+
+/// The datapath loaded without pins, configured like host 198.18.0.1 with peers .2 (vxlan),
+/// .3 (udp), .4 (gre) and .5 (direct) owning 10.244.2-5.0/24.
+pub struct Bench {
+    ebpf: Ebpf,
+}
+
+fn bytes<T>(v: &T) -> &[u8] {
+    // SAFETY: only used on #[repr(C)] header structs of bytes (no padding, all bytes initialised).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+impl Bench {
+    pub fn new() -> Bench {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load");
+        for p in [programs::TC_EGRESS, programs::TC_INGRESS] {
+            let prog: &mut SchedClassifier = ebpf.program_mut(p).unwrap().try_into().unwrap();
+            prog.load().expect("load program");
+        }
+        let xdp: &mut Xdp = ebpf.program_mut(programs::XDP_INGRESS).unwrap().try_into().unwrap();
+        xdp.load().expect("load xdp");
+        let cfg = DatapathConfig {
+            underlay_ifindex: 1,
+            underlay_mtu: 1500,
+            local_ip: [198, 18, 0, 1],
+            local_subnet: [10, 244, 1, 0],
+            local_netmask: [255, 255, 255, 0],
+            vxlan_vni: vni_to_wire(1),
+            vxlan_port: 8472u16.to_be_bytes(),
+            vtep_mac: [2, 0, 198, 18, 0, 1],
+            udp_port: 8285u16.to_be_bytes(),
+            ..Default::default()
+        };
+        Array::<&mut MapData, DatapathConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())
+            .unwrap()
+            .set(0, cfg, 0)
+            .unwrap();
+        let backends = [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)];
+        {
+            let mut peers: HashMap<&mut MapData, [u8; 4], Peer> =
+                HashMap::try_from(ebpf.map_mut("PEERS").unwrap()).unwrap();
+            for (n, b) in backends {
+                peers
+                    .insert(
+                        [198, 18, 0, n],
+                        Peer { vtep_mac: [2, 0, 198, 18, 0, n], backend: b as u8, reserved: 0 },
+                        0,
+                    )
+                    .unwrap();
+            }
+        }
+        let mut bench = Bench { ebpf };
+        for (n, b) in backends {
+            bench.route([10, 244, n, 0], 24, [198, 18, 0, n], b);
+        }
+        bench
+    }
+
+    fn route(&mut self, addr: [u8; 4], prefix: u32, peer: [u8; 4], backend: Backend) {
+        let mut routes: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
+            LpmTrie::try_from(self.ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
+        let value = RemoteSubnet {
+            peer_ip: peer,
+            vtep_mac: [2, 0, peer[0], peer[1], peer[2], peer[3]],
+            backend: backend as u8,
+            reserved: 0,
+        };
+        routes.insert(&Key::new(prefix, addr), value, 0).unwrap();
+    }
+
+    /// Adds `n` more /32 routes (172.16.0.0 onwards, all via the vxlan peer), for lookup scaling.
+    pub fn add_routes(&mut self, from: u32, n: u32) {
+        for i in from..from + n {
+            self.route((0xac10_0000u32 + i).to_be_bytes(), 32, [198, 18, 0, 2], Backend::Vxlan);
+        }
+    }
+
+    /// Median kernel-measured nanoseconds of one run of `program` on `input`, over `runs` runs.
+    pub fn cost(&self, program: &str, input: &[u8], runs: usize) -> f64 {
+        let mut samples = Vec::with_capacity(runs);
+        let mut out = vec![0u8; input.len() + 128];
+        for _ in 0..runs {
+            let opts =
+                TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() };
+            let result = if program == programs::XDP_INGRESS {
+                let p: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
+                p.test_run(opts)
+            } else {
+                let p: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+                p.test_run(opts)
+            }
+            .expect("test run");
+            samples.push(result.duration.as_nanos() as f64);
+        }
+        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        samples[runs / 2]
+    }
+}
+
+impl Default for Bench {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A 64-byte-payload UDP packet from container 10.244.1.2 to `dst`, as it enters the host.
+pub fn container_frame(dst: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![2, 0x42, 10, 244, 1, 1, 2, 0x42, 10, 244, 1, 2, 0x08, 0x00];
+    f.extend(inner_ip([10, 244, 1, 2], dst));
+    f
+}
+
+fn inner_ip(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let payload = [0u8; 64];
+    let udp = UdpHdr {
+        src_port: 4000u16.to_be_bytes(),
+        dst_port: 5000u16.to_be_bytes(),
+        len: (8 + 64u16).to_be_bytes(),
+        checksum: [0, 0],
+    };
+    let ip = xnet_common::wire::outer_ipv4(src, dst, 17, 8 + payload.len(), 0);
+    [bytes(&ip), bytes(&udp), &payload[..]].concat()
+}
+
+/// What peer 198.18.0.`n` sends to us for container 10.244.1.5, in `backend`'s wire format.
+pub fn tunnelled_frame(n: u8, backend: Backend) -> Vec<u8> {
+    let inner = inner_ip([10, 244, n, 7], [10, 244, 1, 5]);
+    let info = InnerInfo { ip_len: inner.len(), tos: 0, flow_hash: 7 };
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, n, 0x08, 0x00];
+    let peer = [198, 18, 0, n];
+    match backend {
+        Backend::Vxlan => {
+            let local = VxlanLocal { ip: peer, vtep_mac: [2, 0, 198, 18, 0, n], port: 8472, vni: 1 };
+            let remote = VxlanRemote { ip: [198, 18, 0, 1], vtep_mac: [2, 0, 198, 18, 0, 1] };
+            f.extend_from_slice(bytes(&vxlan_outer(&local, &remote, &info)));
+        }
+        Backend::Udp => f.extend_from_slice(bytes(&udp_outer(peer, [198, 18, 0, 1], 8285, &info))),
+        Backend::Gre => {
+            let (outer, len) = xnet_common::wire::gre_outer(peer, [198, 18, 0, 1], None, &info);
+            f.extend_from_slice(&bytes(&outer)[..len]);
+        }
+        Backend::Direct => {}
+    }
+    f.extend(inner);
+    f
+}
