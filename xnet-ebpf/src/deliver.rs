@@ -63,8 +63,7 @@ fn resolve(ctx: &TcContext) -> Option<(u32, EthHdr, Ipv4Hdr)> {
     fib.__bindgen_anon_2.tos = ip.tos;
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-    // SAFETY: reading a field of the __sk_buff this program was called with.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    fib.ifindex = ptr::ingress_ifindex(ctx);
     // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed; ctx.skb.skb is our skb.
     let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {

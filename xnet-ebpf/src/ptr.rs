@@ -60,3 +60,18 @@ pub fn xdp_write<T: Header>(ctx: &XdpContext, offset: usize, value: T) -> Option
     unsafe { p.write(value) };
     Some(())
 }
+
+/// `gso_segs` of the skb: more than 1 for a GSO super-packet (segmented later, so it may exceed the
+/// MTU here).
+#[inline(always)]
+pub fn gso_segs(ctx: &TcContext) -> u32 {
+    // SAFETY: ctx.skb.skb is the __sk_buff this program was called with, valid for the whole run.
+    unsafe { (*ctx.skb.skb).gso_segs }
+}
+
+/// The interface the packet arrived on.
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: as for gso_segs.
+    unsafe { (*ctx.skb.skb).ingress_ifindex }
+}

@@ -26,8 +26,7 @@ pub const FIXED_GSO: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
 /// GSO packet (segmented to fit later).
 #[inline(always)]
 pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Result<(), Outcome> {
-    // SAFETY: reading a field of the __sk_buff this program was called with.
-    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
+    let gso_segs = crate::ptr::gso_segs(ctx);
     let ip_len = ctx.len() as usize - ETH_LEN;
     if gso_segs <= 1 && (ip_len + overhead) as u32 > cfg.underlay_mtu {
         return Err(Outcome::DropTooBig);
