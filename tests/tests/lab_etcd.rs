@@ -118,6 +118,23 @@ fn new_leases_reach_the_maps_quickly_and_removals_too() {
         "{log}"
     );
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "traffic unaffected");
+    // xnet status: the store, its health, and the lease with its expiry (TTL 30 s in the lab).
+    let out = lab.xnet(1, &["status", "--json", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (status["store"].as_str(), status["store_up"].as_bool()),
+        (Some("etcd"), Some(true)),
+        "{status}"
+    );
+    let now = xnet::agent::unix_now();
+    let expiry = status["lease_expiry"].as_u64().expect("a lease expiry");
+    assert!(expiry > now && expiry <= now + 31, "lease expires in (0, 30] s: {expiry} vs {now}");
+    let text = lab.xnet(1, &["status", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("lease        expires "),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
 }
 
 #[test]
