@@ -603,6 +603,96 @@ impl Lab {
         result.unwrap_or_else(|| panic!("iperf3 {from:?} -> {to:?} gave no result: {last_error}"))
     }
 
+    /// 64-byte UDP datagrams from container `from` to container `to` as fast as iperf3 sends them
+    /// for `seconds`: datagrams per second that arrived.
+    pub fn udp_rate(&self, from: (usize, usize), to: (usize, usize), seconds: u32) -> f64 {
+        let port = (20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000).to_string();
+        let mut server = self
+            .container(to)
+            .ns
+            .command("iperf3")
+            .args(["-s", "-1", "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start iperf3 server");
+        let dst = self.container(to).ip.to_string();
+        let mut result = None;
+        for _ in 0..50 {
+            let o = self
+                .container(from)
+                .ns
+                .command("iperf3")
+                .args([
+                    "-c",
+                    &dst,
+                    "-p",
+                    &port,
+                    "-u",
+                    "-l",
+                    "64",
+                    "-b",
+                    "0",
+                    "-t",
+                    &seconds.to_string(),
+                    "-J",
+                ])
+                .output()
+                .expect("run iperf3 client");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let sum = &v["end"]["sum"];
+            if let (Some(packets), Some(lost), Some(secs)) =
+                (sum["packets"].as_f64(), sum["lost_packets"].as_f64(), sum["seconds"].as_f64())
+            {
+                result = Some((packets - lost) / secs);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        result.unwrap_or_else(|| panic!("iperf3 UDP {from:?} -> {to:?} gave no result"))
+    }
+
+    /// Request/response latency: `count` 64-byte UDP ping-pongs between two containers, one at a
+    /// time; round-trip times in microseconds, sorted.
+    pub fn udp_ping_pong(&self, from: (usize, usize), to: (usize, usize), count: usize) -> Vec<f64> {
+        let port = 20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000;
+        let dst = SocketAddrV4::new(self.container(to).ip, port);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = self.container(to).ns.spawn(move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+            sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 64];
+            for _ in 0..count {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else { break };
+                let _ = sock.send_to(&buf[..n], peer);
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("ping-pong server");
+        let client = self.container(from).ns.spawn(move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).expect("bind");
+            sock.connect(dst).expect("connect");
+            sock.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+            let mut rtts = Vec::with_capacity(count);
+            let mut buf = [0u8; 64];
+            for i in 0..count {
+                let msg = [(i % 251) as u8; 64];
+                let start = Instant::now();
+                sock.send(&msg).expect("send");
+                if sock.recv(&mut buf).is_ok() {
+                    rtts.push(start.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            rtts
+        });
+        let mut rtts = client.join().expect("ping-pong client");
+        let _ = server.join();
+        rtts.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        rtts
+    }
+
     /// The BPF programs attached to host `i`'s `eth0` and `docker0`, as "iface/hook:name" (asked
     /// from the kernel: TCX queries and the XDP program id of the link).
     pub fn attached_programs(&self, i: usize) -> Vec<String> {

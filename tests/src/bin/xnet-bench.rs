@@ -60,10 +60,57 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// One run of one mode.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    tcp1: f64,
+    tcp4: f64,
+    udp_pps: f64,
+    rtt_p50: f64,
+    rtt_p99: f64,
+    cpu_s_per_gb: f64,
+}
+
+/// Busy CPU time of the whole machine so far, in seconds (/proc/stat: user, nice, system, irq,
+/// softirq, steal). Both lab hosts share the machine, so this is what a transfer costs in all.
+fn busy_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let ticks = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu.get(7).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn measure(lab: &Lab, seconds: u32) -> Sample {
+    let (a, b) = ((1, 1), (2, 1));
+    let cpu0 = busy_cpu_seconds();
+    let tcp1 = lab.iperf3(a, b, seconds, 1);
+    let cpu = busy_cpu_seconds() - cpu0;
+    let gb = tcp1 * seconds as f64 / 8.0 / 1e9;
+    let tcp4 = lab.iperf3(a, b, seconds, 4);
+    let udp_pps = lab.udp_rate(a, b, seconds);
+    let rtts = lab.udp_ping_pong(a, b, 5000);
+    Sample {
+        tcp1,
+        tcp4,
+        udp_pps,
+        rtt_p50: rtts[rtts.len() / 2],
+        rtt_p99: rtts[rtts.len() * 99 / 100],
+        cpu_s_per_gb: cpu / gb,
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let started = Instant::now();
-    let mut results: Vec<(Mode, Vec<f64>)> = Mode::ALL.iter().map(|m| (*m, Vec::new())).collect();
+    let mut results: Vec<(Mode, Vec<Sample>)> = Mode::ALL.iter().map(|m| (*m, Vec::new())).collect();
     for run in 1..=args.runs {
         for (mode, samples) in results.iter_mut() {
             let backend = if let Mode::Xnet(b) = mode { b } else { "vxlan" };
@@ -87,50 +134,72 @@ fn main() {
                 Mode::Xnet(_) => {}
             }
             assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
-            let bps = lab.iperf3((1, 1), (2, 1), args.seconds, 1);
+            let s = measure(&lab, args.seconds);
             eprintln!(
-                "[{:>5.1}s] run {run}/{}: {:<30} {:>7.2} Gbit/s",
+                "[{:>6.1}s] run {run}/{}: {:<30} tcp {:>6.2} / x4 {:>6.2} Gbit/s, udp64 {:>5.0} kpps, rtt p50 {:>5.1} p99 {:>5.1} us, {:.2} cpu-s/GB",
                 started.elapsed().as_secs_f64(),
                 args.runs,
                 mode.name(),
-                bps / 1e9
+                s.tcp1 / 1e9,
+                s.tcp4 / 1e9,
+                s.udp_pps / 1e3,
+                s.rtt_p50,
+                s.rtt_p99,
+                s.cpu_s_per_gb
             );
-            samples.push(bps);
+            samples.push(s);
         }
     }
-    let medians: Vec<(Mode, f64, f64, f64)> = results
-        .iter()
-        .map(|(m, s)| {
-            let mut s = s.clone();
-            let (lo, hi) =
-                (s.iter().cloned().fold(f64::MAX, f64::min), s.iter().cloned().fold(0.0, f64::max));
-            (*m, median(&mut s), lo, hi)
-        })
-        .collect();
-    let of = |mode: Mode| medians.iter().find(|r| r.0 == mode).expect("mode").1;
-    let (plain, kernel) = (of(Mode::Plain), of(Mode::KernelVxlan));
+    let med = |samples: &[Sample], f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        median(&mut v)
+    };
+    let of =
+        |mode: Mode, f: fn(&Sample) -> f64| med(&results.iter().find(|r| r.0 == mode).expect("mode").1, f);
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "TCP, one stream (iperf3 {} s), container to container across two lab hosts, median of {} runs.\n\
+        "Container to container across two lab hosts, medians of {} runs (iperf3 {} s; UDP ping-pong 5000 x 64 B).\n\
          Container MTU: 1500 for plain routing, 1450 for the kernel's vxlan, and for xnet what the agent\n\
-         computes for the backend (vxlan 1450, udp 1472, gre 1476, direct 1500).\n",
-        args.seconds, args.runs
+         computes for the backend (vxlan 1450, udp 1472, gre 1476, direct 1500). Ratios are against plain routing.\n",
+        args.runs, args.seconds
     );
-    let _ = writeln!(md, "| mode | Gbit/s (median) | min..max | vs plain routing | vs kernel vxlan |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-    for (m, med, lo, hi) in &medians {
+    let _ = writeln!(
+        md,
+        "| mode | TCP 1 stream, Gbit/s | TCP 4 streams | UDP 64 B, kpps delivered | RTT p50 / p99, us | CPU s per GB (1 stream) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let plain = |f: fn(&Sample) -> f64| of(Mode::Plain, f);
+    for (m, samples) in &results {
+        let v = |f: fn(&Sample) -> f64| med(samples, f);
+        let spread = {
+            let t: Vec<f64> = samples.iter().map(|s| s.tcp1).collect();
+            (t.iter().cloned().fold(f64::MAX, f64::min), t.iter().cloned().fold(0.0, f64::max))
+        };
         let _ = writeln!(
             md,
-            "| {} | {:.2} | {:.2}..{:.2} | {:.2}x | {:.2}x |",
+            "| {} | {:.2} ({:.2}..{:.2}) {:.2}x | {:.2} {:.2}x | {:.0} {:.2}x | {:.1} / {:.1} ({:.2}x) | {:.2} |",
             m.name(),
-            med / 1e9,
-            lo / 1e9,
-            hi / 1e9,
-            med / plain,
-            med / kernel
+            v(|s| s.tcp1) / 1e9,
+            spread.0 / 1e9,
+            spread.1 / 1e9,
+            v(|s| s.tcp1) / plain(|s| s.tcp1),
+            v(|s| s.tcp4) / 1e9,
+            v(|s| s.tcp4) / plain(|s| s.tcp4),
+            v(|s| s.udp_pps) / 1e3,
+            v(|s| s.udp_pps) / plain(|s| s.udp_pps),
+            v(|s| s.rtt_p50),
+            v(|s| s.rtt_p99),
+            v(|s| s.rtt_p50) / plain(|s| s.rtt_p50),
+            v(|s| s.cpu_s_per_gb),
         );
     }
+    let kernel = of(Mode::KernelVxlan, |s| s.tcp1);
+    let _ = writeln!(
+        md,
+        "\nxnet vxlan vs the kernel's vxlan, TCP 1 stream: {:.2}x\n",
+        of(Mode::Xnet("vxlan"), |s| s.tcp1) / kernel
+    );
     // Per-packet cost of the programs (BPF_PROG_TEST_RUN), and egress cost as the LPM map grows.
     use xnet_common::maps::Backend;
     use xnet_tests::progcost::{Bench, container_frame, tunnelled_frame};
@@ -173,10 +242,21 @@ fn main() {
     std::fs::create_dir_all(&args.out).expect("bench output dir");
     std::fs::write(args.out.join("bench.md"), &md).expect("write bench.md");
     let json = serde_json::json!({
-        "metric": "tcp_one_stream_bits_per_second",
         "seconds": args.seconds,
         "runs": args.runs,
-        "modes": results.iter().map(|(m, s)| (m.key().to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
+        "modes": results
+            .iter()
+            .map(|(m, samples)| {
+                let runs: Vec<serde_json::Value> = samples
+                    .iter()
+                    .map(|s| serde_json::json!({
+                        "tcp_1_stream_bps": s.tcp1, "tcp_4_streams_bps": s.tcp4, "udp_64b_pps": s.udp_pps,
+                        "rtt_p50_us": s.rtt_p50, "rtt_p99_us": s.rtt_p99, "cpu_seconds_per_gb": s.cpu_s_per_gb,
+                    }))
+                    .collect();
+                (m.key(), serde_json::Value::from(runs))
+            })
+            .collect::<serde_json::Map<_, _>>(),
     });
     std::fs::write(args.out.join("bench.json"), serde_json::to_string_pretty(&json).expect("json"))
         .expect("write bench.json");
