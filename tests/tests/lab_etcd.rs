@@ -195,8 +195,9 @@ fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
         routes(&lab, 1).contains(&"10.244.90.0/24".to_string())
     });
     eprintln!("reconciled {took:?} after the partition healed");
-    let log = lab.log(1);
-    assert!(log.contains("etcd is back; reconciled"), "{log}");
+    wait_for(Duration::from_secs(5), "host 1 logs that etcd is back", || {
+        lab.log(1).contains("etcd is back; reconciled")
+    });
 }
 
 #[test]

@@ -331,15 +331,19 @@ pub async fn run(
             },
             _ = retry => {
                 retry_at = None;
-                let attempt = async {
-                    let r = reconcile(&mut store, &mut dp, &mut plan, &mut sync).await?;
-                    Ok::<_, StoreError>((r, watch(&mut store, r + 1).await?))
-                };
-                match attempt.await {
-                    Ok((_, s)) => {
+                match reconcile(&mut store, &mut dp, &mut plan, &mut sync).await {
+                    Ok(r) => {
                         tracing::info!("etcd is back; reconciled");
-                        stream = Some(s);
                         retry_delay = Duration::from_millis(250);
+                        // The watch may take a moment longer on a connection that just came back:
+                        // retry it soon, without backing off.
+                        match watch(&mut store, r + 1).await {
+                            Ok(s) => stream = Some(s),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reconciled, but the watch is not back yet; retrying");
+                                retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "etcd still unreachable");
