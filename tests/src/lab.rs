@@ -568,6 +568,30 @@ impl Lab {
     /// TCP throughput from container `from` to container `to` with iperf3 (`streams` parallel
     /// streams for `seconds`), in bit/s as the receiver counted it.
     pub fn iperf3(&self, from: (usize, usize), to: (usize, usize), seconds: u32, streams: u32) -> f64 {
+        let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
+        self.iperf3_run(from, to, &args, |v| v["end"]["sum_received"]["bits_per_second"].as_f64())
+    }
+
+    /// 64-byte UDP datagrams from container `from` to container `to` as fast as iperf3 sends them
+    /// for `seconds`: datagrams per second that arrived.
+    pub fn udp_rate(&self, from: (usize, usize), to: (usize, usize), seconds: u32) -> f64 {
+        let args = ["-u", "-l", "64", "-b", "0", "-t", &seconds.to_string()].map(str::to_string);
+        self.iperf3_run(from, to, &args, |v| {
+            let sum = &v["end"]["sum"];
+            Some((sum["packets"].as_f64()? - sum["lost_packets"].as_f64()?) / sum["seconds"].as_f64()?)
+        })
+    }
+
+    /// An iperf3 server in container `to` and a client in `from` with `client_args`; `result`
+    /// reads the figure out of the client's JSON. The client is retried while the server starts
+    /// (iperf3 reports a refused connection in its JSON, with exit status 0).
+    fn iperf3_run(
+        &self,
+        from: (usize, usize),
+        to: (usize, usize),
+        client_args: &[String],
+        result: impl Fn(&serde_json::Value) -> Option<f64>,
+    ) -> f64 {
         let port = (20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000).to_string();
         let mut server = self
             .container(to)
@@ -577,22 +601,22 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start iperf3 server (is iperf3 installed? cargo xtask bench installs it)");
+            .expect("start iperf3 server (cargo xtask bench installs iperf3)");
         let dst = self.container(to).ip.to_string();
         let mut last_error = String::new();
-        let mut result = None;
-        // The server needs a moment to listen: retry while the client is refused.
+        let mut figure = None;
         for _ in 0..50 {
             let o = self
                 .container(from)
                 .ns
                 .command("iperf3")
-                .args(["-c", &dst, "-p", &port, "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"])
+                .args(["-c", &dst, "-p", &port, "-J"])
+                .args(client_args)
                 .output()
                 .expect("run iperf3 client");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-                result = Some(bps);
+            if let Some(x) = result(&v) {
+                figure = Some(x);
                 break;
             }
             last_error = format!("{} {}", v["error"], String::from_utf8_lossy(&o.stderr));
@@ -600,58 +624,7 @@ impl Lab {
         }
         let _ = server.kill();
         let _ = server.wait();
-        result.unwrap_or_else(|| panic!("iperf3 {from:?} -> {to:?} gave no result: {last_error}"))
-    }
-
-    /// 64-byte UDP datagrams from container `from` to container `to` as fast as iperf3 sends them
-    /// for `seconds`: datagrams per second that arrived.
-    pub fn udp_rate(&self, from: (usize, usize), to: (usize, usize), seconds: u32) -> f64 {
-        let port = (20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000).to_string();
-        let mut server = self
-            .container(to)
-            .ns
-            .command("iperf3")
-            .args(["-s", "-1", "-p", &port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start iperf3 server");
-        let dst = self.container(to).ip.to_string();
-        let mut result = None;
-        for _ in 0..50 {
-            let o = self
-                .container(from)
-                .ns
-                .command("iperf3")
-                .args([
-                    "-c",
-                    &dst,
-                    "-p",
-                    &port,
-                    "-u",
-                    "-l",
-                    "64",
-                    "-b",
-                    "0",
-                    "-t",
-                    &seconds.to_string(),
-                    "-J",
-                ])
-                .output()
-                .expect("run iperf3 client");
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            let sum = &v["end"]["sum"];
-            if let (Some(packets), Some(lost), Some(secs)) =
-                (sum["packets"].as_f64(), sum["lost_packets"].as_f64(), sum["seconds"].as_f64())
-            {
-                result = Some((packets - lost) / secs);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = server.kill();
-        let _ = server.wait();
-        result.unwrap_or_else(|| panic!("iperf3 UDP {from:?} -> {to:?} gave no result"))
+        figure.unwrap_or_else(|| panic!("iperf3 {from:?} -> {to:?} gave no result: {last_error}"))
     }
 
     /// Request/response latency: `count` 64-byte UDP ping-pongs between two containers, one at a
