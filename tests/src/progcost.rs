@@ -5,13 +5,31 @@
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use xnet::{EBPF_OBJECT, programs};
 use xnet_common::{
     maps::{Backend, DatapathConfig, Peer, RemoteSubnet},
     wire::{InnerInfo, UdpHdr, VxlanLocal, VxlanRemote, udp_outer, vni_to_wire, vxlan_outer},
 };
+
+/// Runs the loaded xnet program `program` (XDP or tc) once on `input` through BPF_PROG_TEST_RUN,
+/// with the output packet written to `out`.
+pub fn test_run(
+    ebpf: &Ebpf,
+    program: &str,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<TestRunResult, ProgramError> {
+    let opts = TestRunOptions { data_in: Some(input), data_out: Some(out), ..TestRunOptions::new() };
+    if program == programs::XDP_INGRESS {
+        let p: &Xdp = ebpf.program(program).expect("program").try_into().expect("XDP");
+        p.test_run(opts)
+    } else {
+        let p: &SchedClassifier = ebpf.program(program).expect("program").try_into().expect("classifier");
+        p.test_run(opts)
+    }
+}
 
 /// The datapath loaded without pins, configured like host 198.18.0.1 with peers .2 (vxlan),
 /// .3 (udp), .4 (gre) and .5 (direct) owning 10.244.2-5.0/24.
@@ -94,16 +112,7 @@ impl Bench {
         let mut samples = Vec::with_capacity(runs);
         let mut out = vec![0u8; input.len() + 128];
         for _ in 0..runs {
-            let opts =
-                TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() };
-            let result = if program == programs::XDP_INGRESS {
-                let p: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
-                p.test_run(opts)
-            } else {
-                let p: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
-                p.test_run(opts)
-            }
-            .expect("test run");
+            let result = test_run(&self.ebpf, program, input, &mut out).expect("test run");
             samples.push(result.duration.as_nanos() as f64);
         }
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, Xdp},
 };
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, UdpHeader};
 use xnet::{EBPF_OBJECT, programs};
@@ -116,15 +116,8 @@ impl Datapath {
     /// Runs `program` on `input`; returns (verdict, output bytes).
     fn run(&mut self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 256];
-        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() };
-        let result = if program == programs::XDP_INGRESS {
-            let p: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
-            p.test_run(opts)
-        } else {
-            let p: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
-            p.test_run(opts)
-        }
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program} on {} bytes: {e:?}", input.len()));
+        let result = xnet_tests::progcost::test_run(&self.ebpf, program, input, &mut out)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program} on {} bytes: {e:?}", input.len()));
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
