@@ -666,14 +666,22 @@ impl Lab {
         rtts
     }
 
-    /// The BPF programs attached to host `i`'s `eth0` and `docker0`, as "iface/hook:name" (asked
-    /// from the kernel: TCX queries and the XDP program id of the link).
+    /// The BPF programs attached to host `i`'s interfaces (`eth0`, `docker0` and the containers'
+    /// ports `vc<n>`), as "iface/hook:name" (asked from the kernel: TCX queries and the XDP program
+    /// id of the link), in interface order.
     pub fn attached_programs(&self, i: usize) -> Vec<String> {
         use aya::programs::{SchedClassifier, TcAttachType};
         let ns = &self.host(i).ns;
         let links = run_ok(Command::new("ip").args(["-n", &ns.name, "-j", "link", "show"]));
         let links: serde_json::Value = serde_json::from_slice(&links.stdout).expect("ip -j link");
         let mut out: Vec<String> = Vec::new();
+        let names: Vec<String> = links
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .filter(|n| n != "lo")
+            .collect();
         for link in links.as_array().expect("array") {
             if let Some(id) = link["xdp"]["prog"]["id"].as_u64() {
                 let name = aya::programs::loaded_programs()
@@ -685,9 +693,9 @@ impl Lab {
             }
         }
         let tcx = ns
-            .spawn(|| {
+            .spawn(move || {
                 let mut out = Vec::new();
-                for iface in ["eth0", "docker0"] {
+                for iface in &names {
                     for (hook, t) in
                         [("tcx-ingress", TcAttachType::Ingress), ("tcx-egress", TcAttachType::Egress)]
                     {

@@ -13,7 +13,7 @@ use aya::{
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, UdpHeader};
 use xnet::{EBPF_OBJECT, programs};
 use xnet_common::{
-    maps::{Backend, Counter, DatapathConfig, GRE_KEYED, Peer, RemoteSubnet},
+    maps::{Backend, Counter, DatapathConfig, GRE_KEYED, LocalPort, Peer, RemoteSubnet},
     stats::{Direction, Outcome, index},
     wire::vni_to_wire,
 };
@@ -291,6 +291,28 @@ fn egress_passes_what_is_not_for_a_remote_subnet() {
         dp.check("arp", programs::TC_EGRESS, &arp, TC_ACT_OK, (Direction::Egress, Outcome::Passed)),
         arp
     );
+    // A frame for a remote subnet but addressed to another container on this host (a router
+    // container, say) is the bridge's to forward: untouched.
+    // scapy: Ether(dst="02:42:0a:f4:01:03")/IP(src="10.244.1.2", dst="10.244.2.7")/ICMP()
+    const ROUTER_MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x03];
+    {
+        let mut ports: HashMap<&mut MapData, [u8; 6], LocalPort> =
+            HashMap::try_from(dp.ebpf.map_mut("LOCAL_PORTS").unwrap()).unwrap();
+        ports.insert(ROUTER_MAC, LocalPort { ifindex: 9 }, 0).unwrap();
+    }
+    let mut via_router = container_ping([10, 244, 2, 7], 0, 8);
+    via_router[..6].copy_from_slice(&ROUTER_MAC);
+    let out = dp.check(
+        "remote destination via a local container",
+        programs::TC_EGRESS,
+        &via_router,
+        TC_ACT_OK,
+        (Direction::Egress, Outcome::Passed),
+    );
+    assert_eq!(out, via_router);
+    // The same frame to the gateway is encapsulated.
+    let (verdict, _) = dp.run(programs::TC_EGRESS, &container_ping([10, 244, 2, 7], 0, 8));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
 }
 
 #[test]

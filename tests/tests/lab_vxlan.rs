@@ -134,7 +134,12 @@ fn a_normal_stop_leaves_nothing_attached_or_pinned() {
     let attached = lab.attached_programs(1);
     assert_eq!(
         attached,
-        ["eth0/tcx-ingress:xnet_tc_ingress", "docker0/tcx-ingress:xnet_tc_egress"],
+        [
+            "eth0/tcx-ingress:xnet_tc_ingress",
+            "docker0/tcx-ingress:xnet_tc_egress",
+            "vc1/tcx-ingress:xnet_tc_egress",
+            "vc2/tcx-ingress:xnet_tc_egress"
+        ],
         "attachments while the agent runs"
     );
     let status = lab.stop_agent(1);
@@ -326,4 +331,37 @@ fn bpftool_prints_every_map_with_named_fields() {
     for name in xnet_common::maps::ALL {
         assert!(!dump(name).as_array().unwrap().is_empty(), "{name} dumped empty");
     }
+}
+
+#[test]
+fn bridge_ports_get_the_egress_program_as_containers_come_and_go() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    let ns = &lab.host(1).ns;
+    let pin = lab.host(1).pin_dir.join("links/xnet_tc_egress@vc9");
+    ns.ip(&["link", "add", "vc9", "type", "veth", "peer", "name", "vc9c"]);
+    ns.ip(&["link", "set", "vc9", "master", "docker0"]);
+    ns.ip(&["link", "set", "vc9", "up"]);
+    let port = "vc9/tcx-ingress:xnet_tc_egress".to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !lab.attached_programs(1).contains(&port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new port not attached: {:?}",
+            lab.attached_programs(1)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(pin.exists(), "the port's link is pinned, so it survives an agent restart");
+    // Traffic from the first container is now encapsulated at its port, before the bridge.
+    let (before, _) = lab.counter(1, "egress", "encap_vxlan");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    assert!(lab.counter(1, "egress", "encap_vxlan").0 > before);
+    assert!(lab.attached_programs(1).contains(&"vc1/tcx-ingress:xnet_tc_egress".to_string()));
+    ns.ip(&["link", "del", "vc9"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pin.exists() {
+        assert!(std::time::Instant::now() < deadline, "the gone port's pin is left behind");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
 }

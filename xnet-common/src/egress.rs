@@ -17,12 +17,15 @@ pub enum EgressDecision<R> {
 }
 
 /// Decides what happens to `pkt`; `lookup` finds the remote subnet holding an IPv4 destination
-/// (longest prefix match).
+/// (longest prefix match); `is_container` says whether a MAC address belongs to a container on this
+/// host. A frame addressed to another local container is the bridge's to forward, whatever its IP
+/// destination (that container may be a router): only frames for the host are taken.
 #[inline(always)]
-pub fn classify<P, R, F>(pkt: &P, lookup: F) -> EgressDecision<R>
+pub fn classify<P, R, F, C>(pkt: &P, lookup: F, is_container: C) -> EgressDecision<R>
 where
     P: Packet + ?Sized,
     F: FnOnce(&[u8; 4]) -> Option<R>,
+    C: FnOnce(&[u8; 6]) -> bool,
 {
     let Some(eth) = pkt.header::<EthHdr>(0) else {
         return EgressDecision::Pass;
@@ -38,8 +41,8 @@ where
         return EgressDecision::Pass;
     }
     match lookup(&ip.dst) {
-        Some(route) => EgressDecision::Encapsulate { route, tos: ip.tos },
-        None => EgressDecision::Pass,
+        Some(route) if !is_container(&eth.dst) => EgressDecision::Encapsulate { route, tos: ip.tos },
+        _ => EgressDecision::Pass,
     }
 }
 
@@ -66,23 +69,35 @@ mod tests {
         (dst[..3] == [10, 244, 2]).then_some(2)
     }
 
+    /// The container at 2:0:0:0:0:3 is on this host.
+    fn container(mac: &[u8; 6]) -> bool {
+        *mac == [2, 0, 0, 0, 0, 3]
+    }
+
     #[test]
     fn remote_destination_is_encapsulated_with_its_tos() {
         let f = frame(0x0800, &ipv4(0xb8, [10, 244, 2, 7]));
-        assert_eq!(classify(&f[..], remote), EgressDecision::Encapsulate { route: 2, tos: 0xb8 });
+        assert_eq!(classify(&f[..], remote, container), EgressDecision::Encapsulate { route: 2, tos: 0xb8 });
+    }
+
+    #[test]
+    fn a_frame_for_a_local_container_is_left_to_the_bridge() {
+        let mut f = frame(0x0800, &ipv4(0, [10, 244, 2, 7]));
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 3]);
+        assert_eq!(classify(&f[..], remote, container), EgressDecision::Pass);
     }
 
     #[test]
     fn other_traffic_passes() {
         let local = frame(0x0800, &ipv4(0, [10, 244, 1, 3]));
-        assert_eq!(classify(&local[..], remote), EgressDecision::Pass);
+        assert_eq!(classify(&local[..], remote, container), EgressDecision::Pass);
         let arp = frame(0x0806, &[0; 28]);
-        assert_eq!(classify(&arp[..], remote), EgressDecision::Pass);
+        assert_eq!(classify(&arp[..], remote, container), EgressDecision::Pass);
         let short = frame(0x0800, &ipv4(0, [10, 244, 2, 7])[..19]);
-        assert_eq!(classify(&short[..], remote), EgressDecision::Pass);
+        assert_eq!(classify(&short[..], remote, container), EgressDecision::Pass);
         let mut v6ish = ipv4(0, [10, 244, 2, 7]);
         v6ish[0] = 0x65;
-        assert_eq!(classify(&frame(0x0800, &v6ish)[..], remote), EgressDecision::Pass);
-        assert_eq!(classify(&[0u8; 10][..], remote), EgressDecision::Pass);
+        assert_eq!(classify(&frame(0x0800, &v6ish)[..], remote, container), EgressDecision::Pass);
+        assert_eq!(classify(&[0u8; 10][..], remote, container), EgressDecision::Pass);
     }
 }

@@ -54,8 +54,10 @@ static AGENT: Array<AgentState, 1> = Array::new();
 #[btf_map]
 static ROUTE_INFO: HashMap<LpmKeyIpv4, RouteInfo, { REMOTE_SUBNETS_MAX as usize }> = HashMap::new();
 
-/// tc, where container traffic enters the host (ingress hook of the container bridge):
-/// encapsulates packets for remote subnets and redirects them to the underlay interface.
+/// tc, where container traffic enters the host: the ingress hook of each container bridge port
+/// (straight from the container's veth, before the bridge), and of the bridge itself for ports the
+/// agent has not seen yet. Encapsulates packets for remote subnets and redirects them to the
+/// underlay interface.
 #[classifier]
 pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
@@ -69,7 +71,12 @@ pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
 
 fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     let pkt = ptr::TcPacket(ctx);
-    let decision = egress::classify(&pkt, |dst| REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied());
+    // SAFETY (LOCAL_PORTS): only whether an entry exists is read.
+    let decision = egress::classify(
+        &pkt,
+        |dst| REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied(),
+        |mac| unsafe { LOCAL_PORTS.get(mac) }.is_some(),
+    );
     let EgressDecision::Encapsulate { route, tos } = decision else {
         return Ok((Outcome::Passed, TC_ACT_OK));
     };

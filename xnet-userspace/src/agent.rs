@@ -178,7 +178,7 @@ pub(crate) fn bring_up(plan: &Plan, store: Store, lease_expiry: u64) -> anyhow::
             invalid_entries: 0,
             lease_expiry,
         })?;
-        refresh_local_ports(&mut dp, plan, &mut None);
+        refresh_bridge_ports(&mut dp, plan, &mut None, false);
         host::apply(&HostPlan {
             underlay: &plan.underlay,
             container_ifaces: &plan.container_ifaces,
@@ -189,6 +189,8 @@ pub(crate) fn bring_up(plan: &Plan, store: Store, lease_expiry: u64) -> anyhow::
         for c in &plan.container_ifaces {
             dp.attach(Hook::TcEgress, &c.name)?;
         }
+        // The ports before detach_stale, so an earlier agent's port attachments are taken over.
+        refresh_bridge_ports(&mut dp, plan, &mut None, true);
         dp.detach_stale()?;
         Ok(dp)
     })();
@@ -272,7 +274,7 @@ async fn run_static(config: Config, config_path: &Path, keep_datapath: bool) -> 
         tokio::select! {
             _ = running.term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = running.int.recv() => { tracing::info!("SIGINT"); break; }
-            _ = ports_tick.tick() => refresh_local_ports(&mut dp, &plan, &mut last_ports_error),
+            _ = ports_tick.tick() => refresh_bridge_ports(&mut dp, &plan, &mut last_ports_error, true),
         }
     }
     stop(dp, &plan, metrics_task, keep_datapath)
@@ -322,7 +324,16 @@ pub(crate) fn stop(
 /// Refreshes which bridge port each local container sits behind (for direct delivery). A failure
 /// costs only speed: packets for unknown containers go through the host stack. Logs an error once,
 /// not every second while it lasts (`last_error` remembers it).
-pub(crate) fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &mut Option<String>) {
+/// Follows the containers behind the container bridges: LOCAL_PORTS (container MAC -> port, for
+/// delivery straight into a container and to leave container-to-container frames to the bridge),
+/// and, with `attach`, the egress program on every port. Errors are logged once until they change:
+/// what is not refreshed takes the slower path through the bridge and the host stack.
+pub(crate) fn refresh_bridge_ports(
+    dp: &mut Datapath,
+    plan: &Plan,
+    last_error: &mut Option<String>,
+    attach: bool,
+) {
     let result = plan
         .container_ifaces
         .iter()
@@ -330,15 +341,29 @@ pub(crate) fn refresh_local_ports(dp: &mut Datapath, plan: &Plan, last_error: &m
             ports.extend(host::bridge_ports(&c.name)?);
             Ok::<_, HostError>(ports)
         })
-        .map_err(|e| e.to_string())
-        .and_then(|ports| dp.sync_local_ports(&ports).map_err(|e| e.to_string()));
+        .map_err(|e| format!("cannot refresh LOCAL_PORTS: {e}"))
+        .and_then(|ports| {
+            dp.sync_local_ports(&ports).map_err(|e| format!("cannot refresh LOCAL_PORTS: {e}"))
+        });
+    let result = result.and(if attach { attach_ports(dp, plan) } else { Ok(()) });
     let error = result.err();
     if let Some(e) = &error
         && Some(e) != last_error.as_ref()
     {
-        tracing::warn!(error = %e, "direct delivery: cannot refresh LOCAL_PORTS; packets take the host stack");
+        tracing::warn!(error = %e, "bridge ports: packets take the path through the bridge and host stack");
     }
     *last_error = error;
+}
+
+/// Attaches the egress program to the ports of the container bridges (the configured interfaces
+/// themselves keep theirs).
+fn attach_ports(dp: &mut Datapath, plan: &Plan) -> Result<(), String> {
+    let mut ports = BTreeMap::new();
+    for c in &plan.container_ifaces {
+        ports.extend(host::bridge_port_ifaces(&c.name).map_err(|e| e.to_string())?);
+    }
+    ports.retain(|name, _| !plan.container_ifaces.iter().any(|c| &c.name == name));
+    dp.sync_port_attachments(&ports).map_err(|e| e.to_string())
 }
 
 /// subnet.env (and the Docker options file, if configured) for the container runtime.

@@ -3,7 +3,8 @@
 //!
 //! Pinned state under the pin directory:
 //! - `<MAP>` for every map in `xnet_common::maps::ALL`;
-//! - `links/<program>@<interface>` for every attachment (TCX or XDP bpf_links).
+//! - `links/<program>@<interface>` for every attachment (TCX or XDP bpf_links): the underlay, the
+//!   configured container interfaces, and the ports of those that are bridges.
 //!
 //! While those pins exist the datapath keeps forwarding, with or without an agent.
 
@@ -75,6 +76,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Link pins that this run attached or took over.
     attached: BTreeSet<PathBuf>,
+    /// Bridge ports the egress program is attached to, name -> ifindex at the time.
+    ports: BTreeMap<String, u32>,
 }
 
 fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -113,7 +116,7 @@ impl Datapath {
             .expect("program is XDP");
         xdp.load()
             .map_err(|e| DatapathError::Program { program: programs::XDP_INGRESS, error: Box::new(e) })?;
-        Ok(Self { ebpf, pin_dir: pin_dir.into(), attached: BTreeSet::new() })
+        Ok(Self { ebpf, pin_dir: pin_dir.into(), attached: BTreeSet::new(), ports: BTreeMap::new() })
     }
 
     /// Writes this host's side of the tunnels.
@@ -297,6 +300,44 @@ impl Datapath {
                 p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())
             }
         }
+    }
+
+    /// Makes the egress program run on exactly `ports` (bridge ports, name -> ifindex) besides the
+    /// configured interfaces, so container traffic is encapsulated before the bridge sees it. Ports
+    /// new since the last call, or re-created under the same name, are attached; ports gone are
+    /// unpinned (the kernel detached them with their interface). A port that fails is retried on the
+    /// next call; the first error is returned after the others are done.
+    pub fn sync_port_attachments(&mut self, ports: &BTreeMap<String, u32>) -> Result<(), DatapathError> {
+        let mut first_error = None;
+        for (name, ifindex) in ports {
+            if self.ports.get(name) == Some(ifindex) {
+                continue;
+            }
+            match self.attach(Hook::TcEgress, name) {
+                Ok(()) => {
+                    self.ports.insert(name.clone(), *ifindex);
+                }
+                Err(e) => {
+                    self.ports.remove(name);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let gone: Vec<String> = self.ports.keys().filter(|n| !ports.contains_key(*n)).cloned().collect();
+        for name in gone {
+            let pin = link_pin(&self.pin_dir, Hook::TcEgress, &name);
+            match unpin_link(&pin) {
+                Ok(()) => {
+                    tracing::info!(port = %name, "port gone; its attachment removed");
+                    self.attached.remove(&pin);
+                    self.ports.remove(&name);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an interface

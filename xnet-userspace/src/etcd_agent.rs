@@ -9,7 +9,9 @@ use etcd_client::{WatchOptions, WatchStream};
 use xnet_common::maps::{AgentState, IngressHook, Store};
 
 use crate::{
-    agent::{self, Plan, bring_up, prepare, ready, refresh_local_ports, stop, unix_now, write_runtime_files},
+    agent::{
+        self, Plan, bring_up, prepare, ready, refresh_bridge_ports, stop, unix_now, write_runtime_files,
+    },
     config::{BackendType, Config, PeerConfig},
     datapath::{Datapath, Hook},
     etcd_store::{EtcdSettings, EtcdStore, Held, LeaseList, Me, StoreError},
@@ -287,7 +289,7 @@ pub async fn run(
         tokio::select! {
             _ = running.term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = running.int.recv() => { tracing::info!("SIGINT"); break; }
-            _ = ports_tick.tick() => refresh_local_ports(&mut dp, &plan, &mut last_ports_error),
+            _ = ports_tick.tick() => refresh_bridge_ports(&mut dp, &plan, &mut last_ports_error, true),
             _ = renew_tick.tick() => match store.renew(sync.held.lease_id).await {
                 Ok(0) => {
                     // Revoked or expired behind our back: take the same subnet again if it is

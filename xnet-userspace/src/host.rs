@@ -344,6 +344,35 @@ pub fn bridge_ports(bridge: &str) -> Result<BTreeMap<[u8; 6], u32>, HostError> {
         .map_err(|detail| HostError::Setting { setting: setting(), detail })
 }
 
+/// The interfaces enslaved to `bridge` (the host ends of the containers' veths), name -> ifindex.
+/// Not a bridge, or no such device: empty.
+pub fn bridge_port_ifaces(bridge: &str) -> Result<BTreeMap<String, u32>, HostError> {
+    let setting = || format!("listing the ports of {bridge}");
+    let out = Command::new("ip")
+        .args(["-j", "link", "show", "master", bridge])
+        .output()
+        .map_err(|e| HostError::Setting { setting: setting(), detail: format!("cannot run `ip`: {e}") })?;
+    if !out.status.success() {
+        return Ok(BTreeMap::new());
+    }
+    parse_link_list(&out.stdout).map_err(|detail| HostError::Setting { setting: setting(), detail })
+}
+
+/// Parses `ip -j link show` output into name -> ifindex.
+fn parse_link_list(json: &[u8]) -> Result<BTreeMap<String, u32>, String> {
+    #[derive(serde::Deserialize)]
+    struct Link {
+        ifindex: u32,
+        ifname: String,
+    }
+    // An empty list prints nothing at all.
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Ok(BTreeMap::new());
+    }
+    let links: Vec<Link> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    Ok(links.into_iter().map(|l| (l.ifname, l.ifindex)).collect())
+}
+
 /// Parses `bridge -j fdb show` output (see [`bridge_ports`]).
 fn parse_fdb(
     json: &[u8],
@@ -387,6 +416,17 @@ pub fn remove_route(network: Ipv4Net, bridge: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_ports_are_read_from_ip_link() {
+        // Shape of `ip -j link show master docker0` (iproute2 6.1), trimmed.
+        let json = br#"[{"ifindex":4,"link_index":2,"ifname":"vc1","flags":["BROADCAST","UP"],"mtu":1450,
+            "master":"docker0","operstate":"UP"},{"ifindex":9,"ifname":"veth1a2b","master":"docker0"}]"#;
+        let ports = parse_link_list(json).unwrap();
+        assert_eq!(ports, BTreeMap::from([("vc1".to_string(), 4), ("veth1a2b".to_string(), 9)]));
+        assert!(parse_link_list(b"\n").unwrap().is_empty());
+        assert!(parse_link_list(b"[{").is_err());
+    }
 
     #[test]
     fn fdb_keeps_learned_container_macs_only() {

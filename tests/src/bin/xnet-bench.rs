@@ -16,6 +16,9 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Only these modes (keys as in bench.json: plain, kernel_vxlan, xnet_vxlan, ...).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
     /// Where to write bench.md and bench.json.
     #[arg(long, default_value = "target/bench")]
     out: std::path::PathBuf,
@@ -110,7 +113,11 @@ fn measure(lab: &Lab, seconds: u32) -> Sample {
 fn main() {
     let args = Args::parse();
     let started = Instant::now();
-    let mut results: Vec<(Mode, Vec<Sample>)> = Mode::ALL.iter().map(|m| (*m, Vec::new())).collect();
+    let mut results: Vec<(Mode, Vec<Sample>)> = Mode::ALL
+        .iter()
+        .filter(|m| args.modes.is_empty() || args.modes.contains(&m.key()))
+        .map(|m| (*m, Vec::new()))
+        .collect();
     for run in 1..=args.runs {
         for (mode, samples) in results.iter_mut() {
             let backend = if let Mode::Xnet(b) = mode { b } else { "vxlan" };
