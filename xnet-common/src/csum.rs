@@ -36,9 +36,33 @@ pub fn ipv4_header_valid(h: &Ipv4Hdr) -> bool {
     ipv4_header(h) == h.checksum
 }
 
+/// Decrements an IPv4 header's TTL (which must be above zero) and updates its checksum for the
+/// changed word, incrementally (RFC 1624, eqn. 3).
+#[inline(always)]
+pub fn decrement_ttl(h: &mut Ipv4Hdr) {
+    let old = word([h.ttl, h.protocol]);
+    h.ttl -= 1;
+    let new = word([h.ttl, h.protocol]);
+    let sum = (!word(h.checksum) & 0xffff) + (!old & 0xffff) + new;
+    h.checksum = (!fold(sum)).to_be_bytes();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_decrement_matches_a_full_recompute() {
+        for (ttl, protocol, tos) in [(64u8, 17u8, 0u8), (1, 6, 0xb8), (255, 47, 3), (0x80, 0, 0xff)] {
+            let mut h = crate::wire::outer_ipv4([10, 244, 1, 2], [10, 244, 2, 9], protocol, 1000, tos);
+            h.ttl = ttl;
+            h.checksum = ipv4_header(&h);
+            decrement_ttl(&mut h);
+            assert_eq!(h.ttl, ttl - 1);
+            assert_eq!(h.checksum, ipv4_header(&h), "ttl {ttl} protocol {protocol}");
+            assert!(ipv4_header_valid(&h));
+        }
+    }
 
     // The example header of RFC 1071's companion literature (Wikipedia "IPv4 header checksum"):
     // 4500 0073 0000 4000 4011 b861 c0a8 0001 c0a8 00c7 has checksum b861.

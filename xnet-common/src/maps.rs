@@ -124,6 +124,10 @@ pub struct DatapathConfig {
     pub reserved: u8,
     /// GRE key, network order.
     pub gre_key: [u8; 4],
+    /// MAC of the (first) container interface: frames to it are for the host, so egress need not
+    /// ask LOCAL_PORTS whether they are for a local container. Zero: always ask.
+    pub gateway_mac: [u8; 6],
+    pub reserved2: [u8; 2],
 }
 
 /// [`DatapathConfig::flags`]: GRE uses a key.
@@ -219,7 +223,7 @@ const _: () = {
     assert!(core::mem::size_of::<LpmKeyIpv4>() == 8);
     assert!(core::mem::size_of::<RemoteSubnet>() == 12);
     assert!(core::mem::size_of::<Peer>() == 8);
-    assert!(core::mem::size_of::<DatapathConfig>() == 40);
+    assert!(core::mem::size_of::<DatapathConfig>() == 48);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<LocalPort>() == 4);
     assert!(core::mem::size_of::<AgentState>() == 40);

@@ -15,6 +15,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xnet_common::{
+    csum,
     packet::Packet,
     wire::{ETH_LEN, EthHdr, Ipv4Hdr},
 };
@@ -22,9 +23,6 @@ use xnet_common::{
 use crate::{LOCAL_PORTS, ptr};
 
 const AF_INET: u8 = 2;
-/// Offsets of the IPv4 TTL/protocol word and checksum in a frame.
-const TTL_OFFSET: usize = ETH_LEN + 8;
-const IP_CSUM_OFFSET: usize = ETH_LEN + 10;
 
 /// Where a decapsulated packet went.
 pub enum Delivery {
@@ -76,16 +74,11 @@ fn resolve(ctx: &TcContext) -> Option<(u32, EthHdr, Ipv4Hdr)> {
 }
 
 #[inline(always)]
-fn rewrite_and_redirect(ctx: &TcContext, (ifindex, eth, ip): (u32, EthHdr, Ipv4Hdr)) -> Delivery {
-    if ctx.store(0, &eth, 0).is_err() {
-        return Delivery::Failed;
-    }
-    // Forwarding decrements the TTL (RFC 1812); patch the header checksum for the changed word.
-    let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
-    if ctx.l3_csum_replace(IP_CSUM_OFFSET, old.to_be() as u64, new.to_be() as u64, 2).is_err()
-        || ctx.store(TTL_OFFSET, &(ip.ttl - 1), 0).is_err()
-    {
+fn rewrite_and_redirect(ctx: &TcContext, (ifindex, eth, mut ip): (u32, EthHdr, Ipv4Hdr)) -> Delivery {
+    // Forwarding decrements the TTL (RFC 1812), with the header checksum patched to match. Both
+    // headers were just read from the linear data, so they are written back the same way.
+    csum::decrement_ttl(&mut ip);
+    if ptr::tc_write(ctx, 0, eth).is_none() || ptr::tc_write(ctx, ETH_LEN, ip).is_none() {
         return Delivery::Failed;
     }
     // SAFETY: plain helper call; redirects to the ingress of the veth peer of `ifindex`.

@@ -71,16 +71,18 @@ pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
 
 fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     let pkt = ptr::TcPacket(ctx);
+    let cfg = CONFIG.get(0).copied();
+    let gateway = cfg.map(|c| c.gateway_mac).unwrap_or_default();
     // SAFETY (LOCAL_PORTS): only whether an entry exists is read.
     let decision = egress::classify(
         &pkt,
         |dst| REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied(),
-        |mac| unsafe { LOCAL_PORTS.get(mac) }.is_some(),
+        |mac| *mac != gateway && unsafe { LOCAL_PORTS.get(mac) }.is_some(),
     );
     let EgressDecision::Encapsulate { route, tos } = decision else {
         return Ok((Outcome::Passed, TC_ACT_OK));
     };
-    let cfg = CONFIG.get(0).copied().ok_or(Outcome::DropNotConfigured)?;
+    let cfg = cfg.ok_or(Outcome::DropNotConfigured)?;
     if cfg.underlay_ifindex == 0 {
         return Err(Outcome::DropNotConfigured);
     }
@@ -130,10 +132,12 @@ pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 /// XDP on the underlay interface: the same decapsulation as `xnet_tc_ingress`, before the kernel
-/// allocates an skb (for NICs that run XDP natively).
-#[xdp]
+/// allocates an skb (for NICs that run XDP natively). Multi-buffer aware (`xdp.frags`), so it
+/// attaches to jumbo-MTU interfaces too: the headers it reads and strips are in the first buffer.
+#[xdp(frags)]
 pub fn xnet_xdp_ingress(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u32;
+    // SAFETY: ctx.ctx is the xdp_md this program was called with. The whole frame, all buffers.
+    let len = unsafe { aya_ebpf::helpers::bpf_xdp_get_buff_len(ctx.ctx) } as u32;
     let outcome = decap::run(&ctx);
     stats::count(Direction::Ingress, outcome, len);
     if outcome.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }

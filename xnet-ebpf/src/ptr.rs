@@ -61,6 +61,24 @@ pub fn xdp_write<T: Header>(ctx: &XdpContext, offset: usize, value: T) -> Option
     Some(())
 }
 
+/// Writes `value` at `offset` of a tc packet's linear data; `None` when that is too short (the
+/// caller falls back to `bpf_skb_store_bytes`).
+#[inline(always)]
+pub fn tc_write<T: Header>(ctx: &TcContext, offset: usize, value: T) -> Option<()> {
+    let p = at::<T>(ctx.data(), ctx.data_end(), offset)?;
+    // SAFETY: as for xdp_write. tc programs that write packet data get a verifier-inserted prologue
+    // that makes the skb head private first.
+    unsafe { p.write(value) };
+    Some(())
+}
+
+/// The skb's flow hash if the kernel computed one already (a socket's or the NIC's), else 0.
+#[inline(always)]
+pub fn skb_hash(ctx: &TcContext) -> u32 {
+    // SAFETY: as for gso_segs.
+    unsafe { (*ctx.skb.skb).hash }
+}
+
 /// `gso_segs` of the skb: more than 1 for a GSO super-packet (segmented later, so it may exceed the
 /// MTU here).
 #[inline(always)]

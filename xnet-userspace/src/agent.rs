@@ -111,6 +111,8 @@ impl Plan {
             flags: if self.config.backend.gre_key.is_some() { GRE_KEYED } else { 0 },
             reserved: 0,
             gre_key: self.config.backend.gre_key.unwrap_or(0).to_be_bytes(),
+            gateway_mac: self.container_ifaces.first().map(|c| c.mac.0).unwrap_or_default(),
+            reserved2: [0; 2],
         }
     }
 
@@ -346,6 +348,14 @@ pub(crate) fn refresh_bridge_ports(
             dp.sync_local_ports(&ports).map_err(|e| format!("cannot refresh LOCAL_PORTS: {e}"))
         });
     let result = result.and(if attach { attach_ports(dp, plan) } else { Ok(()) });
+    // A bridge without a MAC of its own set takes its lowest port's, so it changes as containers
+    // come and go; until updated, egress merely asks LOCAL_PORTS about every frame.
+    let result = result.and(match plan.container_ifaces.first() {
+        Some(first) => Interface::find(&first.name, "container_ifaces[0]")
+            .map_err(|e| e.to_string())
+            .and_then(|now| dp.set_gateway_mac(now.mac.0).map_err(|e| e.to_string())),
+        None => Ok(()),
+    });
     let error = result.err();
     if let Some(e) = &error
         && Some(e) != last_error.as_ref()

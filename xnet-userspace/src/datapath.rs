@@ -124,6 +124,22 @@ impl Datapath {
         self.set_single(maps::CONFIG, cfg)
     }
 
+    /// Updates the gateway MAC in CONFIG when it changed.
+    pub fn set_gateway_mac(&mut self, mac: [u8; 6]) -> Result<(), DatapathError> {
+        let map_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
+        let current: DatapathConfig = {
+            let array: Array<&MapData, DatapathConfig> =
+                Array::try_from(self.ebpf.map(maps::CONFIG).expect("CONFIG map")).map_err(map_err)?;
+            array.get(&0, 0).map_err(map_err)?
+        };
+        if current.gateway_mac == mac {
+            return Ok(());
+        }
+        tracing::info!(mac = %crate::subnet::Mac(mac), "container interface MAC changed");
+        self.set_config(&DatapathConfig { gateway_mac: mac, ..current })
+    }
+
     /// Records what the agent knows about this datapath (for `xnet status` and the metrics).
     pub fn set_agent_state(&mut self, state: &AgentState) -> Result<(), DatapathError> {
         self.set_single(maps::AGENT, state)

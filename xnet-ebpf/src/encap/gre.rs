@@ -12,7 +12,7 @@ use xnet_common::{
     wire::{ETH_LEN, GRE_ENCAP_LEN, GRE_KEYED_ENCAP_LEN, GreOuter, IPV4_LEN, InnerInfo, gre_outer},
 };
 
-use super::{FIXED_GSO, check_fits};
+use super::{FIXED_GSO, check_fits, write_at, write_outer};
 
 #[inline(always)]
 pub fn encapsulate(
@@ -25,18 +25,18 @@ pub fn encapsulate(
     let inner = InnerInfo { ip_len: ctx.len() as usize - ETH_LEN, tos, flow_hash: 0 };
     let (outer, _) = gre_outer(cfg.local_ip, route.peer_ip, key, &inner);
     let flags = FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 | BPF_F_ADJ_ROOM_ENCAP_L4_GRE as u64;
-    // Two arms with constant lengths, so every store is of a fixed size.
+    // Two arms with constant lengths, so every write is of a fixed size.
     if key.is_some() {
         check_fits(ctx, cfg, GRE_KEYED_ENCAP_LEN)?;
         ctx.adjust_room(GRE_KEYED_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
             .map_err(|_| Outcome::DropEncapFailed)?;
-        ctx.store::<GreOuter>(ETH_LEN, &outer, 0).map_err(|_| Outcome::DropEncapFailed)
+        write_outer::<GreOuter>(ctx, &outer)
     } else {
         check_fits(ctx, cfg, GRE_ENCAP_LEN)?;
         ctx.adjust_room(GRE_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
             .map_err(|_| Outcome::DropEncapFailed)?;
         // No key: the IPv4 and GRE headers only.
-        ctx.store(ETH_LEN, &outer.ip, 0).map_err(|_| Outcome::DropEncapFailed)?;
-        ctx.store(ETH_LEN + IPV4_LEN, &outer.gre, 0).map_err(|_| Outcome::DropEncapFailed)
+        write_outer(ctx, &outer.ip)?;
+        write_at(ctx, ETH_LEN + IPV4_LEN, &outer.gre)
     }
 }

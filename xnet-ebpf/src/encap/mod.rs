@@ -9,7 +9,16 @@ use aya_ebpf::{
     helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
-use xnet_common::{maps::DatapathConfig, stats::Outcome, wire::ETH_LEN};
+use xnet_common::{
+    maps::DatapathConfig,
+    packet::{Header, Packet},
+    stats::Outcome,
+    wire::{self, ETH_LEN, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UdpHdr},
+};
+
+use crate::ptr;
+
+const IPPROTO_TCP: u8 = 6;
 
 const AF_INET: u32 = 2;
 
@@ -34,11 +43,46 @@ pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Res
     Ok(())
 }
 
-/// The flow hash, for UDP source ports.
+/// The flow hash, for UDP source ports: the one the kernel already has (a TCP socket's), or one of
+/// our own from the inner addresses and ports. Never the flow dissector (`bpf_get_hash_recalc`):
+/// that costs more than the rest of the encapsulation together.
 #[inline(always)]
 pub fn flow_hash(ctx: &TcContext) -> u32 {
-    // SAFETY: ctx.skb.skb is the valid __sk_buff this program was called with.
-    unsafe { aya_ebpf::helpers::bpf_get_hash_recalc(ctx.skb.skb) }
+    let hash = ptr::skb_hash(ctx);
+    if hash != 0 {
+        return hash;
+    }
+    let pkt = ptr::TcPacket(ctx);
+    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
+        return 0;
+    };
+    let has_ports = ip.version_ihl == 0x45
+        && ip.flags_frag() & 0x1fff == 0
+        && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP);
+    // TCP and UDP both start with the two ports.
+    let ports = match pkt.header::<UdpHdr>(ETH_LEN + IPV4_LEN) {
+        Some(l4) if has_ports => {
+            u32::from_be_bytes([l4.src_port[0], l4.src_port[1], l4.dst_port[0], l4.dst_port[1]])
+        }
+        _ => 0,
+    };
+    wire::flow_hash(ip.src, ip.dst, ip.protocol, ports)
+}
+
+/// Writes the outer headers right after the Ethernet header.
+#[inline(always)]
+pub fn write_outer<T: Header + Copy>(ctx: &TcContext, outer: &T) -> Result<(), Outcome> {
+    write_at(ctx, ETH_LEN, outer)
+}
+
+/// Writes a header at `offset`: directly when it lies in the linear data (always, for headers that
+/// `bpf_skb_adjust_room` just made room for), else through the helper.
+#[inline(always)]
+pub fn write_at<T: Header + Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Outcome> {
+    if ptr::tc_write(ctx, offset, *value).is_some() {
+        return Ok(());
+    }
+    ctx.store(offset, value, 0).map_err(|_| Outcome::DropEncapFailed)
 }
 
 /// Sends the packet out of the underlay interface. The kernel routes the outer destination (or

@@ -9,17 +9,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xnet_common::{
+    csum,
     maps::{DatapathConfig, RemoteSubnet},
     packet::Packet,
     stats::Outcome,
     wire::{ETH_LEN, InnerInfo, Ipv4Hdr, UDP_ENCAP_LEN, udp_outer},
 };
 
-use super::{FIXED_GSO, check_fits};
+use super::{FIXED_GSO, check_fits, write_outer};
 use crate::ptr;
-
-const TTL_OFFSET: usize = ETH_LEN + 8;
-const IP_CSUM_OFFSET: usize = ETH_LEN + 10;
 
 #[inline(always)]
 pub fn encapsulate(
@@ -29,19 +27,16 @@ pub fn encapsulate(
     tos: u8,
 ) -> Result<(), Outcome> {
     check_fits(ctx, cfg, UDP_ENCAP_LEN)?;
-    let ip = *ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN).ok_or(Outcome::DropEncapFailed)?;
+    let mut ip = *ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN).ok_or(Outcome::DropEncapFailed)?;
     if ip.ttl <= 1 {
         return Err(Outcome::DropTtlExceeded);
     }
-    let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
-    ctx.l3_csum_replace(IP_CSUM_OFFSET, old.to_be() as u64, new.to_be() as u64, 2)
-        .map_err(|_| Outcome::DropEncapFailed)?;
-    ctx.store(TTL_OFFSET, &(ip.ttl - 1), 0).map_err(|_| Outcome::DropEncapFailed)?;
+    csum::decrement_ttl(&mut ip);
+    ptr::tc_write(ctx, ETH_LEN, ip).ok_or(Outcome::DropEncapFailed)?;
 
     let inner = InnerInfo { ip_len: ctx.len() as usize - ETH_LEN, tos, flow_hash: 0 };
     let outer = udp_outer(cfg.local_ip, route.peer_ip, cfg.udp_port(), &inner);
     let flags = FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
     ctx.adjust_room(UDP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    ctx.store(ETH_LEN, &outer, 0).map_err(|_| Outcome::DropEncapFailed)
+    write_outer(ctx, &outer)
 }

@@ -13,7 +13,7 @@ use xnet_common::{
     wire::{ETH_LEN, InnerInfo, VXLAN_ENCAP_LEN, VxlanLocal, VxlanRemote, vxlan_outer},
 };
 
-use super::{FIXED_GSO, check_fits, encap_l2, flow_hash};
+use super::{FIXED_GSO, check_fits, encap_l2, flow_hash, write_outer};
 
 /// Inserts outer IPv4/UDP/VXLAN and the inner Ethernet header after the frame's Ethernet header.
 /// The kernel is told the layout, so a GSO packet stays whole and is segmented as a UDP tunnel
@@ -41,5 +41,5 @@ pub fn encapsulate(
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | encap_l2(ETH_LEN);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    ctx.store(ETH_LEN, &outer, 0).map_err(|_| Outcome::DropEncapFailed)
+    write_outer(ctx, &outer)
 }
