@@ -48,6 +48,8 @@ pub struct LabSpec {
     pub etcd: bool,
     /// etcd members (1, or 3 for a cluster at [`ETCD_CLUSTER_IPS`]).
     pub etcd_members: usize,
+    /// The overlay network (flannel's `Network`) in the config files and in etcd.
+    pub network: &'static str,
     /// `[etcd] lease_ttl` of every agent, seconds.
     pub lease_ttl: u32,
 }
@@ -67,6 +69,7 @@ impl Default for LabSpec {
             host_backends: Vec::new(),
             etcd: false,
             etcd_members: 1,
+            network: NETWORK,
             lease_ttl: 30,
         }
     }
@@ -103,6 +106,8 @@ pub struct Host {
     /// The agent's subnet.env (inside the lab directory, not /run/xnet).
     pub subnet_file: PathBuf,
     agent: Option<Child>,
+    /// The flannel-udp-style relay of [`Lab::setup_udp_relay`], if started.
+    relay: Option<Child>,
 }
 
 pub struct Lab {
@@ -174,8 +179,10 @@ impl Lab {
             } else {
                 vec![crate::etcd::Etcd::start_in(&lab.switch.path(), ETCD_IP)]
             };
-            let config =
-                format!("{{\"Network\": \"{NETWORK}\", \"Backend\": {{\"Type\": \"{}\"}}}}", spec.backend);
+            let config = format!(
+                "{{\"Network\": \"{}\", \"Backend\": {{\"Type\": \"{}\"}}}}",
+                spec.network, spec.backend
+            );
             lab.etcd[0].put(ETCD_CONFIG_KEY, &config);
         }
         for i in 1..=spec.hosts {
@@ -254,6 +261,7 @@ impl Lab {
             log_path: self.dir.join(format!("h{i}.log")),
             subnet_file: self.dir.join(format!("h{i}.subnet.env")),
             agent: None,
+            relay: None,
         }
     }
 
@@ -289,9 +297,10 @@ impl Lab {
         };
         let key = self.spec.gre_key.map_or(String::new(), |k| format!("key = {k}\n"));
         let mut s = format!(
-            "network = \"{NETWORK}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
+            "network = \"{}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
              container_ifaces = [\"docker0\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
              [backend]\ntype = \"{backend}\"\nvni = {}\n{port}{key}ingress = \"{}\"\n",
+            self.spec.network,
             h.subnet,
             h.public_ip,
             h.pin_dir.display(),
@@ -367,6 +376,11 @@ impl Lab {
             c.ns.ip(&["link", "set", "eth0", "mtu", &mtu]);
         }
         h.ns.ip(&["link", "set", "docker0", "mtu", &mtu]);
+    }
+
+    /// The process id of host `i`'s agent, if it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.host(i).agent.as_ref().map(Child::id)
     }
 
     /// Stops host `i`'s agent with SIGTERM and returns its exit status.
@@ -508,6 +522,32 @@ impl Lab {
             for p in self.hosts.iter().filter(|p| p.index != h.index) {
                 h.ns.ip(&["route", "replace", &p.subnet, "via", &p.public_ip.to_string(), "dev", "eth0"]);
             }
+        }
+    }
+
+    /// flannel's udp backend design on every host, through `xnet-udp-relay` (a re-implementation
+    /// that lives next to the bench binaries): a TUN device `flannel0` holding the overlay network,
+    /// a userspace relay per host, container MTU 1472. For labs started without agents.
+    pub fn setup_udp_relay(&mut self) {
+        let relay_bin = sibling_bin("xnet-udp-relay");
+        let mtu = (UNDERLAY_MTU - xnet_common::wire::UDP_ENCAP_LEN as u32).to_string();
+        for i in 1..=self.hosts.len() {
+            let h = self.host(i);
+            sysctl(&h.ns, "net.ipv4.ip_forward", "1");
+            let mut cmd = h.ns.command(relay_bin.to_str().expect("utf-8 path"));
+            cmd.args(["--tun", "flannel0", "--local", &h.public_ip.to_string()]);
+            for p in self.hosts.iter().filter(|p| p.index != h.index) {
+                cmd.arg("--peer").arg(format!("{}={}", p.subnet, p.public_ip));
+            }
+            let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start relay");
+            let mut ready = [0u8; 6];
+            child.stdout.take().expect("stdout").read_exact(&mut ready).expect("relay ready");
+            assert_eq!(&ready, b"ready\n");
+            let tun_addr = format!("{}/16", h.subnet.replace("/24", ""));
+            h.ns.ip(&["addr", "add", &tun_addr, "dev", "flannel0"]);
+            h.ns.ip(&["link", "set", "flannel0", "mtu", &mtu, "up"]);
+            self.set_container_mtu(i, mtu.parse().expect("number"));
+            self.hosts[i - 1].relay = Some(child);
         }
     }
 
@@ -720,6 +760,9 @@ impl Drop for Lab {
             if let Some(child) = h.agent.take() {
                 stop_child(child);
             }
+            if let Some(child) = h.relay.take() {
+                stop_child(child);
+            }
             if h.pin_dir.exists() {
                 let _ = Command::new(xnet_bin()).arg("cleanup").arg("--pin-dir").arg(&h.pin_dir).output();
             }
@@ -732,6 +775,18 @@ impl Drop for Lab {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A binary of this workspace built next to the running one (the bench's helpers).
+fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("cannot find {name} near {}; build the xnet-tests binaries", exe.display());
 }
 
 fn sysctl(ns: &Netns, key: &str, value: &str) {

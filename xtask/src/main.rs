@@ -43,7 +43,8 @@ enum Cmd {
         #[arg(long, default_value = "file")]
         store: String,
     },
-    /// Measure xnet against plain routing and the kernel's vxlan on the lab (TCP, one stream).
+    /// Measure xnet against plain routing, the kernel's vxlan and a flannel-udp-style relay on the
+    /// lab; per-packet program cost; scale. Writes target/bench/bench.{md,json,svg}.
     Bench {
         /// Runs per mode.
         #[arg(long, default_value_t = 3)]
@@ -51,6 +52,12 @@ enum Cmd {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// A one-minute version (one short run per mode).
+        #[arg(long)]
+        quick: bool,
+        /// Only these traffic modes, comma-separated (see bench.json; plain routing always runs).
+        #[arg(long)]
+        modes: Option<String>,
     },
     /// Format and lint checks, then every test: unit, BPF_PROG_TEST_RUN and lab tests.
     Test {
@@ -115,12 +122,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { runs, seconds } => {
+        Cmd::Bench { runs, seconds, quick, modes } => {
             setup()?;
             require_root("the benchmark creates network namespaces and loads eBPF programs")?;
             cargo(&["build", "--release", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
             let status = Command::new(root.join("target/release/xnet-bench"))
                 .args(["--runs", &runs.to_string(), "--seconds", &seconds.to_string()])
+                .args(quick.then_some("--quick"))
+                .args(modes.iter().flat_map(|m| ["--modes", m.as_str()]))
+                .args(["--out".as_ref(), root.join("target/bench").as_os_str()])
                 .env("XNET_BIN", root.join("target/release/xnet"))
                 .status()
                 .context("running the benchmark")?;
