@@ -21,7 +21,26 @@ pub fn test_run(
     input: &[u8],
     out: &mut [u8],
 ) -> Result<TestRunResult, ProgramError> {
-    let opts = TestRunOptions { data_in: Some(input), data_out: Some(out), ..TestRunOptions::new() };
+    test_run_on(ebpf, program, input, out, None)
+}
+
+/// [`test_run`] with the packet arriving on interface `ifindex` (of the calling thread's network
+/// namespace) for tc programs: `skb->dev` and `ingress_ifindex` are set from it.
+pub fn test_run_on(
+    ebpf: &Ebpf,
+    program: &str,
+    input: &[u8],
+    out: &mut [u8],
+    ifindex: Option<u32>,
+) -> Result<TestRunResult, ProgramError> {
+    // struct __sk_buff: ingress_ifindex at byte 36, ifindex at 40; everything else must be zero.
+    let mut skb = [0u8; 192];
+    if let Some(i) = ifindex {
+        skb[36..40].copy_from_slice(&i.to_ne_bytes());
+        skb[40..44].copy_from_slice(&i.to_ne_bytes());
+    }
+    let ctx_in = (ifindex.is_some() && program != programs::XDP_INGRESS).then_some(&skb[..]);
+    let opts = TestRunOptions { data_in: Some(input), data_out: Some(out), ctx_in, ..TestRunOptions::new() };
     if program == programs::XDP_INGRESS {
         let p: &Xdp = ebpf.program(program).expect("program").try_into().expect("XDP");
         p.test_run(opts)
@@ -35,6 +54,8 @@ pub fn test_run(
 /// .3 (udp), .4 (gre) and .5 (direct) owning 10.244.2-5.0/24.
 pub struct Bench {
     ebpf: Ebpf,
+    /// The interface tc test runs arrive on, if set.
+    ifindex: Option<u32>,
 }
 
 fn bytes<T>(v: &T) -> &[u8] {
@@ -82,7 +103,7 @@ impl Bench {
                     .unwrap();
             }
         }
-        let mut bench = Bench { ebpf };
+        let mut bench = Bench { ebpf, ifindex: None };
         for (n, b) in backends {
             bench.route([10, 244, n, 0], 24, [198, 18, 0, n], b);
         }
@@ -108,12 +129,32 @@ impl Bench {
         }
     }
 
+    /// Makes tc test runs arrive on interface `ifindex`.
+    pub fn arrive_on(&mut self, ifindex: u32) {
+        self.ifindex = Some(ifindex);
+    }
+
+    /// Adds a container MAC -> bridge port entry to LOCAL_PORTS.
+    pub fn local_port(&mut self, mac: [u8; 6], ifindex: u32) {
+        let mut ports: HashMap<&mut MapData, [u8; 6], xnet_common::maps::LocalPort> =
+            HashMap::try_from(self.ebpf.map_mut("LOCAL_PORTS").unwrap()).unwrap();
+        ports.insert(mac, xnet_common::maps::LocalPort { ifindex }, 0).unwrap();
+    }
+
+    /// Like [`Bench::cost`], with the verdict of the last run.
+    pub fn cost_verdict(&self, program: &str, input: &[u8], runs: usize) -> (f64, u32) {
+        let mut out = vec![0u8; input.len() + 128];
+        let verdict =
+            test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run").return_value;
+        (self.cost(program, input, runs), verdict)
+    }
+
     /// Median kernel-measured nanoseconds of one run of `program` on `input`, over `runs` runs.
     pub fn cost(&self, program: &str, input: &[u8], runs: usize) -> f64 {
         let mut samples = Vec::with_capacity(runs);
         let mut out = vec![0u8; input.len() + 128];
         for _ in 0..runs {
-            let result = test_run(&self.ebpf, program, input, &mut out).expect("test run");
+            let result = test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run");
             samples.push(result.duration.as_nanos() as f64);
         }
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -174,6 +215,7 @@ pub fn tunnelled_frame(n: u8, backend: Backend) -> Vec<u8> {
 /// programs' own cost can be told apart from the harness's.
 pub struct NullProgram {
     fd: std::os::fd::OwnedFd,
+    xdp: bool,
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -209,7 +251,11 @@ struct TestRunAttr {
     data_out: u64,
     repeat: u32,
     duration: u32,
-    padding: [u64; 8],
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    padding: [u64; 6],
 }
 
 impl NullProgram {
@@ -245,13 +291,23 @@ impl NullProgram {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this new file descriptor; nothing else owns it.
-        Ok(Self { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) } })
+        Ok(Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+            xdp: prog_type == BPF_PROG_TYPE_XDP,
+        })
     }
 
-    /// Kernel-measured nanoseconds of one run on `input`, median of `runs`.
-    pub fn cost(&self, input: &[u8], runs: usize) -> f64 {
+    /// Kernel-measured nanoseconds of one run on `input`, median of `runs`; a tc program's packet
+    /// arrives on `ifindex` if set (as in [`test_run_on`]).
+    pub fn cost(&self, input: &[u8], runs: usize, ifindex: Option<u32>) -> f64 {
         use std::os::fd::AsRawFd;
         let mut out = vec![0u8; input.len() + 128];
+        let mut skb = [0u8; 192];
+        if let Some(i) = ifindex {
+            skb[36..40].copy_from_slice(&i.to_ne_bytes());
+            skb[40..44].copy_from_slice(&i.to_ne_bytes());
+        }
+        let ctx = ifindex.is_some() && !self.xdp;
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
             let mut attr = TestRunAttr {
@@ -261,6 +317,8 @@ impl NullProgram {
                 data_in: input.as_ptr() as u64,
                 data_out: out.as_mut_ptr() as u64,
                 repeat: 1,
+                ctx_size_in: if ctx { skb.len() as u32 } else { 0 },
+                ctx_in: if ctx { skb.as_ptr() as u64 } else { 0 },
                 ..Default::default()
             };
             // SAFETY: attr is a valid bpf_attr prefix; the buffers it points to are alive and sized
@@ -278,5 +336,76 @@ impl NullProgram {
         }
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
         samples[runs / 2]
+    }
+}
+
+/// The container that [`tunnelled_frame`]s are for, as the delivery namespace knows it.
+pub const CONTAINER_IP: &str = "10.244.1.5";
+pub const CONTAINER_MAC: [u8; 6] = [2, 0x42, 10, 244, 1, 5];
+pub const BRIDGE_MAC: [u8; 6] = [2, 0x42, 10, 244, 1, 1];
+
+/// Runs `f` on a thread inside a throwaway network namespace where decapsulated packets can be
+/// delivered: a bridge-like interface `xb0` (10.244.1.1/24) with a permanent neighbour entry for
+/// container 10.244.1.5, forwarding on, and `xb1` as the underlay. `f` gets the ifindex of `xb1`
+/// (where tunnelled packets arrive) and of `xb0` (the container's port, for LOCAL_PORTS). The
+/// namespace is removed afterwards, also when `f` panics.
+pub fn in_delivery_netns<T: Send + 'static>(f: impl FnOnce(u32, u32) -> T + Send + 'static) -> T {
+    let ns =
+        crate::netns::Netns::create(&format!("xd{}-{}", std::process::id(), NS_COUNTER.fetch_add(1, SeqCst)));
+    ns.ip(&["link", "add", "xb0", "type", "veth", "peer", "name", "xb1"]);
+    let mac = xnet::subnet::Mac(BRIDGE_MAC).to_string();
+    ns.ip(&["link", "set", "xb0", "address", &mac, "up"]);
+    ns.ip(&["link", "set", "xb1", "up"]);
+    ns.ip(&["addr", "add", "10.244.1.1/24", "dev", "xb0"]);
+    let container_mac = xnet::subnet::Mac(CONTAINER_MAC).to_string();
+    ns.ip(&["neigh", "replace", CONTAINER_IP, "lladdr", &container_mac, "dev", "xb0", "nud", "permanent"]);
+    crate::netns::run_ok(ns.command("sysctl").args(["-q", "-w", "net.ipv4.conf.all.forwarding=1"]));
+    crate::netns::run_ok(ns.command("sysctl").args(["-q", "-w", "net.ipv4.conf.xb1.forwarding=1"]));
+    let result = ns
+        .spawn(move || {
+            let index = |name: &str| {
+                let c = std::ffi::CString::new(name).expect("name");
+                // SAFETY: a NUL-terminated interface name.
+                unsafe { libc::if_nametoindex(c.as_ptr()) }
+            };
+            f(index("xb1"), index("xb0"))
+        })
+        .join();
+    drop(ns);
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+static NS_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+use std::sync::atomic::Ordering::SeqCst;
+
+impl Bench {
+    /// Where tc test runs arrive, if set by [`Bench::arrive_on`].
+    pub fn arrival(&self) -> Option<u32> {
+        self.ifindex
+    }
+
+    /// ENDPOINTS, as (container IP, entry).
+    pub fn endpoints(&self) -> Vec<([u8; 4], xnet_common::maps::Endpoint)> {
+        let map: HashMap<&MapData, [u8; 4], xnet_common::maps::Endpoint> =
+            HashMap::try_from(self.ebpf.map("ENDPOINTS").unwrap()).unwrap();
+        map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Makes every ENDPOINTS entry look resolved long ago, so the next packet resolves again.
+    pub fn age_endpoints(&mut self) {
+        let entries = self.endpoints();
+        let mut map: HashMap<&mut MapData, [u8; 4], xnet_common::maps::Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
+        for (ip, e) in entries {
+            map.insert(ip, xnet_common::maps::Endpoint { resolved_at: 0, ..e }, 0).unwrap();
+        }
+    }
+
+    /// Runs `program` once on `input`; (verdict, output).
+    pub fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 128];
+        let r = test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 }

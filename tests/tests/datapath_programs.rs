@@ -706,3 +706,43 @@ fn hex(b: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[test]
+fn decap_delivers_into_the_container_and_remembers_where_it_is() {
+    use xnet_tests::progcost::{
+        BRIDGE_MAC as BR, Bench, CONTAINER_MAC as CMAC, in_delivery_netns, tunnelled_frame,
+    };
+    in_delivery_netns(|underlay, port| {
+        let mut bench = Bench::new();
+        bench.arrive_on(underlay);
+        bench.local_port(CMAC, port);
+        let input = tunnelled_frame(2, Backend::Vxlan);
+        let inner = &input[14 + 50..];
+        let (verdict, out) = bench.run(programs::TC_INGRESS, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "straight into the container");
+        // The inner packet with the container's and the bridge's MACs, its TTL one lower and the
+        // header checksum still right.
+        let mut ip = Ipv4Header::from_slice(inner).unwrap().0;
+        ip.time_to_live -= 1;
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut expected = ethernet(CMAC, BR, 0x0800, &ip.to_bytes());
+        expected.extend_from_slice(&inner[20..]);
+        assert_eq!(hex(&out), hex(&expected));
+        let endpoints = bench.endpoints();
+        assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+        assert_eq!(
+            (endpoints[0].0, endpoints[0].1.ifindex, endpoints[0].1.dmac),
+            ([10, 244, 1, 5], port, CMAC)
+        );
+
+        // Remembered: delivered without asking the kernel's tables, even once they forgot.
+        let ns_ip = |args: &[&str]| xnet_tests::netns::run_ok(std::process::Command::new("ip").args(args));
+        ns_ip(&["neigh", "del", "10.244.1.5", "dev", "xb0"]);
+        assert_eq!(bench.run(programs::TC_INGRESS, &input).0, TC_ACT_REDIRECT, "from ENDPOINTS");
+        // Once it is old, it is resolved again: no neighbour now, so the stack gets the packet.
+        bench.age_endpoints();
+        let (verdict, out) = bench.run(programs::TC_INGRESS, &input);
+        assert_eq!(verdict, TC_ACT_OK, "resolved again, and the kernel no longer knows the container");
+        assert_eq!(&out[14..], inner, "handed to the stack decapsulated and otherwise untouched");
+    });
+}

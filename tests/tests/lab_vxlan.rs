@@ -365,3 +365,35 @@ fn bridge_ports_get_the_egress_program_as_containers_come_and_go() {
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
 }
+
+#[test]
+fn delivery_shortcuts_of_a_removed_container_are_forgotten() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    let endpoints = || -> Vec<[u8; 4]> {
+        let path = lab.host(1).pin_dir.join("ENDPOINTS");
+        let map = aya::maps::MapData::from_pin(&path).expect("pinned ENDPOINTS");
+        let map: aya::maps::HashMap<_, [u8; 4], xnet_common::maps::Endpoint> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("LRU hash");
+        map.keys().filter_map(Result::ok).collect()
+    };
+    // Once the agent has learned the container's port (from the bridge, within a second), host 1
+    // delivers to it directly and remembers where it is.
+    let ip = lab.container((1, 1)).ip.octets();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !endpoints().contains(&ip) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host 1 never remembered its container: {:?}",
+            endpoints()
+        );
+        assert!(lab.ping((2, 1), lab.container((1, 1)).ip));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The container goes away (its veth with it).
+    lab.host(1).ns.ip(&["link", "del", "vc1"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while endpoints().contains(&ip) {
+        assert!(std::time::Instant::now() < deadline, "the removed container's endpoint is still used");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -20,8 +20,19 @@ pub const AGENT: &str = "AGENT";
 /// Read by `xnet routes`; the programs do not use it.
 pub const ROUTE_INFO: &str = "ROUTE_INFO";
 
+/// LRU hash: a local container's IPv4 address -> [`Endpoint`], where decapsulated packets for it
+/// were last delivered. Filled by the ingress program from `bpf_fib_lookup` and LOCAL_PORTS, so
+/// most packets skip both; entries older than [`ENDPOINT_MAX_AGE_NS`] are resolved again, and the
+/// agent removes those whose container left its bridge port.
+pub const ENDPOINTS: &str = "ENDPOINTS";
+
 /// Every map, for pinning and cleanup.
-pub const ALL: [&str; 7] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS, AGENT, ROUTE_INFO];
+pub const ALL: [&str; 8] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS, AGENT, ROUTE_INFO, ENDPOINTS];
+
+pub const ENDPOINTS_MAX: u32 = 1 << 16;
+/// How long a resolved endpoint is used before the kernel is asked again (a container whose MAC
+/// changed on the same port is followed within this time).
+pub const ENDPOINT_MAX_AGE_NS: u64 = 5_000_000_000;
 
 pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
 
@@ -140,6 +151,19 @@ pub struct LocalPort {
     pub ifindex: u32,
 }
 
+/// Value of [`ENDPOINTS`]: how to hand a packet to a local container.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// The host side of the container's veth (a bridge port); `bpf_redirect_peer` target.
+    pub ifindex: u32,
+    /// Destination (the container's) and source (the bridge's) MAC of the rewritten frame.
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` when it was resolved.
+    pub resolved_at: u64,
+}
+
 /// Where routes come from. Numbers are stored in maps: never reuse one.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +252,7 @@ const _: () = {
     assert!(core::mem::size_of::<LocalPort>() == 4);
     assert!(core::mem::size_of::<AgentState>() == 40);
     assert!(core::mem::size_of::<RouteInfo>() == 16);
+    assert!(core::mem::size_of::<Endpoint>() == 24);
 };
 
 impl DatapathConfig {
@@ -261,4 +286,5 @@ mod pod {
     unsafe impl aya::Pod for LocalPort {}
     unsafe impl aya::Pod for AgentState {}
     unsafe impl aya::Pod for RouteInfo {}
+    unsafe impl aya::Pod for Endpoint {}
 }

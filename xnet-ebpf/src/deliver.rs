@@ -11,16 +11,17 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_fib_lookup},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect_peer},
     programs::TcContext,
 };
 use xnet_common::{
     csum,
+    maps::{ENDPOINT_MAX_AGE_NS, Endpoint},
     packet::Packet,
     wire::{ETH_LEN, EthHdr, Ipv4Hdr},
 };
 
-use crate::{LOCAL_PORTS, ptr};
+use crate::{ENDPOINTS, LOCAL_PORTS, ptr};
 
 const AF_INET: u8 = 2;
 
@@ -35,23 +36,40 @@ pub enum Delivery {
 }
 
 /// Redirects the (already decapsulated) packet into its container when the kernel can tell where
-/// that is.
+/// that is: from ENDPOINTS when it was resolved recently, else from the kernel's tables (and the
+/// answer is remembered).
 #[inline(always)]
 pub fn to_container(ctx: &TcContext) -> Delivery {
-    match resolve(ctx) {
-        Some(ifindex) => rewrite_and_redirect(ctx, ifindex),
-        None => Delivery::ToStack,
+    let Some(ip) = ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN).copied() else {
+        return Delivery::ToStack;
+    };
+    if ip.ttl <= 1 {
+        return Delivery::ToStack;
     }
+    // SAFETY: plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: the value is copied out at once (see decap::run on concurrent updates).
+    let cached = unsafe { ENDPOINTS.get(ip.dst) }.copied();
+    let endpoint = match cached {
+        Some(e) if now.wrapping_sub(e.resolved_at) < ENDPOINT_MAX_AGE_NS => e,
+        _ => match resolve(ctx, &ip, now) {
+            Some(e) => {
+                // A full map evicts its least recently used entry; a failed insert only costs the
+                // next packet another lookup.
+                let _ = ENDPOINTS.insert(ip.dst, e, 0);
+                e
+            }
+            None => return Delivery::ToStack,
+        },
+    };
+    let eth = EthHdr { dst: endpoint.dmac, src: endpoint.smac, ethertype: 0x0800u16.to_be_bytes() };
+    rewrite_and_redirect(ctx, (endpoint.ifindex, eth, ip))
 }
 
-/// The bridge port behind which the inner destination sits, and the MACs to use; `None` when the
-/// stack should handle the packet. Reads only.
+/// Asks the kernel where the inner destination `ip.dst` is: the bridge port behind which it sits
+/// and the MACs to use; `None` when the stack should handle the packet. Reads only.
 #[inline(always)]
-fn resolve(ctx: &TcContext) -> Option<(u32, EthHdr, Ipv4Hdr)> {
-    let ip = *ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN)?;
-    if ip.ttl <= 1 {
-        return None;
-    }
+fn resolve(ctx: &TcContext, ip: &Ipv4Hdr, now: u64) -> Option<Endpoint> {
     // SAFETY: bpf_fib_lookup is plain data (integers and unions of integers); zero is valid.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -69,8 +87,7 @@ fn resolve(ctx: &TcContext) -> Option<(u32, EthHdr, Ipv4Hdr)> {
     }
     // SAFETY: the value is copied out at once (see decap::run on concurrent updates).
     let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
-    let eth = EthHdr { dst: fib.dmac, src: fib.smac, ethertype: 0x0800u16.to_be_bytes() };
-    Some((port.ifindex, eth, ip))
+    Some(Endpoint { ifindex: port.ifindex, dmac: fib.dmac, smac: fib.smac, resolved_at: now })
 }
 
 #[inline(always)]

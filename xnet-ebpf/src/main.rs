@@ -11,7 +11,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -19,8 +19,8 @@ use deliver::Delivery;
 use xnet_common::{
     egress::{self, EgressDecision},
     maps::{
-        AgentState, Backend, Counter, DatapathConfig, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEERS_MAX,
-        Peer, REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
+        AgentState, Backend, Counter, DatapathConfig, ENDPOINTS_MAX, Endpoint, LOCAL_PORTS_MAX, LocalPort,
+        LpmKeyIpv4, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
@@ -44,6 +44,11 @@ static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::ne
 /// Container MAC -> the bridge port it sits behind (filled by the agent from the bridge FDB).
 #[btf_map]
 static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }> = HashMap::new();
+
+/// Local container IPv4 -> where decapsulated packets for it go (a cache of bpf_fib_lookup and
+/// LOCAL_PORTS; see `deliver`).
+#[btf_map]
+static ENDPOINTS: LruHashMap<[u8; 4], Endpoint, { ENDPOINTS_MAX as usize }> = LruHashMap::new();
 
 /// The agent's own record of this datapath (`xnet status`); not read by the programs, declared here
 /// so it is created, typed and pinned with the rest.

@@ -25,7 +25,7 @@ use aya::{
     },
 };
 use xnet_common::maps::{
-    self, AgentState, DatapathConfig, LocalPort, LpmKeyIpv4, Peer, RemoteSubnet, RouteInfo, Store,
+    self, AgentState, DatapathConfig, Endpoint, LocalPort, LpmKeyIpv4, Peer, RemoteSubnet, RouteInfo, Store,
 };
 
 use crate::{EBPF_OBJECT, programs, subnet::Ipv4Net};
@@ -240,6 +240,21 @@ impl Datapath {
             map.keys().filter_map(Result::ok).filter(|k| !ports.contains_key(k)).collect();
         for k in stale {
             map.remove(&k).map_err(map_err)?;
+        }
+        // Delivery shortcuts to containers that left their port (or whose MAC moved) go too.
+        let map_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::ENDPOINTS, detail: e.to_string() };
+        let mut endpoints: HashMap<&mut MapData, [u8; 4], Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS).expect("ENDPOINTS map")).map_err(map_err)?;
+        let stale: Vec<[u8; 4]> = endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| ports.get(&e.dmac) != Some(&e.ifindex))
+            .map(|(ip, _)| ip)
+            .collect();
+        for ip in stale {
+            // Already evicted by the kernel (LRU) is fine.
+            let _ = endpoints.remove(&ip);
         }
         Ok(())
     }
