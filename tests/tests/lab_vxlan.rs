@@ -225,6 +225,41 @@ fn a_bad_config_is_refused_before_anything_is_attached() {
     holder.join().unwrap();
 }
 
+#[test]
+fn maps_pinned_by_another_version_are_named_not_loaded() {
+    let lab =
+        Lab::start(LabSpec { hosts: 2, containers_per_host: 1, start_agents: false, ..LabSpec::default() });
+    let host = lab.host(1);
+    // CONFIG as an older xnet pinned it: 40-byte values.
+    std::fs::create_dir_all(&host.pin_dir).unwrap();
+    let config = host.pin_dir.join("CONFIG");
+    xnet_tests::netns::run_ok(std::process::Command::new("bpftool").args([
+        "map",
+        "create",
+        config.to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "40",
+        "entries",
+        "1",
+        "name",
+        "CONFIG",
+    ]));
+    let out = lab.xnet(1, &["run", "--config", host.config_path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in
+        ["map CONFIG pinned at", "40-byte values", "another xnet version", "xnet cleanup --pin-dir"]
+    {
+        assert!(stderr.contains(expected), "stderr should say {expected:?}: {stderr}");
+    }
+    assert!(!host.pin_dir.join("PEERS").exists(), "nothing else was pinned");
+    assert!(lab.attached_programs(1).is_empty());
+}
+
 /// `Ip: ForwDatagrams` of host `i` (packets its IP stack forwarded).
 fn forwarded(lab: &Lab, i: usize) -> u64 {
     let out = lab.host(i).ns.command("cat").arg("/proc/net/snmp").output().unwrap();

@@ -47,6 +47,50 @@ pub enum DatapathError {
     Map { map: &'static str, detail: String },
     #[error("cannot remove pin {path}: {error}")]
     Unpin { path: PathBuf, error: io::Error },
+    #[error(
+        "map {map} pinned at {path} has {have}, but this xnet needs {want}: it was left by another xnet version; run `xnet cleanup --pin-dir {pin_dir}` and start the agent again (forwarding stops in between)"
+    )]
+    IncompatiblePin { map: &'static str, path: PathBuf, pin_dir: PathBuf, have: String, want: String },
+}
+
+/// Key size, value size and capacity of every map, as this build's programs use them.
+fn map_layouts() -> [(&'static str, usize, usize, u32); 8] {
+    use std::mem::size_of;
+    use xnet_common::{maps::*, stats::STATS_ENTRIES};
+    [
+        (REMOTE_SUBNETS, size_of::<LpmKeyIpv4>(), size_of::<RemoteSubnet>(), REMOTE_SUBNETS_MAX),
+        (PEERS, 4, size_of::<Peer>(), PEERS_MAX),
+        (CONFIG, 4, size_of::<DatapathConfig>(), 1),
+        (STATS, 4, size_of::<Counter>(), STATS_ENTRIES),
+        (LOCAL_PORTS, 6, size_of::<LocalPort>(), LOCAL_PORTS_MAX),
+        (AGENT, 4, size_of::<AgentState>(), 1),
+        (ROUTE_INFO, size_of::<LpmKeyIpv4>(), size_of::<RouteInfo>(), REMOTE_SUBNETS_MAX),
+        (ENDPOINTS, 4, size_of::<Endpoint>(), ENDPOINTS_MAX),
+    ]
+}
+
+/// Refuses maps pinned by another xnet version before anything is loaded: the kernel would reuse
+/// them and reject the programs with a verifier log instead of a reason.
+fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (map, key, value, entries) in map_layouts() {
+        let path = pin_dir.join(map);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let have = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if have != (key, value, entries) {
+            let show =
+                |(k, v, e): (usize, usize, u32)| format!("{k}-byte keys, {v}-byte values, {e} entries");
+            return Err(DatapathError::IncompatiblePin {
+                map,
+                path,
+                pin_dir: pin_dir.into(),
+                have: show(have),
+                want: show((key, value, entries)),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where a program attaches.
@@ -92,6 +136,7 @@ impl Datapath {
     /// Loads the programs into the kernel, reusing maps pinned under `pin_dir` (so a restarted agent
     /// keeps routes and counters) or creating and pinning them.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        check_pinned_layouts(pin_dir)?;
         fs::create_dir_all(links_dir(pin_dir))
             .map_err(|error| DatapathError::PinDir { path: pin_dir.into(), error })?;
         let mut loader = EbpfLoader::new();
