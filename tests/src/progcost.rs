@@ -103,6 +103,7 @@ impl Bench {
                     .unwrap();
             }
         }
+        set_peer_slots(&mut ebpf, &backends.map(|(n, _)| [198, 18, 0, n]));
         let mut bench = Bench { ebpf, ifindex: None };
         for (n, b) in backends {
             bench.route([10, 244, n, 0], 24, [198, 18, 0, n], b);
@@ -336,6 +337,15 @@ impl NullProgram {
         }
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
         samples[runs / 2]
+    }
+}
+
+/// Fills PEER_SLOTS for `peers` (already in PEERS), as the agent does.
+pub fn set_peer_slots(ebpf: &mut Ebpf, peers: &[[u8; 4]]) {
+    let mut slots: Array<&mut MapData, xnet_common::maps::PeerSlot> =
+        Array::try_from(ebpf.map_mut("PEER_SLOTS").unwrap()).unwrap();
+    for (i, slot) in xnet::datapath::peer_slots(peers) {
+        slots.set(i, slot, 0).unwrap();
     }
 }
 

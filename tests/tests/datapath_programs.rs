@@ -86,6 +86,7 @@ impl Datapath {
                 let peer = Peer { vtep_mac: PEER_VTEP, backend: backend as u8, reserved: 0 };
                 peers.insert([198, 18, 0, n], peer, 0).unwrap();
             }
+            xnet_tests::progcost::set_peer_slots(&mut ebpf, &backends.map(|(n, _)| [198, 18, 0, n]));
             let mut routes: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
                 LpmTrie::try_from(ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
             for (n, backend) in backends {
@@ -745,4 +746,55 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
         assert_eq!(verdict, TC_ACT_OK, "resolved again, and the kernel no longer knows the container");
         assert_eq!(&out[14..], inner, "handed to the stack decapsulated and otherwise untouched");
     });
+}
+
+#[test]
+fn peers_sharing_a_slot_are_checked_in_full() {
+    use xnet_common::maps::peer_slot;
+    let mut dp = Datapath::new(true);
+    // Two addresses that hash to the same PEER_SLOTS entry, and a stranger hashing there too.
+    // Addresses from 198.0.0.0/8 (the datapath checks nothing else about them).
+    let slot_of = |n: u32| peer_slot(&(0xc600_0000u32 + n).to_be_bytes());
+    let a = 0x100u32;
+    let mut same = (a + 1..1 << 24).filter(|n| slot_of(*n) == slot_of(a));
+    let (b, stranger) = (same.next().expect("a colliding address"), same.next().expect("another"));
+    let [a, b, stranger] = [a, b, stranger].map(|n| (0xc600_0000u32 + n).to_be_bytes());
+    {
+        let mut peers: HashMap<&mut MapData, [u8; 4], Peer> =
+            HashMap::try_from(dp.ebpf.map_mut("PEERS").unwrap()).unwrap();
+        for ip in [a, b] {
+            peers
+                .insert(ip, Peer { vtep_mac: PEER_VTEP, backend: Backend::Vxlan as u8, reserved: 0 }, 0)
+                .unwrap();
+        }
+    }
+    let all: Vec<[u8; 4]> = (2..=5).map(|n| [198, 18, 0, n]).chain([a, b]).collect();
+    xnet_tests::progcost::set_peer_slots(&mut dp.ebpf, &all);
+    let inner = inner_to_local();
+    for (who, src) in [("first of a shared slot", a), ("second of a shared slot", b)] {
+        // scapy: Ether()/IP(src=who, dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()/IP()/ICMP()
+        let input = vxlan(src, PORT, VNI, 51000, 0x0800, &inner, 0);
+        dp.check(who, programs::XDP_INGRESS, &input, XDP_PASS, (Direction::Ingress, Outcome::DecapVxlan));
+    }
+    let input = vxlan(stranger, PORT, VNI, 51000, 0x0800, &inner, 0);
+    dp.check(
+        "stranger in a shared slot",
+        programs::XDP_INGRESS,
+        &input,
+        XDP_DROP,
+        (Direction::Ingress, Outcome::DropUnknownPeer),
+    );
+    // A stranger hashing to a slot that holds exactly one peer.
+    let lone = (0u32..1 << 24)
+        .map(|n| (0xc600_0000u32 + n).to_be_bytes())
+        .find(|ip| peer_slot(ip) == peer_slot(&[198, 18, 0, 2]) && *ip != [198, 18, 0, 2])
+        .expect("an address sharing peer 198.18.0.2's slot");
+    let input = vxlan(lone, PORT, VNI, 51000, 0x0800, &inner, 0);
+    dp.check(
+        "stranger in a peer's slot",
+        programs::XDP_INGRESS,
+        &input,
+        XDP_DROP,
+        (Direction::Ingress, Outcome::DropUnknownPeer),
+    );
 }

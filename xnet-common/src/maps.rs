@@ -26,8 +26,38 @@ pub const ROUTE_INFO: &str = "ROUTE_INFO";
 /// agent removes those whose container left its bridge port.
 pub const ENDPOINTS: &str = "ENDPOINTS";
 
+/// Array of [`PeerSlot`], indexed by [`peer_slot`] of a peer's public IPv4: the peer check on every
+/// arriving tunnel packet, as one array read (the kernel inlines it) instead of a hash lookup.
+/// Derived from PEERS by the agent; a slot two peers share sends the check to PEERS.
+pub const PEER_SLOTS: &str = "PEER_SLOTS";
+
 /// Every map, for pinning and cleanup.
-pub const ALL: [&str; 8] = [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS, AGENT, ROUTE_INFO, ENDPOINTS];
+pub const ALL: [&str; 9] =
+    [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS, AGENT, ROUTE_INFO, ENDPOINTS, PEER_SLOTS];
+
+pub const PEER_SLOTS_LEN: u32 = 1 << 16;
+
+/// [`PeerSlot::state`]: no peer hashes here.
+pub const SLOT_EMPTY: u8 = 0;
+/// Exactly one peer, `ip`, hashes here.
+pub const SLOT_PEER: u8 = 1;
+/// More than one peer hashes here: ask PEERS.
+pub const SLOT_SHARED: u8 = 2;
+
+/// Entry of [`PEER_SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PeerSlot {
+    pub ip: [u8; 4],
+    pub state: u8,
+    pub reserved: [u8; 3],
+}
+
+/// The [`PEER_SLOTS`] index of a public IPv4 address (Fibonacci hashing to 16 bits).
+#[inline(always)]
+pub fn peer_slot(ip: &[u8; 4]) -> u32 {
+    u32::from_be_bytes(*ip).wrapping_mul(0x9e37_79b1) >> 16
+}
 
 pub const ENDPOINTS_MAX: u32 = 1 << 16;
 /// How long a resolved endpoint is used before the kernel is asked again (a container whose MAC
@@ -253,6 +283,7 @@ const _: () = {
     assert!(core::mem::size_of::<AgentState>() == 40);
     assert!(core::mem::size_of::<RouteInfo>() == 16);
     assert!(core::mem::size_of::<Endpoint>() == 24);
+    assert!(core::mem::size_of::<PeerSlot>() == 8);
 };
 
 impl DatapathConfig {
@@ -287,4 +318,5 @@ mod pod {
     unsafe impl aya::Pod for AgentState {}
     unsafe impl aya::Pod for RouteInfo {}
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for PeerSlot {}
 }

@@ -20,7 +20,7 @@ use xnet_common::{
     egress::{self, EgressDecision},
     maps::{
         AgentState, Backend, Counter, DatapathConfig, ENDPOINTS_MAX, Endpoint, LOCAL_PORTS_MAX, LocalPort,
-        LpmKeyIpv4, PEERS_MAX, Peer, REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
+        LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot, REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
@@ -44,6 +44,10 @@ static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::ne
 /// Container MAC -> the bridge port it sits behind (filled by the agent from the bridge FDB).
 #[btf_map]
 static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }> = HashMap::new();
+
+/// The peer check as an array read (see `xnet_common::maps::PEER_SLOTS`).
+#[btf_map]
+static PEER_SLOTS: Array<PeerSlot, { PEER_SLOTS_LEN as usize }> = Array::new();
 
 /// Local container IPv4 -> where decapsulated packets for it go (a cache of bpf_fib_lookup and
 /// LOCAL_PORTS; see `deliver`).

@@ -25,7 +25,8 @@ use aya::{
     },
 };
 use xnet_common::maps::{
-    self, AgentState, DatapathConfig, Endpoint, LocalPort, LpmKeyIpv4, Peer, RemoteSubnet, RouteInfo, Store,
+    self, AgentState, DatapathConfig, Endpoint, LocalPort, LpmKeyIpv4, Peer, PeerSlot, RemoteSubnet,
+    RouteInfo, Store,
 };
 
 use crate::{EBPF_OBJECT, programs, subnet::Ipv4Net};
@@ -54,7 +55,7 @@ pub enum DatapathError {
 }
 
 /// Key size, value size and capacity of every map, as this build's programs use them.
-fn map_layouts() -> [(&'static str, usize, usize, u32); 8] {
+fn map_layouts() -> [(&'static str, usize, usize, u32); 9] {
     use std::mem::size_of;
     use xnet_common::{maps::*, stats::STATS_ENTRIES};
     [
@@ -66,6 +67,7 @@ fn map_layouts() -> [(&'static str, usize, usize, u32); 8] {
         (AGENT, 4, size_of::<AgentState>(), 1),
         (ROUTE_INFO, size_of::<LpmKeyIpv4>(), size_of::<RouteInfo>(), REMOTE_SUBNETS_MAX),
         (ENDPOINTS, 4, size_of::<Endpoint>(), ENDPOINTS_MAX),
+        (PEER_SLOTS, 4, size_of::<PeerSlot>(), PEER_SLOTS_LEN),
     ]
 }
 
@@ -122,6 +124,20 @@ pub struct Datapath {
     attached: BTreeSet<PathBuf>,
     /// Bridge ports the egress program is attached to, name -> ifindex at the time.
     ports: BTreeMap<String, u32>,
+    /// What PEER_SLOTS holds (non-empty slots), once read or written.
+    slots: Option<BTreeMap<u32, PeerSlot>>,
+}
+
+/// The PEER_SLOTS table for a set of peer addresses (see `xnet_common::maps::PEER_SLOTS`).
+pub fn peer_slots<'a>(ips: impl IntoIterator<Item = &'a [u8; 4]>) -> BTreeMap<u32, PeerSlot> {
+    let mut slots = BTreeMap::new();
+    for ip in ips {
+        slots
+            .entry(maps::peer_slot(ip))
+            .and_modify(|s: &mut PeerSlot| s.state = maps::SLOT_SHARED)
+            .or_insert(PeerSlot { ip: *ip, state: maps::SLOT_PEER, reserved: [0; 3] });
+    }
+    slots
 }
 
 fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -161,7 +177,13 @@ impl Datapath {
             .expect("program is XDP");
         xdp.load()
             .map_err(|e| DatapathError::Program { program: programs::XDP_INGRESS, error: Box::new(e) })?;
-        Ok(Self { ebpf, pin_dir: pin_dir.into(), attached: BTreeSet::new(), ports: BTreeMap::new() })
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.into(),
+            attached: BTreeSet::new(),
+            ports: BTreeMap::new(),
+            slots: None,
+        })
     }
 
     /// Writes this host's side of the tunnels.
@@ -235,6 +257,7 @@ impl Datapath {
             }
         }
         {
+            // New peers first, then the slots that point at them, then the peers that are gone.
             let map_err =
                 |e: aya::maps::MapError| DatapathError::Map { map: maps::PEERS, detail: e.to_string() };
             let mut map: HashMap<&mut MapData, [u8; 4], Peer> =
@@ -242,6 +265,13 @@ impl Datapath {
             for (ip, peer) in peers {
                 map.insert(ip, peer, 0).map_err(map_err)?;
             }
+        }
+        self.sync_peer_slots(&peer_slots(peers.keys()))?;
+        {
+            let map_err =
+                |e: aya::maps::MapError| DatapathError::Map { map: maps::PEERS, detail: e.to_string() };
+            let mut map: HashMap<&mut MapData, [u8; 4], Peer> =
+                HashMap::try_from(self.ebpf.map_mut(maps::PEERS).expect("PEERS map")).map_err(map_err)?;
             let stale: Vec<[u8; 4]> =
                 map.keys().filter_map(Result::ok).filter(|k| !peers.contains_key(k)).collect();
             for k in stale {
@@ -266,6 +296,31 @@ impl Datapath {
         for k in stale {
             map.remove(&k).map_err(map_err)?;
         }
+        Ok(())
+    }
+
+    /// Makes PEER_SLOTS hold exactly `wanted`, writing only the slots that change. What an earlier
+    /// agent left is read once, on the first call.
+    fn sync_peer_slots(&mut self, wanted: &BTreeMap<u32, PeerSlot>) -> Result<(), DatapathError> {
+        let map_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::PEER_SLOTS, detail: e.to_string() };
+        let mut array: Array<&mut MapData, PeerSlot> =
+            Array::try_from(self.ebpf.map_mut(maps::PEER_SLOTS).expect("PEER_SLOTS map")).map_err(map_err)?;
+        let current = match self.slots.take() {
+            Some(known) => known,
+            None => (0..maps::PEER_SLOTS_LEN)
+                .filter_map(|i| array.get(&i, 0).ok().filter(|s| s.state != maps::SLOT_EMPTY).map(|s| (i, s)))
+                .collect(),
+        };
+        for (i, slot) in wanted {
+            if current.get(i) != Some(slot) {
+                array.set(*i, slot, 0).map_err(map_err)?;
+            }
+        }
+        for i in current.keys().filter(|i| !wanted.contains_key(i)) {
+            array.set(*i, PeerSlot::default(), 0).map_err(map_err)?;
+        }
+        self.slots = Some(wanted.clone());
         Ok(())
     }
 

@@ -9,11 +9,12 @@ use aya_ebpf::{
 };
 use xnet_common::{
     decap::{self, DecapDecision},
+    maps::{SLOT_PEER, SLOT_SHARED, peer_slot},
     packet::Packet,
     stats::Outcome,
 };
 
-use crate::{CONFIG, PEERS, ptr};
+use crate::{CONFIG, PEER_SLOTS, PEERS, ptr};
 
 /// What decapsulation needs from a program type.
 pub trait IngressContext: EbpfContext {
@@ -48,15 +49,26 @@ impl IngressContext for XdpContext {
     }
 }
 
+/// Whether `src` is a known peer: one array read, and a PEERS lookup only for a slot that several
+/// peers share.
+#[inline(always)]
+fn is_peer(src: &[u8; 4]) -> bool {
+    match PEER_SLOTS.get(peer_slot(src)) {
+        Some(slot) if slot.state == SLOT_PEER => slot.ip == *src,
+        // SAFETY: only whether the entry exists is read; a concurrent update by the agent can at
+        // worst make this one packet see the old or new peer set.
+        Some(slot) if slot.state == SLOT_SHARED => unsafe { PEERS.get(src) }.is_some(),
+        _ => false,
+    }
+}
+
 /// Decapsulates `ctx` if it is tunnelled traffic for us; returns what happened.
 #[inline(always)]
 pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
     let Some(cfg) = CONFIG.get(0) else {
         return Outcome::Passed;
     };
-    // SAFETY (of the `get` below): the value is copied out at once; a concurrent update by the agent
-    // can at worst make this one packet see the old or new peer entry.
-    let decision = decap::classify(&ctx.view(), cfg, |src| unsafe { PEERS.get(src) }.is_some());
+    let decision = decap::classify(&ctx.view(), cfg, is_peer);
     match decision {
         DecapDecision::Pass => Outcome::Passed,
         DecapDecision::Drop(reason) => reason,
