@@ -130,6 +130,36 @@ impl Bench {
         }
     }
 
+    /// Switches the route index on (filled from the four peer routes, as the agent does when every
+    /// route is a /24 of 10.244.0.0/16) or off (every lookup walks the LPM trie).
+    pub fn use_route_index(&mut self, on: bool) {
+        use xnet_common::maps::{ROUTE_INDEX_VALID, RemoteSubnet};
+        let mut index: Array<&mut MapData, RemoteSubnet> =
+            Array::try_from(self.ebpf.map_mut("ROUTE_INDEX").unwrap()).unwrap();
+        for (n, b) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
+            let peer = [198, 18, 0, n];
+            let route = RemoteSubnet {
+                peer_ip: peer,
+                vtep_mac: [2, 0, peer[0], peer[1], peer[2], peer[3]],
+                backend: b as u8,
+                reserved: 0,
+            };
+            index.set(n as u32, route, 0).unwrap();
+        }
+        let mut config: Array<&mut MapData, DatapathConfig> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap();
+        let cfg = config.get(&0, 0).unwrap();
+        let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
+        let cfg = DatapathConfig {
+            flags,
+            index_net: [10, 244, 0, 0],
+            index_netmask: [255, 255, 0, 0],
+            index_shift: 8,
+            ..cfg
+        };
+        config.set(0, cfg, 0).unwrap();
+    }
+
     /// Makes tc test runs arrive on interface `ifindex`.
     pub fn arrive_on(&mut self, ifindex: u32) {
         self.ifindex = Some(ifindex);

@@ -74,7 +74,7 @@ impl Datapath {
                 reserved: 0,
                 gre_key: gre_key.unwrap_or(0).to_be_bytes(),
                 gateway_mac: BRIDGE_MAC,
-                reserved2: [0; 2],
+                ..Default::default()
             };
             let mut config: Array<&mut MapData, DatapathConfig> =
                 Array::try_from(ebpf.map_mut("CONFIG").unwrap()).unwrap();
@@ -796,5 +796,81 @@ fn peers_sharing_a_slot_are_checked_in_full() {
         &input,
         XDP_DROP,
         (Direction::Ingress, Outcome::DropUnknownPeer),
+    );
+}
+
+#[test]
+fn the_route_index_answers_for_the_network_while_switched_on() {
+    use xnet_common::maps::ROUTE_INDEX_VALID;
+    let mut dp = Datapath::new(true);
+    let index_only = container_ping([10, 244, 7, 9], 0, 8); // in ROUTE_INDEX only
+    let trie_only = container_ping([10, 244, 2, 7], 0, 8); // in REMOTE_SUBNETS only
+    let via_index =
+        RemoteSubnet { peer_ip: PEER_IP, vtep_mac: PEER_VTEP, backend: Backend::Vxlan as u8, reserved: 0 };
+    {
+        let mut index: Array<&mut MapData, RemoteSubnet> =
+            Array::try_from(dp.ebpf.map_mut("ROUTE_INDEX").unwrap()).unwrap();
+        index.set(7, via_index, 0).unwrap();
+    }
+    let set_flag = |dp: &mut Datapath, on: bool| {
+        let mut config: Array<&mut MapData, DatapathConfig> =
+            Array::try_from(dp.ebpf.map_mut("CONFIG").unwrap()).unwrap();
+        let cfg = config.get(&0, 0).unwrap();
+        let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
+        let cfg = DatapathConfig {
+            flags,
+            index_net: [10, 244, 0, 0],
+            index_netmask: [255, 255, 0, 0],
+            index_shift: 8,
+            ..cfg
+        };
+        config.set(0, cfg, 0).unwrap();
+    };
+    // Off: the trie decides.
+    set_flag(&mut dp, false);
+    dp.check(
+        "index off, trie route",
+        programs::TC_EGRESS,
+        &trie_only,
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::EncapVxlan),
+    );
+    dp.check(
+        "index off, index entry",
+        programs::TC_EGRESS,
+        &index_only,
+        TC_ACT_OK,
+        (Direction::Egress, Outcome::Passed),
+    );
+    // On: inside the network the index alone decides.
+    set_flag(&mut dp, true);
+    let out = dp.check(
+        "index on",
+        programs::TC_EGRESS,
+        &index_only,
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::EncapVxlan),
+    );
+    assert_eq!(out[30..34], PEER_IP, "sent to the peer the index names");
+    dp.check(
+        "index on, not in it",
+        programs::TC_EGRESS,
+        &trie_only,
+        TC_ACT_OK,
+        (Direction::Egress, Outcome::Passed),
+    );
+    // Outside the network the trie still answers.
+    {
+        let mut routes: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
+            LpmTrie::try_from(dp.ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
+        routes.insert(&Key::new(24, [172, 16, 0, 0]), via_index, 0).unwrap();
+    }
+    let outside = container_ping([172, 16, 0, 9], 0, 8);
+    dp.check(
+        "index on, outside the network",
+        programs::TC_EGRESS,
+        &outside,
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::EncapVxlan),
     );
 }

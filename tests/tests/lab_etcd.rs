@@ -87,6 +87,8 @@ fn new_leases_reach_the_maps_quickly_and_removals_too() {
         wait_for(Duration::from_secs(5), "lease in host 1's map", || routes(&lab, 1).contains(&subnet));
         times.push(start.elapsed());
     }
+    let expected: Vec<u32> = [2].into_iter().chain(100..120).collect();
+    assert_eq!(lab.route_index(1), (true, expected), "the route index follows the leases");
     times.sort();
     eprintln!(
         "lease -> host 1's map, 20 leases (etcdctl put included): median {:?}, worst {:?}",
@@ -97,6 +99,7 @@ fn new_leases_reach_the_maps_quickly_and_removals_too() {
         etcd.etcdctl(&["del", &fake_lease(n).0]).unwrap();
     }
     wait_for(Duration::from_secs(5), "removed leases leave the map", || routes(&lab, 1) == ["10.244.2.0/24"]);
+    assert_eq!(lab.route_index(1), (true, vec![2]), "and leave the route index");
     // Malformed entries are skipped, logged and counted; the rest still apply.
     etcd.put(
         "/coreos.com/network/subnets/10.244.77.0-24",

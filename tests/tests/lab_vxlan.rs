@@ -260,6 +260,20 @@ fn maps_pinned_by_another_version_are_named_not_loaded() {
     assert!(lab.attached_programs(1).is_empty());
 }
 
+#[test]
+fn the_route_index_is_used_only_when_every_route_fits_it() {
+    let mut lab = Lab::start(LabSpec { hosts: 3, containers_per_host: 1, ..LabSpec::default() });
+    assert_eq!(lab.route_index(1), (true, vec![2, 3]), "uniform /24s of 10.244.0.0/16");
+    // A peer with a /25: not a subnet of the network's subnet length, so the trie alone routes.
+    lab.stop_agent(1);
+    let text = lab.config_text(1) + "\n[[peer]]\nsubnet = \"10.244.9.0/25\"\npublic_ip = \"198.18.0.9\"\n";
+    std::fs::write(&lab.host(1).config_path, text).unwrap();
+    lab.start_agent(1, &[]);
+    assert!(!lab.route_index(1).0, "index switched off");
+    assert!(lab.ping((1, 1), lab.container((3, 1)).ip), "the trie routes");
+    assert!(lab.ping((3, 1), lab.container((1, 1)).ip));
+}
+
 /// `Ip: ForwDatagrams` of host `i` (packets its IP stack forwarded).
 fn forwarded(lab: &Lab, i: usize) -> u64 {
     let out = lab.host(i).ns.command("cat").arg("/proc/net/snmp").output().unwrap();

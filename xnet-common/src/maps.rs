@@ -31,9 +31,28 @@ pub const ENDPOINTS: &str = "ENDPOINTS";
 /// Derived from PEERS by the agent; a slot two peers share sends the check to PEERS.
 pub const PEER_SLOTS: &str = "PEER_SLOTS";
 
+/// Array of [`RemoteSubnet`] by subnet number inside the overlay network: REMOTE_SUBNETS again, as
+/// one inlined array read instead of a trie walk, for the usual case where every route is one
+/// subnet of the network's subnet length (flannel's `SubnetLen`). Derived by the agent; used only
+/// while CONFIG says it is valid (see [`ROUTE_INDEX_VALID`]). An entry with backend 0 is no route.
+pub const ROUTE_INDEX: &str = "ROUTE_INDEX";
+
 /// Every map, for pinning and cleanup.
-pub const ALL: [&str; 9] =
-    [REMOTE_SUBNETS, PEERS, CONFIG, STATS, LOCAL_PORTS, AGENT, ROUTE_INFO, ENDPOINTS, PEER_SLOTS];
+pub const ALL: [&str; 10] = [
+    REMOTE_SUBNETS,
+    PEERS,
+    CONFIG,
+    STATS,
+    LOCAL_PORTS,
+    AGENT,
+    ROUTE_INFO,
+    ENDPOINTS,
+    PEER_SLOTS,
+    ROUTE_INDEX,
+];
+
+/// Subnets a network may have for ROUTE_INDEX to cover it (e.g. /24s of a /8).
+pub const ROUTE_INDEX_LEN: u32 = 1 << 16;
 
 pub const PEER_SLOTS_LEN: u32 = 1 << 16;
 
@@ -169,10 +188,21 @@ pub struct DatapathConfig {
     /// ask LOCAL_PORTS whether they are for a local container. Zero: always ask.
     pub gateway_mac: [u8; 6],
     pub reserved2: [u8; 2],
+    /// With [`ROUTE_INDEX_VALID`] in `flags`: every route is one subnet of `index_len` bits
+    /// inside `index_net`/`index_netmask`, and [`ROUTE_INDEX`] entry
+    /// `(dst - index_net) >> index_shift` holds the route of the subnet of `dst` (an entry with
+    /// backend 0: no route). Network order.
+    pub index_net: [u8; 4],
+    pub index_netmask: [u8; 4],
+    /// 32 minus the subnet length.
+    pub index_shift: u8,
+    pub reserved3: [u8; 7],
 }
 
 /// [`DatapathConfig::flags`]: GRE uses a key.
 pub const GRE_KEYED: u8 = 1;
+/// [`DatapathConfig::flags`]: [`ROUTE_INDEX`] answers for destinations inside `index_net`.
+pub const ROUTE_INDEX_VALID: u8 = 2;
 
 /// Value of [`LOCAL_PORTS`]: the host-side interface (a veth whose peer is the container's).
 #[repr(C)]
@@ -277,7 +307,7 @@ const _: () = {
     assert!(core::mem::size_of::<LpmKeyIpv4>() == 8);
     assert!(core::mem::size_of::<RemoteSubnet>() == 12);
     assert!(core::mem::size_of::<Peer>() == 8);
-    assert!(core::mem::size_of::<DatapathConfig>() == 48);
+    assert!(core::mem::size_of::<DatapathConfig>() == 64);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<LocalPort>() == 4);
     assert!(core::mem::size_of::<AgentState>() == 40);
@@ -287,6 +317,19 @@ const _: () = {
 };
 
 impl DatapathConfig {
+    /// The [`ROUTE_INDEX`] entry for `dst` when the index answers for it; `None` when the LPM trie
+    /// must be asked.
+    #[inline(always)]
+    pub fn route_index(&self, dst: &[u8; 4]) -> Option<u32> {
+        let dst = u32::from_be_bytes(*dst);
+        let net = u32::from_be_bytes(self.index_net);
+        if self.flags & ROUTE_INDEX_VALID == 0 || dst & u32::from_be_bytes(self.index_netmask) != net {
+            return None;
+        }
+        // The agent keeps index_shift below 32; the mask keeps the index in the array's bounds.
+        Some(((dst - net) >> (self.index_shift & 31)) & (ROUTE_INDEX_LEN - 1))
+    }
+
     pub fn vxlan_port(&self) -> u16 {
         u16::from_be_bytes(self.vxlan_port)
     }
@@ -319,4 +362,27 @@ mod pod {
     unsafe impl aya::Pod for RouteInfo {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for PeerSlot {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_index_covers_the_network_only_while_valid() {
+        let cfg = DatapathConfig {
+            flags: ROUTE_INDEX_VALID,
+            index_net: [10, 244, 0, 0],
+            index_netmask: [255, 255, 0, 0],
+            index_shift: 8,
+            ..Default::default()
+        };
+        assert_eq!(cfg.route_index(&[10, 244, 2, 7]), Some(2));
+        assert_eq!(cfg.route_index(&[10, 244, 255, 255]), Some(255));
+        assert_eq!(cfg.route_index(&[10, 245, 0, 1]), None, "outside the network: the trie decides");
+        assert_eq!(DatapathConfig { flags: 0, ..cfg }.route_index(&[10, 244, 2, 7]), None, "not valid");
+        let wide =
+            DatapathConfig { index_net: [10, 0, 0, 0], index_netmask: [255, 0, 0, 0], index_shift: 6, ..cfg };
+        assert_eq!(wide.route_index(&[10, 0, 1, 64]), Some(5), "/26 subnets of a /8");
+    }
 }

@@ -20,7 +20,8 @@ use xnet_common::{
     egress::{self, EgressDecision},
     maps::{
         AgentState, Backend, Counter, DatapathConfig, ENDPOINTS_MAX, Endpoint, LOCAL_PORTS_MAX, LocalPort,
-        LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot, REMOTE_SUBNETS_MAX, RemoteSubnet, RouteInfo,
+        LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot, REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN,
+        RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
 };
@@ -44,6 +45,10 @@ static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::ne
 /// Container MAC -> the bridge port it sits behind (filled by the agent from the bridge FDB).
 #[btf_map]
 static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }> = HashMap::new();
+
+/// REMOTE_SUBNETS as an array by subnet number (see `xnet_common::maps::ROUTE_INDEX`).
+#[btf_map]
+static ROUTE_INDEX: Array<RemoteSubnet, { ROUTE_INDEX_LEN as usize }> = Array::new();
 
 /// The peer check as an array read (see `xnet_common::maps::PEER_SLOTS`).
 #[btf_map]
@@ -80,12 +85,17 @@ pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
 
 fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     let pkt = ptr::TcPacket(ctx);
-    let cfg = CONFIG.get(0).copied();
+    // A reference into the array map: the agent writes CONFIG as a whole value, and a packet that
+    // races it sees the old or the new one.
+    let cfg = CONFIG.get(0);
     let gateway = cfg.map(|c| c.gateway_mac).unwrap_or_default();
     // SAFETY (LOCAL_PORTS): only whether an entry exists is read.
     let decision = egress::classify(
         &pkt,
-        |dst| REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied(),
+        |dst| match cfg.and_then(|c| c.route_index(dst)) {
+            Some(i) => ROUTE_INDEX.get(i).filter(|r| r.backend != 0).copied(),
+            None => REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied(),
+        },
         |mac| *mac != gateway && unsafe { LOCAL_PORTS.get(mac) }.is_some(),
     );
     let EgressDecision::Encapsulate { route, tos } = decision else {
@@ -97,26 +107,26 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     }
     let sent = match Backend::from_u8(route.backend) {
         Some(Backend::Vxlan) => {
-            encap::vxlan::encapsulate(ctx, &cfg, &route, tos)?;
+            encap::vxlan::encapsulate(ctx, cfg, &route, tos)?;
             Outcome::EncapVxlan
         }
         Some(Backend::Udp) => {
-            encap::udp::encapsulate(ctx, &cfg, &route, tos)?;
+            encap::udp::encapsulate(ctx, cfg, &route, tos)?;
             Outcome::EncapUdp
         }
         Some(Backend::Gre) => {
-            encap::gre::encapsulate(ctx, &cfg, &route, tos)?;
+            encap::gre::encapsulate(ctx, cfg, &route, tos)?;
             Outcome::EncapGre
         }
         Some(Backend::Direct) => {
-            encap::check_fits(ctx, &cfg, 0)?;
-            let action = encap::redirect_to_underlay(&cfg, Some(route.peer_ip))?;
+            encap::check_fits(ctx, cfg, 0)?;
+            let action = encap::redirect_to_underlay(cfg, Some(route.peer_ip))?;
             return Ok((Outcome::Direct, action));
         }
         // A backend number this program does not know (a newer agent?): never leak the packet.
         None => return Err(Outcome::DropEncapFailed),
     };
-    let action = encap::redirect_to_underlay(&cfg, None)?;
+    let action = encap::redirect_to_underlay(cfg, None)?;
     Ok((sent, action))
 }
 

@@ -17,7 +17,7 @@ use xnet_common::{
 use crate::{
     cli::RunArgs,
     config::{Config, IngressMode},
-    datapath::{self, Datapath, Hook},
+    datapath::{self, Datapath, Hook, RouteIndexSpec},
     host::{self, HostError, HostPlan, Interface},
     metrics,
     subnet::{Ipv4Net, Mac},
@@ -113,7 +113,18 @@ impl Plan {
             gre_key: self.config.backend.gre_key.unwrap_or(0).to_be_bytes(),
             gateway_mac: self.container_ifaces.first().map(|c| c.mac.0).unwrap_or_default(),
             reserved2: [0; 2],
+            // Off until the datapath has filled ROUTE_INDEX (Datapath::sync_routes).
+            index_net: [0; 4],
+            index_netmask: [0; 4],
+            index_shift: 0,
+            reserved3: [0; 7],
         }
+    }
+
+    /// The shape of the route index: the overlay network, and this host's subnet length as every
+    /// host's (flannel's SubnetLen; a static peer with another length switches the index off).
+    pub fn route_index(&self) -> RouteIndexSpec {
+        RouteIndexSpec { network: self.config.network, subnet_len: self.config.subnet.prefix() }
     }
 
     pub fn routes(&self) -> (BTreeMap<Ipv4Net, RemoteSubnet>, BTreeMap<[u8; 4], Peer>) {
@@ -164,7 +175,7 @@ pub(crate) fn bring_up(plan: &Plan, store: Store, lease_expiry: u64) -> anyhow::
         dp.set_config(&plan.datapath_config())?;
         let (routes, peers) = plan.routes();
         let now = unix_now();
-        dp.sync_routes(&routes, &peers, store, now)?;
+        dp.sync_routes(&routes, &peers, plan.route_index(), store, now)?;
         dp.set_agent_state(&AgentState {
             pid: std::process::id(),
             overlay_mtu: plan.overlay_mtu,

@@ -55,7 +55,7 @@ pub enum DatapathError {
 }
 
 /// Key size, value size and capacity of every map, as this build's programs use them.
-fn map_layouts() -> [(&'static str, usize, usize, u32); 9] {
+fn map_layouts() -> [(&'static str, usize, usize, u32); 10] {
     use std::mem::size_of;
     use xnet_common::{maps::*, stats::STATS_ENTRIES};
     [
@@ -68,6 +68,7 @@ fn map_layouts() -> [(&'static str, usize, usize, u32); 9] {
         (ROUTE_INFO, size_of::<LpmKeyIpv4>(), size_of::<RouteInfo>(), REMOTE_SUBNETS_MAX),
         (ENDPOINTS, 4, size_of::<Endpoint>(), ENDPOINTS_MAX),
         (PEER_SLOTS, 4, size_of::<PeerSlot>(), PEER_SLOTS_LEN),
+        (ROUTE_INDEX, 4, size_of::<RemoteSubnet>(), ROUTE_INDEX_LEN),
     ]
 }
 
@@ -126,6 +127,15 @@ pub struct Datapath {
     ports: BTreeMap<String, u32>,
     /// What PEER_SLOTS holds (non-empty slots), once read or written.
     slots: Option<BTreeMap<u32, PeerSlot>>,
+    /// What ROUTE_INDEX holds (entries with a route) while this run keeps it switched on.
+    index: Option<BTreeMap<u32, RemoteSubnet>>,
+}
+
+/// The shape of ROUTE_INDEX: the overlay network and the length of every host's subnet in it.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteIndexSpec {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
 }
 
 /// The PEER_SLOTS table for a set of peer addresses (see `xnet_common::maps::PEER_SLOTS`).
@@ -183,6 +193,7 @@ impl Datapath {
             attached: BTreeSet::new(),
             ports: BTreeMap::new(),
             slots: None,
+            index: None,
         })
     }
 
@@ -227,6 +238,7 @@ impl Datapath {
         &mut self,
         routes: &BTreeMap<Ipv4Net, RemoteSubnet>,
         peers: &BTreeMap<[u8; 4], Peer>,
+        index: RouteIndexSpec,
         source: Store,
         now: u64,
     ) -> Result<(), DatapathError> {
@@ -280,12 +292,19 @@ impl Datapath {
         }
         let map_err =
             |e: aya::maps::MapError| DatapathError::Map { map: maps::REMOTE_SUBNETS, detail: e.to_string() };
+        {
+            let mut map: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
+                LpmTrie::try_from(self.ebpf.map_mut(maps::REMOTE_SUBNETS).expect("REMOTE_SUBNETS map"))
+                    .map_err(map_err)?;
+            for (net, route) in routes {
+                map.insert(&Key::new(net.prefix().into(), net.addr().octets()), route, 0).map_err(map_err)?;
+            }
+        }
+        // The index follows the trie between its additions and its removals, like PEER_SLOTS.
+        self.sync_route_index(routes, index)?;
         let mut map: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
             LpmTrie::try_from(self.ebpf.map_mut(maps::REMOTE_SUBNETS).expect("REMOTE_SUBNETS map"))
                 .map_err(map_err)?;
-        for (net, route) in routes {
-            map.insert(&Key::new(net.prefix().into(), net.addr().octets()), route, 0).map_err(map_err)?;
-        }
         let wanted: BTreeSet<(u32, [u8; 4])> =
             routes.keys().map(|n| (n.prefix() as u32, n.addr().octets())).collect();
         let stale: Vec<Key<[u8; 4]>> = map
@@ -296,6 +315,76 @@ impl Datapath {
         for k in stale {
             map.remove(&k).map_err(map_err)?;
         }
+        Ok(())
+    }
+
+    /// Makes ROUTE_INDEX answer for `routes` when every one of them is a subnet of `index`'s length
+    /// inside its network (else the programs use the trie alone). While the index is switched on,
+    /// only changed entries are written; switching it on fills it first, switching it off or
+    /// changing its shape clears the CONFIG flag first, so no packet sees a half-written index.
+    fn sync_route_index(
+        &mut self,
+        routes: &BTreeMap<Ipv4Net, RemoteSubnet>,
+        index: RouteIndexSpec,
+    ) -> Result<(), DatapathError> {
+        let RouteIndexSpec { network, subnet_len } = index;
+        let bits = subnet_len.checked_sub(network.prefix()).map(u32::from);
+        let usable = bits.is_some_and(|b| (1u32 << b.min(31)) <= maps::ROUTE_INDEX_LEN)
+            && routes.keys().all(|n| n.prefix() == subnet_len && network.contains(n));
+        let shift = 32 - subnet_len;
+        let wanted: BTreeMap<u32, RemoteSubnet> = if usable {
+            let base = u32::from(network.addr());
+            routes.iter().map(|(n, r)| ((u32::from(n.addr()) - base) >> shift, *r)).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let config_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
+        let current: DatapathConfig = {
+            let array: Array<&MapData, DatapathConfig> =
+                Array::try_from(self.ebpf.map(maps::CONFIG).expect("CONFIG map")).map_err(config_err)?;
+            array.get(&0, 0).map_err(config_err)?
+        };
+        let shape = DatapathConfig {
+            flags: current.flags | maps::ROUTE_INDEX_VALID,
+            index_net: network.addr().octets(),
+            index_netmask: network.netmask().octets(),
+            index_shift: shift,
+            ..current
+        };
+        let on = current.flags & maps::ROUTE_INDEX_VALID != 0;
+        let same_shape = on && shape == current;
+        if on && !same_shape {
+            self.set_config(&DatapathConfig { flags: current.flags & !maps::ROUTE_INDEX_VALID, ..current })?;
+        }
+        if !usable {
+            self.index = None;
+            return Ok(());
+        }
+        let index_err =
+            |e: aya::maps::MapError| DatapathError::Map { map: maps::ROUTE_INDEX, detail: e.to_string() };
+        let mut array: Array<&mut MapData, RemoteSubnet> =
+            Array::try_from(self.ebpf.map_mut(maps::ROUTE_INDEX).expect("ROUTE_INDEX map"))
+                .map_err(index_err)?;
+        // What the array holds: known when this run wrote it with the flag on, else read back.
+        let known = match self.index.take() {
+            Some(known) if same_shape => known,
+            _ => (0..maps::ROUTE_INDEX_LEN)
+                .filter_map(|i| array.get(&i, 0).ok().filter(|r| r.backend != 0).map(|r| (i, r)))
+                .collect(),
+        };
+        for (i, route) in &wanted {
+            if known.get(i) != Some(route) {
+                array.set(*i, route, 0).map_err(index_err)?;
+            }
+        }
+        for i in known.keys().filter(|i| !wanted.contains_key(i)) {
+            array.set(*i, RemoteSubnet::default(), 0).map_err(index_err)?;
+        }
+        if !same_shape {
+            self.set_config(&shape)?;
+        }
+        self.index = Some(wanted);
         Ok(())
     }
 

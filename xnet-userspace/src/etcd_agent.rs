@@ -187,7 +187,7 @@ async fn reconcile(
     sync.invalid = list.invalid.len() as u32 + conflicts;
     plan.set_peers(peers);
     let (routes, peers) = plan.routes();
-    if let Err(e) = dp.sync_routes(&routes, &peers, Store::Etcd, unix_now()) {
+    if let Err(e) = dp.sync_routes(&routes, &peers, plan.route_index(), Store::Etcd, unix_now()) {
         tracing::error!(error = %e, "cannot update the datapath maps");
     }
     sync.up = true;

@@ -223,15 +223,35 @@ fn per_packet_costs(runs: usize) -> Vec<Cost> {
         let mut bench = Bench::new();
         bench.arrive_on(underlay);
         bench.local_port(xnet_tests::progcost::CONTAINER_MAC, port);
-        costs_of(&bench, runs)
+        bench.use_route_index(false);
+        let trie = costs_of(&bench, runs, true);
+        // As the agent runs it when every route is one subnet of the network's subnet length.
+        bench.use_route_index(true);
+        let mut costs = costs_of(&bench, runs, false);
+        costs.extend(trie);
+        costs
     })
 }
 
-fn costs_of(bench: &Bench, runs: usize) -> Vec<Cost> {
+/// With `trie_only`, the encapsulations alone, labelled as looked up in the LPM trie.
+fn costs_of(bench: &Bench, runs: usize, trie_only: bool) -> Vec<Cost> {
     use xnet::programs::{TC_EGRESS, TC_INGRESS, XDP_INGRESS};
     let mut inputs: Vec<(&'static str, String, Vec<u8>)> = Vec::new();
+    if trie_only {
+        for (n, backend) in
+            [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)]
+        {
+            let what = format!("encap {} (route from the LPM trie)", backend.name());
+            inputs.push((TC_EGRESS, what, container_frame([10, 244, n, 7])));
+        }
+        return measure_costs(bench, runs, inputs);
+    }
     for (n, backend) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
-        inputs.push((TC_EGRESS, format!("encap {}", backend.name()), container_frame([10, 244, n, 7])));
+        inputs.push((
+            TC_EGRESS,
+            format!("encap {} (route from the index)", backend.name()),
+            container_frame([10, 244, n, 7]),
+        ));
     }
     inputs.push((TC_EGRESS, "same-host (pass)".into(), container_frame([10, 244, 1, 9])));
     for (n, backend) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre)] {
@@ -241,6 +261,10 @@ fn costs_of(bench: &Bench, runs: usize) -> Vec<Cost> {
             inputs.push((program, format!("decap {}{what}", backend.name()), tunnelled_frame(n, backend)));
         }
     }
+    measure_costs(bench, runs, inputs)
+}
+
+fn measure_costs(bench: &Bench, runs: usize, inputs: Vec<(&'static str, String, Vec<u8>)>) -> Vec<Cost> {
     inputs
         .into_iter()
         .map(|(program, packet, input)| {
