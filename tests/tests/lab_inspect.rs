@@ -119,6 +119,7 @@ fn counters_metrics_routes_and_status_agree_with_the_traffic() {
     let status = json(&lab, 1, &["status"]);
     assert_eq!(status["agent_running"], true, "{status}");
     assert_eq!((status["overlay_mtu"].as_u64(), status["peers"].as_u64()), (Some(1450), Some(2)));
+    assert_eq!(status["route_index"], true, "every route is a /24 of the network: {status}");
     let attached: Vec<String> = status["attachments"]
         .as_array()
         .unwrap()

@@ -48,7 +48,7 @@ pub fn to_container(ctx: &TcContext) -> Delivery {
     }
     // SAFETY: plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: the value is copied out at once (see decap::run on concurrent updates).
+    // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
     let cached = unsafe { ENDPOINTS.get(ip.dst) }.copied();
     let endpoint = match cached {
         Some(e) if now.wrapping_sub(e.resolved_at) < ENDPOINT_MAX_AGE_NS => e,
@@ -85,7 +85,7 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Hdr, now: u64) -> Option<Endpoint> {
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    // SAFETY: the value is copied out at once (see decap::run on concurrent updates).
+    // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
     let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
     Some(Endpoint { ifindex: port.ifindex, dmac: fib.dmac, smac: fib.smac, resolved_at: now })
 }

@@ -165,6 +165,8 @@ pub struct Status {
     pub gre_key: Option<u32>,
     pub peers: usize,
     pub routes: usize,
+    /// Whether egress finds routes in ROUTE_INDEX (an array) instead of the LPM trie.
+    pub route_index: bool,
     pub attachments: Vec<AttachmentRow>,
 }
 
@@ -203,6 +205,7 @@ pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
         gre_key: config.gre_key(),
         peers,
         routes,
+        route_index: config.flags & maps::ROUTE_INDEX_VALID != 0,
         attachments: read_attachments(pin_dir),
     })
 }

@@ -101,7 +101,8 @@ pub fn status(s: &Status, now: u64) -> String {
         s.backend, s.public_ip, s.vni, s.vxlan_port, s.vtep_mac, s.udp_port, key
     );
     let _ = writeln!(out, "mtu          {} (containers)", s.overlay_mtu);
-    let _ = writeln!(out, "peers        {} ({} routes)", s.peers, s.routes);
+    let lookup = if s.route_index { "route index" } else { "LPM trie" };
+    let _ = writeln!(out, "peers        {} ({} routes, looked up in the {lookup})", s.peers, s.routes);
     let _ = writeln!(out, "decap        {}", s.ingress);
     let _ = writeln!(out, "attachments");
     for a in &s.attachments {
