@@ -130,17 +130,19 @@ pub fn xnet_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("XNET_BIN") {
         return PathBuf::from(p);
     }
+    near_exe("xnet").unwrap_or_else(|exe| {
+        panic!(
+            "cannot find the xnet binary near {}; build it (cargo build -p xnet-userspace) or set XNET_BIN",
+            exe.display()
+        )
+    })
+}
+
+/// `name` next to (or up to two levels above) the running executable, in cargo's target
+/// directory; the executable's path when there is none.
+fn near_exe(name: &str) -> Result<PathBuf, PathBuf> {
     let exe = std::env::current_exe().expect("current exe");
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("xnet");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "cannot find the xnet binary near {}; build it (cargo build -p xnet-userspace) or set XNET_BIN",
-        exe.display()
-    );
+    exe.ancestors().skip(1).take(3).map(|dir| dir.join(name)).find(|c| c.is_file()).ok_or(exe)
 }
 
 impl Lab {
@@ -794,14 +796,9 @@ impl Drop for Lab {
 
 /// A binary of this workspace built next to the running one (the bench's helpers).
 fn sibling_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("cannot find {name} near {}; build the xnet-tests binaries", exe.display());
+    near_exe(name).unwrap_or_else(|exe| {
+        panic!("cannot find {name} near {}; build the xnet-tests binaries", exe.display())
+    })
 }
 
 fn sysctl(ns: &Netns, key: &str, value: &str) {

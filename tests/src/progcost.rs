@@ -24,6 +24,17 @@ pub fn test_run(
     test_run_on(ebpf, program, input, out, None)
 }
 
+/// A `struct __sk_buff` for BPF_PROG_TEST_RUN's context: `ingress_ifindex` (byte 36) and `ifindex`
+/// (byte 40) set to `ifindex` if given; everything else must be zero.
+fn skb_arriving_on(ifindex: Option<u32>) -> [u8; 192] {
+    let mut skb = [0u8; 192];
+    if let Some(i) = ifindex {
+        skb[36..40].copy_from_slice(&i.to_ne_bytes());
+        skb[40..44].copy_from_slice(&i.to_ne_bytes());
+    }
+    skb
+}
+
 /// [`test_run`] with the packet arriving on interface `ifindex` (of the calling thread's network
 /// namespace) for tc programs: `skb->dev` and `ingress_ifindex` are set from it.
 pub fn test_run_on(
@@ -33,12 +44,7 @@ pub fn test_run_on(
     out: &mut [u8],
     ifindex: Option<u32>,
 ) -> Result<TestRunResult, ProgramError> {
-    // struct __sk_buff: ingress_ifindex at byte 36, ifindex at 40; everything else must be zero.
-    let mut skb = [0u8; 192];
-    if let Some(i) = ifindex {
-        skb[36..40].copy_from_slice(&i.to_ne_bytes());
-        skb[40..44].copy_from_slice(&i.to_ne_bytes());
-    }
+    let skb = skb_arriving_on(ifindex);
     let ctx_in = (ifindex.is_some() && program != programs::XDP_INGRESS).then_some(&skb[..]);
     let opts = TestRunOptions { data_in: Some(input), data_out: Some(out), ctx_in, ..TestRunOptions::new() };
     if program == programs::XDP_INGRESS {
@@ -133,7 +139,7 @@ impl Bench {
     /// Switches the route index on (filled from the four peer routes, as the agent does when every
     /// route is a /24 of 10.244.0.0/16) or off (every lookup walks the LPM trie).
     pub fn use_route_index(&mut self, on: bool) {
-        use xnet_common::maps::{ROUTE_INDEX_VALID, RemoteSubnet};
+        use xnet_common::maps::RemoteSubnet;
         let mut index: Array<&mut MapData, RemoteSubnet> =
             Array::try_from(self.ebpf.map_mut("ROUTE_INDEX").unwrap()).unwrap();
         for (n, b) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
@@ -146,18 +152,7 @@ impl Bench {
             };
             index.set(n as u32, route, 0).unwrap();
         }
-        let mut config: Array<&mut MapData, DatapathConfig> =
-            Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap();
-        let cfg = config.get(&0, 0).unwrap();
-        let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
-        let cfg = DatapathConfig {
-            flags,
-            index_net: [10, 244, 0, 0],
-            index_netmask: [255, 255, 0, 0],
-            index_shift: 8,
-            ..cfg
-        };
-        config.set(0, cfg, 0).unwrap();
+        switch_route_index(&mut self.ebpf, on);
     }
 
     /// Makes tc test runs arrive on interface `ifindex`.
@@ -170,14 +165,6 @@ impl Bench {
         let mut ports: HashMap<&mut MapData, [u8; 6], xnet_common::maps::LocalPort> =
             HashMap::try_from(self.ebpf.map_mut("LOCAL_PORTS").unwrap()).unwrap();
         ports.insert(mac, xnet_common::maps::LocalPort { ifindex }, 0).unwrap();
-    }
-
-    /// Like [`Bench::cost`], with the verdict of the last run.
-    pub fn cost_verdict(&self, program: &str, input: &[u8], runs: usize) -> (f64, u32) {
-        let mut out = vec![0u8; input.len() + 128];
-        let verdict =
-            test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run").return_value;
-        (self.cost(program, input, runs), verdict)
     }
 
     /// Median kernel-measured nanoseconds of one run of `program` on `input`, over `runs` runs.
@@ -333,11 +320,7 @@ impl NullProgram {
     pub fn cost(&self, input: &[u8], runs: usize, ifindex: Option<u32>) -> f64 {
         use std::os::fd::AsRawFd;
         let mut out = vec![0u8; input.len() + 128];
-        let mut skb = [0u8; 192];
-        if let Some(i) = ifindex {
-            skb[36..40].copy_from_slice(&i.to_ne_bytes());
-            skb[40..44].copy_from_slice(&i.to_ne_bytes());
-        }
+        let skb = skb_arriving_on(ifindex);
         let ctx = ifindex.is_some() && !self.xdp;
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -368,6 +351,24 @@ impl NullProgram {
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
         samples[runs / 2]
     }
+}
+
+/// Switches ROUTE_INDEX on or off in CONFIG, shaped for /24 subnets of 10.244.0.0/16 (entry n is
+/// 10.244.n.0/24), as the agent does; the entries themselves are the caller's.
+pub fn switch_route_index(ebpf: &mut Ebpf, on: bool) {
+    use xnet_common::maps::ROUTE_INDEX_VALID;
+    let mut config: Array<&mut MapData, DatapathConfig> =
+        Array::try_from(ebpf.map_mut("CONFIG").unwrap()).unwrap();
+    let cfg = config.get(&0, 0).unwrap();
+    let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
+    let cfg = DatapathConfig {
+        flags,
+        index_net: [10, 244, 0, 0],
+        index_netmask: [255, 255, 0, 0],
+        index_shift: 8,
+        ..cfg
+    };
+    config.set(0, cfg, 0).unwrap();
 }
 
 /// Fills PEER_SLOTS for `peers` (already in PEERS), as the agent does.

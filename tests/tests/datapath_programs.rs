@@ -801,7 +801,6 @@ fn peers_sharing_a_slot_are_checked_in_full() {
 
 #[test]
 fn the_route_index_answers_for_the_network_while_switched_on() {
-    use xnet_common::maps::ROUTE_INDEX_VALID;
     let mut dp = Datapath::new(true);
     let index_only = container_ping([10, 244, 7, 9], 0, 8); // in ROUTE_INDEX only
     let trie_only = container_ping([10, 244, 2, 7], 0, 8); // in REMOTE_SUBNETS only
@@ -812,20 +811,7 @@ fn the_route_index_answers_for_the_network_while_switched_on() {
             Array::try_from(dp.ebpf.map_mut("ROUTE_INDEX").unwrap()).unwrap();
         index.set(7, via_index, 0).unwrap();
     }
-    let set_flag = |dp: &mut Datapath, on: bool| {
-        let mut config: Array<&mut MapData, DatapathConfig> =
-            Array::try_from(dp.ebpf.map_mut("CONFIG").unwrap()).unwrap();
-        let cfg = config.get(&0, 0).unwrap();
-        let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
-        let cfg = DatapathConfig {
-            flags,
-            index_net: [10, 244, 0, 0],
-            index_netmask: [255, 255, 0, 0],
-            index_shift: 8,
-            ..cfg
-        };
-        config.set(0, cfg, 0).unwrap();
-    };
+    let set_flag = |dp: &mut Datapath, on: bool| xnet_tests::progcost::switch_route_index(&mut dp.ebpf, on);
     // Off: the trie decides.
     set_flag(&mut dp, false);
     dp.check(

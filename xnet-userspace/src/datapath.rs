@@ -138,6 +138,36 @@ pub struct RouteIndexSpec {
     pub subnet_len: u8,
 }
 
+/// Makes the array map `map` (of `len` entries) hold `wanted` at those indexes and the default (an
+/// empty entry) everywhere else, writing only what differs from `known`: what it holds apart from
+/// empty entries, or `None` to read that back from the kernel first.
+fn write_array<T: aya::Pod + Default + PartialEq>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    len: u32,
+    known: Option<BTreeMap<u32, T>>,
+    wanted: &BTreeMap<u32, T>,
+) -> Result<(), DatapathError> {
+    let map_err = |e: aya::maps::MapError| DatapathError::Map { map, detail: e.to_string() };
+    let mut array: Array<&mut MapData, T> =
+        Array::try_from(ebpf.map_mut(map).expect("map is in the object")).map_err(map_err)?;
+    let known = match known {
+        Some(known) => known,
+        None => (0..len)
+            .filter_map(|i| array.get(&i, 0).ok().filter(|v| *v != T::default()).map(|v| (i, v)))
+            .collect(),
+    };
+    for (i, value) in wanted {
+        if known.get(i) != Some(value) {
+            array.set(*i, value, 0).map_err(map_err)?;
+        }
+    }
+    for i in known.keys().filter(|i| !wanted.contains_key(i)) {
+        array.set(*i, T::default(), 0).map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// The PEER_SLOTS table for a set of peer addresses (see `xnet_common::maps::PEER_SLOTS`).
 pub fn peer_slots<'a>(ips: impl IntoIterator<Item = &'a [u8; 4]>) -> BTreeMap<u32, PeerSlot> {
     let mut slots = BTreeMap::new();
@@ -361,26 +391,9 @@ impl Datapath {
             self.index = None;
             return Ok(());
         }
-        let index_err =
-            |e: aya::maps::MapError| DatapathError::Map { map: maps::ROUTE_INDEX, detail: e.to_string() };
-        let mut array: Array<&mut MapData, RemoteSubnet> =
-            Array::try_from(self.ebpf.map_mut(maps::ROUTE_INDEX).expect("ROUTE_INDEX map"))
-                .map_err(index_err)?;
-        // What the array holds: known when this run wrote it with the flag on, else read back.
-        let known = match self.index.take() {
-            Some(known) if same_shape => known,
-            _ => (0..maps::ROUTE_INDEX_LEN)
-                .filter_map(|i| array.get(&i, 0).ok().filter(|r| r.backend != 0).map(|r| (i, r)))
-                .collect(),
-        };
-        for (i, route) in &wanted {
-            if known.get(i) != Some(route) {
-                array.set(*i, route, 0).map_err(index_err)?;
-            }
-        }
-        for i in known.keys().filter(|i| !wanted.contains_key(i)) {
-            array.set(*i, RemoteSubnet::default(), 0).map_err(index_err)?;
-        }
+        // What the array holds is known when this run wrote it with the flag on, else read back.
+        let known = self.index.take().filter(|_| same_shape);
+        write_array(&mut self.ebpf, maps::ROUTE_INDEX, maps::ROUTE_INDEX_LEN, known, &wanted)?;
         if !same_shape {
             self.set_config(&shape)?;
         }
@@ -391,24 +404,8 @@ impl Datapath {
     /// Makes PEER_SLOTS hold exactly `wanted`, writing only the slots that change. What an earlier
     /// agent left is read once, on the first call.
     fn sync_peer_slots(&mut self, wanted: &BTreeMap<u32, PeerSlot>) -> Result<(), DatapathError> {
-        let map_err =
-            |e: aya::maps::MapError| DatapathError::Map { map: maps::PEER_SLOTS, detail: e.to_string() };
-        let mut array: Array<&mut MapData, PeerSlot> =
-            Array::try_from(self.ebpf.map_mut(maps::PEER_SLOTS).expect("PEER_SLOTS map")).map_err(map_err)?;
-        let current = match self.slots.take() {
-            Some(known) => known,
-            None => (0..maps::PEER_SLOTS_LEN)
-                .filter_map(|i| array.get(&i, 0).ok().filter(|s| s.state != maps::SLOT_EMPTY).map(|s| (i, s)))
-                .collect(),
-        };
-        for (i, slot) in wanted {
-            if current.get(i) != Some(slot) {
-                array.set(*i, slot, 0).map_err(map_err)?;
-            }
-        }
-        for i in current.keys().filter(|i| !wanted.contains_key(i)) {
-            array.set(*i, PeerSlot::default(), 0).map_err(map_err)?;
-        }
+        let known = self.slots.take();
+        write_array(&mut self.ebpf, maps::PEER_SLOTS, maps::PEER_SLOTS_LEN, known, wanted)?;
         self.slots = Some(wanted.clone());
         Ok(())
     }

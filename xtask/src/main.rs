@@ -52,7 +52,7 @@ enum Cmd {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// A one-minute version (one short run per mode).
+        /// A short version: one 1-second run per mode (about half a minute).
         #[arg(long)]
         quick: bool,
         /// Only these traffic modes, comma-separated (see bench.json; plain routing always runs).

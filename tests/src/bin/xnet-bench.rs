@@ -33,7 +33,7 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// A one-minute version: one run of 1 s per mode, fewer samples elsewhere.
+    /// A short version: one run of 1 s per mode, fewer samples elsewhere (about half a minute).
     #[arg(long)]
     quick: bool,
     /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, kernel_vxlan,
