@@ -124,6 +124,13 @@ pub struct Lab {
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static PORT_COUNTER: AtomicU16 = AtomicU16::new(0);
 
+/// iperf3's CPU placement (see [`Lab::iperf3_run`]): client on CPU 0, server on CPU 1, when there
+/// are two CPUs to pin to.
+static IPERF3_AFFINITY: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus >= 2 { vec!["-A", "0,1"] } else { Vec::new() }
+});
+
 /// The `xnet` binary under test: `$XNET_BIN`, or `xnet` next to (or above) the running executable
 /// in cargo's target directory.
 pub fn xnet_bin() -> PathBuf {
@@ -642,6 +649,11 @@ impl Lab {
     /// An iperf3 server in container `to` and a client in `from` with `client_args`; `result`
     /// reads the figure out of the client's JSON. The client is retried while the server starts
     /// (iperf3 reports a refused connection in its JSON, with exit status 0).
+    ///
+    /// On a machine with two or more CPUs the client runs on CPU 0 and the server on CPU 1
+    /// (`iperf3 -A 0,1`). Left to the scheduler, the two sometimes share a CPU for a whole run:
+    /// on a 2-CPU machine that cost plain routing 14% and xnet 16% of one stream's throughput,
+    /// the kernel's vxlan nothing, so unpinned runs compare placements as much as datapaths.
     fn iperf3_run(
         &self,
         from: (usize, usize),
@@ -668,6 +680,7 @@ impl Lab {
                 .ns
                 .command("iperf3")
                 .args(["-c", &dst, "-p", &port, "-J"])
+                .args(IPERF3_AFFINITY.as_slice())
                 .args(client_args)
                 .output()
                 .expect("run iperf3 client");

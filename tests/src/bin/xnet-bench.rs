@@ -393,6 +393,10 @@ fn machine() -> Value {
         "kernel": cmd("uname", &["-r"]),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": model.unwrap_or("unknown"),
+        // Network namespaces start with the host's choice; iperf3 uses the default.
+        "tcp_congestion_control": std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
     })
 }
 
@@ -514,7 +518,7 @@ fn main() {
     let _ = writeln!(
         md,
         "Run {}, kernel {}, {} CPUs ({}). Two lab hosts (network namespaces joined by a veth underlay, MTU {UNDERLAY_MTU}), \
-         one container each; medians of {} runs (spread in brackets), iperf3 {} s, UDP ping-pong {pings} x 64 B.\n\
+         one container each; medians of {} runs (spread in brackets), iperf3 {} s ({}TCP congestion control {}), UDP ping-pong {pings} x 64 B.\n\
          Container MTU: plain routing {UNDERLAY_MTU}; kernel vxlan {}; the TUN relay 1472; xnet what the agent computes \
          (vxlan 1450, udp 1472, gre 1476, direct 1500). Ratios are against plain routing in the same run.\n",
         machine["date"].as_str().unwrap_or("?"),
@@ -523,6 +527,8 @@ fn main() {
         machine["cpu_model"].as_str().unwrap_or("?"),
         args.runs,
         args.seconds,
+        if machine["cpus"].as_u64().unwrap_or(0) >= 2 { "client on CPU 0, server on CPU 1, " } else { "" },
+        machine["tcp_congestion_control"].as_str().unwrap_or("?"),
         UNDERLAY_MTU - VXLAN_OVERHEAD,
     );
     let _ = writeln!(
