@@ -124,12 +124,11 @@ pub struct Lab {
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static PORT_COUNTER: AtomicU16 = AtomicU16::new(0);
 
-/// iperf3's CPU placement (see [`Lab::iperf3_run`]): client on CPU 0, server on CPU 1, when there
-/// are two CPUs to pin to.
-static IPERF3_AFFINITY: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if cpus >= 2 { vec!["-A", "0,1"] } else { Vec::new() }
-});
+/// Whether iperf3 runs pinned, client on CPU 0 and server on CPU 1 (see [`Lab::iperf3_run`]):
+/// when there are two CPUs to pin to.
+pub fn iperf3_pinned() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
 
 /// The `xnet` binary under test: `$XNET_BIN`, or `xnet` next to (or above) the running executable
 /// in cargo's target directory.
@@ -680,7 +679,7 @@ impl Lab {
                 .ns
                 .command("iperf3")
                 .args(["-c", &dst, "-p", &port, "-J"])
-                .args(IPERF3_AFFINITY.as_slice())
+                .args(if iperf3_pinned() { &["-A", "0,1"][..] } else { &[] })
                 .args(client_args)
                 .output()
                 .expect("run iperf3 client");

@@ -234,13 +234,7 @@ impl Datapath {
 
     /// Updates the gateway MAC in CONFIG when it changed.
     pub fn set_gateway_mac(&mut self, mac: [u8; 6]) -> Result<(), DatapathError> {
-        let map_err =
-            |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
-        let current: DatapathConfig = {
-            let array: Array<&MapData, DatapathConfig> =
-                Array::try_from(self.ebpf.map(maps::CONFIG).expect("CONFIG map")).map_err(map_err)?;
-            array.get(&0, 0).map_err(map_err)?
-        };
+        let current: DatapathConfig = self.get_single(maps::CONFIG)?;
         if current.gateway_mac == mac {
             return Ok(());
         }
@@ -251,6 +245,14 @@ impl Datapath {
     /// Records what the agent knows about this datapath (for `xnet status` and the metrics).
     pub fn set_agent_state(&mut self, state: &AgentState) -> Result<(), DatapathError> {
         self.set_single(maps::AGENT, state)
+    }
+
+    /// Reads entry 0 of a one-entry array map.
+    fn get_single<T: aya::Pod>(&self, map: &'static str) -> Result<T, DatapathError> {
+        let map_err = |e: aya::maps::MapError| DatapathError::Map { map, detail: e.to_string() };
+        let array: Array<&MapData, T> =
+            Array::try_from(self.ebpf.map(map).expect("map is in the object")).map_err(map_err)?;
+        array.get(&0, 0).map_err(map_err)
     }
 
     /// Writes entry 0 of a one-entry array map.
@@ -368,13 +370,7 @@ impl Datapath {
         } else {
             BTreeMap::new()
         };
-        let config_err =
-            |e: aya::maps::MapError| DatapathError::Map { map: maps::CONFIG, detail: e.to_string() };
-        let current: DatapathConfig = {
-            let array: Array<&MapData, DatapathConfig> =
-                Array::try_from(self.ebpf.map(maps::CONFIG).expect("CONFIG map")).map_err(config_err)?;
-            array.get(&0, 0).map_err(config_err)?
-        };
+        let current: DatapathConfig = self.get_single(maps::CONFIG)?;
         let shape = DatapathConfig {
             flags: current.flags | maps::ROUTE_INDEX_VALID,
             index_net: network.addr().octets(),

@@ -527,7 +527,7 @@ fn main() {
         machine["cpu_model"].as_str().unwrap_or("?"),
         args.runs,
         args.seconds,
-        if machine["cpus"].as_u64().unwrap_or(0) >= 2 { "client on CPU 0, server on CPU 1, " } else { "" },
+        if xnet_tests::lab::iperf3_pinned() { "client on CPU 0, server on CPU 1, " } else { "" },
         machine["tcp_congestion_control"].as_str().unwrap_or("?"),
         UNDERLAY_MTU - VXLAN_OVERHEAD,
     );
