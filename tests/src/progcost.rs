@@ -93,7 +93,7 @@ impl Bench {
         };
         Array::<&mut MapData, DatapathConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())
             .unwrap()
-            .set(0, cfg, 0)
+            .set(0, cfg.with_outer_templates(), 0)
             .unwrap();
         let backends = [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)];
         {
@@ -279,18 +279,22 @@ struct TestRunAttr {
 impl NullProgram {
     /// A null program of the type of `program` (an xnet program name), returning "pass".
     pub fn like(program: &str) -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
         let (prog_type, verdict) = if program == programs::XDP_INGRESS {
             (BPF_PROG_TYPE_XDP, 2u64)
         } else {
             (BPF_PROG_TYPE_SCHED_CLS, 0)
         };
         // BPF_MOV64_IMM(BPF_REG_0, verdict): opcode 0xb7, dst r0; then BPF_EXIT_INSN: 0x95.
-        let insns: [u64; 2] = [0xb7 | (verdict << 32), 0x95];
+        Self::raw(prog_type == BPF_PROG_TYPE_XDP, &[0xb7 | (verdict << 32), 0x95])
+    }
+
+    pub fn raw(xdp: bool, insns: &[u64]) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let prog_type = if xdp { BPF_PROG_TYPE_XDP } else { BPF_PROG_TYPE_SCHED_CLS };
         let license = c"GPL";
         let attr = ProgLoadAttr {
             prog_type,
-            insn_cnt: 2,
+            insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
             ..Default::default()

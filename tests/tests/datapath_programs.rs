@@ -78,7 +78,7 @@ impl Datapath {
             };
             let mut config: Array<&mut MapData, DatapathConfig> =
                 Array::try_from(ebpf.map_mut("CONFIG").unwrap()).unwrap();
-            config.set(0, cfg, 0).unwrap();
+            config.set(0, cfg.with_outer_templates(), 0).unwrap();
             let backends = [(2, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)];
             let mut peers: HashMap<&mut MapData, [u8; 4], Peer> =
                 HashMap::try_from(ebpf.map_mut("PEERS").unwrap()).unwrap();
@@ -238,7 +238,8 @@ fn egress_encapsulates_remote_traffic_byte_for_byte() {
     // range and origin, and check every other byte against the independently built packet.
     let sport = u16::from_be_bytes([out[SPORT.start], out[SPORT.start + 1]]);
     assert!(sport >= 49152, "UDP source port {sport} in 49152..=65535");
-    let hash = xnet_common::wire::flow_hash([10, 244, 1, 2], [10, 244, 2, 7], 1, 0);
+    let word = u32::from_le_bytes;
+    let hash = xnet_common::wire::flow_hash(word([10, 244, 1, 2]), word([10, 244, 2, 7]), 1, 0);
     assert_eq!(sport, xnet_common::wire::udp_src_port(hash), "source port from the inner flow");
     // scapy: Ether(dst=BRIDGE_MAC, src=CONTAINER_MAC)/IP(src="198.18.0.1", dst="198.18.0.2", tos=0xb8,
     //        flags="DF", id=0, ttl=64)/UDP(sport=sport, dport=8472, chksum=0)/VXLAN(vni=0x123456, flags=8)

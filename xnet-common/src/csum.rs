@@ -47,9 +47,38 @@ pub fn decrement_ttl(h: &mut Ipv4Hdr) {
     h.checksum = (!fold(sum)).to_be_bytes();
 }
 
+/// [`decrement_ttl`] on the IPv4 header's bytes 8 to 11 (TTL, protocol, checksum) read as one
+/// little-endian word, as the programs load them; returns the word to store back. The TTL must be
+/// above zero. Sums over little-endian words give the same checksum bytes (RFC 1071, byte order
+/// independence), so nothing is swapped.
+#[inline(always)]
+pub fn decrement_ttl_word(w: u32) -> u32 {
+    let old = w & 0xffff;
+    let new = old - 1;
+    let sum = (!(w >> 16) & 0xffff) + (!old & 0xffff) + new;
+    ((!fold(sum) as u32) << 16) | new
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_word_decrement_matches_the_header_one() {
+        for ttl in [1u8, 2, 64, 0x80, 255] {
+            for protocol in [0u8, 6, 17, 47, 255] {
+                for checksum in [[0u8, 0], [0xff, 0xff], [0x12, 0x34], [0xff, 0x00], [0x00, 0xfe]] {
+                    let mut h = crate::wire::outer_ipv4([1, 2, 3, 4], [5, 6, 7, 8], protocol, 100, 0);
+                    h.ttl = ttl;
+                    h.checksum = checksum;
+                    let w = u32::from_le_bytes([h.ttl, h.protocol, h.checksum[0], h.checksum[1]]);
+                    decrement_ttl(&mut h);
+                    let want = u32::from_le_bytes([h.ttl, h.protocol, h.checksum[0], h.checksum[1]]);
+                    assert_eq!(decrement_ttl_word(w), want, "ttl {ttl} protocol {protocol} {checksum:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn ttl_decrement_matches_a_full_recompute() {

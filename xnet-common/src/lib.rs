@@ -10,6 +10,7 @@ pub mod csum;
 pub mod decap;
 pub mod egress;
 pub mod maps;
+pub mod outer;
 pub mod packet;
 pub mod stats;
 pub mod wire;

@@ -1,6 +1,8 @@
 //! Map names and the key/value types stored in them. Every map is a BTF map, so
 //! `bpftool map dump pinned <pin_dir>/<NAME>` prints these fields by name.
 
+use crate::{outer::OuterTemplates, wire::VxlanLocal};
+
 /// LPM trie: remote subnet -> the host that owns it. Key: [`lpm key`](LpmKeyIpv4).
 pub const REMOTE_SUBNETS: &str = "REMOTE_SUBNETS";
 /// Hash: peer public IPv4 -> [`Peer`]. Decapsulation accepts packets only from these addresses.
@@ -133,8 +135,9 @@ pub struct LpmKeyIpv4 {
     pub addr: [u8; 4],
 }
 
-/// Value of [`REMOTE_SUBNETS`]: where to send packets for a remote subnet.
-#[repr(C)]
+/// Value of [`REMOTE_SUBNETS`]: where to send packets for a remote subnet. Aligned to 4 (map values
+/// are, in the LPM trie and the array alike), so the programs read it a word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RemoteSubnet {
     /// The owning host's public (underlay) IPv4 address, network order.
@@ -157,7 +160,7 @@ pub struct Peer {
 }
 
 /// The single entry of [`CONFIG`]: this host's side of every tunnel.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DatapathConfig {
     /// ifindex of the underlay interface that encapsulated packets leave through.
@@ -197,6 +200,9 @@ pub struct DatapathConfig {
     /// 32 minus the subnet length.
     pub index_shift: u8,
     pub reserved3: [u8; 7],
+    /// The outer headers this host sends, prebuilt from the fields above
+    /// ([`DatapathConfig::with_outer_templates`] fills them in; CONFIG always holds them filled).
+    pub outer: OuterTemplates,
 }
 
 /// [`DatapathConfig::flags`]: GRE uses a key.
@@ -307,7 +313,7 @@ const _: () = {
     assert!(core::mem::size_of::<LpmKeyIpv4>() == 8);
     assert!(core::mem::size_of::<RemoteSubnet>() == 12);
     assert!(core::mem::size_of::<Peer>() == 8);
-    assert!(core::mem::size_of::<DatapathConfig>() == 64);
+    assert!(core::mem::size_of::<DatapathConfig>() == 64 + 3 * 64);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<LocalPort>() == 4);
     assert!(core::mem::size_of::<AgentState>() == 40);
@@ -328,6 +334,17 @@ impl DatapathConfig {
         }
         // The agent keeps index_shift below 32; the mask keeps the index in the array's bounds.
         Some(((dst - net) >> (self.index_shift & 31)) & (ROUTE_INDEX_LEN - 1))
+    }
+
+    /// This config with `outer` built from its other fields: what CONFIG must hold.
+    pub fn with_outer_templates(self) -> Self {
+        let local = VxlanLocal {
+            ip: self.local_ip,
+            vtep_mac: self.vtep_mac,
+            port: self.vxlan_port(),
+            vni: u32::from_be_bytes(self.vxlan_vni) >> 8,
+        };
+        DatapathConfig { outer: OuterTemplates::new(&local, self.udp_port(), self.gre_key()), ..self }
     }
 
     pub fn vxlan_port(&self) -> u16 {

@@ -35,3 +35,7 @@ impl Packet for [u8] {
         Some(unsafe { &*bytes.as_ptr().cast::<T>() })
     }
 }
+
+// SAFETY: a byte, and arrays of headers, have alignment 1 and accept every bit pattern.
+unsafe impl Header for u8 {}
+unsafe impl<T: Header, const N: usize> Header for [T; N] {}

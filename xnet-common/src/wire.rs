@@ -212,12 +212,13 @@ pub fn udp_src_port(flow_hash: u32) -> u16 {
     UDP_SRC_PORT_MIN + (((flow_hash as u64) * span) >> 32) as u16
 }
 
-/// A flow's hash from its addresses, protocol and ports (`ports`: source and destination port as
-/// read from the wire, 0 when there are none): what picks the UDP source port when the kernel has
-/// not hashed the packet already. Any fixed mix works; this one is the murmur3 finaliser over a
-/// cheap combination, so nearby addresses and ports still spread.
-pub fn flow_hash(src: [u8; 4], dst: [u8; 4], protocol: u8, ports: u32) -> u32 {
-    let mut h = u32::from_ne_bytes(src) ^ u32::from_ne_bytes(dst).rotate_left(16) ^ ports.rotate_left(8);
+/// A flow's hash from its addresses, protocol and ports, each as the program reads it: a
+/// little-endian word of the wire bytes (`ports`: source then destination port; 0 when there are
+/// none). What picks the UDP source port when the kernel has not hashed the packet already. Any
+/// fixed mix works; this one is the murmur3 finaliser over a cheap combination, so nearby addresses
+/// and ports still spread.
+pub fn flow_hash(src: u32, dst: u32, protocol: u8, ports: u32) -> u32 {
+    let mut h = src ^ dst.rotate_left(16) ^ ports.rotate_left(8);
     h ^= protocol as u32;
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);

@@ -2,6 +2,8 @@
 //! (shared with host tests); this crate applies them to live packets.
 #![no_std]
 #![no_main]
+// Packet stores of whole words (see `ptr::tc_write_words`): BPF inline assembly is unstable.
+#![feature(asm_experimental_arch)]
 
 mod decap;
 mod deliver;

@@ -1,10 +1,13 @@
 //! The only place that turns packet memory into references. Every access is bounds-checked against
 //! `data_end` right before it, in the shape the verifier accepts.
 
-use core::mem::size_of;
+use core::{arch::asm, mem::size_of};
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use xnet_common::packet::{Header, Packet};
+use xnet_common::{
+    outer::TEMPLATE_WORDS,
+    packet::{Header, Packet},
+};
 
 /// Bounds-checked pointer to a `T` at `offset` in `[start, end)`.
 #[inline(always)]
@@ -92,4 +95,93 @@ pub fn gso_segs(ctx: &TcContext) -> u32 {
 pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: as for gso_segs.
     unsafe { (*ctx.skb.skb).ingress_ifindex }
+}
+
+/// Stores the first `LEN` bytes of `words` (little-endian: byte `i` is byte `i % 8` of word
+/// `i / 8`, as [`xnet_common::outer`] builds them) at `offset` of a tc packet's linear data;
+/// `None` when that is too short.
+///
+/// Eight bytes per instruction. Rust's unaligned writes (all a packet allows, its alignment being
+/// unknown) reach the BPF backend as one store per byte, several hundred instructions for a VXLAN
+/// header; these stores are spelled out instead. The verifier accepts unaligned packet access
+/// where the CPU handles it (x86-64 and arm64 among them; elsewhere it refuses the program at load,
+/// and says so).
+#[inline(always)]
+pub fn tc_write_words<const LEN: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    words: &[u64; TEMPLATE_WORDS],
+) -> Option<()> {
+    const { assert!(LEN <= TEMPLATE_WORDS * 8 && LEN.is_multiple_of(2)) };
+    let p = at::<[u8; LEN]>(ctx.data(), ctx.data_end(), offset)? as usize;
+    // SAFETY: `at` checked that all LEN bytes from `p` lie in the linear packet data, and each store
+    // below stays inside them; no reference into the packet is alive across these writes.
+    unsafe {
+        let mut i = 0;
+        while i + 8 <= LEN {
+            store::<8>(p + i, words[i / 8]);
+            i += 8;
+        }
+        if i + 4 <= LEN {
+            store::<4>(p + i, words[i / 8]);
+            i += 4;
+        }
+        if i + 2 <= LEN {
+            store::<2>(p + i, words[i / 8] >> (8 * (i % 8)));
+        }
+    }
+    Some(())
+}
+
+/// Reads the `N` 4-byte words from `offset` of a tc packet's linear data, little-endian, one
+/// instruction each (see [`tc_write_words`]); `None` when the packet is too short.
+#[inline(always)]
+pub fn tc_read_words<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u32; N]> {
+    let p = at::<[[u8; 4]; N]>(ctx.data(), ctx.data_end(), offset)? as usize;
+    let mut words = [0u32; N];
+    let mut i = 0;
+    while i < N {
+        let v: u64;
+        // SAFETY: `at` checked that all N words lie in the linear packet data; reading changes
+        // nothing.
+        unsafe {
+            asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p + 4 * i, v = lateout(reg) v, options(nostack, readonly))
+        };
+        words[i] = v as u32;
+        i += 1;
+    }
+    Some(words)
+}
+
+/// [`tc_read_words`] for one word.
+#[inline(always)]
+pub fn tc_read_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
+    tc_read_words::<1>(ctx, offset).map(|[w]| w)
+}
+
+/// Writes the low `N` (2, 4 or 8) bytes of `v` to address `p`, little-endian, in one instruction.
+///
+/// # Safety
+/// `p..p + N` must be writable packet data the verifier has seen bounds-checked.
+#[inline(always)]
+unsafe fn store<const N: usize>(p: usize, v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match N {
+            8 => asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack)),
+            4 => asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack)),
+            2 => asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack)),
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Writes the 4 bytes at `offset` of a tc packet's linear data from a little-endian word, in one
+/// instruction; `None` when the packet is too short.
+#[inline(always)]
+pub fn tc_write_u32(ctx: &TcContext, offset: usize, v: u32) -> Option<()> {
+    let p = at::<[u8; 4]>(ctx.data(), ctx.data_end(), offset)? as usize;
+    // SAFETY: `at` checked the 4 bytes lie in the linear packet data.
+    unsafe { store::<4>(p, v as u64) };
+    Some(())
 }

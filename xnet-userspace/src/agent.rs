@@ -118,6 +118,8 @@ impl Plan {
             index_netmask: [0; 4],
             index_shift: 0,
             reserved3: [0; 7],
+            // Built from the fields above when CONFIG is written (Datapath::set_config).
+            outer: Default::default(),
         }
     }
 

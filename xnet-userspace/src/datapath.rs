@@ -229,7 +229,7 @@ impl Datapath {
 
     /// Writes this host's side of the tunnels.
     pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
-        self.set_single(maps::CONFIG, cfg)
+        self.set_single(maps::CONFIG, &cfg.with_outer_templates())
     }
 
     /// Updates the gateway MAC in CONFIG when it changed.

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use xnet_common::{
     maps::DatapathConfig,
-    packet::{Header, Packet},
+    outer::TEMPLATE_WORDS,
     stats::Outcome,
-    wire::{self, ETH_LEN, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UdpHdr},
+    wire::{self, ETH_LEN, IPPROTO_UDP, IPV4_LEN},
 };
 
 use crate::ptr;
@@ -52,37 +52,25 @@ pub fn flow_hash(ctx: &TcContext) -> u32 {
     if hash != 0 {
         return hash;
     }
-    let pkt = ptr::TcPacket(ctx);
-    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
+    // The IPv4 header as words: version and TOS, fragment field, protocol, source, destination.
+    let Some([w0, w1, w2, src, dst]) = ptr::tc_read_words::<5>(ctx, ETH_LEN) else {
         return 0;
     };
-    let has_ports = ip.version_ihl == 0x45
-        && ip.flags_frag() & 0x1fff == 0
-        && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP);
-    // TCP and UDP both start with the two ports.
-    let ports = match pkt.header::<UdpHdr>(ETH_LEN + IPV4_LEN) {
-        Some(l4) if has_ports => {
-            u32::from_be_bytes([l4.src_port[0], l4.src_port[1], l4.dst_port[0], l4.dst_port[1]])
-        }
-        _ => 0,
-    };
-    wire::flow_hash(ip.src, ip.dst, ip.protocol, ports)
+    let protocol = (w2 >> 8) as u8;
+    // Version 4 without options, not a fragment (offset and MF clear: the field's mask 0x3fff
+    // reads 0xff3f little-endian), TCP or UDP: then the ports follow.
+    let has_ports =
+        w0 & 0xff == 0x45 && (w1 >> 16) & 0xff3f == 0 && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP);
+    let ports = if has_ports { ptr::tc_read_u32(ctx, ETH_LEN + IPV4_LEN).unwrap_or(0) } else { 0 };
+    wire::flow_hash(src, dst, protocol, ports)
 }
 
-/// Writes the outer headers right after the Ethernet header.
+/// Writes `LEN` bytes of outer headers (a filled template) right after the Ethernet header, into
+/// the room `bpf_skb_adjust_room` just made: always linear data, so the bounds check only
+/// satisfies the verifier.
 #[inline(always)]
-pub fn write_outer<T: Header + Copy>(ctx: &TcContext, outer: &T) -> Result<(), Outcome> {
-    write_at(ctx, ETH_LEN, outer)
-}
-
-/// Writes a header at `offset`: directly when it lies in the linear data (always, for headers that
-/// `bpf_skb_adjust_room` just made room for), else through the helper.
-#[inline(always)]
-pub fn write_at<T: Header + Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Outcome> {
-    if ptr::tc_write(ctx, offset, *value).is_some() {
-        return Ok(());
-    }
-    ctx.store(offset, value, 0).map_err(|_| Outcome::DropEncapFailed)
+pub fn write_outer<const LEN: usize>(ctx: &TcContext, outer: &[u64; TEMPLATE_WORDS]) -> Result<(), Outcome> {
+    ptr::tc_write_words::<LEN>(ctx, ETH_LEN, outer).ok_or(Outcome::DropEncapFailed)
 }
 
 /// Sends the packet out of the underlay interface. The kernel routes the outer destination (or

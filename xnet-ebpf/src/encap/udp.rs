@@ -11,13 +11,16 @@ use aya_ebpf::{
 use xnet_common::{
     csum,
     maps::{DatapathConfig, RemoteSubnet},
-    packet::Packet,
+    outer::Fill,
     stats::Outcome,
-    wire::{ETH_LEN, InnerInfo, Ipv4Hdr, UDP_ENCAP_LEN, udp_outer},
+    wire::{ETH_LEN, UDP_ENCAP_LEN},
 };
 
 use super::{FIXED_GSO, check_fits, write_outer};
 use crate::ptr;
+
+/// Where the inner TTL, protocol and header checksum sit: one word.
+const TTL_WORD: usize = ETH_LEN + 8;
 
 #[inline(always)]
 pub fn encapsulate(
@@ -27,16 +30,15 @@ pub fn encapsulate(
     tos: u8,
 ) -> Result<(), Outcome> {
     check_fits(ctx, cfg, UDP_ENCAP_LEN)?;
-    let mut ip = *ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN).ok_or(Outcome::DropEncapFailed)?;
-    if ip.ttl <= 1 {
+    let ttl_word = ptr::tc_read_u32(ctx, TTL_WORD).ok_or(Outcome::DropEncapFailed)?;
+    if ttl_word & 0xff <= 1 {
         return Err(Outcome::DropTtlExceeded);
     }
-    csum::decrement_ttl(&mut ip);
-    ptr::tc_write(ctx, ETH_LEN, ip).ok_or(Outcome::DropEncapFailed)?;
+    ptr::tc_write_u32(ctx, TTL_WORD, csum::decrement_ttl_word(ttl_word)).ok_or(Outcome::DropEncapFailed)?;
 
-    let inner = InnerInfo { ip_len: ctx.len() as usize - ETH_LEN, tos, flow_hash: 0 };
-    let outer = udp_outer(cfg.local_ip, route.peer_ip, cfg.udp_port(), &inner);
+    let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
+    let outer = cfg.outer.udp.udp(&fill);
     let flags = FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
     ctx.adjust_room(UDP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    write_outer(ctx, &outer)
+    write_outer::<UDP_ENCAP_LEN>(ctx, &outer)
 }

@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use xnet_common::{
     maps::{DatapathConfig, RemoteSubnet},
+    outer::Fill,
     stats::Outcome,
-    wire::{ETH_LEN, InnerInfo, VXLAN_ENCAP_LEN, VxlanLocal, VxlanRemote, vxlan_outer},
+    wire::{ETH_LEN, VXLAN_ENCAP_LEN},
 };
 
 use super::{FIXED_GSO, check_fits, encap_l2, flow_hash, write_outer};
@@ -26,20 +27,13 @@ pub fn encapsulate(
     tos: u8,
 ) -> Result<(), Outcome> {
     check_fits(ctx, cfg, VXLAN_ENCAP_LEN)?;
-    let local = VxlanLocal {
-        ip: cfg.local_ip,
-        vtep_mac: cfg.vtep_mac,
-        port: cfg.vxlan_port(),
-        vni: u32::from_be_bytes(cfg.vxlan_vni) >> 8,
-    };
-    let remote = VxlanRemote { ip: route.peer_ip, vtep_mac: route.vtep_mac };
-    let inner = InnerInfo { ip_len: ctx.len() as usize - ETH_LEN, tos, flow_hash: flow_hash(ctx) };
-    let outer = vxlan_outer(&local, &remote, &inner);
+    let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
+    let outer = cfg.outer.vxlan.vxlan(&fill, &route.vtep_mac, flow_hash(ctx));
     let flags = FIXED_GSO
         | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | encap_l2(ETH_LEN);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    write_outer(ctx, &outer)
+    write_outer::<VXLAN_ENCAP_LEN>(ctx, &outer)
 }
