@@ -436,7 +436,22 @@ impl Bench {
         map.iter().filter_map(Result::ok).collect()
     }
 
-    /// Makes every ENDPOINTS entry look resolved long ago, so the next packet resolves again.
+    /// Removes what the agent's one-second tick would from ENDPOINTS, with `ports` as the bridge
+    /// ports it found (container MAC -> ifindex).
+    pub fn expire_endpoints(&mut self, ports: &std::collections::BTreeMap<[u8; 6], u32>) {
+        let stale = xnet::datapath::stale_endpoints(
+            self.endpoints().into_iter(),
+            ports,
+            xnet::datapath::monotonic_coarse_ns(),
+        );
+        let mut map: HashMap<&mut MapData, [u8; 4], xnet_common::maps::Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
+        for ip in stale {
+            map.remove(&ip).unwrap();
+        }
+    }
+
+    /// Makes every ENDPOINTS entry look resolved long ago.
     pub fn age_endpoints(&mut self) {
         let entries = self.endpoints();
         let mut map: HashMap<&mut MapData, [u8; 4], xnet_common::maps::Endpoint> =

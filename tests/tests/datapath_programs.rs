@@ -741,8 +741,17 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
         let ns_ip = |args: &[&str]| xnet_tests::netns::run_ok(std::process::Command::new("ip").args(args));
         ns_ip(&["neigh", "del", "10.244.1.5", "dev", "xb0"]);
         assert_eq!(bench.run(programs::TC_INGRESS, &input).0, TC_ACT_REDIRECT, "from ENDPOINTS");
-        // Once it is old, it is resolved again: no neighbour now, so the stack gets the packet.
+        // The program never checks an entry's age; the agent's tick keeps a young one whose
+        // container is still behind its port...
+        let ports = std::collections::BTreeMap::from([(CMAC, port)]);
+        bench.expire_endpoints(&ports);
+        assert_eq!(bench.endpoints().len(), 1, "young and in place: kept");
         bench.age_endpoints();
+        assert_eq!(bench.run(programs::TC_INGRESS, &input).0, TC_ACT_REDIRECT, "old, still used");
+        // ... and removes an old one; the next packet resolves again: no neighbour now, so the
+        // stack gets the packet.
+        bench.expire_endpoints(&ports);
+        assert!(bench.endpoints().is_empty(), "old: removed");
         let (verdict, out) = bench.run(programs::TC_INGRESS, &input);
         assert_eq!(verdict, TC_ACT_OK, "resolved again, and the kernel no longer knows the container");
         assert_eq!(&out[14..], inner, "handed to the stack decapsulated and otherwise untouched");

@@ -4,9 +4,9 @@ use crate::maps::DatapathConfig;
 use crate::packet::Packet;
 use crate::stats::Outcome;
 use crate::wire::{
-    ETH_LEN, ETH_P_IPV4, EthHdr, GRE_ENCAP_LEN, GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S, GRE_KEYED_ENCAP_LEN,
-    GRE_VERSION_MASK, GreHdr, GreKey, IPPROTO_GRE, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UDP_ENCAP_LEN, UDP_LEN,
-    UdpHdr, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_LEN, VxlanHdr,
+    ETH_LEN, ETH_P_IPV4, GRE_ENCAP_LEN, GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S, GRE_KEYED_ENCAP_LEN,
+    GRE_VERSION_MASK, IPPROTO_GRE, IPPROTO_UDP, IPV4_LEN, UDP_ENCAP_LEN, UDP_LEN, VXLAN_ENCAP_LEN,
+    VXLAN_FLAG_VNI, VXLAN_LEN,
 };
 
 /// Offsets in a frame with an outer IPv4 header without options.
@@ -65,96 +65,102 @@ pub enum DecapDecision {
 /// with, so hosts can change backend one at a time. A packet is ours once it is IPv4 and either UDP
 /// to the VXLAN or the flannel-udp port, or GRE carrying IPv4; anything cut short before that is
 /// left to the kernel. `is_peer` says whether an outer source address belongs to a known peer.
+///
+/// The headers are read as little-endian 4-byte words (one load each in the programs), so every
+/// constant below is a field's wire bytes read that way: EtherType 0x0800 reads 0x0008, the GRE K
+/// flag 0x2000 reads 0x0020, and so on.
 #[inline(always)]
 pub fn classify<P, F>(pkt: &P, cfg: &DatapathConfig, is_peer: F) -> DecapDecision
 where
     P: Packet + ?Sized,
     F: FnOnce(&[u8; 4]) -> bool,
 {
-    let Some(eth) = pkt.header::<EthHdr>(0) else {
+    // Bytes 10 to 33: the end of the source MAC and the EtherType, then the outer IPv4 header.
+    let Some([ether, ip0, ip1, ip2, src, dst]) = pkt.words::<6>(ETH_LEN - 4) else {
         return DecapDecision::Pass;
     };
-    if eth.ethertype() != ETH_P_IPV4 {
+    if ether >> 16 != ETHERTYPE_IPV4 {
         return DecapDecision::Pass;
     }
-    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
-        return DecapDecision::Pass;
-    };
     // Outer headers with IP options are not something xnet or the kernel's tunnels send.
-    if ip.version_ihl != 0x45 {
+    if ip0 & 0xff != 0x45 {
         return DecapDecision::Pass;
     }
-    if ip.is_fragment() && ip.flags_frag() & 0x1fff != 0 {
+    let frag = ip1 >> 16;
+    if frag & FRAG_OFFSET != 0 {
         // A later fragment carries no transport header: nothing says it is ours.
         return DecapDecision::Pass;
     }
-    let tunnel = match ip.protocol {
+    // The transport header's first word: UDP's ports, or GRE's flags and protocol. A UDP header
+    // must be whole.
+    let l4 = match (ip2 >> 8) as u8 {
+        IPPROTO_UDP => pkt.words::<2>(OUTER_L4_OFFSET).map(|[w, _]| w),
+        _ => pkt.words::<1>(OUTER_L4_OFFSET).map(|[w]| w),
+    };
+    let Some(l4) = l4 else {
+        return DecapDecision::Pass;
+    };
+    let tunnel = match (ip2 >> 8) as u8 {
         IPPROTO_UDP => {
-            let Some(udp) = pkt.header::<UdpHdr>(OUTER_UDP_OFFSET) else {
-                return DecapDecision::Pass;
-            };
-            if udp.dst_port == cfg.vxlan_port {
+            let dst_port = l4 >> 16;
+            if dst_port == u16::from_le_bytes(cfg.vxlan_port) as u32 {
                 Tunnel::Vxlan
-            } else if udp.dst_port == cfg.udp_port {
+            } else if dst_port == u16::from_le_bytes(cfg.udp_port) as u32 {
                 Tunnel::Udp
             } else {
                 return DecapDecision::Pass;
             }
         }
         IPPROTO_GRE => {
-            let Some(gre) = pkt.header::<GreHdr>(OUTER_L4_OFFSET) else {
-                return DecapDecision::Pass;
-            };
             // Other GRE payloads (Ethernet, ERSPAN, ...) belong to someone else.
-            if gre.protocol() != ETH_P_IPV4 {
+            if l4 >> 16 != ETHERTYPE_IPV4 {
                 return DecapDecision::Pass;
             }
-            if gre.flags_version() & GRE_FLAG_K != 0 { Tunnel::GreKeyed } else { Tunnel::Gre }
+            if l4 & GRE_K != 0 { Tunnel::GreKeyed } else { Tunnel::Gre }
         }
         _ => return DecapDecision::Pass,
     };
     // From here on the packet is addressed to our tunnels. It has not met ip_rcv yet, so nobody has
     // checked its header.
-    if !crate::csum::ipv4_header_valid(ip) {
+    if !checksum_ok([ip0, ip1, ip2, src, dst]) {
         return DecapDecision::Drop(Outcome::DropBadOuterChecksum);
     }
-    if ip.is_fragment() {
+    if frag & (FRAG_OFFSET | FRAG_MF) != 0 {
         return DecapDecision::Drop(Outcome::DropOuterFragment);
     }
-    if !is_peer(&ip.src) {
+    if !is_peer(&src.to_le_bytes()) {
         return DecapDecision::Drop(Outcome::DropUnknownPeer);
     }
     let inner_ip_offset = match tunnel {
         Tunnel::Vxlan => {
-            let Some(vxlan) = pkt.header::<VxlanHdr>(VXLAN_OFFSET) else {
+            let Some([flags, vni]) = pkt.words::<2>(VXLAN_OFFSET) else {
                 return DecapDecision::Drop(Outcome::DropTruncated);
             };
-            if vxlan.flags & VXLAN_FLAG_VNI == 0 || vxlan.vni_reserved[..3] != cfg.vxlan_vni[..3] {
+            let want_vni = u32::from_le_bytes(cfg.vxlan_vni) & 0x00ff_ffff;
+            if flags & VXLAN_FLAG_VNI as u32 == 0 || vni & 0x00ff_ffff != want_vni {
                 return DecapDecision::Drop(Outcome::DropBadVni);
             }
-            let Some(inner_eth) = pkt.header::<EthHdr>(INNER_ETH_OFFSET) else {
+            // The inner Ethernet header's last word: the end of its source MAC, its EtherType.
+            let Some([inner_ether]) = pkt.words::<1>(INNER_IP_OFFSET - 4) else {
                 return DecapDecision::Drop(Outcome::DropTruncated);
             };
-            if inner_eth.ethertype() != ETH_P_IPV4 {
+            if inner_ether >> 16 != ETHERTYPE_IPV4 {
                 return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
             }
             INNER_IP_OFFSET
         }
         Tunnel::Udp => ETH_LEN + UDP_ENCAP_LEN,
         Tunnel::Gre | Tunnel::GreKeyed => {
-            let Some(gre) = pkt.header::<GreHdr>(OUTER_L4_OFFSET) else {
-                return DecapDecision::Drop(Outcome::DropTruncated);
-            };
-            if gre.flags_version() & (GRE_FLAG_C | GRE_FLAG_S | GRE_VERSION_MASK) != 0 {
+            if l4 & (GRE_C | GRE_S | GRE_VERSION) != 0 {
                 return DecapDecision::Drop(Outcome::DropBadGreHeader);
             }
             match (cfg.gre_key(), tunnel) {
                 (None, Tunnel::Gre) => ETH_LEN + GRE_ENCAP_LEN,
                 (Some(key), Tunnel::GreKeyed) => {
-                    let Some(got) = pkt.header::<GreKey>(GRE_KEY_OFFSET) else {
+                    let Some([got]) = pkt.words::<1>(GRE_KEY_OFFSET) else {
                         return DecapDecision::Drop(Outcome::DropTruncated);
                     };
-                    if got.0 != key.to_be_bytes() {
+                    if got != u32::from_le_bytes(key.to_be_bytes()) {
                         return DecapDecision::Drop(Outcome::DropBadGreKey);
                     }
                     ETH_LEN + GRE_KEYED_ENCAP_LEN
@@ -163,16 +169,35 @@ where
             }
         }
     };
-    let Some(inner_ip) = pkt.header::<Ipv4Hdr>(inner_ip_offset) else {
+    let Some([inner0, _, _, _, inner_dst]) = pkt.words::<5>(inner_ip_offset) else {
         return DecapDecision::Drop(Outcome::DropTruncated);
     };
-    if inner_ip.version() != 4 {
+    if inner0 & 0xf0 != 0x40 {
         return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
     }
-    if !cfg.is_local(&inner_ip.dst) {
+    if !cfg.is_local(&inner_dst.to_le_bytes()) {
         return DecapDecision::Drop(Outcome::DropInnerNotLocal);
     }
     DecapDecision::Decap(tunnel)
+}
+
+/// EtherType (and GRE protocol) 0x0800, read little-endian.
+const ETHERTYPE_IPV4: u32 = ETH_P_IPV4.swap_bytes() as u32;
+/// The IPv4 fragment field's offset bits (0x1fff) and MF bit (0x2000), read little-endian.
+const FRAG_OFFSET: u32 = 0x1fffu16.swap_bytes() as u32;
+const FRAG_MF: u32 = 0x2000u16.swap_bytes() as u32;
+/// GRE's flags and version (the header's first two bytes), read little-endian.
+const GRE_K: u32 = GRE_FLAG_K.swap_bytes() as u32;
+const GRE_C: u32 = GRE_FLAG_C.swap_bytes() as u32;
+const GRE_S: u32 = GRE_FLAG_S.swap_bytes() as u32;
+const GRE_VERSION: u32 = GRE_VERSION_MASK.swap_bytes() as u32;
+
+/// Whether an IPv4 header without options, as five little-endian words, has a correct checksum:
+/// its 16-bit words sum to all ones (summing them little-endian gives the same answer, RFC 1071).
+#[inline(always)]
+fn checksum_ok(words: [u32; 5]) -> bool {
+    let sum: u32 = words.iter().map(|w| (w & 0xffff) + (w >> 16)).sum();
+    crate::csum::fold(sum) == 0xffff
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The egress decision: which container packets leave the host in a tunnel.
 
 use crate::packet::Packet;
-use crate::wire::{ETH_LEN, ETH_P_IPV4, EthHdr, Ipv4Hdr};
 
 /// What to do with a frame that a container sent into the host.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,31 +16,40 @@ pub enum EgressDecision<R> {
 }
 
 /// Decides what happens to `pkt`; `lookup` finds the remote subnet holding an IPv4 destination
-/// (longest prefix match); `is_container` says whether a MAC address belongs to a container on this
-/// host. A frame addressed to another local container is the bridge's to forward, whatever its IP
-/// destination (that container may be a router): only frames for the host are taken.
+/// (longest prefix match); `is_container` says whether a MAC address (as [`crate::wire::mac_word`]
+/// gives it) belongs to a container on this host. A frame addressed to another local container is
+/// the bridge's to forward, whatever its IP destination (that container may be a router): only
+/// frames for the host are taken.
+///
+/// Reads the packet as four little-endian words: the destination MAC (two), the EtherType with the
+/// IP version and TOS, and the IP destination.
 #[inline(always)]
 pub fn classify<P, R, F, C>(pkt: &P, lookup: F, is_container: C) -> EgressDecision<R>
 where
     P: Packet + ?Sized,
     F: FnOnce(&[u8; 4]) -> Option<R>,
-    C: FnOnce(&[u8; 6]) -> bool,
+    C: FnOnce(u64) -> bool,
 {
-    let Some(eth) = pkt.header::<EthHdr>(0) else {
+    // Bytes 0 to 15: destination MAC, source MAC, EtherType (0x0800 reads 0x0008), then the
+    // version/IHL byte and the TOS.
+    let Some([mac_lo, mac_hi, _, ether_ip]) = pkt.words::<4>(0) else {
         return EgressDecision::Pass;
     };
-    if eth.ethertype() != ETH_P_IPV4 {
+    if ether_ip & 0xffff != 0x0008 {
         return EgressDecision::Pass;
     }
     // A truncated or non-v4 IP header is not ours to judge: the kernel drops it and counts it.
-    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_LEN) else {
+    let Some([dst]) = pkt.words::<1>(30) else {
         return EgressDecision::Pass;
     };
-    if ip.version() != 4 {
+    if (ether_ip >> 20) & 0xf != 4 {
         return EgressDecision::Pass;
     }
-    match lookup(&ip.dst) {
-        Some(route) if !is_container(&eth.dst) => EgressDecision::Encapsulate { route, tos: ip.tos },
+    let mac = mac_lo as u64 | ((mac_hi & 0xffff) as u64) << 32;
+    match lookup(&dst.to_le_bytes()) {
+        Some(route) if !is_container(mac) => {
+            EgressDecision::Encapsulate { route, tos: (ether_ip >> 24) as u8 }
+        }
         _ => EgressDecision::Pass,
     }
 }
@@ -70,8 +78,8 @@ mod tests {
     }
 
     /// The container at 2:0:0:0:0:3 is on this host.
-    fn container(mac: &[u8; 6]) -> bool {
-        *mac == [2, 0, 0, 0, 0, 3]
+    fn container(mac: u64) -> bool {
+        mac == crate::wire::mac_word(&[2, 0, 0, 0, 0, 3])
     }
 
     #[test]

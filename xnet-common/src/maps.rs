@@ -24,8 +24,9 @@ pub const ROUTE_INFO: &str = "ROUTE_INFO";
 
 /// LRU hash: a local container's IPv4 address -> [`Endpoint`], where decapsulated packets for it
 /// were last delivered. Filled by the ingress program from `bpf_fib_lookup` and LOCAL_PORTS, so
-/// most packets skip both; entries older than [`ENDPOINT_MAX_AGE_NS`] are resolved again, and the
-/// agent removes those whose container left its bridge port.
+/// most packets skip both (and read no clock). The agent removes, every second, the entries
+/// resolved more than [`ENDPOINT_MAX_AGE_NS`] ago and those whose container left its bridge port;
+/// the next packet resolves them again.
 pub const ENDPOINTS: &str = "ENDPOINTS";
 
 /// Array of [`PeerSlot`], indexed by [`peer_slot`] of a peer's public IPv4: the peer check on every
@@ -82,7 +83,7 @@ pub fn peer_slot(ip: &[u8; 4]) -> u32 {
 
 pub const ENDPOINTS_MAX: u32 = 1 << 16;
 /// How long a resolved endpoint is used before the kernel is asked again (a container whose MAC
-/// changed on the same port is followed within this time).
+/// changed on the same port is followed within this time, plus the agent's one-second tick).
 pub const ENDPOINT_MAX_AGE_NS: u64 = 5_000_000_000;
 
 pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
@@ -226,8 +227,28 @@ pub struct Endpoint {
     /// Destination (the container's) and source (the bridge's) MAC of the rewritten frame.
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    /// `bpf_ktime_get_coarse_ns` when it was resolved.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) when it was resolved.
     pub resolved_at: u64,
+}
+
+impl Endpoint {
+    /// Whether the agent should remove this entry at `now` (CLOCK_MONOTONIC_COARSE, ns): resolved
+    /// [`ENDPOINT_MAX_AGE_NS`] ago or more.
+    pub fn is_stale(&self, now: u64) -> bool {
+        now.saturating_sub(self.resolved_at) >= ENDPOINT_MAX_AGE_NS
+    }
+
+    /// The rewritten frame's destination and source MAC, in that order, as three little-endian
+    /// words: the first 12 bytes of the Ethernet header.
+    #[inline(always)]
+    pub fn mac_words(&self) -> [u32; 3] {
+        let (d, s) = (self.dmac, self.smac);
+        [
+            u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            u32::from_le_bytes([d[4], d[5], s[0], s[1]]),
+            u32::from_le_bytes([s[2], s[3], s[4], s[5]]),
+        ]
+    }
 }
 
 /// Where routes come from. Numbers are stored in maps: never reuse one.

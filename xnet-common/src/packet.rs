@@ -20,6 +20,13 @@ pub trait Packet {
 
     /// The header of type `T` at byte `offset`, or `None` when the packet ends before it does.
     fn header<T: Header>(&self, offset: usize) -> Option<&T>;
+
+    /// The `N` 4-byte words from byte `offset` as little-endian integers (byte `offset` lowest),
+    /// or `None` when the packet ends first. The programs load each word in one instruction.
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u32; N]> {
+        Some(self.header::<[[u8; 4]; N]>(offset)?.map(u32::from_le_bytes))
+    }
 }
 
 /// Host-side packets (tests, the agent's own tooling) are byte slices.

@@ -200,6 +200,20 @@ impl VxlanHdr {
     }
 }
 
+/// A MAC address as one little-endian integer (byte 0 lowest), as the programs compare them.
+#[inline(always)]
+pub fn mac_word(mac: &[u8; 6]) -> u64 {
+    u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]) as u64
+        | (u16::from_le_bytes([mac[4], mac[5]]) as u64) << 32
+}
+
+/// The bytes of a [`mac_word`].
+#[inline(always)]
+pub fn mac_bytes(word: u64) -> [u8; 6] {
+    let b = word.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
 /// The wire form of a VNI: three bytes of VNI followed by the reserved byte (zero).
 pub const fn vni_to_wire(vni: u32) -> [u8; 4] {
     (vni << 8).to_be_bytes()

@@ -14,12 +14,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect_peer},
     programs::TcContext,
 };
-use xnet_common::{
-    csum,
-    maps::{ENDPOINT_MAX_AGE_NS, Endpoint},
-    packet::Packet,
-    wire::{ETH_LEN, EthHdr, Ipv4Hdr},
-};
+use xnet_common::{csum, maps::Endpoint, wire::ETH_LEN};
 
 use crate::{ENDPOINTS, LOCAL_PORTS, ptr};
 
@@ -35,50 +30,51 @@ pub enum Delivery {
     Failed,
 }
 
+/// The inner IPv4 header up to its destination, as five little-endian words: version and TOS;
+/// identification and fragment field; TTL, protocol and checksum; source; destination.
+type Ipv4Words = [u32; 5];
+
 /// Redirects the (already decapsulated) packet into its container when the kernel can tell where
-/// that is: from ENDPOINTS when it was resolved recently, else from the kernel's tables (and the
+/// that is: from ENDPOINTS (the agent expires its entries), else from the kernel's tables (and the
 /// answer is remembered).
 #[inline(always)]
 pub fn to_container(ctx: &TcContext) -> Delivery {
-    let Some(ip) = ptr::TcPacket(ctx).header::<Ipv4Hdr>(ETH_LEN).copied() else {
+    let Some(ip) = ptr::tc_read_words::<5>(ctx, ETH_LEN) else {
         return Delivery::ToStack;
     };
-    if ip.ttl <= 1 {
+    if ip[2] & 0xff <= 1 {
         return Delivery::ToStack;
     }
-    // SAFETY: plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let dst = ip[4].to_le_bytes();
     // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
-    let cached = unsafe { ENDPOINTS.get(ip.dst) }.copied();
-    let endpoint = match cached {
-        Some(e) if now.wrapping_sub(e.resolved_at) < ENDPOINT_MAX_AGE_NS => e,
-        _ => match resolve(ctx, &ip, now) {
+    let endpoint = match unsafe { ENDPOINTS.get(dst) }.copied() {
+        Some(e) => e,
+        None => match resolve(ctx, &ip) {
             Some(e) => {
                 // A full map evicts its least recently used entry; a failed insert only costs the
                 // next packet another lookup.
-                let _ = ENDPOINTS.insert(ip.dst, e, 0);
+                let _ = ENDPOINTS.insert(dst, e, 0);
                 e
             }
             None => return Delivery::ToStack,
         },
     };
-    let eth = EthHdr { dst: endpoint.dmac, src: endpoint.smac, ethertype: 0x0800u16.to_be_bytes() };
-    rewrite_and_redirect(ctx, (endpoint.ifindex, eth, ip))
+    rewrite_and_redirect(ctx, &endpoint, ip[2])
 }
 
-/// Asks the kernel where the inner destination `ip.dst` is: the bridge port behind which it sits
-/// and the MACs to use; `None` when the stack should handle the packet. Reads only.
+/// Asks the kernel where the inner destination is: the bridge port behind which it sits and the
+/// MACs to use; `None` when the stack should handle the packet. Reads only.
 #[inline(always)]
-fn resolve(ctx: &TcContext, ip: &Ipv4Hdr, now: u64) -> Option<Endpoint> {
+fn resolve(ctx: &TcContext, ip: &Ipv4Words) -> Option<Endpoint> {
     // SAFETY: bpf_fib_lookup is plain data (integers and unions of integers); zero is valid.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = ip.protocol;
+    fib.l4_protocol = (ip[2] >> 8) as u8;
     // tot_len stays 0: the kernel then checks the skb itself against the egress MTU, which is right
     // for GSO packets (their IP length is the whole super-packet's).
-    fib.__bindgen_anon_2.tos = ip.tos;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    fib.__bindgen_anon_2.tos = (ip[0] >> 8) as u8;
+    fib.__bindgen_anon_3.ipv4_src = ip[3];
+    fib.__bindgen_anon_4.ipv4_dst = ip[4];
     fib.ifindex = ptr::ingress_ifindex(ctx);
     // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed; ctx.skb.skb is our skb.
     let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
@@ -87,18 +83,21 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Hdr, now: u64) -> Option<Endpoint> {
     }
     // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
     let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
+    // SAFETY: plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     Some(Endpoint { ifindex: port.ifindex, dmac: fib.dmac, smac: fib.smac, resolved_at: now })
 }
 
+/// Writes the endpoint's MACs and the decremented TTL (RFC 1812, checksum patched to match), then
+/// redirects to the container's veth. `ttl_word`: the inner header's TTL, protocol and checksum.
 #[inline(always)]
-fn rewrite_and_redirect(ctx: &TcContext, (ifindex, eth, mut ip): (u32, EthHdr, Ipv4Hdr)) -> Delivery {
-    // Forwarding decrements the TTL (RFC 1812), with the header checksum patched to match. Both
-    // headers were just read from the linear data, so they are written back the same way.
-    csum::decrement_ttl(&mut ip);
-    if ptr::tc_write(ctx, 0, eth).is_none() || ptr::tc_write(ctx, ETH_LEN, ip).is_none() {
+fn rewrite_and_redirect(ctx: &TcContext, endpoint: &Endpoint, ttl_word: u32) -> Delivery {
+    let rewritten = ptr::tc_write_u32s(ctx, 0, endpoint.mac_words())
+        .and_then(|()| ptr::tc_write_u32s(ctx, ETH_LEN + 8, [csum::decrement_ttl_word(ttl_word)]));
+    if rewritten.is_none() {
         return Delivery::Failed;
     }
     // SAFETY: plain helper call; redirects to the ingress of the veth peer of `ifindex`.
-    let ret = unsafe { bpf_redirect_peer(ifindex, 0) };
+    let ret = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) };
     if ret == TC_ACT_REDIRECT as i64 { Delivery::Redirected(ret as i32) } else { Delivery::Failed }
 }

@@ -26,6 +26,7 @@ use xnet_common::{
         RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
+    wire::{mac_bytes, mac_word},
 };
 
 /// Remote subnet -> the host that owns it (longest prefix match on the inner destination).
@@ -90,7 +91,7 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     // A reference into the array map: the agent writes CONFIG as a whole value, and a packet that
     // races it sees the old or the new one.
     let cfg = CONFIG.get(0);
-    let gateway = cfg.map(|c| c.gateway_mac).unwrap_or_default();
+    let gateway = cfg.map(|c| mac_word(&c.gateway_mac)).unwrap_or_default();
     // SAFETY (LOCAL_PORTS): only whether an entry exists is read.
     let decision = egress::classify(
         &pkt,
@@ -98,7 +99,7 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
             Some(i) => ROUTE_INDEX.get(i).filter(|r| r.backend != 0).copied(),
             None => REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied(),
         },
-        |mac| *mac != gateway && unsafe { LOCAL_PORTS.get(mac) }.is_some(),
+        |mac| mac != gateway && unsafe { LOCAL_PORTS.get(mac_bytes(mac)) }.is_some(),
     );
     let EgressDecision::Encapsulate { route, tos } = decision else {
         return Ok((Outcome::Passed, TC_ACT_OK));

@@ -38,6 +38,11 @@ impl Packet for TcPacket<'_> {
         // can run while the borrow lives); `T: Header` has alignment 1 and no invalid bit patterns.
         Some(unsafe { &*p })
     }
+
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u32; N]> {
+        tc_read_words(self.0, offset)
+    }
 }
 
 impl Packet for XdpPacket<'_> {
@@ -52,6 +57,11 @@ impl Packet for XdpPacket<'_> {
         // SAFETY: as for TcPacket: bounds checked against data_end, alignment 1, any bit pattern.
         Some(unsafe { &*p })
     }
+
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u32; N]> {
+        read_words(self.0.data(), self.0.data_end(), offset)
+    }
 }
 
 /// Writes `value` at `offset` of an XDP packet; `None` when the packet is too short.
@@ -60,17 +70,6 @@ pub fn xdp_write<T: Header>(ctx: &XdpContext, offset: usize, value: T) -> Option
     let p = at::<T>(ctx.data(), ctx.data_end(), offset)?;
     // SAFETY: `at` checked bounds against data_end; alignment 1 makes an unaligned write fine, and
     // no reference into the packet is alive across this write (callers copy headers out first).
-    unsafe { p.write(value) };
-    Some(())
-}
-
-/// Writes `value` at `offset` of a tc packet's linear data; `None` when that is too short (the
-/// caller falls back to `bpf_skb_store_bytes`).
-#[inline(always)]
-pub fn tc_write<T: Header>(ctx: &TcContext, offset: usize, value: T) -> Option<()> {
-    let p = at::<T>(ctx.data(), ctx.data_end(), offset)?;
-    // SAFETY: as for xdp_write. tc programs that write packet data get a verifier-inserted prologue
-    // that makes the skb head private first.
     unsafe { p.write(value) };
     Some(())
 }
@@ -137,7 +136,13 @@ pub fn tc_write_words<const LEN: usize>(
 /// instruction each (see [`tc_write_words`]); `None` when the packet is too short.
 #[inline(always)]
 pub fn tc_read_words<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u32; N]> {
-    let p = at::<[[u8; 4]; N]>(ctx.data(), ctx.data_end(), offset)? as usize;
+    read_words(ctx.data(), ctx.data_end(), offset)
+}
+
+/// [`tc_read_words`] over the packet `[start, end)` of any program type.
+#[inline(always)]
+fn read_words<const N: usize>(start: usize, end: usize, offset: usize) -> Option<[u32; N]> {
+    let p = at::<[[u8; 4]; N]>(start, end, offset)? as usize;
     let mut words = [0u32; N];
     let mut i = 0;
     while i < N {
@@ -176,12 +181,16 @@ unsafe fn store<const N: usize>(p: usize, v: u64) {
     }
 }
 
-/// Writes the 4 bytes at `offset` of a tc packet's linear data from a little-endian word, in one
-/// instruction; `None` when the packet is too short.
+/// Writes `N` little-endian 4-byte words from `offset` of a tc packet's linear data, one
+/// instruction each; `None` when the packet is too short.
 #[inline(always)]
-pub fn tc_write_u32(ctx: &TcContext, offset: usize, v: u32) -> Option<()> {
-    let p = at::<[u8; 4]>(ctx.data(), ctx.data_end(), offset)? as usize;
-    // SAFETY: `at` checked the 4 bytes lie in the linear packet data.
-    unsafe { store::<4>(p, v as u64) };
+pub fn tc_write_u32s<const N: usize>(ctx: &TcContext, offset: usize, words: [u32; N]) -> Option<()> {
+    let p = at::<[[u8; 4]; N]>(ctx.data(), ctx.data_end(), offset)? as usize;
+    let mut i = 0;
+    while i < N {
+        // SAFETY: `at` checked that all N words lie in the linear packet data.
+        unsafe { store::<4>(p + 4 * i, words[i] as u64) };
+        i += 1;
+    }
     Some(())
 }

@@ -423,17 +423,13 @@ impl Datapath {
         for k in stale {
             map.remove(&k).map_err(map_err)?;
         }
-        // Delivery shortcuts to containers that left their port (or whose MAC moved) go too.
+        // Delivery shortcuts go when their container left its port (or its MAC moved), and once
+        // they are old: the programs never check their age (that would be a clock read per packet).
         let map_err =
             |e: aya::maps::MapError| DatapathError::Map { map: maps::ENDPOINTS, detail: e.to_string() };
         let mut endpoints: HashMap<&mut MapData, [u8; 4], Endpoint> =
             HashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS).expect("ENDPOINTS map")).map_err(map_err)?;
-        let stale: Vec<[u8; 4]> = endpoints
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, e)| ports.get(&e.dmac) != Some(&e.ifindex))
-            .map(|(ip, _)| ip)
-            .collect();
+        let stale = stale_endpoints(endpoints.iter().filter_map(Result::ok), ports, monotonic_coarse_ns());
         for ip in stale {
             // Already evicted by the kernel (LRU) is fine.
             let _ = endpoints.remove(&ip);
@@ -619,4 +615,26 @@ pub fn remove_all(pin_dir: &Path) -> Result<(), DatapathError> {
         }
     }
     Ok(())
+}
+
+/// The ENDPOINTS entries (container IPv4, entry) to remove at `now` (CLOCK_MONOTONIC_COARSE, ns):
+/// those resolved too long ago, and those whose container is no longer behind the port they name
+/// (`ports`: container MAC -> bridge port ifindex).
+pub fn stale_endpoints(
+    entries: impl Iterator<Item = ([u8; 4], Endpoint)>,
+    ports: &BTreeMap<[u8; 6], u32>,
+    now: u64,
+) -> Vec<[u8; 4]> {
+    entries
+        .filter(|(_, e)| e.is_stale(now) || ports.get(&e.dmac) != Some(&e.ifindex))
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of the programs' `bpf_ktime_get_coarse_ns`.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC_COARSE always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

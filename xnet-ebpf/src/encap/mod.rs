@@ -35,9 +35,9 @@ pub const FIXED_GSO: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
 /// GSO packet (segmented to fit later).
 #[inline(always)]
 pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Result<(), Outcome> {
-    let gso_segs = crate::ptr::gso_segs(ctx);
     let ip_len = ctx.len() as usize - ETH_LEN;
-    if gso_segs <= 1 && (ip_len + overhead) as u32 > cfg.underlay_mtu {
+    // The length first: gso_segs is a few dependent loads away (in the skb's shared info).
+    if (ip_len + overhead) as u32 > cfg.underlay_mtu && crate::ptr::gso_segs(ctx) <= 1 {
         return Err(Outcome::DropTooBig);
     }
     Ok(())

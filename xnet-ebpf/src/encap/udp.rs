@@ -34,11 +34,11 @@ pub fn encapsulate(
     if ttl_word & 0xff <= 1 {
         return Err(Outcome::DropTtlExceeded);
     }
-    ptr::tc_write_u32(ctx, TTL_WORD, csum::decrement_ttl_word(ttl_word)).ok_or(Outcome::DropEncapFailed)?;
+    ptr::tc_write_u32s(ctx, TTL_WORD, [csum::decrement_ttl_word(ttl_word)])
+        .ok_or(Outcome::DropEncapFailed)?;
 
     let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
-    let outer = cfg.outer.udp.udp(&fill);
     let flags = FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
     ctx.adjust_room(UDP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    write_outer::<UDP_ENCAP_LEN>(ctx, &outer)
+    write_outer::<UDP_ENCAP_LEN>(ctx, &cfg.outer.udp.udp(&fill))
 }

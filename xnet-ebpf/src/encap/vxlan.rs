@@ -28,12 +28,13 @@ pub fn encapsulate(
 ) -> Result<(), Outcome> {
     check_fits(ctx, cfg, VXLAN_ENCAP_LEN)?;
     let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
-    let outer = cfg.outer.vxlan.vxlan(&fill, &route.vtep_mac, flow_hash(ctx));
+    let hash = flow_hash(ctx);
     let flags = FIXED_GSO
         | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | encap_l2(ETH_LEN);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    write_outer::<VXLAN_ENCAP_LEN>(ctx, &outer)
+    // Filled after the helper call, so the words go straight from registers to the packet.
+    write_outer::<VXLAN_ENCAP_LEN>(ctx, &cfg.outer.vxlan.vxlan(&fill, &route.vtep_mac, hash))
 }
