@@ -1,6 +1,7 @@
-//! Per-packet cost of the programs, measured by the kernel through BPF_PROG_TEST_RUN: the median
-//! of many single runs (with `repeat > 1` the kernel would rerun a program on the packet it already
-//! changed: encapsulation would grow it, decapsulation turn it into a plain packet).
+//! Per-packet cost of the programs, measured by the kernel through BPF_PROG_TEST_RUN: many single
+//! runs (with `repeat > 1` the kernel would rerun a program on the packet it already changed:
+//! encapsulation would grow it, decapsulation turn it into a plain packet), summed up by
+//! [`trimmed_mean`].
 
 use aya::{
     Ebpf,
@@ -167,17 +168,33 @@ impl Bench {
         ports.insert(mac, xnet_common::maps::LocalPort { ifindex }, 0).unwrap();
     }
 
-    /// Median kernel-measured nanoseconds of one run of `program` on `input`, over `runs` runs.
+    /// Kernel-measured nanoseconds of one run of `program` on `input`: [`trimmed_mean`] of `runs`.
     pub fn cost(&self, program: &str, input: &[u8], runs: usize) -> f64 {
-        let mut samples = Vec::with_capacity(runs);
-        let mut out = vec![0u8; input.len() + 128];
-        for _ in 0..runs {
-            let result = test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run");
-            samples.push(result.duration.as_nanos() as f64);
-        }
-        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        samples[runs / 2]
+        trimmed_mean(self.samples(program, input, runs))
     }
+
+    /// Kernel-measured nanoseconds of each of `runs` single runs of `program` on `input`.
+    pub fn samples(&self, program: &str, input: &[u8], runs: usize) -> Vec<f64> {
+        let mut out = vec![0u8; input.len() + 128];
+        (0..runs)
+            .map(|_| {
+                let result =
+                    test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run");
+                result.duration.as_nanos() as f64
+            })
+            .collect()
+    }
+}
+
+/// The mean of the middle 80% of `samples`. The kernel's clock here advances in 10 ns steps, so a
+/// single run reads as a multiple of 10 and a median is one too; the mean of many runs, which
+/// start at random points between ticks, resolves below a step, and trimming the ends drops runs
+/// hit by an interrupt.
+pub fn trimmed_mean(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let cut = samples.len() / 10;
+    let middle = &samples[cut..samples.len() - cut];
+    middle.iter().sum::<f64>() / middle.len() as f64
 }
 
 impl Default for Bench {
@@ -280,14 +297,40 @@ impl NullProgram {
     /// A null program of the type of `program` (an xnet program name), returning "pass".
     pub fn like(program: &str) -> std::io::Result<Self> {
         let (prog_type, verdict) = if program == programs::XDP_INGRESS {
-            (BPF_PROG_TYPE_XDP, 2u64)
+            (BPF_PROG_TYPE_XDP, 2)
         } else {
             (BPF_PROG_TYPE_SCHED_CLS, 0)
         };
-        // BPF_MOV64_IMM(BPF_REG_0, verdict): opcode 0xb7, dst r0; then BPF_EXIT_INSN: 0x95.
-        Self::raw(prog_type == BPF_PROG_TYPE_XDP, &[0xb7 | (verdict << 32), 0x95])
+        Self::raw(prog_type == BPF_PROG_TYPE_XDP, &[mov(0, verdict), EXIT])
     }
 
+    /// A tc program that only calls the helpers every tunnelled encapsulation needs: it makes room
+    /// for VXLAN's 50 bytes the way xnet does (`bpf_skb_adjust_room` with the same flags) and
+    /// redirects to the underlay (`bpf_redirect_neigh`). The floor under any encapsulation's cost.
+    pub fn encap_helpers() -> std::io::Result<Self> {
+        // BPF_F_ADJ_ROOM_FIXED_GSO | ENCAP_L3_IPV4 | ENCAP_L4_UDP | ENCAP_L2_ETH | ENCAP_L2(14).
+        let flags = 1u64 | 1 << 1 | 1 << 4 | 1 << 6 | 14 << 56;
+        let mut insns = vec![mov(2, 50), mov(3, BPF_ADJ_ROOM_MAC)];
+        insns.extend(lddw(4, flags));
+        insns.extend([call(BPF_FUNC_SKB_ADJUST_ROOM), mov(1, 1), mov(2, 0), mov(3, 0), mov(4, 0)]);
+        insns.extend([call(BPF_FUNC_REDIRECT_NEIGH), mov(0, 0), EXIT]);
+        Self::raw(false, &insns)
+    }
+
+    /// A tc program that only calls the helpers a decapsulation delivering into a container needs:
+    /// it removes VXLAN's 50 bytes (`bpf_skb_adjust_room` with xnet's flags) and redirects into
+    /// the container behind `port` (`bpf_redirect_peer`). The floor under tc decapsulation.
+    pub fn decap_helpers(port: u32) -> std::io::Result<Self> {
+        // BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4.
+        let flags = 1u64 | 1 << 7;
+        let mut insns = vec![mov(2, -50), mov(3, BPF_ADJ_ROOM_MAC)];
+        insns.extend(lddw(4, flags));
+        insns.extend([call(BPF_FUNC_SKB_ADJUST_ROOM), mov(1, port as i32), mov(2, 0)]);
+        insns.extend([call(BPF_FUNC_REDIRECT_PEER), mov(0, 0), EXIT]);
+        Self::raw(false, &insns)
+    }
+
+    /// A program of raw instructions (encoded as in `struct bpf_insn`), XDP or tc.
     pub fn raw(xdp: bool, insns: &[u64]) -> std::io::Result<Self> {
         use std::os::fd::FromRawFd;
         let prog_type = if xdp { BPF_PROG_TYPE_XDP } else { BPF_PROG_TYPE_SCHED_CLS };
@@ -319,9 +362,14 @@ impl NullProgram {
         })
     }
 
-    /// Kernel-measured nanoseconds of one run on `input`, median of `runs`; a tc program's packet
-    /// arrives on `ifindex` if set (as in [`test_run_on`]).
+    /// Kernel-measured nanoseconds of one run on `input`: [`trimmed_mean`] of `runs`.
     pub fn cost(&self, input: &[u8], runs: usize, ifindex: Option<u32>) -> f64 {
+        trimmed_mean(self.samples(input, runs, ifindex))
+    }
+
+    /// Kernel-measured nanoseconds of each of `runs` single runs on `input`; a tc program's packet
+    /// arrives on `ifindex` if set (as in [`test_run_on`]).
+    pub fn samples(&self, input: &[u8], runs: usize, ifindex: Option<u32>) -> Vec<f64> {
         use std::os::fd::AsRawFd;
         let mut out = vec![0u8; input.len() + 128];
         let skb = skb_arriving_on(ifindex);
@@ -352,9 +400,38 @@ impl NullProgram {
             assert_eq!(ret, 0, "test run of the null program: {}", std::io::Error::last_os_error());
             samples.push(attr.duration as f64);
         }
-        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        samples[runs / 2]
+        samples
     }
+}
+
+const BPF_ADJ_ROOM_MAC: i32 = 1;
+const BPF_FUNC_SKB_ADJUST_ROOM: i32 = 50;
+const BPF_FUNC_REDIRECT_NEIGH: i32 = 152;
+const BPF_FUNC_REDIRECT_PEER: i32 = 155;
+const EXIT: u64 = 0x95;
+
+/// One `struct bpf_insn`: opcode, registers, offset, immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64
+        | (dst as u64) << 8
+        | (src as u64) << 12
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
+}
+
+/// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
+fn mov(dst: u8, imm: i32) -> u64 {
+    insn(0xb7, dst, 0, 0, imm)
+}
+
+/// `call helper` (BPF_JMP | BPF_CALL).
+fn call(helper: i32) -> u64 {
+    insn(0x85, 0, 0, 0, helper)
+}
+
+/// `dst = imm64` (BPF_LD | BPF_DW | BPF_IMM: two instruction slots).
+fn lddw(dst: u8, v: u64) -> [u64; 2] {
+    [insn(0x18, dst, 0, 0, v as u32 as i32), insn(0, 0, 0, 0, (v >> 32) as u32 as i32)]
 }
 
 /// Switches ROUTE_INDEX on or off in CONFIG, shaped for /24 subnets of 10.244.0.0/16 (entry n is
