@@ -114,7 +114,8 @@ pub fn tc_write_words<const LEN: usize>(
     const { assert!(LEN <= TEMPLATE_WORDS * 8 && LEN.is_multiple_of(2)) };
     let p = at::<[u8; LEN]>(ctx.data(), ctx.data_end(), offset)? as usize;
     // SAFETY: `at` checked that all LEN bytes from `p` lie in the linear packet data, and each store
-    // below stays inside them; no reference into the packet is alive across these writes.
+    // below stays inside them; no reference into the packet is alive across these writes. The
+    // verifier sees these packet stores as any other and makes a cloned skb's head private first.
     unsafe {
         let mut i = 0;
         while i + 8 <= LEN {
