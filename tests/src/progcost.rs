@@ -245,9 +245,10 @@ pub fn tunnelled_frame(n: u8, backend: Backend) -> Vec<u8> {
     f
 }
 
-/// A two-instruction program (`r0 = verdict; exit`) of one type, loaded through the bpf syscall
-/// directly: what BPF_PROG_TEST_RUN costs around any program (timer reads, context set-up), so the
-/// programs' own cost can be told apart from the harness's.
+/// A program of raw instructions, loaded through the bpf syscall directly. Above all the
+/// two-instruction one (`r0 = verdict; exit`, [`NullProgram::like`]): what BPF_PROG_TEST_RUN costs
+/// around any program (timer reads, context set-up), so the programs' own cost can be told apart
+/// from the harness's; also the helper-only floors ([`NullProgram::encap_helpers`]).
 pub struct NullProgram {
     fd: std::os::fd::OwnedFd,
     xdp: bool,

@@ -7,8 +7,10 @@
 //! [`crate::wire`]'s builders stay the definition of the bytes; the tests below check that a
 //! template filled in gives exactly what they build.
 
+use crate::csum::fold;
 use crate::wire::{
     self, IPV4_LEN, InnerInfo, UDP_ENCAP_LEN, UDP_LEN, VXLAN_ENCAP_LEN, VXLAN_LEN, VxlanLocal, VxlanRemote,
+    clamp_u16,
 };
 
 /// Words in a template: enough for VXLAN's 50 bytes.
@@ -154,19 +156,6 @@ fn template(built: &[u8], udp: bool, src_port: bool) -> OuterTemplate {
 fn bytes_of<T: crate::packet::Header>(v: &T) -> &[u8] {
     // SAFETY: `T: Header` is #[repr(C)] bytes with no padding: every byte is initialised.
     unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
-}
-
-/// Folds a one's-complement sum to 16 bits.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-#[inline(always)]
-fn clamp_u16(n: usize) -> u16 {
-    if n > u16::MAX as usize { u16::MAX } else { n as u16 }
 }
 
 const _: () = assert!(TEMPLATE_WORDS * 8 >= VXLAN_ENCAP_LEN);

@@ -331,6 +331,9 @@ pub fn gre_outer(src: [u8; 4], dst: [u8; 4], key: Option<u32>, inner: &InnerInfo
     (outer, len)
 }
 
-fn clamp_u16(n: usize) -> u16 {
+/// `n`, or 65535 if larger: the IPv4 and UDP length fields of a GSO super-packet, which
+/// segmentation rewrites.
+#[inline(always)]
+pub(crate) fn clamp_u16(n: usize) -> u16 {
     if n > u16::MAX as usize { u16::MAX } else { n as u16 }
 }
