@@ -119,15 +119,15 @@ pub fn tc_write_words<const LEN: usize>(
     unsafe {
         let mut i = 0;
         while i + 8 <= LEN {
-            store::<8>(p + i, words[i / 8]);
+            store::<8>(p, i, words[i / 8]);
             i += 8;
         }
         if i + 4 <= LEN {
-            store::<4>(p + i, words[i / 8]);
+            store::<4>(p, i, words[i / 8]);
             i += 4;
         }
         if i + 2 <= LEN {
-            store::<2>(p + i, words[i / 8] >> (8 * (i % 8)));
+            store::<2>(p, i, words[i / 8] >> (8 * (i % 8)));
         }
     }
     Some(())
@@ -147,16 +147,38 @@ fn read_words<const N: usize>(start: usize, end: usize, offset: usize) -> Option
     let mut words = [0u32; N];
     let mut i = 0;
     while i < N {
-        let v: u64;
         // SAFETY: `at` checked that all N words lie in the linear packet data; reading changes
         // nothing.
-        unsafe {
-            asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p + 4 * i, v = lateout(reg) v, options(nostack, readonly))
-        };
-        words[i] = v as u32;
+        words[i] = unsafe { load_u32(p, i) };
         i += 1;
     }
     Some(words)
+}
+
+/// Reads the little-endian word `i` (0 to 7) from `p` in one instruction, the offset in the
+/// instruction itself (an unrolled caller's constant `i` picks one arm).
+///
+/// # Safety
+/// `p + 4 * i..p + 4 * i + 4` must be packet data the verifier has seen bounds-checked.
+#[inline(always)]
+unsafe fn load_u32(p: usize, i: usize) -> u32 {
+    macro_rules! load {
+        ($($k:literal)*) => {
+            match i {
+                $($k => {
+                    let v: u64;
+                    // SAFETY: the caller's contract.
+                    unsafe {
+                        asm!("{v} = *(u32 *)({p} + {off})", p = in(reg) p, off = const 4 * $k,
+                            v = lateout(reg) v, options(pure, nostack, readonly))
+                    };
+                    v as u32
+                })*
+                _ => unreachable!(),
+            }
+        };
+    }
+    load!(0 1 2 3 4 5 6 7)
 }
 
 /// [`tc_read_words`] for one word.
@@ -165,21 +187,36 @@ pub fn tc_read_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
     tc_read_words::<1>(ctx, offset).map(|[w]| w)
 }
 
-/// Writes the low `N` (2, 4 or 8) bytes of `v` to address `p`, little-endian, in one instruction.
+/// Writes the low `N` (2, 4 or 8) bytes of `v` to address `p + off`, little-endian, in one
+/// instruction, the offset (a multiple of 2 below 64; an unrolled caller's constant picks the arm)
+/// in the instruction itself.
 ///
 /// # Safety
-/// `p..p + N` must be writable packet data the verifier has seen bounds-checked.
+/// `p + off..p + off + N` must be writable packet data the verifier has seen bounds-checked.
 #[inline(always)]
-unsafe fn store<const N: usize>(p: usize, v: u64) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match N {
-            8 => asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack)),
-            4 => asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack)),
-            2 => asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack)),
-            _ => unreachable!(),
-        }
+unsafe fn store<const N: usize>(p: usize, off: usize, v: u64) {
+    macro_rules! store {
+        ($($k:literal)*) => {
+            match off {
+                $($k => {
+                    // SAFETY: the caller's contract.
+                    unsafe {
+                        match N {
+                            8 => asm!("*(u64 *)({p} + {off}) = {v}", p = in(reg) p, off = const $k,
+                                v = in(reg) v, options(nostack)),
+                            4 => asm!("*(u32 *)({p} + {off}) = {v}", p = in(reg) p, off = const $k,
+                                v = in(reg) v, options(nostack)),
+                            2 => asm!("*(u16 *)({p} + {off}) = {v}", p = in(reg) p, off = const $k,
+                                v = in(reg) v, options(nostack)),
+                            _ => unreachable!(),
+                        }
+                    }
+                })*
+                _ => unreachable!(),
+            }
+        };
     }
+    store!(0 2 4 6 8 10 12 14 16 18 20 22 24 26 28 30 32 34 36 38 40 42 44 46 48 50 52 54 56 58 60 62)
 }
 
 /// Writes `N` little-endian 4-byte words from `offset` of a tc packet's linear data, one
@@ -190,7 +227,7 @@ pub fn tc_write_u32s<const N: usize>(ctx: &TcContext, offset: usize, words: [u32
     let mut i = 0;
     while i < N {
         // SAFETY: `at` checked that all N words lie in the linear packet data.
-        unsafe { store::<4>(p + 4 * i, words[i] as u64) };
+        unsafe { store::<4>(p, 4 * i, words[i] as u64) };
         i += 1;
     }
     Some(())
