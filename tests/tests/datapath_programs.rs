@@ -267,6 +267,63 @@ fn egress_encapsulates_remote_traffic_byte_for_byte() {
     assert!(ports.len() > 1, "16 flows all got one source port: {ports:?}");
 }
 
+/// The source port the program picks for `frame` (a container frame for the vxlan peer).
+fn vxlan_source_port(dp: &mut Datapath, frame: &[u8]) -> u16 {
+    let (verdict, out) = dp.run(programs::TC_EGRESS, frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "encapsulated");
+    u16::from_be_bytes([out[SPORT.start], out[SPORT.start + 1]])
+}
+
+#[test]
+fn egress_source_port_follows_the_inner_ports_except_in_fragments() {
+    let mut dp = Datapath::new(true);
+    let word = u32::from_le_bytes;
+    let (src, dst) = ([10, 244, 1, 2], [10, 244, 2, 7]);
+    let expect = |proto: u8, ports: [u8; 4]| {
+        xnet_common::wire::udp_src_port(xnet_common::wire::flow_hash(
+            word(src),
+            word(dst),
+            proto,
+            word(ports),
+        ))
+    };
+    // scapy: Ether(dst=BRIDGE_MAC, src=CONTAINER_MAC)/IP(src="10.244.1.2", dst="10.244.2.7", flags="DF",
+    //        id=0x1c46)/UDP(sport=sp, dport=5000)/Raw(bytes(32)); the same with TCP(sport=sp, dport=80)
+    let mut seen = std::collections::BTreeSet::new();
+    for sp in [40000u16, 40001, 40002, 51234] {
+        let udp = UdpHeader { source_port: sp, destination_port: 5000, length: 40, checksum: 0 };
+        let mut l4 = udp.to_bytes().to_vec();
+        l4.extend([0u8; 32]);
+        let frame = ethernet(BRIDGE_MAC, CONTAINER_MAC, 0x0800, &ipv4(src, dst, IpNumber::UDP, 0, &l4));
+        let ports = [(sp >> 8) as u8, sp as u8, (5000u16 >> 8) as u8, 5000u16 as u8];
+        let port = vxlan_source_port(&mut dp, &frame);
+        assert_eq!(port, expect(17, ports), "UDP from port {sp}: the hash covers the ports");
+        seen.insert(port);
+
+        let mut tcp = vec![(sp >> 8) as u8, sp as u8, 0, 80];
+        tcp.extend([0u8; 16]);
+        let frame = ethernet(BRIDGE_MAC, CONTAINER_MAC, 0x0800, &ipv4(src, dst, IpNumber::TCP, 0, &tcp));
+        assert_eq!(vxlan_source_port(&mut dp, &frame), expect(6, [(sp >> 8) as u8, sp as u8, 0, 80]), "TCP");
+    }
+    assert_eq!(seen.len(), 4, "four UDP flows, four source ports: {seen:?}");
+
+    // A fragment (MF set) hashes without ports: its "ports" may be any payload bytes, and every
+    // fragment of a datagram must take the same path.
+    let mut fragment =
+        ethernet(BRIDGE_MAC, CONTAINER_MAC, 0x0800, &ipv4(src, dst, IpNumber::UDP, 0, &[7u8; 40]));
+    fragment[20] = 0x20; // flags: MF, offset 0
+    let csum = {
+        let mut h = Ipv4Header::from_slice(&fragment[14..34]).unwrap().0;
+        h.header_checksum = h.calc_header_checksum();
+        h.header_checksum
+    };
+    fragment[24..26].copy_from_slice(&csum.to_be_bytes());
+    assert_eq!(vxlan_source_port(&mut dp, &fragment), expect(17, [0; 4]), "fragment: no ports");
+    // A UDP header cut short (the IP header and two bytes): the addresses alone.
+    let short = ethernet(BRIDGE_MAC, CONTAINER_MAC, 0x0800, &ipv4(src, dst, IpNumber::UDP, 0, &[1, 2]));
+    assert_eq!(vxlan_source_port(&mut dp, &short), expect(17, [0; 4]), "no room for ports");
+}
+
 #[test]
 fn egress_passes_what_is_not_for_a_remote_subnet() {
     let mut dp = Datapath::new(true);

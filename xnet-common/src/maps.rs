@@ -242,12 +242,10 @@ impl Endpoint {
     /// words: the first 12 bytes of the Ethernet header.
     #[inline(always)]
     pub fn mac_words(&self) -> [u32; 3] {
-        let (d, s) = (self.dmac, self.smac);
-        [
-            u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
-            u32::from_le_bytes([d[4], d[5], s[0], s[1]]),
-            u32::from_le_bytes([s[2], s[3], s[4], s[5]]),
-        ]
+        // SAFETY: Endpoint is 24 plain bytes aligned to 8 without padding, so it is also six u32
+        // words; the two MACs are bytes 4 to 15, words 1 to 3 (asserted below).
+        let w = unsafe { &*(self as *const Self).cast::<[u32; 6]>() };
+        [u32::from_le(w[1]), u32::from_le(w[2]), u32::from_le(w[3])]
     }
 }
 
@@ -341,9 +339,35 @@ const _: () = {
     assert!(core::mem::size_of::<RouteInfo>() == 16);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<PeerSlot>() == 8);
+    // Read as words by the accessors below.
+    assert!(core::mem::offset_of!(RemoteSubnet, vtep_mac) == 4);
+    assert!(core::mem::offset_of!(DatapathConfig, gateway_mac) == 40);
+    assert!(core::mem::offset_of!(Endpoint, dmac) == 4 && core::mem::offset_of!(Endpoint, smac) == 10);
 };
 
+impl RemoteSubnet {
+    /// The VTEP MAC as [`crate::wire::mac_word`] gives it, in two loads (the compiler would load
+    /// its six bytes one by one).
+    #[inline(always)]
+    pub fn vtep_mac_word(&self) -> u64 {
+        // SAFETY: RemoteSubnet is 12 plain bytes aligned to 4, so it is also three u32 words; the
+        // MAC is bytes 4 to 9 (asserted above).
+        let w = unsafe { &*(self as *const Self).cast::<[u32; 3]>() };
+        u32::from_le(w[1]) as u64 | (u32::from_le(w[2]) as u64 & 0xffff) << 32
+    }
+}
+
 impl DatapathConfig {
+    /// [`DatapathConfig::gateway_mac`] as [`crate::wire::mac_word`] gives it, in one load.
+    #[inline(always)]
+    pub fn gateway_mac_word(&self) -> u64 {
+        const WORDS: usize = core::mem::size_of::<DatapathConfig>() / 8;
+        // SAFETY: DatapathConfig is plain bytes aligned to 8 without padding, so it is also u64
+        // words; the gateway MAC is bytes 40 to 45 (asserted above), the low six of word 5.
+        let w = unsafe { &*(self as *const Self).cast::<[u64; WORDS]>() };
+        u64::from_le(w[5]) & 0xffff_ffff_ffff
+    }
+
     /// The [`ROUTE_INDEX`] entry for `dst` when the index answers for it; `None` when the LPM trie
     /// must be asked.
     #[inline(always)]
@@ -422,5 +446,25 @@ mod tests {
         let wide =
             DatapathConfig { index_net: [10, 0, 0, 0], index_netmask: [255, 0, 0, 0], index_shift: 6, ..cfg };
         assert_eq!(wide.route_index(&[10, 0, 1, 64]), Some(5), "/26 subnets of a /8");
+    }
+
+    #[test]
+    fn mac_words_read_the_macs_and_nothing_around_them() {
+        use crate::wire::mac_word;
+        let mac = [0x02, 0x42, 0xfe, 0x80, 0x01, 0xff];
+        // Every byte around the MACs set, so a word read that strayed would show.
+        let route = RemoteSubnet { peer_ip: [0xff; 4], vtep_mac: mac, backend: 0xff, reserved: 0xff };
+        assert_eq!(route.vtep_mac_word(), mac_word(&mac));
+        let cfg = DatapathConfig {
+            gateway_mac: mac,
+            reserved2: [0xff; 2],
+            gre_key: [0xff; 4],
+            ..Default::default()
+        };
+        assert_eq!(cfg.gateway_mac_word(), mac_word(&mac));
+        let smac = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x01];
+        let endpoint = Endpoint { ifindex: u32::MAX, dmac: mac, smac, resolved_at: u64::MAX };
+        let bytes: std::vec::Vec<u8> = endpoint.mac_words().iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(bytes, [mac, smac].concat());
     }
 }

@@ -82,16 +82,17 @@ impl OuterTemplate {
     }
 
     /// VXLAN's 50 bytes: the IPv4 header, the UDP source port from the flow hash and the UDP
-    /// length, and the peer's VTEP MAC as the inner destination.
+    /// length, and the peer's VTEP MAC (as [`wire::mac_word`] gives it) as the inner destination.
     #[inline(always)]
-    pub fn vxlan(&self, fill: &Fill, vtep_mac: &[u8; 6], flow_hash: u32) -> [u64; TEMPLATE_WORDS] {
+    pub fn vxlan(&self, fill: &Fill, vtep_mac: u64, flow_hash: u32) -> [u64; TEMPLATE_WORDS] {
         let tunnel = UDP_LEN + VXLAN_LEN + wire::ETH_LEN;
         let udp_len = tunnel + fill.ip_len;
         let mut w = self.ip(fill, tunnel);
         w[2] |= (wire::udp_src_port(flow_hash).swap_bytes() as u64) << 32;
         w[3] |= clamp_u16(udp_len).swap_bytes() as u64;
-        w[4] |= (u32::from_le_bytes([vtep_mac[0], vtep_mac[1], vtep_mac[2], vtep_mac[3]]) as u64) << 32;
-        w[5] |= u16::from_le_bytes([vtep_mac[4], vtep_mac[5]]) as u64;
+        // Template bytes 36 to 41: the upper half of word 4, the low two bytes of word 5.
+        w[4] |= vtep_mac << 32;
+        w[5] |= vtep_mac >> 32;
         w
     }
 
@@ -212,7 +213,7 @@ mod tests {
                 let remote = VxlanRemote { ip: peer_ip, vtep_mac };
                 let want = vxlan_outer(&local, &remote, &inner);
                 assert_eq!(
-                    bytes(&t.vxlan.vxlan(&fill, &vtep_mac, flow_hash), VXLAN_ENCAP_LEN),
+                    bytes(&t.vxlan.vxlan(&fill, wire::mac_word(&vtep_mac), flow_hash), VXLAN_ENCAP_LEN),
                     bytes_of(&want)
                 );
                 let want = udp_outer(local.ip, peer_ip, udp_port, &inner);

@@ -26,7 +26,7 @@ use xnet_common::{
         RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
-    wire::{mac_bytes, mac_word},
+    wire::mac_bytes,
 };
 
 /// Remote subnet -> the host that owns it (longest prefix match on the inner destination).
@@ -91,13 +91,13 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     // A reference into the array map: the agent writes CONFIG as a whole value, and a packet that
     // races it sees the old or the new one.
     let cfg = CONFIG.get(0);
-    let gateway = cfg.map(|c| mac_word(&c.gateway_mac)).unwrap_or_default();
+    let gateway = cfg.map(DatapathConfig::gateway_mac_word).unwrap_or_default();
     // SAFETY (LOCAL_PORTS): only whether an entry exists is read.
     let decision = egress::classify(
         &pkt,
         |dst| match cfg.and_then(|c| c.route_index(dst)) {
-            Some(i) => ROUTE_INDEX.get(i).filter(|r| r.backend != 0).copied(),
-            None => REMOTE_SUBNETS.get(&Key::new(32, *dst)).copied(),
+            Some(i) => ROUTE_INDEX.get(i).filter(|r| r.backend != 0),
+            None => REMOTE_SUBNETS.get(&Key::new(32, *dst)),
         },
         |mac| mac != gateway && unsafe { LOCAL_PORTS.get(mac_bytes(mac)) }.is_some(),
     );
@@ -110,15 +110,15 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     }
     let sent = match Backend::from_u8(route.backend) {
         Some(Backend::Vxlan) => {
-            encap::vxlan::encapsulate(ctx, cfg, &route, tos)?;
+            encap::vxlan::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapVxlan
         }
         Some(Backend::Udp) => {
-            encap::udp::encapsulate(ctx, cfg, &route, tos)?;
+            encap::udp::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapUdp
         }
         Some(Backend::Gre) => {
-            encap::gre::encapsulate(ctx, cfg, &route, tos)?;
+            encap::gre::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapGre
         }
         Some(Backend::Direct) => {

@@ -5,7 +5,7 @@ pub mod udp;
 pub mod vxlan;
 
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_redir_neigh},
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
@@ -13,7 +13,7 @@ use xnet_common::{
     maps::DatapathConfig,
     outer::TEMPLATE_WORDS,
     stats::Outcome,
-    wire::{self, ETH_LEN, IPPROTO_UDP, IPV4_LEN},
+    wire::{self, ETH_LEN, IPPROTO_UDP},
 };
 
 use crate::ptr;
@@ -44,25 +44,31 @@ pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Res
 }
 
 /// The flow hash, for UDP source ports: the one the kernel already has (a TCP socket's), or one of
-/// our own from the inner addresses and ports. Never the flow dissector (`bpf_get_hash_recalc`):
-/// that costs more than the rest of the encapsulation together.
+/// our own from the inner addresses and ports, read from the inner IPv4 header at `at`. Never the
+/// flow dissector (`bpf_get_hash_recalc`): that costs more than the rest of the encapsulation
+/// together.
 #[inline(always)]
-pub fn flow_hash(ctx: &TcContext) -> u32 {
+pub fn flow_hash(ctx: &TcContext, at: usize) -> u32 {
     let hash = ptr::skb_hash(ctx);
     if hash != 0 {
         return hash;
     }
-    // The IPv4 header as words: version and TOS, fragment field, protocol, source, destination.
-    let Some([w0, w1, w2, src, dst]) = ptr::tc_read_words::<5>(ctx, ETH_LEN) else {
-        return 0;
+    // The IPv4 header as words (version and TOS, fragment field, protocol, source, destination)
+    // and the four bytes after it: the ports, if it has them. One bounds check for all six.
+    let (w0, w1, w2, src, dst, after) = match ptr::tc_read_words::<6>(ctx, at) {
+        Some([w0, w1, w2, src, dst, after]) => (w0, w1, w2, src, dst, after),
+        // Too short for ports: hash the addresses alone.
+        None => match ptr::tc_read_words::<5>(ctx, at) {
+            Some([_, _, w2, src, dst]) => return wire::flow_hash(src, dst, (w2 >> 8) as u8, 0),
+            None => return 0,
+        },
     };
     let protocol = (w2 >> 8) as u8;
     // Version 4 without options, not a fragment (offset and MF clear: the field's mask 0x3fff
     // reads 0xff3f little-endian), TCP or UDP: then the ports follow.
     let has_ports =
         w0 & 0xff == 0x45 && (w1 >> 16) & 0xff3f == 0 && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP);
-    let ports = if has_ports { ptr::tc_read_u32(ctx, ETH_LEN + IPV4_LEN).unwrap_or(0) } else { 0 };
-    wire::flow_hash(src, dst, protocol, ports)
+    wire::flow_hash(src, dst, protocol, if has_ports { after } else { 0 })
 }
 
 /// Writes `LEN` bytes of outer headers (a filled template) right after the Ethernet header, into
@@ -82,10 +88,14 @@ pub fn redirect_to_underlay(cfg: &DatapathConfig, next_hop: Option<[u8; 4]>) -> 
         // SAFETY: a null params pointer with length 0 asks the kernel to do the FIB lookup itself.
         None => unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) },
         Some(ip) => {
-            // SAFETY: bpf_redir_neigh is plain data; zero is valid before we fill it.
-            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            nh.nh_family = AF_INET;
-            nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(ip);
+            // Every byte set (the verifier wants the helper's input initialised), by plain stores
+            // rather than a zeroing call: the IPv4 next hop is the first word of the address union.
+            let mut nh = bpf_redir_neigh {
+                nh_family: AF_INET,
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                    ipv6_nh: [u32::from_ne_bytes(ip), 0, 0, 0],
+                },
+            };
             let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
             // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed, alive for the call.
             unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, &mut nh, size, 0) }

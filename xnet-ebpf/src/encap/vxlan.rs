@@ -28,13 +28,15 @@ pub fn encapsulate(
 ) -> Result<(), Outcome> {
     check_fits(ctx, cfg, VXLAN_ENCAP_LEN)?;
     let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
-    let hash = flow_hash(ctx);
     let flags = FIXED_GSO
         | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | encap_l2(ETH_LEN);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
-    // Filled after the helper call, so the words go straight from registers to the packet.
-    write_outer::<VXLAN_ENCAP_LEN>(ctx, &cfg.outer.vxlan.vxlan(&fill, &route.vtep_mac, hash))
+    // The hash and the template after the helper call: the inner header (now behind the room) is
+    // read with the bounds check the stores need anyway, and the words go straight from registers
+    // to the packet instead of living across the call.
+    let hash = flow_hash(ctx, ETH_LEN + VXLAN_ENCAP_LEN);
+    write_outer::<VXLAN_ENCAP_LEN>(ctx, &cfg.outer.vxlan.vxlan(&fill, route.vtep_mac_word(), hash))
 }
