@@ -4,6 +4,8 @@ pub mod gre;
 pub mod udp;
 pub mod vxlan;
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::bpf_redirect_neigh,
@@ -31,6 +33,13 @@ pub const fn encap_l2(len: usize) -> u64 {
 /// leaves room for the outer headers), so the kernel segments them as tunnel packets on the way out.
 pub const FIXED_GSO: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
 
+/// `bpf_skb_adjust_room` failed: rare, laid out away from the packet's path.
+#[inline(always)]
+pub fn room_failed<E>(_: E) -> Outcome {
+    cold_path();
+    Outcome::DropEncapFailed
+}
+
 /// Refuses a packet that would not fit the underlay MTU with `overhead` more bytes, unless it is a
 /// GSO packet (segmented to fit later).
 #[inline(always)]
@@ -38,6 +47,7 @@ pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Res
     let ip_len = ctx.len() as usize - ETH_LEN;
     // The length first: gso_segs is a few dependent loads away (in the skb's shared info).
     if (ip_len + overhead) as u32 > cfg.underlay_mtu && crate::ptr::gso_segs(ctx) <= 1 {
+        cold_path();
         return Err(Outcome::DropTooBig);
     }
     Ok(())
@@ -58,10 +68,13 @@ pub fn flow_hash(ctx: &TcContext, at: usize) -> u32 {
     let (w0, w1, w2, src, dst, after) = match ptr::tc_read_words::<6>(ctx, at) {
         Some([w0, w1, w2, src, dst, after]) => (w0, w1, w2, src, dst, after),
         // Too short for ports: hash the addresses alone.
-        None => match ptr::tc_read_words::<5>(ctx, at) {
-            Some([_, _, w2, src, dst]) => return wire::flow_hash(src, dst, (w2 >> 8) as u8, 0),
-            None => return 0,
-        },
+        None => {
+            cold_path();
+            return match ptr::tc_read_words::<5>(ctx, at) {
+                Some([_, _, w2, src, dst]) => wire::flow_hash(src, dst, (w2 >> 8) as u8, 0),
+                None => 0,
+            };
+        }
     };
     let protocol = (w2 >> 8) as u8;
     // Version 4 without options, not a fragment (offset and MF clear: the field's mask 0x3fff
@@ -76,7 +89,10 @@ pub fn flow_hash(ctx: &TcContext, at: usize) -> u32 {
 /// satisfies the verifier.
 #[inline(always)]
 pub fn write_outer<const LEN: usize>(ctx: &TcContext, outer: &[u64; TEMPLATE_WORDS]) -> Result<(), Outcome> {
-    ptr::tc_write_words::<LEN>(ctx, ETH_LEN, outer).ok_or(Outcome::DropEncapFailed)
+    ptr::tc_write_words::<LEN>(ctx, ETH_LEN, outer).ok_or_else(|| {
+        cold_path();
+        Outcome::DropEncapFailed
+    })
 }
 
 /// Sends the packet out of the underlay interface. The kernel routes the outer destination (or
@@ -101,5 +117,10 @@ pub fn redirect_to_underlay(cfg: &DatapathConfig, next_hop: Option<[u8; 4]>) -> 
             unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, &mut nh, size, 0) }
         }
     };
-    if ret == TC_ACT_REDIRECT as i64 { Ok(ret as i32) } else { Err(Outcome::DropRedirectFailed) }
+    if ret == TC_ACT_REDIRECT as i64 {
+        Ok(ret as i32)
+    } else {
+        cold_path();
+        Err(Outcome::DropRedirectFailed)
+    }
 }

@@ -16,7 +16,7 @@ use xnet_common::{
     wire::{ETH_LEN, UDP_ENCAP_LEN},
 };
 
-use super::{FIXED_GSO, check_fits, write_outer};
+use super::{FIXED_GSO, check_fits, room_failed, write_outer};
 use crate::ptr;
 
 /// Where the inner TTL, protocol and header checksum sit: one word.
@@ -39,6 +39,6 @@ pub fn encapsulate(
 
     let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
     let flags = FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
-    ctx.adjust_room(UDP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
+    ctx.adjust_room(UDP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(room_failed)?;
     write_outer::<UDP_ENCAP_LEN>(ctx, &cfg.outer.udp.udp(&fill))
 }

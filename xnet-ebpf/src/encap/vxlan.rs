@@ -14,7 +14,7 @@ use xnet_common::{
     wire::{ETH_LEN, VXLAN_ENCAP_LEN},
 };
 
-use super::{FIXED_GSO, check_fits, encap_l2, flow_hash, write_outer};
+use super::{FIXED_GSO, check_fits, encap_l2, flow_hash, room_failed, write_outer};
 
 /// Inserts outer IPv4/UDP/VXLAN and the inner Ethernet header after the frame's Ethernet header.
 /// The kernel is told the layout, so a GSO packet stays whole and is segmented as a UDP tunnel
@@ -33,7 +33,7 @@ pub fn encapsulate(
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | encap_l2(ETH_LEN);
-    ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Outcome::DropEncapFailed)?;
+    ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(room_failed)?;
     // The hash and the template after the helper call: the inner header (now behind the room) is
     // read with the bounds check the stores need anyway, and the words go straight from registers
     // to the packet instead of living across the call.
