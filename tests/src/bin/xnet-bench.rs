@@ -265,34 +265,53 @@ fn costs_of(bench: &Bench, runs: usize, trie_only: bool) -> Vec<Cost> {
 }
 
 fn measure_costs(bench: &Bench, runs: usize, inputs: Vec<(&'static str, String, Vec<u8>)>) -> Vec<Cost> {
+    let nulls: Vec<NullProgram> = inputs
+        .iter()
+        .map(|(program, ..)| NullProgram::like(program).expect("load the null program"))
+        .collect();
+    let rows = inputs
+        .iter()
+        .zip(&nulls)
+        .map(|((program, _, input), null)| -> (Sampler, Sampler) {
+            (
+                Box::new(move |n| bench.samples(program, input, n)),
+                Box::new(move |n| null.samples(input, n, bench.arrival())),
+            )
+        })
+        .collect();
+    let means = rotated(runs, rows);
     inputs
         .into_iter()
-        .map(|(program, packet, input)| {
-            let null = NullProgram::like(program).expect("load the null program");
-            let (raw, harness) = interleaved(
-                runs,
-                |n| bench.samples(program, &input, n),
-                |n| null.samples(&input, n, bench.arrival()),
-            );
-            Cost { program, packet, raw, harness }
-        })
+        .zip(means)
+        .map(|((program, packet, _), (raw, harness))| Cost { program, packet, raw, harness })
         .collect()
 }
 
-/// Trimmed means of `runs` samples from `a` and from `b`, taken in alternating slices so that the
-/// machine's drift (other guests, frequency) weighs on both alike.
-fn interleaved(
-    runs: usize,
-    mut a: impl FnMut(usize) -> Vec<f64>,
-    mut b: impl FnMut(usize) -> Vec<f64>,
-) -> (f64, f64) {
-    let slice = runs.div_ceil(20);
-    let (mut sa, mut sb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    while sa.len() < runs {
-        sa.extend(a(slice));
-        sb.extend(b(slice));
+/// Where one row's samples come from: `n` kernel-measured single runs.
+type Sampler<'a> = Box<dyn FnMut(usize) -> Vec<f64> + 'a>;
+
+/// Untimed runs of every program before measuring: caches, branch predictors and the JIT image warm.
+const WARM_UP_RUNS: usize = 1000;
+
+/// Trimmed means of `runs` samples of each row's program and of its harness. Everything first runs
+/// [`WARM_UP_RUNS`] times untimed; then the rows take turns in 20 rounds, program and harness
+/// alternating within each row's turn. A disturbance of the machine (another guest, the kernel
+/// still tearing down the traffic labs' namespaces, a frequency change) so weighs on every row and
+/// its harness alike, instead of on whichever row happened to run at the time.
+fn rotated(runs: usize, mut rows: Vec<(Sampler, Sampler)>) -> Vec<(f64, f64)> {
+    for (program, harness) in &mut rows {
+        program(WARM_UP_RUNS);
+        harness(WARM_UP_RUNS);
     }
-    (trimmed_mean(sa), trimmed_mean(sb))
+    let slice = runs.div_ceil(20);
+    let mut samples = vec![(Vec::with_capacity(runs), Vec::with_capacity(runs)); rows.len()];
+    for _ in 0..20 {
+        for ((program, harness), (a, b)) in rows.iter_mut().zip(&mut samples) {
+            a.extend(program(slice));
+            b.extend(harness(slice));
+        }
+    }
+    samples.into_iter().map(|(a, b)| (trimmed_mean(a), trimmed_mean(b))).collect()
 }
 
 /// What the kernel helpers alone cost, net of the harness: the floor under every tunnelled
@@ -303,28 +322,34 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
         let null = NullProgram::like(xnet::programs::TC_EGRESS).expect("load the null program");
         let floors = [
             (
-                "kernel helpers only",
                 "bpf_skb_adjust_room(+50, VXLAN flags) + bpf_redirect_neigh",
-                NullProgram::encap_helpers(),
+                NullProgram::encap_helpers().expect("load the encapsulation's helper floor"),
                 container_frame([10, 244, 2, 7]),
             ),
             (
-                "kernel helpers only",
                 "bpf_skb_adjust_room(-50) + bpf_redirect_peer",
-                NullProgram::decap_helpers(port),
+                NullProgram::decap_helpers(port).expect("load the decapsulation's helper floor"),
                 tunnelled_frame(2, Backend::Vxlan),
             ),
         ];
+        let rows = floors
+            .iter()
+            .map(|(_, floor, input)| -> (Sampler, Sampler) {
+                (
+                    Box::new(move |n| floor.samples(input, n, Some(underlay))),
+                    Box::new(|n| null.samples(input, n, Some(underlay))),
+                )
+            })
+            .collect();
+        let means = rotated(runs, rows);
         floors
-            .into_iter()
-            .map(|(program, packet, floor, input)| {
-                let floor = floor.expect("load the helper floor program");
-                let (raw, harness) = interleaved(
-                    runs,
-                    |n| floor.samples(&input, n, Some(underlay)),
-                    |n| null.samples(&input, n, Some(underlay)),
-                );
-                Cost { program, packet: packet.to_string(), raw, harness }
+            .iter()
+            .zip(means)
+            .map(|((packet, ..), (raw, harness))| Cost {
+                program: "kernel helpers only",
+                packet: packet.to_string(),
+                raw,
+                harness,
             })
             .collect()
     })
