@@ -331,6 +331,27 @@ impl NullProgram {
         Self::raw(false, &insns)
     }
 
+    /// [`NullProgram::decap_helpers`] plus the one map lookup no delivering decapsulation can do
+    /// without: which veth the inner destination sits behind, a hash lookup by container address
+    /// (as in ENDPOINTS; key 10.244.1.5, found). The floor under tc decapsulation with delivery.
+    pub fn decap_helpers_and_lookup(port: u32) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let map = hash_map_with(u32::from_ne_bytes([10, 244, 1, 5]), &[0u8; 24])?;
+        // BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4.
+        let flags = 1u64 | 1 << 7;
+        let mut insns = vec![insn(0xbf, 6, 1, 0, 0), mov(2, -50), mov(3, BPF_ADJ_ROOM_MAC)];
+        insns.extend(lddw(4, flags));
+        insns.push(call(BPF_FUNC_SKB_ADJUST_ROOM));
+        // *(u32 *)(r10 - 4) = key; r2 = r10 - 4; r1 = map; call bpf_map_lookup_elem.
+        let key = i32::from_ne_bytes([10, 244, 1, 5]);
+        insns.extend([insn(0x62, 10, 0, -4, key), insn(0xbf, 2, 10, 0, 0), insn(0x07, 2, 0, 0, -4)]);
+        insns.extend([insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), 0]);
+        insns.extend([call(BPF_FUNC_MAP_LOOKUP_ELEM), mov(1, port as i32), mov(2, 0)]);
+        insns.extend([call(BPF_FUNC_REDIRECT_PEER), mov(0, 0), EXIT]);
+        // The loaded program holds its own reference to the map.
+        Self::raw(false, &insns)
+    }
+
     /// A program of raw instructions (encoded as in `struct bpf_insn`), XDP or tc.
     pub fn raw(xdp: bool, insns: &[u64]) -> std::io::Result<Self> {
         use std::os::fd::FromRawFd;
@@ -409,6 +430,35 @@ const BPF_ADJ_ROOM_MAC: i32 = 1;
 const BPF_FUNC_SKB_ADJUST_ROOM: i32 = 50;
 const BPF_FUNC_REDIRECT_NEIGH: i32 = 152;
 const BPF_FUNC_REDIRECT_PEER: i32 = 155;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// A new BPF hash map (4-byte keys, `value.len()`-byte values, room for 1024) holding `key`.
+fn hash_map_with(key: u32, value: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, then zeros.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, 4, value.len() as u32, 1024]);
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE, alive for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), size_of_val(&create)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new file descriptor; nothing else owns it.
+    let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // BPF_MAP_UPDATE_ELEM: map_fd (u32, padded to 8), key pointer, value pointer, flags.
+    let update = [map.as_raw_fd() as u64, &key as *const u32 as u64, value.as_ptr() as u64, 0u64, 0, 0, 0, 0];
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_UPDATE_ELEM; key and value outlive the call.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, update.as_ptr(), size_of_val(&update)) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(map)
+}
 const EXIT: u64 = 0x95;
 
 /// One `struct bpf_insn`: opcode, registers, offset, immediate.

@@ -314,9 +314,10 @@ fn rotated(runs: usize, mut rows: Vec<(Sampler, Sampler)>) -> Vec<(f64, f64)> {
     samples.into_iter().map(|(a, b)| (trimmed_mean(a), trimmed_mean(b))).collect()
 }
 
-/// What the kernel helpers alone cost, net of the harness: the floor under every tunnelled
+/// What the unavoidable parts alone cost, net of the harness: the floor under every tunnelled
 /// encapsulation (room for 50 bytes, redirect to the underlay) and under a tc decapsulation that
-/// delivers into the container (remove 50 bytes, redirect into its veth).
+/// delivers into the container (remove 50 bytes, redirect into its veth; and with the one lookup
+/// that finds the veth).
 fn helper_floors(runs: usize) -> Vec<Cost> {
     xnet_tests::progcost::in_delivery_netns(move |underlay, port| {
         let null = NullProgram::like(xnet::programs::TC_EGRESS).expect("load the null program");
@@ -329,6 +330,12 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
             (
                 "bpf_skb_adjust_room(-50) + bpf_redirect_peer",
                 NullProgram::decap_helpers(port).expect("load the decapsulation's helper floor"),
+                tunnelled_frame(2, Backend::Vxlan),
+            ),
+            (
+                "bpf_skb_adjust_room(-50) + a hash lookup of the container + bpf_redirect_peer",
+                NullProgram::decap_helpers_and_lookup(port)
+                    .expect("load the delivering decapsulation's floor"),
                 tunnelled_frame(2, Backend::Vxlan),
             ),
         ];
@@ -660,9 +667,11 @@ fn main() {
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
          single runs). The kernel reruns a program on the packet it already changed when asked to repeat, so \
          each run is single; its clock advances in 10 ns steps, which the mean of many runs resolves. \
-         \"net\" subtracts what the same run of a two-instruction program costs (the harness), measured \
-         in alternating slices with it. The last rows are programs that only call the kernel helpers an \
-         encapsulation, and a delivering tc decapsulation, cannot do without: the floor under each.\n"
+         After 1000 untimed runs of each, the rows take turns in 20 rounds; \"net\" subtracts what the \
+         same run of a two-instruction program costs (the harness), measured alternately with each row. \
+         The last rows are programs that do only what an encapsulation, and a tc decapsulation that \
+         delivers into the container, cannot do without (kernel helpers; finding the container): the \
+         floor under each.\n"
     );
     let _ = writeln!(md, "| program | packet | ns | harness | net ns |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|");
