@@ -323,16 +323,19 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
         let null = NullProgram::like(xnet::programs::TC_EGRESS).expect("load the null program");
         let floors = [
             (
+                "kernel helpers only",
                 "bpf_skb_adjust_room(+50, VXLAN flags) + bpf_redirect_neigh",
                 NullProgram::encap_helpers().expect("load the encapsulation's helper floor"),
                 container_frame([10, 244, 2, 7]),
             ),
             (
+                "kernel helpers only",
                 "bpf_skb_adjust_room(-50) + bpf_redirect_peer",
                 NullProgram::decap_helpers(port).expect("load the decapsulation's helper floor"),
                 tunnelled_frame(2, Backend::Vxlan),
             ),
             (
+                "helpers and one lookup",
                 "bpf_skb_adjust_room(-50) + a hash lookup of the container + bpf_redirect_peer",
                 NullProgram::decap_helpers_and_lookup(port)
                     .expect("load the delivering decapsulation's floor"),
@@ -341,7 +344,7 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
         ];
         let rows = floors
             .iter()
-            .map(|(_, floor, input)| -> (Sampler, Sampler) {
+            .map(|(_, _, floor, input)| -> (Sampler, Sampler) {
                 (
                     Box::new(move |n| floor.samples(input, n, Some(underlay))),
                     Box::new(|n| null.samples(input, n, Some(underlay))),
@@ -352,8 +355,8 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
         floors
             .iter()
             .zip(means)
-            .map(|((packet, ..), (raw, harness))| Cost {
-                program: "kernel helpers only",
+            .map(|((program, packet, ..), (raw, harness))| Cost {
+                program,
                 packet: packet.to_string(),
                 raw,
                 harness,
