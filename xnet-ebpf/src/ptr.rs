@@ -143,6 +143,7 @@ pub fn tc_read_words<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[
 /// [`tc_read_words`] over the packet `[start, end)` of any program type.
 #[inline(always)]
 fn read_words<const N: usize>(start: usize, end: usize, offset: usize) -> Option<[u32; N]> {
+    const { assert!(N <= 8, "load_u32 has arms for words 0 to 7") };
     let p = at::<[[u8; 4]; N]>(start, end, offset)? as usize;
     let mut words = [0u32; N];
     let mut i = 0;
@@ -223,6 +224,7 @@ unsafe fn store<const N: usize>(p: usize, off: usize, v: u64) {
 /// instruction each; `None` when the packet is too short.
 #[inline(always)]
 pub fn tc_write_u32s<const N: usize>(ctx: &TcContext, offset: usize, words: [u32; N]) -> Option<()> {
+    const { assert!(N <= 16, "store has arms for offsets below 64") };
     let p = at::<[[u8; 4]; N]>(ctx.data(), ctx.data_end(), offset)? as usize;
     let mut i = 0;
     while i < N {
