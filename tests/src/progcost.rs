@@ -121,13 +121,7 @@ impl Bench {
     fn route(&mut self, addr: [u8; 4], prefix: u32, peer: [u8; 4], backend: Backend) {
         let mut routes: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
             LpmTrie::try_from(self.ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
-        let value = RemoteSubnet {
-            peer_ip: peer,
-            vtep_mac: [2, 0, peer[0], peer[1], peer[2], peer[3]],
-            backend: backend as u8,
-            reserved: 0,
-        };
-        routes.insert(&Key::new(prefix, addr), value, 0).unwrap();
+        routes.insert(&Key::new(prefix, addr), route_via(peer, backend), 0).unwrap();
     }
 
     /// Adds `n` more /32 routes (172.16.0.0 onwards, all via the vxlan peer), for lookup scaling.
@@ -140,18 +134,10 @@ impl Bench {
     /// Switches the route index on (filled from the four peer routes, as the agent does when every
     /// route is a /24 of 10.244.0.0/16) or off (every lookup walks the LPM trie).
     pub fn use_route_index(&mut self, on: bool) {
-        use xnet_common::maps::RemoteSubnet;
         let mut index: Array<&mut MapData, RemoteSubnet> =
             Array::try_from(self.ebpf.map_mut("ROUTE_INDEX").unwrap()).unwrap();
         for (n, b) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
-            let peer = [198, 18, 0, n];
-            let route = RemoteSubnet {
-                peer_ip: peer,
-                vtep_mac: [2, 0, peer[0], peer[1], peer[2], peer[3]],
-                backend: b as u8,
-                reserved: 0,
-            };
-            index.set(n as u32, route, 0).unwrap();
+            index.set(n as u32, route_via([198, 18, 0, n], b), 0).unwrap();
         }
         switch_route_index(&mut self.ebpf, on);
     }
@@ -195,6 +181,16 @@ pub fn trimmed_mean(mut samples: Vec<f64>) -> f64 {
     let cut = samples.len() / 10;
     let middle = &samples[cut..samples.len() - cut];
     middle.iter().sum::<f64>() / middle.len() as f64
+}
+
+/// A route to `peer` with `backend`; the peer's VTEP MAC is 2:0 and its address.
+fn route_via(peer: [u8; 4], backend: Backend) -> RemoteSubnet {
+    RemoteSubnet {
+        peer_ip: peer,
+        vtep_mac: [2, 0, peer[0], peer[1], peer[2], peer[3]],
+        backend: backend as u8,
+        reserved: 0,
+    }
 }
 
 impl Default for Bench {

@@ -59,9 +59,47 @@ pub fn decrement_ttl_word(w: u32) -> u32 {
     ((!fold(sum) as u32) << 16) | new
 }
 
+/// [`ipv4_header_valid`] on an IPv4 header without options as five little-endian words, as the
+/// programs load it: its 16-bit words sum to all ones (summed little-endian, the same answer).
+#[inline(always)]
+pub fn ipv4_header_words_valid(words: [u32; 5]) -> bool {
+    let sum: u32 = words.iter().map(|w| (w & 0xffff) + (w >> 16)).sum();
+    fold(sum) == 0xffff
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_words_check_agrees_with_the_header_check() {
+        let words = |h: &Ipv4Hdr| {
+            let b = [
+                [h.version_ihl, h.tos, h.total_len[0], h.total_len[1]],
+                [h.id[0], h.id[1], h.flags_frag[0], h.flags_frag[1]],
+                [h.ttl, h.protocol, h.checksum[0], h.checksum[1]],
+                h.src,
+                h.dst,
+            ];
+            b.map(u32::from_le_bytes)
+        };
+        for (protocol, len, tos) in [(17u8, 100usize, 0u8), (47, 1500, 0xb8), (6, 65_535, 0xff)] {
+            let good = crate::wire::outer_ipv4([198, 18, 0, 1], [10, 255, 0, 2], protocol, len, tos);
+            assert!(ipv4_header_words_valid(words(&good)));
+            let corruptions: [fn(&mut Ipv4Hdr); 4] = [
+                |h| h.version_ihl ^= 0x01,
+                |h| h.flags_frag[1] ^= 0x80,
+                |h| h.checksum[0] ^= 0xff,
+                |h| h.dst[3] ^= 0x10,
+            ];
+            for (i, corrupt) in corruptions.into_iter().enumerate() {
+                let mut bad = good;
+                corrupt(&mut bad);
+                assert!(!ipv4_header_valid(&bad), "corruption {i}");
+                assert!(!ipv4_header_words_valid(words(&bad)), "corruption {i}");
+            }
+        }
+    }
 
     #[test]
     fn ttl_word_decrement_matches_the_header_one() {

@@ -4,9 +4,9 @@ use crate::maps::DatapathConfig;
 use crate::packet::Packet;
 use crate::stats::Outcome;
 use crate::wire::{
-    ETH_LEN, ETH_P_IPV4, GRE_ENCAP_LEN, GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S, GRE_KEYED_ENCAP_LEN,
-    GRE_VERSION_MASK, IPPROTO_GRE, IPPROTO_UDP, IPV4_LEN, UDP_ENCAP_LEN, UDP_LEN, VXLAN_ENCAP_LEN,
-    VXLAN_FLAG_VNI, VXLAN_LEN,
+    ETH_LEN, ETH_P_IPV4_LE, GRE_ENCAP_LEN, GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S, GRE_KEYED_ENCAP_LEN,
+    GRE_VERSION_MASK, IPPROTO_GRE, IPPROTO_UDP, IPV4_FRAG_MF_LE, IPV4_FRAG_OFFSET_LE, IPV4_LEN,
+    UDP_ENCAP_LEN, UDP_LEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_LEN,
 };
 
 /// Offsets in a frame with an outer IPv4 header without options.
@@ -79,7 +79,7 @@ where
     let Some([ether, ip0, ip1, ip2, src, dst]) = pkt.words::<6>(ETH_LEN - 4) else {
         return DecapDecision::Pass;
     };
-    if ether >> 16 != ETHERTYPE_IPV4 {
+    if ether >> 16 != ETH_P_IPV4_LE {
         return DecapDecision::Pass;
     }
     // Outer headers with IP options are not something xnet or the kernel's tunnels send.
@@ -87,7 +87,7 @@ where
         return DecapDecision::Pass;
     }
     let frag = ip1 >> 16;
-    if frag & FRAG_OFFSET != 0 {
+    if frag & IPV4_FRAG_OFFSET_LE != 0 {
         // A later fragment carries no transport header: nothing says it is ours.
         return DecapDecision::Pass;
     }
@@ -113,7 +113,7 @@ where
         }
         IPPROTO_GRE => {
             // Other GRE payloads (Ethernet, ERSPAN, ...) belong to someone else.
-            if l4 >> 16 != ETHERTYPE_IPV4 {
+            if l4 >> 16 != ETH_P_IPV4_LE {
                 return DecapDecision::Pass;
             }
             if l4 & GRE_K != 0 { Tunnel::GreKeyed } else { Tunnel::Gre }
@@ -122,10 +122,10 @@ where
     };
     // From here on the packet is addressed to our tunnels. It has not met ip_rcv yet, so nobody has
     // checked its header.
-    if !checksum_ok([ip0, ip1, ip2, src, dst]) {
+    if !crate::csum::ipv4_header_words_valid([ip0, ip1, ip2, src, dst]) {
         return DecapDecision::Drop(Outcome::DropBadOuterChecksum);
     }
-    if frag & (FRAG_OFFSET | FRAG_MF) != 0 {
+    if frag & (IPV4_FRAG_OFFSET_LE | IPV4_FRAG_MF_LE) != 0 {
         return DecapDecision::Drop(Outcome::DropOuterFragment);
     }
     if !is_peer(&src.to_le_bytes()) {
@@ -144,7 +144,7 @@ where
             let Some([inner_ether]) = pkt.words::<1>(INNER_IP_OFFSET - 4) else {
                 return DecapDecision::Drop(Outcome::DropTruncated);
             };
-            if inner_ether >> 16 != ETHERTYPE_IPV4 {
+            if inner_ether >> 16 != ETH_P_IPV4_LE {
                 return DecapDecision::Drop(Outcome::DropBadInnerProtocol);
             }
             INNER_IP_OFFSET
@@ -181,24 +181,11 @@ where
     DecapDecision::Decap(tunnel)
 }
 
-/// EtherType (and GRE protocol) 0x0800, read little-endian.
-const ETHERTYPE_IPV4: u32 = ETH_P_IPV4.swap_bytes() as u32;
-/// The IPv4 fragment field's offset bits (0x1fff) and MF bit (0x2000), read little-endian.
-const FRAG_OFFSET: u32 = 0x1fffu16.swap_bytes() as u32;
-const FRAG_MF: u32 = 0x2000u16.swap_bytes() as u32;
 /// GRE's flags and version (the header's first two bytes), read little-endian.
 const GRE_K: u32 = GRE_FLAG_K.swap_bytes() as u32;
 const GRE_C: u32 = GRE_FLAG_C.swap_bytes() as u32;
 const GRE_S: u32 = GRE_FLAG_S.swap_bytes() as u32;
 const GRE_VERSION: u32 = GRE_VERSION_MASK.swap_bytes() as u32;
-
-/// Whether an IPv4 header without options, as five little-endian words, has a correct checksum:
-/// its 16-bit words sum to all ones (summing them little-endian gives the same answer, RFC 1071).
-#[inline(always)]
-fn checksum_ok(words: [u32; 5]) -> bool {
-    let sum: u32 = words.iter().map(|w| (w & 0xffff) + (w >> 16)).sum();
-    crate::csum::fold(sum) == 0xffff
-}
 
 #[cfg(test)]
 mod tests {

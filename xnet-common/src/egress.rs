@@ -1,6 +1,7 @@
 //! The egress decision: which container packets leave the host in a tunnel.
 
 use crate::packet::Packet;
+use crate::wire::ETH_P_IPV4_LE;
 
 /// What to do with a frame that a container sent into the host.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,7 +36,7 @@ where
     let Some([mac_lo, mac_hi, _, ether_ip]) = pkt.words::<4>(0) else {
         return EgressDecision::Pass;
     };
-    if ether_ip & 0xffff != 0x0008 {
+    if ether_ip & 0xffff != ETH_P_IPV4_LE {
         return EgressDecision::Pass;
     }
     // A truncated or non-v4 IP header is not ours to judge: the kernel drops it and counts it.

@@ -192,8 +192,8 @@ pub struct DatapathConfig {
     /// ask LOCAL_PORTS whether they are for a local container. Zero: always ask.
     pub gateway_mac: [u8; 6],
     pub reserved2: [u8; 2],
-    /// With [`ROUTE_INDEX_VALID`] in `flags`: every route is one subnet of `index_len` bits
-    /// inside `index_net`/`index_netmask`, and [`ROUTE_INDEX`] entry
+    /// With [`ROUTE_INDEX_VALID`] in `flags`: every route is one subnet of `32 - index_shift`
+    /// bits inside `index_net`/`index_netmask`, and [`ROUTE_INDEX`] entry
     /// `(dst - index_net) >> index_shift` holds the route of the subnet of `dst` (an entry with
     /// backend 0: no route). Network order.
     pub index_net: [u8; 4],

@@ -38,6 +38,13 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const VXLAN_FLAG_VNI: u8 = 0x08;
 /// IPv4 "don't fragment" bit in the flags/fragment-offset field.
 pub const IPV4_DF: u16 = 0x4000;
+
+/// Fields as the programs see them: a 16-bit field's wire bytes loaded little-endian. EtherType
+/// (and GRE protocol) 0x0800:
+pub const ETH_P_IPV4_LE: u32 = ETH_P_IPV4.swap_bytes() as u32;
+/// The IPv4 fragment field's offset bits (0x1fff) and its MF bit (0x2000).
+pub const IPV4_FRAG_OFFSET_LE: u32 = 0x1fffu16.swap_bytes() as u32;
+pub const IPV4_FRAG_MF_LE: u32 = 0x2000u16.swap_bytes() as u32;
 /// IPv4 "more fragments" bit and fragment offset.
 pub const IPV4_MF_OFFSET: u16 = 0x3fff;
 /// TTL of outer headers xnet writes (the Linux default).

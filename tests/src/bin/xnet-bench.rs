@@ -670,7 +670,7 @@ fn main() {
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
          single runs). The kernel reruns a program on the packet it already changed when asked to repeat, so \
          each run is single; its clock advances in 10 ns steps, which the mean of many runs resolves. \
-         After 1000 untimed runs of each, the rows take turns in 20 rounds; \"net\" subtracts what the \
+         After {WARM_UP_RUNS} untimed runs of each, the rows take turns in 20 rounds; \"net\" subtracts what the \
          same run of a two-instruction program costs (the harness), measured alternately with each row. \
          The last rows are programs that do only what an encapsulation, and a tc decapsulation that \
          delivers into the container, cannot do without (kernel helpers; finding the container): the \

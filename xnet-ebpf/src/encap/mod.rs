@@ -15,7 +15,7 @@ use xnet_common::{
     maps::DatapathConfig,
     outer::TEMPLATE_WORDS,
     stats::Outcome,
-    wire::{self, ETH_LEN, IPPROTO_UDP},
+    wire::{self, ETH_LEN, IPPROTO_UDP, IPV4_FRAG_MF_LE, IPV4_FRAG_OFFSET_LE},
 };
 
 use crate::ptr;
@@ -77,10 +77,11 @@ pub fn flow_hash(ctx: &TcContext, at: usize) -> u32 {
         }
     };
     let protocol = (w2 >> 8) as u8;
-    // Version 4 without options, not a fragment (offset and MF clear: the field's mask 0x3fff
-    // reads 0xff3f little-endian), TCP or UDP: then the ports follow.
-    let has_ports =
-        w0 & 0xff == 0x45 && (w1 >> 16) & 0xff3f == 0 && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP);
+    // Version 4 without options, not a fragment (offset and MF clear), TCP or UDP: then the ports
+    // follow.
+    let has_ports = w0 & 0xff == 0x45
+        && (w1 >> 16) & (IPV4_FRAG_OFFSET_LE | IPV4_FRAG_MF_LE) == 0
+        && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP);
     wire::flow_hash(src, dst, protocol, if has_ports { after } else { 0 })
 }
 
