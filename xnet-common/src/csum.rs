@@ -1,6 +1,6 @@
-//! Internet checksum (RFC 1071) over the headers xnet writes.
-
-use crate::wire::Ipv4Hdr;
+//! The Internet checksum (RFC 1071) as arithmetic on 16-bit words: sums, folding, incremental
+//! updates (RFC 1624). It knows no header layout: the headers of `wire` compute, check and update
+//! their checksums with it, and the programs use its word forms on what they load.
 
 /// Folds a 32-bit one's-complement sum into 16 bits.
 #[inline(always)]
@@ -10,47 +10,31 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// The checksum of 16-bit words (each the value of two bytes in network order), as the checksum
+/// field's bytes: the one's complement of their one's-complement sum. Over the words of a header
+/// without its checksum field, that is the field's value.
 #[inline(always)]
-fn word(b: [u8; 2]) -> u32 {
-    u16::from_be_bytes(b) as u32
-}
-
-/// The checksum field value for an IPv4 header without options (its own checksum field ignored).
-#[inline(always)]
-pub fn ipv4_header(h: &Ipv4Hdr) -> [u8; 2] {
-    let sum = word([h.version_ihl, h.tos])
-        + word(h.total_len)
-        + word(h.id)
-        + word(h.flags_frag)
-        + word([h.ttl, h.protocol])
-        + word([h.src[0], h.src[1]])
-        + word([h.src[2], h.src[3]])
-        + word([h.dst[0], h.dst[1]])
-        + word([h.dst[2], h.dst[3]]);
+pub fn checksum<const N: usize>(words: [u16; N]) -> [u8; 2] {
+    let mut sum = 0u32;
+    for w in words {
+        sum += u32::from(w);
+    }
     (!fold(sum)).to_be_bytes()
 }
 
-/// Whether an IPv4 header's checksum is right (the sum over the header, checksum included, is
-/// all ones).
-pub fn ipv4_header_valid(h: &Ipv4Hdr) -> bool {
-    ipv4_header(h) == h.checksum
-}
-
-/// Decrements an IPv4 header's TTL (which must be above zero) and updates its checksum for the
-/// changed word, incrementally (RFC 1624, eqn. 3).
+/// A checksum field updated for one 16-bit word of what it covers changing from `old` to `new`,
+/// incrementally (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`).
 #[inline(always)]
-pub fn decrement_ttl(h: &mut Ipv4Hdr) {
-    let old = word([h.ttl, h.protocol]);
-    h.ttl -= 1;
-    let new = word([h.ttl, h.protocol]);
-    let sum = (!word(h.checksum) & 0xffff) + (!old & 0xffff) + new;
-    h.checksum = (!fold(sum)).to_be_bytes();
+pub fn update(checksum: [u8; 2], old: u16, new: u16) -> [u8; 2] {
+    let sum = u32::from(!u16::from_be_bytes(checksum)) + u32::from(!old) + u32::from(new);
+    (!fold(sum)).to_be_bytes()
 }
 
-/// [`decrement_ttl`] on the IPv4 header's bytes 8 to 11 (TTL, protocol, checksum) read as one
-/// little-endian word, as the programs load them; returns the word to store back. The TTL must be
-/// above zero. Sums over little-endian words give the same checksum bytes (RFC 1071, byte order
-/// independence), so nothing is swapped.
+/// An IPv4 header's TTL decrement with its checksum update ([`update`]), on the header's bytes 8
+/// to 11 (TTL, protocol, checksum) read as one little-endian word, as the programs load them;
+/// returns the word to store back. The TTL must be above zero. Sums over little-endian words give
+/// the same checksum bytes (RFC 1071, byte order independence), so nothing is swapped. (The tests
+/// of `wire::Ipv4Hdr::decrement_ttl` check that both agree.)
 #[inline(always)]
 pub fn decrement_ttl_word(w: u32) -> u32 {
     let old = w & 0xffff;
@@ -59,8 +43,9 @@ pub fn decrement_ttl_word(w: u32) -> u32 {
     ((!fold(sum) as u32) << 16) | new
 }
 
-/// [`ipv4_header_valid`] on an IPv4 header without options as five little-endian words, as the
-/// programs load it: its 16-bit words sum to all ones (summed little-endian, the same answer).
+/// Whether an IPv4 header without options, as five little-endian words as the programs load it,
+/// has a right checksum: its 16-bit words, checksum included, sum to all ones (summed
+/// little-endian, the same answer).
 #[inline(always)]
 pub fn ipv4_header_words_valid(words: [u32; 5]) -> bool {
     let sum: u32 = words.iter().map(|w| (w & 0xffff) + (w >> 16)).sum();
@@ -71,87 +56,41 @@ pub fn ipv4_header_words_valid(words: [u32; 5]) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn header_words_check_agrees_with_the_header_check() {
-        let words = |h: &Ipv4Hdr| {
-            let b = [
-                [h.version_ihl, h.tos, h.total_len[0], h.total_len[1]],
-                [h.id[0], h.id[1], h.flags_frag[0], h.flags_frag[1]],
-                [h.ttl, h.protocol, h.checksum[0], h.checksum[1]],
-                h.src,
-                h.dst,
-            ];
-            b.map(u32::from_le_bytes)
-        };
-        for (protocol, len, tos) in [(17u8, 100usize, 0u8), (47, 1500, 0xb8), (6, 65_535, 0xff)] {
-            let good = crate::wire::outer_ipv4([198, 18, 0, 1], [10, 255, 0, 2], protocol, len, tos);
-            assert!(ipv4_header_words_valid(words(&good)));
-            let corruptions: [fn(&mut Ipv4Hdr); 4] = [
-                |h| h.version_ihl ^= 0x01,
-                |h| h.flags_frag[1] ^= 0x80,
-                |h| h.checksum[0] ^= 0xff,
-                |h| h.dst[3] ^= 0x10,
-            ];
-            for (i, corrupt) in corruptions.into_iter().enumerate() {
-                let mut bad = good;
-                corrupt(&mut bad);
-                assert!(!ipv4_header_valid(&bad), "corruption {i}");
-                assert!(!ipv4_header_words_valid(words(&bad)), "corruption {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn ttl_word_decrement_matches_the_header_one() {
-        for ttl in [1u8, 2, 64, 0x80, 255] {
-            for protocol in [0u8, 6, 17, 47, 255] {
-                for checksum in [[0u8, 0], [0xff, 0xff], [0x12, 0x34], [0xff, 0x00], [0x00, 0xfe]] {
-                    let mut h = crate::wire::outer_ipv4([1, 2, 3, 4], [5, 6, 7, 8], protocol, 100, 0);
-                    h.ttl = ttl;
-                    h.checksum = checksum;
-                    let w = u32::from_le_bytes([h.ttl, h.protocol, h.checksum[0], h.checksum[1]]);
-                    decrement_ttl(&mut h);
-                    let want = u32::from_le_bytes([h.ttl, h.protocol, h.checksum[0], h.checksum[1]]);
-                    assert_eq!(decrement_ttl_word(w), want, "ttl {ttl} protocol {protocol} {checksum:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn ttl_decrement_matches_a_full_recompute() {
-        for (ttl, protocol, tos) in [(64u8, 17u8, 0u8), (1, 6, 0xb8), (255, 47, 3), (0x80, 0, 0xff)] {
-            let mut h = crate::wire::outer_ipv4([10, 244, 1, 2], [10, 244, 2, 9], protocol, 1000, tos);
-            h.ttl = ttl;
-            h.checksum = ipv4_header(&h);
-            decrement_ttl(&mut h);
-            assert_eq!(h.ttl, ttl - 1);
-            assert_eq!(h.checksum, ipv4_header(&h), "ttl {ttl} protocol {protocol}");
-            assert!(ipv4_header_valid(&h));
-        }
-    }
-
     // The example header of RFC 1071's companion literature (Wikipedia "IPv4 header checksum"):
     // 4500 0073 0000 4000 4011 b861 c0a8 0001 c0a8 00c7 has checksum b861.
+    const HEADER: [u16; 10] =
+        [0x4500, 0x0073, 0x0000, 0x4000, 0x4011, 0xb861, 0xc0a8, 0x0001, 0xc0a8, 0x00c7];
+
     #[test]
-    fn known_header_checksum() {
-        let h = Ipv4Hdr {
-            version_ihl: 0x45,
-            tos: 0,
-            total_len: [0x00, 0x73],
-            id: [0, 0],
-            flags_frag: [0x40, 0x00],
-            ttl: 0x40,
-            protocol: 0x11,
-            checksum: [0xb8, 0x61],
-            src: [192, 168, 0, 1],
-            dst: [192, 168, 0, 199],
-        };
-        assert_eq!(ipv4_header(&h), [0xb8, 0x61]);
-        assert!(ipv4_header_valid(&h));
-        let mut bad = h;
-        bad.ttl = 0x3f;
-        assert!(!ipv4_header_valid(&bad), "a changed TTL must invalidate the checksum");
+    fn known_checksum() {
+        let mut without = [0u16; 9];
+        without[..5].copy_from_slice(&HEADER[..5]);
+        without[5..].copy_from_slice(&HEADER[6..]);
+        assert_eq!(checksum(without), [0xb8, 0x61]);
+        // With the checksum field in, the sum is all ones: the checksum over it all is zero.
+        assert_eq!(checksum(HEADER), [0, 0]);
+    }
+
+    #[test]
+    fn words_check_of_the_known_header() {
+        let b = HEADER.map(u16::to_be_bytes);
+        let word = |i: usize| u32::from_le_bytes([b[i][0], b[i][1], b[i + 1][0], b[i + 1][1]]);
+        let words = [word(0), word(2), word(4), word(6), word(8)];
+        assert!(ipv4_header_words_valid(words));
+        let mut bad = words;
+        bad[2] ^= 1; // the TTL changed, the checksum not
+        assert!(!ipv4_header_words_valid(bad));
+    }
+
+    #[test]
+    fn update_matches_a_full_recompute() {
+        let mut words = [0x4500u16, 0x0073, 0x0000, 0x4000, 0x4011, 0xc0a8, 0x0001, 0xc0a8, 0x00c7];
+        for (i, new) in [(4usize, 0x3f11u16), (1, 0xffff), (8, 0x0000), (0, 0x45b8)] {
+            let before = checksum(words);
+            let old = words[i];
+            words[i] = new;
+            assert_eq!(update(before, old, new), checksum(words), "word {i} to {new:#x}");
+        }
     }
 
     #[test]

@@ -215,8 +215,9 @@ mod tests {
         let outer = vxlan_outer(&local, &remote, &InnerInfo { ip_len: inner_ip.len(), tos: 0, flow_hash: 7 });
         let mut f = std::vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
-        // SAFETY-free serialisation: VxlanOuter is a Header (repr(C), align 1, no padding).
-        let p = &outer as *const _ as *const u8;
+        let p = (&raw const outer).cast::<u8>();
+        // SAFETY: VxlanOuter is a Header (#[repr(C)], alignment 1, no padding) of VXLAN_ENCAP_LEN
+        // bytes (asserted in wire), all initialised, and `outer` outlives the slice.
         f.extend_from_slice(unsafe { core::slice::from_raw_parts(p, VXLAN_ENCAP_LEN) });
         f.extend_from_slice(&inner_ip);
         f

@@ -244,7 +244,7 @@ impl Endpoint {
     pub fn mac_words(&self) -> [u32; 3] {
         // SAFETY: Endpoint is 24 plain bytes aligned to 8 without padding, so it is also six u32
         // words; the two MACs are bytes 4 to 15, words 1 to 3 (asserted below).
-        let w = unsafe { &*(self as *const Self).cast::<[u32; 6]>() };
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 6]>() };
         [u32::from_le(w[1]), u32::from_le(w[2]), u32::from_le(w[3])]
     }
 }
@@ -329,16 +329,16 @@ pub struct Counter {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<LpmKeyIpv4>() == 8);
-    assert!(core::mem::size_of::<RemoteSubnet>() == 12);
-    assert!(core::mem::size_of::<Peer>() == 8);
-    assert!(core::mem::size_of::<DatapathConfig>() == 64 + 3 * 64);
-    assert!(core::mem::size_of::<Counter>() == 16);
-    assert!(core::mem::size_of::<LocalPort>() == 4);
-    assert!(core::mem::size_of::<AgentState>() == 40);
-    assert!(core::mem::size_of::<RouteInfo>() == 16);
-    assert!(core::mem::size_of::<Endpoint>() == 24);
-    assert!(core::mem::size_of::<PeerSlot>() == 8);
+    assert!(size_of::<LpmKeyIpv4>() == 8);
+    assert!(size_of::<RemoteSubnet>() == 12);
+    assert!(size_of::<Peer>() == 8);
+    assert!(size_of::<DatapathConfig>() == 64 + 3 * 64);
+    assert!(size_of::<Counter>() == 16);
+    assert!(size_of::<LocalPort>() == 4);
+    assert!(size_of::<AgentState>() == 40);
+    assert!(size_of::<RouteInfo>() == 16);
+    assert!(size_of::<Endpoint>() == 24);
+    assert!(size_of::<PeerSlot>() == 8);
     // Read as words by the accessors below.
     assert!(core::mem::offset_of!(RemoteSubnet, vtep_mac) == 4);
     assert!(core::mem::offset_of!(DatapathConfig, gateway_mac) == 40);
@@ -352,7 +352,7 @@ impl RemoteSubnet {
     pub fn vtep_mac_word(&self) -> u64 {
         // SAFETY: RemoteSubnet is 12 plain bytes aligned to 4, so it is also three u32 words; the
         // MAC is bytes 4 to 9 (asserted above).
-        let w = unsafe { &*(self as *const Self).cast::<[u32; 3]>() };
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 3]>() };
         u32::from_le(w[1]) as u64 | (u32::from_le(w[2]) as u64 & 0xffff) << 32
     }
 }
@@ -361,10 +361,10 @@ impl DatapathConfig {
     /// [`DatapathConfig::gateway_mac`] as [`crate::wire::mac_word`] gives it, in one load.
     #[inline(always)]
     pub fn gateway_mac_word(&self) -> u64 {
-        const WORDS: usize = core::mem::size_of::<DatapathConfig>() / 8;
+        const WORDS: usize = size_of::<DatapathConfig>() / 8;
         // SAFETY: DatapathConfig is plain bytes aligned to 8 without padding, so it is also u64
         // words; the gateway MAC is bytes 40 to 45 (asserted above), the low six of word 5.
-        let w = unsafe { &*(self as *const Self).cast::<[u64; WORDS]>() };
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u64; WORDS]>() };
         u64::from_le(w[5]) & 0xffff_ffff_ffff
     }
 
@@ -412,17 +412,29 @@ impl DatapathConfig {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: #[repr(C)] (or packed), no implicit padding (sizes asserted above), only integers and
-    // byte arrays: every bit pattern is valid.
+    // What `aya::Pod` asks of each type below: #[repr(C)] (or packed), no implicit padding (sizes
+    // asserted above), only integers and byte arrays inside, so every bit pattern is valid.
+
+    // SAFETY: packed u32 and [u8; 4]: 8 bytes, no padding.
     unsafe impl aya::Pod for LpmKeyIpv4 {}
+    // SAFETY: #[repr(C, align(4))] byte arrays and bytes filling 12 bytes (asserted).
     unsafe impl aya::Pod for RemoteSubnet {}
+    // SAFETY: #[repr(C)] [u8; 6] and two bytes: 8 bytes, alignment 1.
     unsafe impl aya::Pod for Peer {}
+    // SAFETY: #[repr(C, align(8))] integers, byte arrays and the OuterTemplates (u64 and u32
+    // words), laid out without gaps (size asserted).
     unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: #[repr(C)] two u64.
     unsafe impl aya::Pod for Counter {}
+    // SAFETY: #[repr(C)] one u32.
     unsafe impl aya::Pod for LocalPort {}
+    // SAFETY: #[repr(C)] integers in an order that leaves no gap (size asserted).
     unsafe impl aya::Pod for AgentState {}
+    // SAFETY: #[repr(C)] a byte, [u8; 7] and a u64: 16 bytes, no gap (asserted).
     unsafe impl aya::Pod for RouteInfo {}
+    // SAFETY: #[repr(C)] u32, two [u8; 6] and a u64: 24 bytes, no gap (asserted).
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: #[repr(C)] [u8; 4], a byte and [u8; 3]: 8 bytes, alignment 1.
     unsafe impl aya::Pod for PeerSlot {}
 }
 

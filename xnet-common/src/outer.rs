@@ -156,7 +156,7 @@ fn template(built: &[u8], udp: bool, src_port: bool) -> OuterTemplate {
 
 fn bytes_of<T: crate::packet::Header>(v: &T) -> &[u8] {
     // SAFETY: `T: Header` is #[repr(C)] bytes with no padding: every byte is initialised.
-    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
+    unsafe { core::slice::from_raw_parts(core::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
 const _: () = assert!(TEMPLATE_WORDS * 8 >= VXLAN_ENCAP_LEN);
@@ -232,7 +232,7 @@ mod tests {
         let fill = Fill { peer_ip: [203, 0, 113, 9], ip_len: 1400, tos: 0x10 };
         let b = bytes(&t.udp.udp(&fill), UDP_ENCAP_LEN);
         let ip: &wire::Ipv4Hdr = crate::packet::Packet::header(&b[..], 0).unwrap();
-        assert!(crate::csum::ipv4_header_valid(ip));
+        assert!(ip.has_valid_checksum());
         assert_ne!(ip.checksum, [0, 0]);
     }
 }

@@ -36,13 +36,15 @@ impl Packet for [u8] {
     }
 
     fn header<T: Header>(&self, offset: usize) -> Option<&T> {
-        let bytes = self.get(offset..offset.checked_add(core::mem::size_of::<T>())?)?;
+        let bytes = self.get(offset..offset.checked_add(size_of::<T>())?)?;
         // SAFETY: `bytes` holds exactly size_of::<T>() initialised bytes; `T: Header` guarantees
         // alignment 1 and that any bit pattern is a valid `T`.
         Some(unsafe { &*bytes.as_ptr().cast::<T>() })
     }
 }
 
-// SAFETY: a byte, and arrays of headers, have alignment 1 and accept every bit pattern.
+// SAFETY: a byte has alignment 1 and accepts every bit pattern.
 unsafe impl Header for u8 {}
+// SAFETY: an array has its element's alignment (1, for a Header) and no padding between elements,
+// and accepts every bit pattern when its element does.
 unsafe impl<T: Header, const N: usize> Header for [T; N] {}

@@ -3,7 +3,7 @@
 //! Multi-byte fields are network-order byte arrays with typed getters, so there is no padding and
 //! no byte-order guesswork anywhere a header is read or written.
 
-use crate::packet::Header;
+use crate::{csum, packet::Header};
 
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
@@ -135,26 +135,37 @@ pub struct VxlanOuter {
     pub inner_eth: EthHdr,
 }
 
-// SAFETY: all of these are #[repr(C)] structs of u8 and byte arrays: alignment 1, any bit pattern
-// is valid.
+// The headers are #[repr(C)] structs of u8 and byte arrays (the outers: of the headers), so they
+// have alignment 1, no padding (sizes asserted below) and accept any bit pattern, as `Header`
+// requires.
+
+// SAFETY: #[repr(C)] byte arrays only.
 unsafe impl Header for EthHdr {}
+// SAFETY: #[repr(C)] bytes and byte arrays only.
 unsafe impl Header for Ipv4Hdr {}
+// SAFETY: #[repr(C)] byte arrays only.
 unsafe impl Header for UdpHdr {}
+// SAFETY: #[repr(C)] a byte and byte arrays only.
 unsafe impl Header for VxlanHdr {}
+// SAFETY: #[repr(C)] Ipv4Hdr, UdpHdr, VxlanHdr and EthHdr, all of alignment 1: no padding.
 unsafe impl Header for VxlanOuter {}
+// SAFETY: #[repr(C)] byte arrays only.
 unsafe impl Header for GreHdr {}
+// SAFETY: #[repr(C)] one byte array.
 unsafe impl Header for GreKey {}
+// SAFETY: #[repr(C)] Ipv4Hdr and UdpHdr, both of alignment 1: no padding.
 unsafe impl Header for UdpOuter {}
+// SAFETY: #[repr(C)] Ipv4Hdr, GreHdr and GreKey, all of alignment 1: no padding.
 unsafe impl Header for GreOuter {}
 
 const _: () = {
-    assert!(core::mem::size_of::<EthHdr>() == ETH_LEN);
-    assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_LEN);
-    assert!(core::mem::size_of::<UdpHdr>() == UDP_LEN);
-    assert!(core::mem::size_of::<VxlanHdr>() == VXLAN_LEN);
-    assert!(core::mem::size_of::<VxlanOuter>() == VXLAN_ENCAP_LEN);
-    assert!(core::mem::size_of::<UdpOuter>() == UDP_ENCAP_LEN);
-    assert!(core::mem::size_of::<GreOuter>() == GRE_KEYED_ENCAP_LEN);
+    assert!(size_of::<EthHdr>() == ETH_LEN);
+    assert!(size_of::<Ipv4Hdr>() == IPV4_LEN);
+    assert!(size_of::<UdpHdr>() == UDP_LEN);
+    assert!(size_of::<VxlanHdr>() == VXLAN_LEN);
+    assert!(size_of::<VxlanOuter>() == VXLAN_ENCAP_LEN);
+    assert!(size_of::<UdpOuter>() == UDP_ENCAP_LEN);
+    assert!(size_of::<GreOuter>() == GRE_KEYED_ENCAP_LEN);
 };
 
 impl EthHdr {
@@ -180,6 +191,36 @@ impl Ipv4Hdr {
     /// Whether this is a fragment (more fragments follow, or it is not the first).
     pub fn is_fragment(&self) -> bool {
         self.flags_frag() & IPV4_MF_OFFSET != 0
+    }
+    /// The checksum field's value for this header (without options), computed over its other
+    /// fields (RFC 1071).
+    #[inline(always)]
+    pub fn compute_checksum(&self) -> [u8; 2] {
+        let word = u16::from_be_bytes;
+        csum::checksum([
+            word([self.version_ihl, self.tos]),
+            word(self.total_len),
+            word(self.id),
+            word(self.flags_frag),
+            word([self.ttl, self.protocol]),
+            word([self.src[0], self.src[1]]),
+            word([self.src[2], self.src[3]]),
+            word([self.dst[0], self.dst[1]]),
+            word([self.dst[2], self.dst[3]]),
+        ])
+    }
+    /// Whether the checksum field is right for the rest of the header.
+    pub fn has_valid_checksum(&self) -> bool {
+        self.compute_checksum() == self.checksum
+    }
+    /// Decrements the TTL (which must be above zero) and updates the checksum for the changed
+    /// word, incrementally (RFC 1624). The programs do the same on a loaded word with
+    /// [`csum::decrement_ttl_word`].
+    #[inline(always)]
+    pub fn decrement_ttl(&mut self) {
+        let old = u16::from_be_bytes([self.ttl, self.protocol]);
+        self.ttl -= 1;
+        self.checksum = csum::update(self.checksum, old, u16::from_be_bytes([self.ttl, self.protocol]));
     }
 }
 
@@ -292,7 +333,7 @@ pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, payload_len: usize, 
         src,
         dst,
     };
-    ip.checksum = crate::csum::ipv4_header(&ip);
+    ip.checksum = ip.compute_checksum();
     ip
 }
 
@@ -349,6 +390,96 @@ pub(crate) fn clamp_u16(n: usize) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header as the programs load it: five little-endian words.
+    fn le_words(h: &Ipv4Hdr) -> [u32; 5] {
+        [
+            [h.version_ihl, h.tos, h.total_len[0], h.total_len[1]],
+            [h.id[0], h.id[1], h.flags_frag[0], h.flags_frag[1]],
+            [h.ttl, h.protocol, h.checksum[0], h.checksum[1]],
+            h.src,
+            h.dst,
+        ]
+        .map(u32::from_le_bytes)
+    }
+
+    #[test]
+    fn header_words_check_agrees_with_the_header_check() {
+        for (protocol, len, tos) in [(17u8, 100usize, 0u8), (47, 1500, 0xb8), (6, 65_535, 0xff)] {
+            let good = outer_ipv4([198, 18, 0, 1], [10, 255, 0, 2], protocol, len, tos);
+            assert!(good.has_valid_checksum());
+            assert!(csum::ipv4_header_words_valid(le_words(&good)));
+            let corruptions: [fn(&mut Ipv4Hdr); 4] = [
+                |h| h.version_ihl ^= 0x01,
+                |h| h.flags_frag[1] ^= 0x80,
+                |h| h.checksum[0] ^= 0xff,
+                |h| h.dst[3] ^= 0x10,
+            ];
+            for (i, corrupt) in corruptions.into_iter().enumerate() {
+                let mut bad = good;
+                corrupt(&mut bad);
+                assert!(!bad.has_valid_checksum(), "corruption {i}");
+                assert!(!csum::ipv4_header_words_valid(le_words(&bad)), "corruption {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_word_decrement_matches_the_header_one() {
+        for ttl in [1u8, 2, 64, 0x80, 255] {
+            for protocol in [0u8, 6, 17, 47, 255] {
+                for checksum in [[0u8, 0], [0xff, 0xff], [0x12, 0x34], [0xff, 0x00], [0x00, 0xfe]] {
+                    let mut h = outer_ipv4([1, 2, 3, 4], [5, 6, 7, 8], protocol, 100, 0);
+                    h.ttl = ttl;
+                    h.checksum = checksum;
+                    let w = le_words(&h)[2];
+                    h.decrement_ttl();
+                    let want = le_words(&h)[2];
+                    assert_eq!(
+                        csum::decrement_ttl_word(w),
+                        want,
+                        "ttl {ttl} protocol {protocol} {checksum:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_decrement_matches_a_full_recompute() {
+        for (ttl, protocol, tos) in [(64u8, 17u8, 0u8), (1, 6, 0xb8), (255, 47, 3), (0x80, 0, 0xff)] {
+            let mut h = outer_ipv4([10, 244, 1, 2], [10, 244, 2, 9], protocol, 1000, tos);
+            h.ttl = ttl;
+            h.checksum = h.compute_checksum();
+            h.decrement_ttl();
+            assert_eq!(h.ttl, ttl - 1);
+            assert_eq!(h.checksum, h.compute_checksum(), "ttl {ttl} protocol {protocol}");
+            assert!(h.has_valid_checksum());
+        }
+    }
+
+    // The example header of RFC 1071's companion literature (Wikipedia "IPv4 header checksum"):
+    // 4500 0073 0000 4000 4011 b861 c0a8 0001 c0a8 00c7 has checksum b861.
+    #[test]
+    fn known_header_checksum() {
+        let h = Ipv4Hdr {
+            version_ihl: 0x45,
+            tos: 0,
+            total_len: [0x00, 0x73],
+            id: [0, 0],
+            flags_frag: [0x40, 0x00],
+            ttl: 0x40,
+            protocol: 0x11,
+            checksum: [0xb8, 0x61],
+            src: [192, 168, 0, 1],
+            dst: [192, 168, 0, 199],
+        };
+        assert_eq!(h.compute_checksum(), [0xb8, 0x61]);
+        assert!(h.has_valid_checksum());
+        let mut bad = h;
+        bad.ttl = 0x3f;
+        assert!(!bad.has_valid_checksum(), "a changed TTL must invalidate the checksum");
+    }
 
     /// A fixed stream of pseudo-random flows (xorshift64).
     fn flows(n: usize) -> impl Iterator<Item = (u32, u32, u8, u32)> {

@@ -77,7 +77,7 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Words) -> Option<Endpoint> {
     fib.__bindgen_anon_4.ipv4_dst = ip[4];
     fib.ifindex = ptr::ingress_ifindex(ctx);
     // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed; ctx.skb.skb is our skb.
-    let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &raw mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }

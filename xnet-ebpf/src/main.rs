@@ -92,14 +92,16 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     // races it sees the old or the new one.
     let cfg = CONFIG.get(0);
     let gateway = cfg.map(DatapathConfig::gateway_mac_word).unwrap_or_default();
-    // SAFETY (LOCAL_PORTS): only whether an entry exists is read.
     let decision = egress::classify(
         &pkt,
         |dst| match cfg.and_then(|c| c.route_index(dst)) {
             Some(i) => ROUTE_INDEX.get(i).filter(|r| r.backend != 0),
             None => REMOTE_SUBNETS.get(&Key::new(32, *dst)),
         },
-        |mac| mac != gateway && unsafe { LOCAL_PORTS.get(mac_bytes(mac)) }.is_some(),
+        |mac| {
+            // SAFETY: only whether an entry exists is read; no reference into the map is kept.
+            mac != gateway && unsafe { LOCAL_PORTS.get(mac_bytes(mac)) }.is_some()
+        },
     );
     let EgressDecision::Encapsulate { route, tos } = decision else {
         return Ok((Outcome::Passed, TC_ACT_OK));
@@ -167,7 +169,7 @@ pub fn xnet_xdp_ingress(ctx: XdpContext) -> u32 {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

@@ -86,6 +86,10 @@ const APT_PACKAGES: &[&str] = &[
     "python3-scapy",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Cargo's selection of the host crates: the whole workspace, the integration tests (xnet-tests)
+/// included although they are not a default member, but not the eBPF programs, which build for
+/// bpfel-unknown-none (and are checked apart).
+const HOST_CRATES: &[&str] = &["--workspace", "--exclude", "xnet-ebpf"];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -110,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo { hosts, containers, backend, store } => {
             setup()?;
             require_root("the demo creates network namespaces and loads eBPF programs")?;
-            cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
+            cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-lab", "--bins"])?;
             let status = Command::new(root.join("target/debug/xnet-demo"))
                 .args(["--hosts", &hosts.to_string(), "--containers", &containers.to_string()])
                 .args(["--backend", &backend, "--store", &store])
@@ -125,7 +129,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { runs, seconds, quick, modes } => {
             setup()?;
             require_root("the benchmark creates network namespaces and loads eBPF programs")?;
-            cargo(&["build", "--release", "-p", "xnet-userspace", "-p", "xnet-tests", "--bins"])?;
+            cargo(&["build", "--release", "-p", "xnet-userspace", "-p", "xnet-lab", "--bins"])?;
             let status = Command::new(root.join("target/release/xnet-bench"))
                 .args(["--runs", &runs.to_string(), "--seconds", &seconds.to_string()])
                 .args(quick.then_some("--quick"))
@@ -145,7 +149,7 @@ fn main() -> anyhow::Result<()> {
             step("cargo fmt --check");
             cargo(&["fmt", "--all", "--check"])?;
             step("cargo clippy (host crates)");
-            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&[&["clippy"], HOST_CRATES, &["--all-targets", "--", "-D", "warnings"]].concat())?;
             step("cargo clippy (eBPF crate, bpfel-unknown-none)");
             cargo(&[
                 "+nightly",
@@ -161,10 +165,12 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            step("build the agent");
-            cargo(&["build", "-p", "xnet-userspace"])?;
-            step("cargo test");
-            let mut test_args = vec!["test", "--all-targets"];
+            // The lab runs these binaries: the agent (XNET_BIN) and the flannel-udp relay (found next
+            // to the test executables). `cargo test` builds only its own package's binaries.
+            step("build the agent and the lab's binaries");
+            cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-lab", "--bins"])?;
+            step("cargo test (unit, BPF_PROG_TEST_RUN and lab tests)");
+            let mut test_args = [&["test"], HOST_CRATES, &["--all-targets"]].concat();
             test_args.extend(args.iter().map(String::as_str));
             let status = Command::new("cargo")
                 .args(&test_args)
@@ -271,8 +277,11 @@ fn rust_src() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// bpf-linker, built against the LLVM inside the nightly toolchain (no system LLVM needed): a
-/// prefix directory whose lib/ holds libLLVM.so and a link named like its SONAME (TOOLCHAIN.md).
+/// bpf-linker, built against the LLVM inside the nightly toolchain (no system LLVM needed), so
+/// that it reads the bitcode that toolchain's rustc writes. The build wants an LLVM prefix:
+/// `$CARGO_HOME/bpf-linker-llvm`, whose lib/ holds `libLLVM.so` (what the build links against)
+/// and a link named like the library's SONAME (`libLLVM.so.22.1-rust-...`), both pointing at the
+/// toolchain's library; the installed binary finds it there at run time through its rpath.
 fn bpf_linker() -> anyhow::Result<()> {
     if Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success()).unwrap_or(false) {
         eprintln!("    bpf-linker: present");

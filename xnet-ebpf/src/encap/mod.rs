@@ -46,7 +46,7 @@ pub fn room_failed<E>(_: E) -> Outcome {
 pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Result<(), Outcome> {
     let ip_len = ctx.len() as usize - ETH_LEN;
     // The length first: gso_segs is a few dependent loads away (in the skb's shared info).
-    if (ip_len + overhead) as u32 > cfg.underlay_mtu && crate::ptr::gso_segs(ctx) <= 1 {
+    if (ip_len + overhead) as u32 > cfg.underlay_mtu && ptr::gso_segs(ctx) <= 1 {
         cold_path();
         return Err(Outcome::DropTooBig);
     }
@@ -113,9 +113,9 @@ pub fn redirect_to_underlay(cfg: &DatapathConfig, next_hop: Option<[u8; 4]>) -> 
                     ipv6_nh: [u32::from_ne_bytes(ip), 0, 0, 0],
                 },
             };
-            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+            let size = size_of::<bpf_redir_neigh>() as i32;
             // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed, alive for the call.
-            unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, &mut nh, size, 0) }
+            unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, &raw mut nh, size, 0) }
         }
     };
     if ret == TC_ACT_REDIRECT as i64 {
