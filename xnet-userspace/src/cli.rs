@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::DEFAULT_PIN_DIR;
+use crate::config::{DEFAULT_PIN_DIR, Overrides};
 
 /// xnet: an eBPF overlay network for containers (flannel's model, an in-kernel datapath).
 #[derive(Debug, Parser)]
@@ -81,4 +81,16 @@ pub struct StatsArgs {
     /// Refresh every SECONDS and show rates (packets/s, bits/s) until interrupted.
     #[arg(long, value_name = "SECONDS", conflicts_with = "json")]
     pub watch: Option<f64>,
+}
+
+impl RunArgs {
+    /// What these flags override in the config file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            etcd_prefix: self.etcd_prefix.clone(),
+            subnet_file: self.subnet_file.clone(),
+            keep_datapath: self.keep_datapath,
+        }
+    }
 }

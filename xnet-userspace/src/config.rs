@@ -1,23 +1,34 @@
-//! The static config file: parsing and validation. Nothing here touches the host; [`Config::parse`]
-//! turns text into a checked [`Config`] or one [`ConfigError`] that names the file, the key and
-//! what to do.
+//! The agent's configuration: the config file plus command-line overrides, validated in one place
+//! and never changed afterwards. Nothing here touches the host. [`Config::load`] turns a file and
+//! its overrides into a checked [`Config`] or one [`ConfigError`] that names the file (or flag),
+//! the key and what to do. What a store learns at run time (etcd's network, this host's lease, the
+//! peers) lives in the store's state, not here.
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
+use xnet_common::maps::{Backend, IngressHook};
 
-use crate::subnet::{Ipv4Net, Mac, NetParseError};
+use crate::{
+    cidr::{self, CidrError, Ipv4Network},
+    mac::Mac,
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnet";
+pub const DEFAULT_SUBNET_FILE: &str = "/run/xnet/subnet.env";
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+pub const DEFAULT_UDP_PORT: u16 = xnet_common::wire::DEFAULT_UDP_PORT;
 pub const DEFAULT_VNI: u32 = 1;
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// flannel's etcd key prefix.
+pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
 
-/// A config file that cannot be used, and why.
+/// A config file (or flag) that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {file}: {error}")]
@@ -26,25 +37,16 @@ pub enum ConfigError {
     Syntax { file: PathBuf, message: String },
     #[error("config file {file}: `{key}` {message}")]
     Invalid { file: PathBuf, key: String, message: String },
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
-/// How decapsulation attaches to the underlay interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IngressMode {
-    /// XDP on NICs that have a driver behind them, tc on virtual devices (veth: XDP there turns off
-    /// the peer's GSO, see TOOLCHAIN.md).
-    Auto,
-    Xdp,
-    Tc,
-}
-
-pub use xnet_common::maps::Backend as BackendType;
-
-/// The tunnel settings of this host. Every wire format has its settings here, because peers may
-/// override the backend and decapsulation accepts every format.
+/// The tunnel settings of a host. Every wire format has its settings here, because peers may use
+/// another backend than this host's and decapsulation accepts every format.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backend {
-    pub kind: BackendType,
+pub struct Tunnel {
+    /// What this host sends with (`[backend] type`, or etcd's `Backend.Type`).
+    pub kind: Backend,
     /// VXLAN network identifier.
     pub vni: u32,
     /// VXLAN UDP port (8472 unless set with `port` for type vxlan, or a vxlan fallback).
@@ -54,20 +56,32 @@ pub struct Backend {
     /// GRE key (RFC 2890), if any.
     pub gre_key: Option<u32>,
     /// For `direct`: what peers that are not on the underlay's segment get.
-    pub fallback: BackendType,
-    pub ingress: IngressMode,
+    pub fallback: Backend,
 }
 
-impl Backend {
+impl Default for Tunnel {
+    fn default() -> Self {
+        Self {
+            kind: Backend::Vxlan,
+            vni: DEFAULT_VNI,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            udp_port: DEFAULT_UDP_PORT,
+            gre_key: None,
+            fallback: Backend::Vxlan,
+        }
+    }
+}
+
+impl Tunnel {
     /// Bytes a backend adds in front of the inner IPv4 packet (what it costs in MTU).
-    pub fn overhead(&self, kind: BackendType) -> u32 {
+    pub fn overhead(&self, kind: Backend) -> u32 {
         use xnet_common::wire::{GRE_ENCAP_LEN, GRE_KEYED_ENCAP_LEN, UDP_ENCAP_LEN, VXLAN_ENCAP_LEN};
         (match kind {
-            BackendType::Vxlan => VXLAN_ENCAP_LEN,
-            BackendType::Udp => UDP_ENCAP_LEN,
-            BackendType::Gre if self.gre_key.is_some() => GRE_KEYED_ENCAP_LEN,
-            BackendType::Gre => GRE_ENCAP_LEN,
-            BackendType::Direct => 0,
+            Backend::Vxlan => VXLAN_ENCAP_LEN,
+            Backend::Udp => UDP_ENCAP_LEN,
+            Backend::Gre if self.gre_key.is_some() => GRE_KEYED_ENCAP_LEN,
+            Backend::Gre => GRE_ENCAP_LEN,
+            Backend::Direct => 0,
         }) as u32
     }
 }
@@ -75,19 +89,75 @@ impl Backend {
 /// A remote host and the subnet its containers use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerConfig {
-    pub subnet: Ipv4Net,
+    pub subnet: Ipv4Network,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: Mac,
-    /// Overrides `[backend] type` for this peer.
-    pub backend: Option<BackendType>,
+    /// Overrides the tunnel's `kind` for this peer.
+    pub backend: Option<Backend>,
 }
 
-/// A validated config.
+/// The overlay as the static file describes it: everything a store yields, known up front.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticOverlay {
+    pub network: Ipv4Network,
+    pub subnet: Ipv4Network,
+    pub tunnel: Tunnel,
+    pub peers: Vec<PeerConfig>,
+}
+
+/// Where etcd is and how to talk to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// TTL of this host's subnet lease (flannel: 24 h); renewed well before it runs out.
+    pub lease_ttl: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM files for https:// endpoints: the CA that signed etcd's certificate, and this host's
+    /// client certificate and key (when etcd asks for one).
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdSettings {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            prefix: DEFAULT_ETCD_PREFIX.into(),
+            lease_ttl: Duration::from_secs(24 * 3600),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+/// Where the network, this host's subnet and the peers come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The config file lists them.
+    File(StaticOverlay),
+    /// etcd, in flannel's schema.
+    Etcd(EtcdSettings),
+}
+
+/// What the command line may override (`xnet run` flags).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: Option<String>,
+    pub subnet_file: Option<PathBuf>,
+    pub keep_datapath: bool,
+}
+
+/// A validated config: this host's own settings and where the overlay comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub file: PathBuf,
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
     pub iface: String,
     /// `None`: the first IPv4 address of `iface`, found when the agent starts.
     pub public_ip: Option<Ipv4Addr>,
@@ -100,11 +170,12 @@ pub struct Config {
     pub subnet_file: PathBuf,
     /// Where to write a Docker options file (`DOCKER_NETWORK_OPTIONS=...`), if anywhere.
     pub docker_opts_file: Option<PathBuf>,
-    pub backend: Backend,
-    pub peers: Vec<PeerConfig>,
-    /// `[etcd]`: network, subnet, backend type and peers come from etcd (flannel's schema); until
-    /// the agent has read them, `network` and `subnet` hold nothing meaningful.
-    pub etcd: Option<crate::etcd_store::EtcdSettings>,
+    /// `[backend] ingress`: how decapsulation attaches; `None` is "auto": XDP on NICs with a driver
+    /// behind them, tc on virtual devices (XDP on a veth turns off the sending peer's GSO).
+    pub ingress: Option<IngressHook>,
+    /// On exit, leave the datapath attached and pinned.
+    pub keep_datapath: bool,
+    pub store: StoreConfig,
 }
 
 #[derive(Deserialize)]
@@ -141,26 +212,16 @@ struct RawEtcd {
     key_file: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
-    #[serde(rename = "type", default = "default_backend_type")]
-    kind: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
     vni: Option<i64>,
     port: Option<i64>,
     key: Option<i64>,
     fallback: Option<String>,
     ingress: Option<String>,
-}
-
-impl Default for RawBackend {
-    fn default() -> Self {
-        Self { kind: default_backend_type(), vni: None, port: None, key: None, fallback: None, ingress: None }
-    }
-}
-
-fn default_backend_type() -> String {
-    "vxlan".into()
 }
 
 #[derive(Deserialize)]
@@ -172,180 +233,105 @@ struct RawPeer {
     backend: Option<String>,
 }
 
+/// Builds the error for `key` of `file`.
+struct Checker<'a> {
+    file: &'a Path,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid { file: self.file.to_owned(), key: key.to_string(), message }
+    }
+    fn net(&self, key: &str, value: &str) -> Result<Ipv4Network, ConfigError> {
+        cidr::parse(value).map_err(|e| match e {
+            CidrError::Syntax(_) => self.invalid(key, format!("is {e}")),
+            CidrError::HostBits { network, .. } => {
+                self.invalid(key, format!("= \"{value}\" has host bits set; write \"{network}\""))
+            }
+        })
+    }
+    fn ip(&self, key: &str, value: &str) -> Result<Ipv4Addr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.invalid(key, format!("= \"{value}\" is not an IPv4 address such as 198.18.0.1"))
+        })
+    }
+    fn mac(&self, key: &str, value: &str) -> Result<Mac, ConfigError> {
+        let m: Mac = value.parse().map_err(|e: String| self.invalid(key, format!("is {e}")))?;
+        if !m.is_unicast() || m.is_zero() {
+            return Err(self.invalid(key, format!("= \"{m}\" must be a unicast, non-zero MAC")));
+        }
+        Ok(m)
+    }
+    fn iface(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        if value.is_empty() || value.len() > 15 || value.contains(['/', ' ', '\0']) {
+            return Err(self.invalid(key, format!("= \"{value}\" is not an interface name")));
+        }
+        Ok(value.to_string())
+    }
+    fn backend(&self, key: &str, name: &str) -> Result<Backend, ConfigError> {
+        Backend::from_name(name).ok_or_else(|| {
+            self.invalid(
+                key,
+                format!("= \"{name}\" is unknown; use \"vxlan\", \"udp\", \"gre\" or \"direct\""),
+            )
+        })
+    }
+    fn absolute(&self, key: &str, p: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+        match p {
+            Some(p) if !p.is_absolute() => {
+                Err(self.invalid(key, format!("= \"{}\" must be an absolute path", p.display())))
+            }
+            p => Ok(p),
+        }
+    }
+}
+
 impl Config {
-    /// Reads and validates `path`. `etcd_on_command_line`: the command line names an etcd store, so
-    /// the file holds only this host's own settings.
-    pub fn load(path: &Path, etcd_on_command_line: bool) -> Result<Self, ConfigError> {
+    /// Reads and validates `path`, with the command line's `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { file: path.to_owned(), error })?;
-        Self::parse_with(path, &text, etcd_on_command_line)
+        Self::parse(path, &text, overrides)
     }
 
-    /// Validates config text; `path` names the file in messages.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        Self::parse_with(path, text, false)
-    }
-
-    /// [`Config::parse`], for a command line that names an etcd store or not.
-    pub fn parse_with(path: &Path, text: &str, etcd_on_command_line: bool) -> Result<Self, ConfigError> {
+    /// Validates config text with `overrides`; `path` names the file in messages.
+    pub fn parse(path: &Path, text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: path.to_owned(),
             message: e.message().to_string() + &line_of(text, e.span()),
         })?;
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            file: path.to_owned(),
-            key: key.to_string(),
-            message,
-        };
-        let net = |key: &str, value: &str| -> Result<Ipv4Net, ConfigError> {
-            value.parse::<Ipv4Net>().map_err(|e| match e {
-                NetParseError::Syntax(_) => invalid(key, format!("is {e}")),
-                NetParseError::HostBits { network, .. } => {
-                    invalid(key, format!("= \"{value}\" has host bits set; write \"{network}\""))
-                }
-            })
-        };
-        let ip = |key: &str, value: &str| -> Result<Ipv4Addr, ConfigError> {
-            value
-                .parse()
-                .map_err(|_| invalid(key, format!("= \"{value}\" is not an IPv4 address such as 198.18.0.1")))
-        };
-        let mac = |key: &str, value: &str| -> Result<Mac, ConfigError> {
-            let m: Mac = value.parse().map_err(|e: String| invalid(key, format!("is {e}")))?;
-            if !m.is_unicast() || m.is_zero() {
-                return Err(invalid(key, format!("= \"{m}\" must be a unicast, non-zero MAC")));
-            }
-            Ok(m)
-        };
-        let iface = |key: &str, value: &str| -> Result<String, ConfigError> {
-            if value.is_empty() || value.len() > 15 || value.contains(['/', ' ', '\0']) {
-                return Err(invalid(key, format!("= \"{value}\" is not an interface name")));
-            }
-            Ok(value.to_string())
-        };
+        let c = Checker { file: path };
+        let etcd_on_command_line = !overrides.etcd_endpoints.is_empty();
 
-        if raw.etcd.is_some() || etcd_on_command_line {
-            for (present, key) in [
-                (raw.network.is_some(), "network"),
-                (raw.subnet.is_some(), "subnet"),
-                (!raw.peers.is_empty(), "peer"),
-            ] {
-                if present {
-                    return Err(invalid(
-                        key,
-                        "comes from etcd when an etcd store is set; remove it from the file".into(),
-                    ));
-                }
-            }
-        }
-        let etcd = match &raw.etcd {
-            None if etcd_on_command_line => Some(crate::etcd_store::EtcdSettings::new(Vec::new())),
-            None => None,
-            Some(e) => {
-                let tls = e.ca_file.is_some();
-                let scheme_ok = |u: &String| u.starts_with("http://") || (tls && u.starts_with("https://"));
-                if (e.endpoints.is_empty() && !etcd_on_command_line) || !e.endpoints.iter().all(scheme_ok) {
-                    return Err(invalid(
-                        "etcd.endpoints",
-                        "must list http:// URLs such as [\"http://127.0.0.1:2379\"], or https:// ones with `ca_file` set"
-                            .into(),
-                    ));
-                }
-                for (key, path) in [
-                    ("etcd.ca_file", &e.ca_file),
-                    ("etcd.cert_file", &e.cert_file),
-                    ("etcd.key_file", &e.key_file),
-                ] {
-                    if path.as_ref().is_some_and(|p| !p.is_absolute()) {
-                        return Err(invalid(key, "must be an absolute path to a PEM file".into()));
-                    }
-                }
-                if e.cert_file.is_some() != e.key_file.is_some() {
-                    return Err(invalid(
-                        "etcd.cert_file",
-                        "and `etcd.key_file` go together; set both or neither".into(),
-                    ));
-                }
-                let mut settings = crate::etcd_store::EtcdSettings::new(e.endpoints.clone());
-                if let Some(prefix) = &e.prefix {
-                    if !prefix.starts_with('/') {
-                        return Err(invalid("etcd.prefix", format!("= \"{prefix}\" must start with /")));
-                    }
-                    settings.prefix = prefix.trim_end_matches('/').to_string();
-                }
-                if let Some(ttl) = e.lease_ttl {
-                    if ttl < 1 {
-                        return Err(invalid(
-                            "etcd.lease_ttl",
-                            format!("= {ttl} must be a positive number of seconds"),
-                        ));
-                    }
-                    settings.lease_ttl = std::time::Duration::from_secs(ttl as u64);
-                }
-                settings.username = e.username.clone();
-                settings.password = e.password.clone();
-                settings.ca_file = e.ca_file.clone();
-                settings.cert_file = e.cert_file.clone();
-                settings.key_file = e.key_file.clone();
-                Some(settings)
-            }
-        };
-        let required = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
-            v.clone()
-                .ok_or_else(|| invalid(key, "is missing; set it, or set [etcd] to take it from etcd".into()))
-        };
-        let (network, subnet) = if etcd.is_some() {
-            // Filled from etcd by the agent.
-            ("0.0.0.0/0".parse().expect("valid"), "0.0.0.0/30".parse().expect("valid"))
-        } else {
-            (
-                net("network", &required("network", &raw.network)?)?,
-                net("subnet", &required("subnet", &raw.subnet)?)?,
-            )
-        };
-        if etcd.is_none() && (!network.contains(&subnet) || subnet == network) {
-            return Err(invalid(
-                "subnet",
-                format!("= \"{subnet}\" must be a smaller subnet inside `network` = \"{network}\""),
-            ));
-        }
-        if subnet.prefix() > 30 {
-            return Err(invalid(
-                "subnet",
-                format!("= \"{subnet}\" leaves no room for containers; use /30 or larger"),
-            ));
-        }
-        let iface_name = iface("iface", &raw.iface)?;
-        let public_ip = raw.public_ip.as_deref().map(|v| ip("public_ip", v)).transpose()?;
+        let iface = c.iface("iface", &raw.iface)?;
+        let public_ip = raw.public_ip.as_deref().map(|v| c.ip("public_ip", v)).transpose()?;
         if raw.container_ifaces.is_empty() {
-            return Err(invalid(
+            return Err(c.invalid(
                 "container_ifaces",
                 "is empty; name the bridge your containers are attached to, e.g. [\"docker0\"]".into(),
             ));
         }
         let mut container_ifaces = Vec::new();
         for (i, name) in raw.container_ifaces.iter().enumerate() {
-            let name = iface(&format!("container_ifaces[{i}]"), name)?;
-            if name == iface_name {
-                return Err(invalid(
-                    &format!("container_ifaces[{i}]"),
+            let key = format!("container_ifaces[{i}]");
+            let name = c.iface(&key, name)?;
+            if name == iface {
+                return Err(c.invalid(
+                    &key,
                     format!(
                         "= \"{name}\" is also `iface`; containers and the underlay need different interfaces"
                     ),
                 ));
             }
             if container_ifaces.contains(&name) {
-                return Err(invalid(
-                    &format!("container_ifaces[{i}]"),
-                    format!("= \"{name}\" is listed twice"),
-                ));
+                return Err(c.invalid(&key, format!("= \"{name}\" is listed twice")));
             }
             container_ifaces.push(name);
         }
-        let vtep_mac = raw.vtep_mac.as_deref().map(|v| mac("vtep_mac", v)).transpose()?;
-        let pin_dir = raw.pin_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+        let vtep_mac = raw.vtep_mac.as_deref().map(|v| c.mac("vtep_mac", v)).transpose()?;
+        let pin_dir = raw.pin_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
         if !pin_dir.is_absolute() {
-            return Err(invalid(
+            return Err(c.invalid(
                 "pin_dir",
                 format!("= \"{}\" must be an absolute path on bpffs", pin_dir.display()),
             ));
@@ -355,173 +341,72 @@ impl Config {
             .as_deref()
             .map(|v| {
                 v.parse::<SocketAddr>().map_err(|_| {
-                    invalid(
+                    c.invalid(
                         "metrics_addr",
                         format!("= \"{v}\" is not an address:port such as 127.0.0.1:9436"),
                     )
                 })
             })
             .transpose()?;
-
-        let absolute = |key: &str, p: Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
-            match p {
-                Some(p) if !p.is_absolute() => {
-                    Err(invalid(key, format!("= \"{}\" must be an absolute path", p.display())))
-                }
-                p => Ok(p),
+        let subnet_file = match &overrides.subnet_file {
+            Some(p) if !p.is_absolute() => {
+                return Err(ConfigError::Flag {
+                    flag: "--subnet-file",
+                    message: format!("\"{}\" must be an absolute path", p.display()),
+                });
             }
+            Some(p) => p.clone(),
+            None => c
+                .absolute("subnet_file", raw.subnet_file.clone())?
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SUBNET_FILE)),
         };
-        let subnet_file = absolute("subnet_file", raw.subnet_file)?
-            .unwrap_or_else(|| PathBuf::from(crate::subnet_env::DEFAULT_SUBNET_FILE));
-        let docker_opts_file = absolute("docker_opts_file", raw.docker_opts_file)?;
-
-        let backend_type = |key: &str, name: &str| -> Result<BackendType, ConfigError> {
-            BackendType::from_name(name).ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("= \"{name}\" is unknown; use \"vxlan\", \"udp\", \"gre\" or \"direct\""),
-                )
-            })
-        };
-        let kind = backend_type("backend.type", &raw.backend.kind)?;
-        let fallback = match raw.backend.fallback.as_deref() {
-            None => BackendType::Vxlan,
-            Some(_) if kind != BackendType::Direct => {
-                return Err(invalid("backend.fallback", "applies only to type \"direct\"; remove it".into()));
-            }
-            Some("direct") => {
-                return Err(invalid(
-                    "backend.fallback",
-                    "= \"direct\" cannot reach peers off the segment; use \"vxlan\", \"udp\" or \"gre\""
-                        .into(),
-                ));
-            }
-            Some(name) => backend_type("backend.fallback", name)?,
-        };
-        let vni = raw.backend.vni.unwrap_or(DEFAULT_VNI as i64);
-        if !(1..=MAX_VNI as i64).contains(&vni) {
-            return Err(invalid("backend.vni", format!("= {vni} must be between 1 and {MAX_VNI}")));
-        }
-        let gre_key = match raw.backend.key {
-            None => None,
-            Some(k) if (0..=u32::MAX as i64).contains(&k) => Some(k as u32),
-            Some(k) => {
-                return Err(invalid(
-                    "backend.key",
-                    format!("= {k} must be a 32-bit GRE key, 0 to {}", u32::MAX),
-                ));
-            }
-        };
-        // `port` is the port of the UDP-based format in use: the type's, or direct's fallback's.
-        let udp_kind = match kind {
-            BackendType::Direct => fallback,
-            k => k,
-        };
-        let (mut vxlan_port, mut udp_port) = (DEFAULT_VXLAN_PORT, xnet_common::wire::DEFAULT_UDP_PORT);
-        if let Some(port) = raw.backend.port {
-            if !(1..=65535).contains(&port) {
-                return Err(invalid(
-                    "backend.port",
-                    format!("= {port} must be a UDP port between 1 and 65535"),
-                ));
-            }
-            match udp_kind {
-                BackendType::Vxlan => vxlan_port = port as u16,
-                BackendType::Udp => udp_port = port as u16,
-                _ => {
-                    return Err(invalid(
-                        "backend.port",
-                        "applies to vxlan and udp, not gre; remove it".into(),
-                    ));
-                }
-            }
-        }
-        if vxlan_port == udp_port {
-            return Err(invalid(
-                "backend.port",
-                format!(
-                    "= {vxlan_port} is also the other UDP format's port (vxlan {vxlan_port}, udp {udp_port}); pick another"
-                ),
-            ));
-        }
+        let docker_opts_file = c.absolute("docker_opts_file", raw.docker_opts_file.clone())?;
         let ingress = match raw.backend.ingress.as_deref() {
-            None | Some("auto") => IngressMode::Auto,
-            Some("xdp") => IngressMode::Xdp,
-            Some("tc") => IngressMode::Tc,
+            None | Some("auto") => None,
+            Some("xdp") => Some(IngressHook::Xdp),
+            Some("tc") => Some(IngressHook::Tc),
             Some(other) => {
-                return Err(invalid(
+                return Err(c.invalid(
                     "backend.ingress",
                     format!("= \"{other}\" must be \"auto\", \"xdp\" or \"tc\""),
                 ));
             }
         };
-        let backend = Backend { kind, vni: vni as u32, vxlan_port, udp_port, gre_key, fallback, ingress };
 
-        let mut peers: Vec<PeerConfig> = Vec::new();
-        // Peers so far by first address (last address, index), and by public IP: the checks below
-        // stay O(log n) per peer, so a config with 100k peers loads in well under a second.
-        let mut by_start: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
-        let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
-        for (i, p) in raw.peers.iter().enumerate() {
-            let key = |k: &str| format!("peer[{i}].{k}");
-            let psubnet = net(&key("subnet"), &p.subnet)?;
-            if !network.contains(&psubnet) {
-                return Err(invalid(
-                    &key("subnet"),
-                    format!("= \"{psubnet}\" is outside `network` = \"{network}\""),
-                ));
+        let store = if raw.etcd.is_some() || etcd_on_command_line {
+            for (present, key) in [
+                (raw.network.is_some(), "network"),
+                (raw.subnet.is_some(), "subnet"),
+                (!raw.peers.is_empty(), "peer"),
+                (raw.backend.kind.is_some(), "backend.type"),
+                (raw.backend.vni.is_some(), "backend.vni"),
+                (raw.backend.port.is_some(), "backend.port"),
+                (raw.backend.key.is_some(), "backend.key"),
+                (raw.backend.fallback.is_some(), "backend.fallback"),
+            ] {
+                if present {
+                    return Err(c.invalid(
+                        key,
+                        "comes from etcd (flannel's network config) when an etcd store is set; remove it from the file"
+                            .into(),
+                    ));
+                }
             }
-            if psubnet.overlaps(&subnet) {
-                return Err(invalid(
-                    &key("subnet"),
-                    format!(
-                        "= \"{psubnet}\" overlaps this host's `subnet` = \"{subnet}\"; every host needs its own subnet"
-                    ),
-                ));
+            StoreConfig::Etcd(etcd_settings(&c, raw.etcd.as_ref(), overrides)?)
+        } else {
+            if overrides.etcd_prefix.is_some() {
+                return Err(ConfigError::Flag {
+                    flag: "--etcd-prefix",
+                    message: "applies only with an etcd store; add --etcd-endpoints or [etcd] to the config"
+                        .into(),
+                });
             }
-            let pip = ip(&key("public_ip"), &p.public_ip)?;
-            if Some(pip) == public_ip {
-                return Err(invalid(
-                    &key("public_ip"),
-                    format!("= \"{pip}\" is this host's own `public_ip`"),
-                ));
-            }
-            let pmac = match &p.vtep_mac {
-                Some(v) => mac(&key("vtep_mac"), v)?,
-                None => Mac::from_ipv4(pip),
-            };
-            let pbackend = p.backend.as_deref().map(|b| backend_type(&key("backend"), b)).transpose()?;
-            let start = u32::from(psubnet.addr());
-            let end = start | !psubnet.mask();
-            // Existing subnets do not overlap each other, so only the last one starting at or
-            // before this one's end can overlap it.
-            if let Some((_, &(q_end, j))) = by_start.range(..=end).next_back()
-                && q_end >= start
-            {
-                return Err(invalid(
-                    &key("subnet"),
-                    format!(
-                        "= \"{psubnet}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet",
-                        peers[j].subnet
-                    ),
-                ));
-            }
-            if let Some(j) = by_ip.get(&pip) {
-                return Err(invalid(
-                    &key("public_ip"),
-                    format!("= \"{pip}\" is already peer[{j}]; list each peer host once"),
-                ));
-            }
-            by_start.insert(start, (end, i));
-            by_ip.insert(pip, i);
-            peers.push(PeerConfig { subnet: psubnet, public_ip: pip, vtep_mac: pmac, backend: pbackend });
-        }
+            StoreConfig::File(static_overlay(&c, &raw, public_ip)?)
+        };
 
         Ok(Config {
             file: path.to_owned(),
-            network,
-            subnet,
-            iface: iface_name,
+            iface,
             public_ip,
             container_ifaces,
             vtep_mac,
@@ -529,11 +414,222 @@ impl Config {
             metrics_addr,
             subnet_file,
             docker_opts_file,
-            backend,
-            peers,
-            etcd,
+            ingress,
+            keep_datapath: overrides.keep_datapath,
+            store,
         })
     }
+}
+
+/// `[etcd]` with the command line's endpoints and prefix over it.
+fn etcd_settings(
+    c: &Checker<'_>,
+    raw: Option<&RawEtcd>,
+    overrides: &Overrides,
+) -> Result<EtcdSettings, ConfigError> {
+    let tls = raw.is_some_and(|e| e.ca_file.is_some());
+    let scheme_ok = |u: &String| u.starts_with("http://") || (tls && u.starts_with("https://"));
+    let mut settings = EtcdSettings::new(Vec::new());
+    if let Some(e) = raw {
+        if (e.endpoints.is_empty() && overrides.etcd_endpoints.is_empty())
+            || !e.endpoints.iter().all(scheme_ok)
+        {
+            return Err(c.invalid(
+                "etcd.endpoints",
+                "must list http:// URLs such as [\"http://127.0.0.1:2379\"], or https:// ones with `ca_file` set"
+                    .into(),
+            ));
+        }
+        for (key, path) in
+            [("etcd.ca_file", &e.ca_file), ("etcd.cert_file", &e.cert_file), ("etcd.key_file", &e.key_file)]
+        {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(c.invalid(key, "must be an absolute path to a PEM file".into()));
+            }
+        }
+        if e.cert_file.is_some() != e.key_file.is_some() {
+            return Err(
+                c.invalid("etcd.cert_file", "and `etcd.key_file` go together; set both or neither".into())
+            );
+        }
+        settings.endpoints = e.endpoints.clone();
+        if let Some(prefix) = &e.prefix {
+            if !prefix.starts_with('/') {
+                return Err(c.invalid("etcd.prefix", format!("= \"{prefix}\" must start with /")));
+            }
+            settings.prefix = prefix.trim_end_matches('/').to_string();
+        }
+        if let Some(ttl) = e.lease_ttl {
+            if ttl < 1 {
+                return Err(
+                    c.invalid("etcd.lease_ttl", format!("= {ttl} must be a positive number of seconds"))
+                );
+            }
+            settings.lease_ttl = Duration::from_secs(ttl as u64);
+        }
+        settings.username = e.username.clone();
+        settings.password = e.password.clone();
+        settings.ca_file = e.ca_file.clone();
+        settings.cert_file = e.cert_file.clone();
+        settings.key_file = e.key_file.clone();
+    }
+    if !overrides.etcd_endpoints.is_empty() {
+        if let Some(bad) = overrides.etcd_endpoints.iter().find(|u| !scheme_ok(u)) {
+            return Err(ConfigError::Flag {
+                flag: "--etcd-endpoints",
+                message: format!(
+                    "{bad:?} is not an http:// URL such as http://127.0.0.1:2379 (https:// needs `ca_file` in [etcd])"
+                ),
+            });
+        }
+        settings.endpoints = overrides.etcd_endpoints.clone();
+    }
+    if let Some(prefix) = &overrides.etcd_prefix {
+        if !prefix.starts_with('/') {
+            return Err(ConfigError::Flag {
+                flag: "--etcd-prefix",
+                message: format!("\"{prefix}\" must start with /"),
+            });
+        }
+        settings.prefix = prefix.trim_end_matches('/').to_string();
+    }
+    Ok(settings)
+}
+
+/// The network, subnet, tunnel and peers of a static config.
+fn static_overlay(
+    c: &Checker<'_>,
+    raw: &RawConfig,
+    public_ip: Option<Ipv4Addr>,
+) -> Result<StaticOverlay, ConfigError> {
+    let required = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
+        v.clone()
+            .ok_or_else(|| c.invalid(key, "is missing; set it, or set [etcd] to take it from etcd".into()))
+    };
+    let network = c.net("network", &required("network", &raw.network)?)?;
+    let subnet = c.net("subnet", &required("subnet", &raw.subnet)?)?;
+    if !cidr::contains(&network, &subnet) || subnet == network {
+        return Err(c.invalid(
+            "subnet",
+            format!("= \"{subnet}\" must be a smaller subnet inside `network` = \"{network}\""),
+        ));
+    }
+    if subnet.prefix() > 30 {
+        return Err(
+            c.invalid("subnet", format!("= \"{subnet}\" leaves no room for containers; use /30 or larger"))
+        );
+    }
+    let tunnel = tunnel(c, &raw.backend)?;
+
+    let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
+    // Peers so far by first address (last address, index), and by public IP: the checks below
+    // stay O(log n) per peer, so a config with 100k peers loads in well under a second.
+    let mut by_start: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
+    let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(raw.peers.len());
+    for (i, p) in raw.peers.iter().enumerate() {
+        let key = |k: &str| format!("peer[{i}].{k}");
+        let psubnet = c.net(&key("subnet"), &p.subnet)?;
+        if !cidr::contains(&network, &psubnet) {
+            return Err(
+                c.invalid(&key("subnet"), format!("= \"{psubnet}\" is outside `network` = \"{network}\""))
+            );
+        }
+        if cidr::overlaps(&psubnet, &subnet) {
+            return Err(c.invalid(
+                &key("subnet"),
+                format!("= \"{psubnet}\" overlaps this host's `subnet` = \"{subnet}\"; every host needs its own subnet"),
+            ));
+        }
+        let pip = c.ip(&key("public_ip"), &p.public_ip)?;
+        if Some(pip) == public_ip {
+            return Err(c.invalid(&key("public_ip"), format!("= \"{pip}\" is this host's own `public_ip`")));
+        }
+        let pmac = match &p.vtep_mac {
+            Some(v) => c.mac(&key("vtep_mac"), v)?,
+            None => Mac::from_ipv4(pip),
+        };
+        let pbackend = p.backend.as_deref().map(|b| c.backend(&key("backend"), b)).transpose()?;
+        let (start, end) = cidr::range(&psubnet);
+        // Existing subnets do not overlap each other, so only the last one starting at or
+        // before this one's end can overlap it.
+        if let Some((_, &(q_end, j))) = by_start.range(..=end).next_back()
+            && q_end >= start
+        {
+            return Err(c.invalid(
+                &key("subnet"),
+                format!(
+                    "= \"{psubnet}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet",
+                    peers[j].subnet
+                ),
+            ));
+        }
+        if let Some(j) = by_ip.get(&pip) {
+            return Err(c.invalid(
+                &key("public_ip"),
+                format!("= \"{pip}\" is already peer[{j}]; list each peer host once"),
+            ));
+        }
+        by_start.insert(start, (end, i));
+        by_ip.insert(pip, i);
+        peers.push(PeerConfig { subnet: psubnet, public_ip: pip, vtep_mac: pmac, backend: pbackend });
+    }
+    Ok(StaticOverlay { network, subnet, tunnel, peers })
+}
+
+/// `[backend]` of a static config.
+fn tunnel(c: &Checker<'_>, raw: &RawBackend) -> Result<Tunnel, ConfigError> {
+    let kind = c.backend("backend.type", raw.kind.as_deref().unwrap_or("vxlan"))?;
+    let fallback = match raw.fallback.as_deref() {
+        None => Backend::Vxlan,
+        Some(_) if kind != Backend::Direct => {
+            return Err(c.invalid("backend.fallback", "applies only to type \"direct\"; remove it".into()));
+        }
+        Some("direct") => {
+            return Err(c.invalid(
+                "backend.fallback",
+                "= \"direct\" cannot reach peers off the segment; use \"vxlan\", \"udp\" or \"gre\"".into(),
+            ));
+        }
+        Some(name) => c.backend("backend.fallback", name)?,
+    };
+    let vni = raw.vni.unwrap_or(DEFAULT_VNI as i64);
+    if !(1..=MAX_VNI as i64).contains(&vni) {
+        return Err(c.invalid("backend.vni", format!("= {vni} must be between 1 and {MAX_VNI}")));
+    }
+    let gre_key = match raw.key {
+        None => None,
+        Some(k) if (0..=u32::MAX as i64).contains(&k) => Some(k as u32),
+        Some(k) => {
+            return Err(
+                c.invalid("backend.key", format!("= {k} must be a 32-bit GRE key, 0 to {}", u32::MAX))
+            );
+        }
+    };
+    // `port` is the port of the UDP-based format in use: the type's, or direct's fallback's.
+    let udp_kind = match kind {
+        Backend::Direct => fallback,
+        k => k,
+    };
+    let (mut vxlan_port, mut udp_port) = (DEFAULT_VXLAN_PORT, DEFAULT_UDP_PORT);
+    if let Some(port) = raw.port {
+        if !(1..=65535).contains(&port) {
+            return Err(c.invalid("backend.port", format!("= {port} must be a UDP port between 1 and 65535")));
+        }
+        match udp_kind {
+            Backend::Vxlan => vxlan_port = port as u16,
+            Backend::Udp => udp_port = port as u16,
+            _ => return Err(c.invalid("backend.port", "applies to vxlan and udp, not gre; remove it".into())),
+        }
+    }
+    if vxlan_port == udp_port {
+        return Err(c.invalid(
+            "backend.port",
+            format!(
+                "= {vxlan_port} is also the other UDP format's port (vxlan {vxlan_port}, udp {udp_port}); pick another"
+            ),
+        ));
+    }
+    Ok(Tunnel { kind, vni: vni as u32, vxlan_port, udp_port, gre_key, fallback })
 }
 
 /// " (line N: `text`)" for a TOML error span, so the message shows the key at fault.
@@ -574,20 +670,25 @@ public_ip = "198.18.0.3"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("/etc/xnet/xnet.toml"), text)
+        Config::parse(Path::new("/etc/xnet/xnet.toml"), text, &Overrides::default())
+    }
+
+    fn overlay(c: &Config) -> &StaticOverlay {
+        match &c.store {
+            StoreConfig::File(o) => o,
+            StoreConfig::Etcd(_) => panic!("expected a static overlay, got etcd"),
+        }
     }
 
     #[test]
     fn the_documented_example_parses() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.subnet.to_string(), "10.244.1.0/24");
-        assert_eq!((c.backend.kind, c.backend.vni, c.backend.vxlan_port), (BackendType::Vxlan, 1, 8472));
-        assert_eq!(
-            (c.backend.udp_port, c.backend.gre_key, c.backend.ingress),
-            (8285, None, IngressMode::Auto)
-        );
-        assert_eq!(c.peers.len(), 2);
-        assert_eq!(c.peers[1].vtep_mac.to_string(), "02:00:c6:12:00:03", "default VTEP MAC");
+        let o = overlay(&c);
+        assert_eq!(o.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!((o.tunnel.kind, o.tunnel.vni, o.tunnel.vxlan_port), (Backend::Vxlan, 1, 8472));
+        assert_eq!((o.tunnel.udp_port, o.tunnel.gre_key, c.ingress), (8285, None, None));
+        assert_eq!(o.peers.len(), 2);
+        assert_eq!(o.peers[1].vtep_mac.to_string(), "02:00:c6:12:00:03", "default VTEP MAC");
     }
 
     #[test]
@@ -595,38 +696,78 @@ public_ip = "198.18.0.3"
         let gre =
             parse(&GOOD.replace("type = \"vxlan\"", "type = \"gre\"\nkey = 42").replace("port = 8472\n", ""))
                 .unwrap();
-        assert_eq!((gre.backend.kind, gre.backend.gre_key), (BackendType::Gre, Some(42)));
-        assert_eq!(gre.backend.overhead(BackendType::Gre), 28, "GRE with a key");
+        assert_eq!((overlay(&gre).tunnel.kind, overlay(&gre).tunnel.gre_key), (Backend::Gre, Some(42)));
+        assert_eq!(overlay(&gre).tunnel.overhead(Backend::Gre), 28, "GRE with a key");
         let udp =
             parse(&GOOD.replace("type = \"vxlan\"", "type = \"udp\"").replace("port = 8472", "port = 9000"))
                 .unwrap();
-        assert_eq!((udp.backend.udp_port, udp.backend.vxlan_port), (9000, 8472));
-        assert_eq!(udp.backend.overhead(BackendType::Udp), 28);
+        assert_eq!((overlay(&udp).tunnel.udp_port, overlay(&udp).tunnel.vxlan_port), (9000, 8472));
+        assert_eq!(overlay(&udp).tunnel.overhead(Backend::Udp), 28);
         let direct = parse(
             &GOOD
                 .replace("type = \"vxlan\"", "type = \"direct\"\nfallback = \"udp\"")
                 .replace("port = 8472\n", ""),
         )
         .unwrap();
-        assert_eq!((direct.backend.kind, direct.backend.fallback), (BackendType::Direct, BackendType::Udp));
-        assert_eq!(direct.backend.overhead(BackendType::Direct), 0);
+        assert_eq!(
+            (overlay(&direct).tunnel.kind, overlay(&direct).tunnel.fallback),
+            (Backend::Direct, Backend::Udp)
+        );
+        assert_eq!(overlay(&direct).tunnel.overhead(Backend::Direct), 0);
         let peer = parse(&GOOD.replace("vtep_mac = \"02:00:c6:12:00:02\"", "backend = \"gre\"")).unwrap();
-        assert_eq!(peer.peers[0].backend, Some(BackendType::Gre));
-        assert_eq!(peer.backend.overhead(BackendType::Vxlan), 50);
+        assert_eq!(overlay(&peer).peers[0].backend, Some(Backend::Gre));
+        assert_eq!(overlay(&peer).tunnel.overhead(Backend::Vxlan), 50);
     }
 
     #[test]
     fn etcd_mode_takes_the_overlay_from_etcd() {
         let local = "iface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n";
+        let etcd = |c: Config| match c.store {
+            StoreConfig::Etcd(e) => e,
+            StoreConfig::File(_) => panic!("expected etcd"),
+        };
         let c = parse(&format!("{local}[etcd]\nendpoints = [\"http://198.18.0.254:2379\"]\nprefix = \"/x/net/\"\nlease_ttl = 60\n")).unwrap();
-        let e = c.etcd.unwrap();
+        let e = etcd(c);
         assert_eq!((e.endpoints.len(), e.prefix.as_str(), e.lease_ttl.as_secs()), (1, "/x/net", 60));
-        let on_cli = Config::parse_with(Path::new("/etc/xnet/xnet.toml"), local, true).unwrap();
-        assert!(on_cli.etcd.is_some(), "--etcd-endpoints with a file of local settings only");
+        let flags = Overrides {
+            etcd_endpoints: vec!["http://198.18.0.9:2379".into()],
+            etcd_prefix: Some("/other/".into()),
+            subnet_file: Some("/run/x/subnet.env".into()),
+            keep_datapath: true,
+        };
+        let path = Path::new("/etc/xnet/xnet.toml");
+        let on_cli = Config::parse(path, local, &flags).unwrap();
+        assert_eq!((on_cli.subnet_file.to_str(), on_cli.keep_datapath), (Some("/run/x/subnet.env"), true));
+        let e = etcd(on_cli);
+        assert_eq!((e.endpoints, e.prefix.as_str()), (flags.etcd_endpoints.clone(), "/other"), "flags win");
+        for (text, flags, expected) in [
+            (
+                local,
+                Overrides { etcd_endpoints: vec!["127.0.0.1:2379".into()], ..Default::default() },
+                "--etcd-endpoints: \"127.0.0.1:2379\" is not an http:// URL",
+            ),
+            (
+                GOOD,
+                Overrides { etcd_prefix: Some("/p".into()), ..Default::default() },
+                "--etcd-prefix: applies only with an etcd store",
+            ),
+            (
+                GOOD,
+                Overrides { subnet_file: Some("subnet.env".into()), ..Default::default() },
+                "--subnet-file: \"subnet.env\" must be an absolute path",
+            ),
+        ] {
+            let e = Config::parse(path, text, &flags).expect_err(expected).to_string();
+            assert!(e.starts_with(expected), "{e}");
+        }
         for (text, expected) in [
             (
                 format!("{local}subnet = \"10.244.1.0/24\"\n[etcd]\nendpoints = [\"http://e:2379\"]\n"),
                 "`subnet` comes from etcd",
+            ),
+            (
+                format!("{local}[backend]\ntype = \"gre\"\n[etcd]\nendpoints = [\"http://e:2379\"]\n"),
+                "`backend.type` comes from etcd",
             ),
             (format!("{local}[etcd]\nendpoints = []\n"), "`etcd.endpoints` must list http://"),
             (format!("{local}[etcd]\nendpoints = [\"https://e:2379\"]\n"), "with `ca_file` set"),
@@ -651,7 +792,8 @@ public_ip = "198.18.0.3"
             "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\niface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n",
         )
         .unwrap();
-        assert_eq!((c.backend.kind, c.backend.vni, c.backend.vxlan_port), (BackendType::Vxlan, 1, 8472));
+        let o = overlay(&c);
+        assert_eq!((o.tunnel.kind, o.tunnel.vni, o.tunnel.vxlan_port), (Backend::Vxlan, 1, 8472));
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!((c.public_ip, c.vtep_mac, c.metrics_addr), (None, None, None));
         assert_eq!(c.subnet_file, PathBuf::from("/run/xnet/subnet.env"));

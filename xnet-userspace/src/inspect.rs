@@ -1,45 +1,21 @@
-//! Reading the pinned datapath state, for the CLI and the metrics. Everything here reads pins under
-//! the pin directory only, so it works while no agent runs.
+//! Reading the pinned datapath state, for the CLI and the metrics. Everything here reads the pins
+//! under the pin directory, through the datapath's own map accessors, so it works while no agent
+//! runs.
 
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
-use aya::{
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
-    programs::links::{FdLink, PinnedLink},
-};
+use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 use xnet_common::{
-    maps::{
-        self, AgentState, Backend, Counter, DatapathConfig, IngressHook, LpmKeyIpv4, Peer, RemoteSubnet,
-        RouteInfo, Store,
-    },
+    maps::{self, Backend, IngressHook, Store},
     stats::{self, Direction, Outcome},
 };
 
-use crate::subnet::{Ipv4Net, Mac};
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read pinned map {path}: {detail}; is an xnet datapath set up with this --pin-dir?")]
-pub struct InspectError {
-    pub path: PathBuf,
-    pub detail: String,
-}
-
-fn open(pin_dir: &Path, name: &str) -> Result<(Map, PathBuf), InspectError> {
-    let path = pin_dir.join(name);
-    let data =
-        MapData::from_pin(&path).map_err(|e| InspectError { path: path.clone(), detail: e.to_string() })?;
-    let map =
-        Map::from_map_data(data).map_err(|e| InspectError { path: path.clone(), detail: e.to_string() })?;
-    Ok((map, path))
-}
-
-fn fail(path: &Path) -> impl Fn(aya::maps::MapError) -> InspectError + '_ {
-    move |e| InspectError { path: path.into(), detail: e.to_string() }
-}
+pub use crate::datapath::DatapathError as InspectError;
+use crate::{datapath::maps::Maps, mac::Mac};
 
 /// One counter, summed over CPUs.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -55,13 +31,16 @@ pub struct CounterRow {
 
 /// Every counter of the datapath pinned under `pin_dir` (the outcomes possible in each direction).
 pub fn read_counters(pin_dir: &Path) -> Result<Vec<CounterRow>, InspectError> {
-    let (map, path) = open(pin_dir, maps::STATS)?;
-    let array: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(fail(&path))?;
+    counters(&Maps::open(pin_dir)?)
+}
+
+/// Every counter of `maps` (the outcomes possible in each direction).
+pub fn counters(maps: &Maps) -> Result<Vec<CounterRow>, InspectError> {
     let mut rows = Vec::new();
     for direction in Direction::ALL {
         for outcome in Outcome::ALL.into_iter().filter(|o| o.applies_to(direction)) {
-            let per_cpu = array.get(&stats::index(direction, outcome), 0).map_err(fail(&path))?;
-            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            let c = maps.counter(stats::index(direction, outcome))?;
+            let (packets, bytes) = (c.packets, c.bytes);
             rows.push(CounterRow {
                 direction: direction.name(),
                 outcome: outcome.name(),
@@ -94,22 +73,21 @@ pub struct RouteRow {
 
 /// The routes of the datapath pinned under `pin_dir`, sorted by subnet.
 pub fn read_routes(pin_dir: &Path, now: u64) -> Result<Vec<RouteRow>, InspectError> {
-    let config = read_single::<DatapathConfig>(pin_dir, maps::CONFIG)?;
+    routes(&Maps::open(pin_dir)?, now)
+}
+
+/// The routes in `maps`, sorted by subnet.
+pub fn routes(maps: &Maps, now: u64) -> Result<Vec<RouteRow>, InspectError> {
+    let config = maps.config()?;
     let vni = u32::from_be_bytes(config.vxlan_vni) >> 8;
     let gre_key = config.gre_key();
-    let (map, path) = open(pin_dir, maps::REMOTE_SUBNETS)?;
-    let trie: LpmTrie<MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(map).map_err(fail(&path))?;
-    let (map, info_path) = open(pin_dir, maps::ROUTE_INFO)?;
-    let info: HashMap<MapData, LpmKeyIpv4, RouteInfo> = HashMap::try_from(map).map_err(fail(&info_path))?;
+    let info = maps.route_info()?;
     let mut rows = Vec::new();
-    for entry in trie.iter() {
-        let (key, route) = entry.map_err(fail(&path))?;
-        let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
-            .map_or_else(|| format!("{:?}/{}", key.data(), key.prefix_len()), |n| n.to_string());
-        let meta = info.get(&LpmKeyIpv4 { prefix_len: key.prefix_len(), addr: key.data() }, 0).ok();
+    for (net, route) in maps.routes()? {
+        let meta = info.get(&net);
         let backend = Backend::from_u8(route.backend);
         rows.push(RouteRow {
-            subnet,
+            subnet: net.to_string(),
             peer: Ipv4Addr::from(route.peer_ip),
             backend: backend.map_or("unknown", Backend::name),
             vni: (backend == Some(Backend::Vxlan)).then_some(vni),
@@ -119,14 +97,7 @@ pub fn read_routes(pin_dir: &Path, now: u64) -> Result<Vec<RouteRow>, InspectErr
             age_seconds: meta.map(|m| now.saturating_sub(m.added_at)),
         });
     }
-    rows.sort_by_key(|r| r.subnet.parse::<Ipv4Net>().ok());
     Ok(rows)
-}
-
-fn read_single<T: aya::Pod>(pin_dir: &Path, name: &str) -> Result<T, InspectError> {
-    let (map, path) = open(pin_dir, name)?;
-    let array: Array<MapData, T> = Array::try_from(map).map_err(fail(&path))?;
-    array.get(&0, 0).map_err(fail(&path))
 }
 
 /// One program attachment, from its pinned link.
@@ -172,14 +143,15 @@ pub struct Status {
 
 /// Everything `xnet status` shows, for the datapath pinned under `pin_dir`.
 pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
-    let agent = read_single::<AgentState>(pin_dir, maps::AGENT)?;
-    let config = read_single::<DatapathConfig>(pin_dir, maps::CONFIG)?;
-    let (map, path) = open(pin_dir, maps::PEERS)?;
-    let peers: HashMap<MapData, [u8; 4], Peer> = HashMap::try_from(map).map_err(fail(&path))?;
-    let peers = peers.keys().filter_map(Result::ok).count();
-    let (map, path) = open(pin_dir, maps::REMOTE_SUBNETS)?;
-    let trie: LpmTrie<MapData, [u8; 4], RemoteSubnet> = LpmTrie::try_from(map).map_err(fail(&path))?;
-    let routes = trie.keys().filter_map(Result::ok).count();
+    status(&Maps::open(pin_dir)?, pin_dir)
+}
+
+/// What `xnet status` shows about `maps`, pinned under `pin_dir`.
+pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
+    let agent = maps.agent_state()?;
+    let config = maps.config()?;
+    let peers = maps.peers()?.len();
+    let routes = maps.routes()?.len();
     Ok(Status {
         pin_dir: pin_dir.into(),
         agent_pid: agent.pid,
@@ -213,7 +185,7 @@ pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
 /// The pinned links under `pin_dir/links`, named `<program>@<interface>`.
 fn read_attachments(pin_dir: &Path) -> Vec<AttachmentRow> {
     let mut rows = Vec::new();
-    let Ok(dir) = std::fs::read_dir(pin_dir.join("links")) else { return rows };
+    let Ok(dir) = std::fs::read_dir(crate::datapath::links::links_dir(pin_dir)) else { return rows };
     for entry in dir.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((program, iface)) = name.split_once('@') else { continue };

@@ -1,26 +1,26 @@
 //! The xnet agent and CLI as a library: the `xnet` binary is a thin `main` over it, and the
 //! integration tests use its types.
+//!
+//! Data flows one way: [`config`] (the validated file and flags, immutable) -> [`store`] (the
+//! static file or etcd: the overlay, this host's subnet, the peers and their changes) -> [`plan`]
+//! (pure: host facts and store state -> the wanted datapath) -> [`datapath`] (the one owner of the
+//! maps, links and pins) -> the programs. [`agent`] is the one loop that drives it; nothing imports
+//! the agent.
 
 pub mod agent;
+pub mod cidr;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod containers;
 pub mod datapath;
-pub mod etcd_agent;
-pub mod etcd_store;
-pub mod flannel;
 pub mod host;
 pub mod inspect;
+pub mod mac;
 pub mod metrics;
+pub mod netlink;
+pub mod plan;
 pub mod report;
-pub mod subnet;
+pub mod store;
 pub mod subnet_env;
-
-/// The compiled eBPF object (built by build.rs from `xnet-ebpf`).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xnet"));
-
-/// Program names in [`EBPF_OBJECT`].
-pub mod programs {
-    pub const TC_EGRESS: &str = "xnet_tc_egress";
-    pub const TC_INGRESS: &str = "xnet_tc_ingress";
-    pub const XDP_INGRESS: &str = "xnet_xdp_ingress";
-}
+pub mod systemd;

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(xnet::agent::run(&args))),
+            .and_then(|rt| {
+                let config = xnet::config::Config::load(&args.config, &args.overrides())?;
+                rt.block_on(xnet::agent::run(config))
+            }),
         Command::Stats(args) => stats(&args),
         Command::Routes(args) => routes(&args),
         Command::Status(args) => status(&args),
@@ -84,14 +87,14 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
             })
             .collect();
         let (rows, rates): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
-        println!("{}", inspect::utc(xnet::agent::unix_now()));
+        println!("{}", inspect::utc(xnet::clock::unix_now()));
         println!("{}", report::counters(&rows, Some(&rates)));
         before = now_rows;
     }
 }
 
 fn routes(args: &ShowArgs) -> anyhow::Result<()> {
-    let rows = inspect::read_routes(&args.pin.pin_dir, xnet::agent::unix_now())?;
+    let rows = inspect::read_routes(&args.pin.pin_dir, xnet::clock::unix_now())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -105,7 +108,7 @@ fn status(args: &ShowArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", report::status(&status, xnet::agent::unix_now()));
+        print!("{}", report::status(&status, xnet::clock::unix_now()));
     }
     Ok(())
 }

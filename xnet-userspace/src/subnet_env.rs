@@ -7,14 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::subnet::Ipv4Net;
-
-pub const DEFAULT_SUBNET_FILE: &str = "/run/xnet/subnet.env";
+use crate::cidr::{self, Ipv4Network};
 
 /// What the runtime needs to know.
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
+    pub network: Ipv4Network,
+    pub subnet: Ipv4Network,
     pub mtu: u32,
     pub ipmasq: bool,
 }
@@ -30,7 +28,7 @@ impl SubnetEnv {
     /// `subnet.env`: XNET_SUBNET is the bridge address with the prefix (e.g. 10.244.1.1/24), exactly
     /// what `dockerd --bip` wants.
     pub fn render(&self) -> String {
-        let bip = format!("{}/{}", self.subnet.first_host(), self.subnet.prefix());
+        let bip = format!("{}/{}", cidr::first_host(&self.subnet), self.subnet.prefix());
         let mut out = String::new();
         for prefix in ["XNET", "FLANNEL"] {
             out += &format!(
@@ -45,7 +43,7 @@ impl SubnetEnv {
     pub fn render_docker_opts(&self) -> String {
         format!(
             "DOCKER_NETWORK_OPTIONS=\" --bip={}/{} --mtu={}\"\n",
-            self.subnet.first_host(),
+            cidr::first_host(&self.subnet),
             self.subnet.prefix(),
             self.mtu
         )
@@ -70,8 +68,8 @@ mod tests {
     #[test]
     fn renders_flannel_and_xnet_names() {
         let env = SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            network: cidr::parse("10.244.0.0/16").unwrap(),
+            subnet: cidr::parse("10.244.1.0/24").unwrap(),
             mtu: 1450,
             ipmasq: false,
         };

@@ -9,12 +9,15 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Map, Value, json};
 
+use xnet_common::maps::Backend;
+
 use crate::{
-    config::BackendType,
-    subnet::{Ipv4Net, Mac},
+    cidr::{self, Ipv4Network},
+    config::{DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT, Tunnel},
+    mac::Mac,
 };
 
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+pub use crate::config::DEFAULT_ETCD_PREFIX as DEFAULT_PREFIX;
 
 /// A network config or lease that cannot be used: which key, and what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,23 +32,23 @@ fn err(key: &str, message: impl Into<String>) -> SchemaError {
 }
 
 /// A backend by the name flannel gives it (`host-gw` is direct routing; `gre` is xnet's own).
-fn backend_from_flannel(name: &str) -> Option<BackendType> {
+fn backend_from_flannel(name: &str) -> Option<Backend> {
     match name {
-        "vxlan" => Some(BackendType::Vxlan),
-        "udp" => Some(BackendType::Udp),
-        "host-gw" => Some(BackendType::Direct),
-        "gre" => Some(BackendType::Gre),
+        "vxlan" => Some(Backend::Vxlan),
+        "udp" => Some(Backend::Udp),
+        "host-gw" => Some(Backend::Direct),
+        "gre" => Some(Backend::Gre),
         _ => None,
     }
 }
 
 /// The name flannel gives a backend.
-fn flannel_name(backend: BackendType) -> &'static str {
+fn flannel_name(backend: Backend) -> &'static str {
     match backend {
-        BackendType::Vxlan => "vxlan",
-        BackendType::Udp => "udp",
-        BackendType::Direct => "host-gw",
-        BackendType::Gre => "gre",
+        Backend::Vxlan => "vxlan",
+        Backend::Udp => "udp",
+        Backend::Direct => "host-gw",
+        Backend::Gre => "gre",
     }
 }
 
@@ -57,13 +60,13 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 /// The network config in `<prefix>/config`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkConfig {
-    pub network: Ipv4Net,
+    pub network: Ipv4Network,
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
-    /// The backend; flannel's vxlan with `DirectRouting` is [`BackendType::Direct`] (direct for
+    /// The backend; flannel's vxlan with `DirectRouting` is [`Backend::Direct`] (direct for
     /// peers on the segment, vxlan for the others).
-    pub backend: BackendType,
+    pub backend: Backend,
     pub vni: u32,
     /// The port of the backend's UDP format (vxlan or udp), if set.
     pub port: Option<u16>,
@@ -78,13 +81,10 @@ impl NetworkConfig {
             .map_err(|e| err(key, format!("is not JSON ({e}); expected an object with \"Network\"")))?;
         let obj = value.as_object().ok_or_else(|| err(key, "must be a JSON object"))?;
         let k = |name: &str| format!("{key}: {name}");
-        let network: Ipv4Net = field(obj, "Network")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                err(&k("Network"), "is missing; expected a CIDR string such as \"10.244.0.0/16\"")
-            })?
-            .parse()
-            .map_err(|e| err(&k("Network"), format!("{e}")))?;
+        let network = cidr::parse(field(obj, "Network").and_then(Value::as_str).ok_or_else(|| {
+            err(&k("Network"), "is missing; expected a CIDR string such as \"10.244.0.0/16\"")
+        })?)
+        .map_err(|e| err(&k("Network"), format!("{e}")))?;
         let subnet_len = match field(obj, "SubnetLen").and_then(Value::as_u64) {
             Some(0) | None => {
                 if network.prefix() > 28 {
@@ -104,7 +104,7 @@ impl NetworkConfig {
             Some(n) => n as u8,
         };
         let size = 1u32 << (32 - subnet_len);
-        let mask = Ipv4Net::mask_of(subnet_len);
+        let mask = cidr::mask(subnet_len);
         let addr = |name: &str, default: u32| -> Result<Ipv4Addr, SchemaError> {
             let v = match field(obj, name).and_then(Value::as_str) {
                 None | Some("") | Some("0.0.0.0") => return Ok(Ipv4Addr::from(default)),
@@ -112,7 +112,7 @@ impl NetworkConfig {
             };
             let ip: Ipv4Addr =
                 v.parse().map_err(|_| err(&k(name), format!("= {v:?} is not an IPv4 address")))?;
-            if !network.contains_addr(ip) {
+            if !network.contains(ip) {
                 return Err(err(&k(name), format!("= {ip} is not in Network {network}")));
             }
             if u32::from(ip) & mask != u32::from(ip) {
@@ -120,8 +120,7 @@ impl NetworkConfig {
             }
             Ok(ip)
         };
-        let base = u32::from(network.addr());
-        let last = base | !network.mask();
+        let (base, last) = cidr::range(&network);
         let subnet_min = addr("SubnetMin", base + size)?;
         let subnet_max = addr("SubnetMax", last - size + 1)?;
         if subnet_min > subnet_max {
@@ -133,7 +132,7 @@ impl NetworkConfig {
         let direct_routing =
             backend.and_then(|b| field(b, "DirectRouting")).and_then(Value::as_bool).unwrap_or(false);
         let backend_type = match backend_from_flannel(kind) {
-            Some(BackendType::Vxlan) if direct_routing => BackendType::Direct,
+            Some(Backend::Vxlan) if direct_routing => Backend::Direct,
             Some(b) => b,
             None => {
                 return Err(err(
@@ -169,41 +168,67 @@ impl NetworkConfig {
     }
 
     /// Every subnet a host may lease, in order.
-    pub fn candidates(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+    pub fn candidates(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
         let size = 1u32 << (32 - self.subnet_len);
         (u32::from(self.subnet_min)..=u32::from(self.subnet_max))
             .step_by(size as usize)
-            .filter_map(move |a| Ipv4Net::new(Ipv4Addr::from(a), self.subnet_len))
+            .filter_map(move |a| cidr::network(Ipv4Addr::from(a), self.subnet_len))
     }
 
     /// Whether `subnet` is one this config hands out.
-    pub fn allows(&self, subnet: &Ipv4Net) -> bool {
+    pub fn allows(&self, subnet: &Ipv4Network) -> bool {
         subnet.prefix() == self.subnet_len
-            && self.network.contains(subnet)
-            && subnet.addr() >= self.subnet_min
-            && subnet.addr() <= self.subnet_max
+            && cidr::contains(&self.network, subnet)
+            && subnet.network() >= self.subnet_min
+            && subnet.network() <= self.subnet_max
+    }
+
+    /// The tunnel settings this config gives every host. flannel's vxlan with `DirectRouting`
+    /// (direct) falls back to vxlan for peers off the segment, as flannel does.
+    pub fn tunnel(&self) -> Tunnel {
+        let (mut vxlan_port, mut udp_port) = (DEFAULT_VXLAN_PORT, DEFAULT_UDP_PORT);
+        if let Some(port) = self.port {
+            match self.backend {
+                Backend::Udp => udp_port = port,
+                _ => vxlan_port = port,
+            }
+        }
+        Tunnel {
+            kind: self.backend,
+            vni: self.vni,
+            vxlan_port,
+            udp_port,
+            gre_key: self.gre_key,
+            fallback: Backend::Vxlan,
+        }
     }
 }
 
 /// `<prefix>/subnets/10.244.1.0-24`.
-pub fn lease_key(prefix: &str, subnet: &Ipv4Net) -> String {
-    format!("{}/subnets/{}-{}", prefix.trim_end_matches('/'), subnet.addr(), subnet.prefix())
+pub fn lease_key(prefix: &str, subnet: &Ipv4Network) -> String {
+    format!("{}/subnets/{}-{}", prefix.trim_end_matches('/'), subnet.network(), subnet.prefix())
 }
 
 /// The subnet a lease key names, or why not.
-pub fn parse_lease_key(prefix: &str, key: &str) -> Result<Ipv4Net, SchemaError> {
+pub fn parse_lease_key(prefix: &str, key: &str) -> Result<Ipv4Network, SchemaError> {
     let dir = format!("{}/subnets/", prefix.trim_end_matches('/'));
     let name = key.strip_prefix(&dir).ok_or_else(|| err(key, format!("is not under {dir}")))?;
     let (ip, len) = name.split_once('-').ok_or_else(|| err(key, "is not named <ip>-<prefix length>"))?;
-    format!("{ip}/{len}").parse().map_err(|e| err(key, format!("names no subnet: {e}")))
+    cidr::parse(&format!("{ip}/{len}")).map_err(|e| err(key, format!("names no subnet: {e}")))
+}
+
+/// The subnet that the last part of a lease key names (`.../10.244.1.0-24`), whatever the prefix.
+pub fn parse_lease_key_any(key: &str) -> Option<Ipv4Network> {
+    let (ip, len) = key.rsplit('/').next()?.split_once('-')?;
+    cidr::parse(&format!("{ip}/{len}")).ok()
 }
 
 /// A host's lease, as flannel writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
-    pub subnet: Ipv4Net,
+    pub subnet: Ipv4Network,
     pub public_ip: Ipv4Addr,
-    pub backend: BackendType,
+    pub backend: Backend,
     /// vxlan: the host's VTEP MAC (flannel's `BackendData.VtepMAC`).
     pub vtep_mac: Option<Mac>,
     pub vni: Option<u32>,
@@ -211,7 +236,7 @@ pub struct Lease {
 
 impl Lease {
     /// Parses a lease value found at `key`.
-    pub fn parse(key: &str, subnet: Ipv4Net, text: &str) -> Result<Self, SchemaError> {
+    pub fn parse(key: &str, subnet: Ipv4Network, text: &str) -> Result<Self, SchemaError> {
         let value: Value = serde_json::from_str(text).map_err(|e| err(key, format!("is not JSON ({e})")))?;
         let obj = value.as_object().ok_or_else(|| err(key, "must be a JSON object"))?;
         let public_ip = field(obj, "PublicIP")
@@ -230,7 +255,7 @@ impl Lease {
             None => None,
         };
         let vni = data.and_then(|d| field(d, "VNI")).and_then(Value::as_u64).map(|v| v as u32);
-        if backend == BackendType::Vxlan && vtep_mac.is_none() {
+        if backend == Backend::Vxlan && vtep_mac.is_none() {
             return Err(err(&format!("{key}: BackendData.VtepMAC"), "is missing; a vxlan lease needs it"));
         }
         Ok(Lease { subnet, public_ip, backend, vtep_mac, vni })
@@ -240,7 +265,7 @@ impl Lease {
     pub fn to_json(&self) -> String {
         let name = flannel_name(self.backend);
         let data = match (self.backend, self.vtep_mac) {
-            (BackendType::Vxlan, Some(mac)) => {
+            (Backend::Vxlan, Some(mac)) => {
                 json!({"VNI": self.vni.unwrap_or(1), "VtepMAC": mac.to_string()})
             }
             _ => Value::Null,
@@ -268,10 +293,10 @@ mod tests {
             (c.subnet_len, c.subnet_min, c.subnet_max),
             (20, "10.10.0.0".parse().unwrap(), "10.99.0.0".parse().unwrap())
         );
-        assert_eq!((c.backend, c.port), (BackendType::Udp, Some(7890)));
+        assert_eq!((c.backend, c.port), (Backend::Udp, Some(7890)));
         // Defaults: /24 subnets, skip the first, udp backend; names in any case, as Go matches them.
         let c = NetworkConfig::parse(KEY, r#"{"network": "10.244.0.0/16"}"#).unwrap();
-        assert_eq!((c.subnet_len, c.backend, c.vni), (24, BackendType::Udp, 1));
+        assert_eq!((c.subnet_len, c.backend, c.vni), (24, Backend::Udp, 1));
         assert_eq!(c.subnet_min, "10.244.1.0".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.subnet_max, "10.244.255.0".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.candidates().count(), 255);
@@ -280,10 +305,10 @@ mod tests {
             r#"{"Network": "10.244.0.0/26", "backend": {"type": "vxlan", "vni": 7, "DirectRouting": true}}"#,
         )
         .unwrap();
-        assert_eq!((c.subnet_len, c.backend, c.vni), (28, BackendType::Direct, 7));
+        assert_eq!((c.subnet_len, c.backend, c.vni), (28, Backend::Direct, 7));
         let c = NetworkConfig::parse(KEY, r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#)
             .unwrap();
-        assert_eq!(c.backend, BackendType::Direct);
+        assert_eq!(c.backend, Backend::Direct);
     }
 
     #[test]
@@ -313,32 +338,27 @@ mod tests {
 
     #[test]
     fn leases_as_flannel_writes_them() {
-        let subnet: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+        let subnet = cidr::parse("10.244.5.0/24").unwrap();
         let key = lease_key(DEFAULT_PREFIX, &subnet);
         assert_eq!(key, "/coreos.com/network/subnets/10.244.5.0-24");
         assert_eq!(parse_lease_key(DEFAULT_PREFIX, &key).unwrap(), subnet);
         // A vxlan lease exactly as flanneld writes it (flannel's pkg/subnet and backend/vxlan).
         let flannel = r#"{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"3e:5b:26:8a:45:0b"},"BackendV6Data":null}"#;
         let l = Lease::parse(&key, subnet, flannel).unwrap();
-        assert_eq!(
-            (l.public_ip, l.backend, l.vni),
-            ("198.18.0.7".parse().unwrap(), BackendType::Vxlan, Some(1))
-        );
+        assert_eq!((l.public_ip, l.backend, l.vni), ("198.18.0.7".parse().unwrap(), Backend::Vxlan, Some(1)));
         assert_eq!(l.vtep_mac.unwrap().to_string(), "3e:5b:26:8a:45:0b");
         // xnet's own lease parses back, and with flannel's field names.
         let ours = Lease::parse(&key, subnet, &l.to_json()).unwrap();
         assert_eq!(ours, l);
         let v: Value = serde_json::from_str(&l.to_json()).unwrap();
         assert_eq!(v["BackendData"]["VtepMAC"], "3e:5b:26:8a:45:0b");
+        assert_eq!(v["BackendType"], "vxlan", "flannel's field name");
         let udp = Lease::parse(&key, subnet, r#"{"PublicIP":"198.18.0.8","BackendType":"udp"}"#).unwrap();
-        assert_eq!(udp.backend, BackendType::Udp);
+        assert_eq!(udp.backend, Backend::Udp);
         for (text, expected) in [
             (r#"{"PublicIP":"198.18.0.300","BackendType":"udp"}"#, "PublicIP: = \"198.18.0.300\""),
             (r#"{"BackendType":"udp"}"#, "PublicIP: is missing"),
-            (
-                r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
-                "VtepMAC: is missing",
-            ),
+            (r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan","BackendData":{"VNI":1}}"#, "VtepMAC: is missing"),
             ("[]", "must be a JSON object"),
         ] {
             let e = Lease::parse(&key, subnet, text).expect_err(text).to_string();

@@ -1,0 +1,263 @@
+//! The maps, one typed accessor each: the one place that reads and writes them, for the agent,
+//! the inspection commands and the tests alike. [`Maps`] comes from a freshly loaded object (the
+//! agent) or from the pins (`xnet routes`, `xnet stats`, the metrics). The list of maps, their key
+//! and value sizes and capacities are the eBPF object's own ([`declared`]): adding a map means
+//! declaring it in the programs and adding its accessor here.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+use xnet_common::maps::{
+    AGENT, AgentState, CONFIG, Counter, DatapathConfig, ENDPOINTS, Endpoint, LOCAL_PORTS, LocalPort,
+    LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX,
+    ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo, STATS,
+};
+
+use super::{
+    DatapathError,
+    sync::{Mirror, Op},
+};
+use crate::cidr::{self, Ipv4Network};
+
+/// A map as the eBPF object declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: String,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// Every map the eBPF object declares, sorted by name.
+pub fn declared() -> Vec<MapLayout> {
+    let object = aya_obj::Object::parse(super::OBJECT).expect("build.rs produced a valid eBPF object");
+    let mut out: Vec<MapLayout> = object
+        .maps
+        .iter()
+        .filter(|(_, m)| m.section_kind() == aya_obj::EbpfSectionKind::BtfMaps)
+        .map(|(name, m)| MapLayout {
+            name: name.clone(),
+            key_size: m.key_size(),
+            value_size: m.value_size(),
+            max_entries: m.max_entries(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The loaded or pinned maps.
+pub struct Maps {
+    remote_subnets: LpmTrie<MapData, [u8; 4], RemoteSubnet>,
+    peers: HashMap<MapData, [u8; 4], Peer>,
+    config: Array<MapData, DatapathConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+    local_ports: HashMap<MapData, [u8; 6], LocalPort>,
+    agent: Array<MapData, AgentState>,
+    route_info: HashMap<MapData, LpmKeyIpv4, RouteInfo>,
+    endpoints: HashMap<MapData, [u8; 4], Endpoint>,
+    peer_slots: Array<MapData, PeerSlot>,
+    route_index: Array<MapData, RemoteSubnet>,
+}
+
+fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |e| DatapathError::Map { map, detail: e.to_string() }
+}
+
+fn lpm_key(net: &Ipv4Network) -> Key<[u8; 4]> {
+    Key::new(u32::from(net.prefix()), net.network().octets())
+}
+
+fn info_key(net: &Ipv4Network) -> LpmKeyIpv4 {
+    LpmKeyIpv4 { prefix_len: u32::from(net.prefix()), addr: net.network().octets() }
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (the programs keep theirs).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Self::build(|name| {
+            ebpf.take_map(name)
+                .ok_or(DatapathError::Map { map: name, detail: "not in the eBPF object".into() })
+        })
+    }
+
+    /// Opens the maps pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::build(|name| {
+            let path = pin_dir.join(name);
+            let open = |detail: String| DatapathError::Open { path: path.clone(), detail };
+            let data = MapData::from_pin(&path).map_err(|e| open(e.to_string()))?;
+            Map::from_map_data(data).map_err(|e| open(e.to_string()))
+        })
+    }
+
+    fn build(
+        mut source: impl FnMut(&'static str) -> Result<Map, DatapathError>,
+    ) -> Result<Self, DatapathError> {
+        fn typed<M: TryFrom<Map, Error = MapError>>(
+            source: &mut impl FnMut(&'static str) -> Result<Map, DatapathError>,
+            name: &'static str,
+        ) -> Result<M, DatapathError> {
+            M::try_from(source(name)?).map_err(failed(name))
+        }
+        Ok(Self {
+            remote_subnets: typed(&mut source, REMOTE_SUBNETS)?,
+            peers: typed(&mut source, PEERS)?,
+            config: typed(&mut source, CONFIG)?,
+            stats: typed(&mut source, STATS)?,
+            local_ports: typed(&mut source, LOCAL_PORTS)?,
+            agent: typed(&mut source, AGENT)?,
+            route_info: typed(&mut source, ROUTE_INFO)?,
+            endpoints: typed(&mut source, ENDPOINTS)?,
+            peer_slots: typed(&mut source, PEER_SLOTS)?,
+            route_index: typed(&mut source, ROUTE_INDEX)?,
+        })
+    }
+
+    /// CONFIG: this host's side of the tunnels.
+    pub fn config(&self) -> Result<DatapathConfig, DatapathError> {
+        self.config.get(&0, 0).map_err(failed(CONFIG))
+    }
+
+    /// Writes CONFIG, with the outer header templates built from its other fields.
+    pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
+        self.config.set(0, cfg.with_outer_templates(), 0).map_err(failed(CONFIG))
+    }
+
+    /// AGENT: what the agent records about this datapath.
+    pub fn agent_state(&self) -> Result<AgentState, DatapathError> {
+        self.agent.get(&0, 0).map_err(failed(AGENT))
+    }
+
+    pub fn set_agent_state(&mut self, state: &AgentState) -> Result<(), DatapathError> {
+        self.agent.set(0, state, 0).map_err(failed(AGENT))
+    }
+
+    /// One STATS counter, summed over the CPUs.
+    pub fn counter(&self, index: u32) -> Result<Counter, DatapathError> {
+        let per_cpu = self.stats.get(&index, 0).map_err(failed(STATS))?;
+        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        }))
+    }
+
+    /// REMOTE_SUBNETS, every route.
+    pub fn routes(&self) -> Result<BTreeMap<Ipv4Network, RemoteSubnet>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for entry in self.remote_subnets.iter() {
+            let (key, route) = entry.map_err(failed(REMOTE_SUBNETS))?;
+            let net = cidr::network(Ipv4Addr::from(key.data()), key.prefix_len() as u8).ok_or_else(|| {
+                DatapathError::Map {
+                    map: REMOTE_SUBNETS,
+                    detail: format!("key {:?}/{} is no network", key.data(), key.prefix_len()),
+                }
+            })?;
+            out.insert(net, route);
+        }
+        Ok(out)
+    }
+
+    /// The REMOTE_SUBNETS entry of exactly `net`, if any. (A trie lookup alone answers with the
+    /// longest prefix that contains `net`; ROUTE_INFO, written with every route, has exact keys.)
+    pub fn route(&self, net: &Ipv4Network) -> Option<RemoteSubnet> {
+        self.route_info.get(&info_key(net), 0).ok()?;
+        self.remote_subnets.get(&lpm_key(net), 0).ok()
+    }
+
+    /// ROUTE_INFO, every entry.
+    pub fn route_info(&self) -> Result<BTreeMap<Ipv4Network, RouteInfo>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for entry in self.route_info.iter() {
+            let (key, info) = entry.map_err(failed(ROUTE_INFO))?;
+            if let Some(net) = cidr::network(Ipv4Addr::from(key.addr), key.prefix_len as u8) {
+                out.insert(net, info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// PEERS, every peer.
+    pub fn peers(&self) -> Result<BTreeMap<[u8; 4], Peer>, DatapathError> {
+        self.peers.iter().map(|e| e.map_err(failed(PEERS))).collect()
+    }
+
+    /// The non-empty entries of an array map of `len` entries.
+    fn array_entries<T: aya::Pod + Default + PartialEq>(
+        array: &Array<MapData, T>,
+        map: &'static str,
+        len: u32,
+    ) -> Result<BTreeMap<u32, T>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for i in 0..len {
+            let v = array.get(&i, 0).map_err(failed(map))?;
+            if v != T::default() {
+                out.insert(i, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the route maps hold: the starting point of the agent's sync (a takeover reads what an
+    /// earlier agent left).
+    pub fn mirror(&self) -> Result<Mirror, DatapathError> {
+        Ok(Mirror {
+            config: self.config()?,
+            routes: self.routes()?,
+            route_info: self.route_info()?,
+            peers: self.peers()?,
+            slots: Self::array_entries(&self.peer_slots, PEER_SLOTS, PEER_SLOTS_LEN)?,
+            index: Self::array_entries(&self.route_index, ROUTE_INDEX, ROUTE_INDEX_LEN)?
+                .into_iter()
+                .filter(|(_, r)| r.backend != 0)
+                .collect(),
+        })
+    }
+
+    /// Writes one operation of the sync.
+    pub fn write(&mut self, op: &Op) -> Result<(), DatapathError> {
+        match op {
+            Op::Config(c) => self.set_config(c),
+            Op::PutPeer(ip, p) => self.peers.insert(ip, p, 0).map_err(failed(PEERS)),
+            Op::DelPeer(ip) => self.peers.remove(ip).map_err(failed(PEERS)),
+            Op::PutSlot(i, s) => self.peer_slots.set(*i, s, 0).map_err(failed(PEER_SLOTS)),
+            Op::PutRoute(n, r) => {
+                self.remote_subnets.insert(&lpm_key(n), r, 0).map_err(failed(REMOTE_SUBNETS))
+            }
+            Op::DelRoute(n) => self.remote_subnets.remove(&lpm_key(n)).map_err(failed(REMOTE_SUBNETS)),
+            Op::PutRouteInfo(n, i) => self.route_info.insert(info_key(n), i, 0).map_err(failed(ROUTE_INFO)),
+            Op::DelRouteInfo(n) => self.route_info.remove(&info_key(n)).map_err(failed(ROUTE_INFO)),
+            Op::PutIndex(i, r) => self.route_index.set(*i, r, 0).map_err(failed(ROUTE_INDEX)),
+        }
+    }
+
+    /// LOCAL_PORTS: container MAC -> bridge port ifindex.
+    pub fn local_ports(&self) -> Result<BTreeMap<[u8; 6], u32>, DatapathError> {
+        self.local_ports.iter().map(|e| e.map(|(k, v)| (k, v.ifindex)).map_err(failed(LOCAL_PORTS))).collect()
+    }
+
+    pub fn put_local_port(&mut self, mac: [u8; 6], ifindex: u32) -> Result<(), DatapathError> {
+        self.local_ports.insert(mac, LocalPort { ifindex }, 0).map_err(failed(LOCAL_PORTS))
+    }
+
+    pub fn del_local_port(&mut self, mac: &[u8; 6]) -> Result<(), DatapathError> {
+        self.local_ports.remove(mac).map_err(failed(LOCAL_PORTS))
+    }
+
+    /// ENDPOINTS: where decapsulated packets for each local container were last delivered.
+    pub fn endpoints(&self) -> Vec<([u8; 4], Endpoint)> {
+        self.endpoints.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn put_endpoint(&mut self, ip: [u8; 4], endpoint: &Endpoint) -> Result<(), DatapathError> {
+        self.endpoints.insert(ip, endpoint, 0).map_err(failed(ENDPOINTS))
+    }
+
+    /// Removes an ENDPOINTS entry (gone already, evicted by the kernel, is fine).
+    pub fn del_endpoint(&mut self, ip: &[u8; 4]) {
+        let _ = self.endpoints.remove(ip);
+    }
+}

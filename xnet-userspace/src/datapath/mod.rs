@@ -1,0 +1,386 @@
+//! The kernel side as the agent sees it, and its one owner: [`Datapath`] loads the programs, holds
+//! the maps ([`maps`]), keeps the route maps in step with what is wanted ([`sync`]), and attaches
+//! (or takes over an earlier agent's attachments without a gap) and detaches ([`links`]).
+//!
+//! Pinned state under the pin directory:
+//! - `<MAP>` for every map the programs declare;
+//! - `links/<program>@<interface>` for every attachment (TCX or XDP bpf_links): the underlay, the
+//!   configured container interfaces, and the ports of those that are bridges.
+//!
+//! While those pins exist the datapath keeps forwarding, with or without an agent.
+
+pub mod links;
+pub mod maps;
+pub mod sync;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
+use xnet_common::maps::{DatapathConfig, Endpoint, IngressHook};
+
+use self::{
+    maps::Maps,
+    sync::{Capacity, MapFull, Mirror, Scope, Wanted},
+};
+
+/// The compiled eBPF object (built by build.rs from `xnet-ebpf`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xnet"));
+
+/// The programs in [`OBJECT`], each named after where it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Program {
+    /// tc ingress of a container interface: frames containers send into the host.
+    TcEgress,
+    /// tc ingress of the underlay interface.
+    TcIngress,
+    /// XDP on the underlay interface.
+    XdpIngress,
+}
+
+impl Program {
+    pub const ALL: [Program; 3] = [Program::TcEgress, Program::TcIngress, Program::XdpIngress];
+
+    /// The program's name in the object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::TcEgress => "xnet_tc_egress",
+            Program::TcIngress => "xnet_tc_ingress",
+            Program::XdpIngress => "xnet_xdp_ingress",
+        }
+    }
+
+    /// The program that decapsulates with `hook`.
+    pub fn ingress(hook: IngressHook) -> Self {
+        match hook {
+            IngressHook::Tc => Program::TcIngress,
+            IngressHook::Xdp => Program::XdpIngress,
+        }
+    }
+}
+
+/// A datapath operation that failed, naming what it was done to.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot create pin directory {path}: {error}")]
+    PinDir { path: PathBuf, error: io::Error },
+    #[error(
+        "cannot load the eBPF object (maps pinned under {pin_dir}): {error}; if an older xnet left incompatible pins, run `xnet cleanup --pin-dir {pin_dir}`"
+    )]
+    Load { pin_dir: PathBuf, error: Box<aya::EbpfError> },
+    #[error("the kernel refused program {program}: {error}")]
+    Program { program: &'static str, error: Box<aya::programs::ProgramError> },
+    #[error("cannot attach {program} to interface {iface}: {detail}")]
+    Attach { program: &'static str, iface: String, detail: String },
+    #[error("cannot read pinned map {path}: {detail}; is an xnet datapath set up with this --pin-dir?")]
+    Open { path: PathBuf, detail: String },
+    #[error("cannot update map {map}: {detail}")]
+    Map { map: &'static str, detail: String },
+    #[error(transparent)]
+    Full(#[from] MapFull),
+    #[error("cannot remove pin {path}: {error}")]
+    Unpin { path: PathBuf, error: io::Error },
+    #[error(
+        "map {map} pinned at {path} has {have}, but this xnet needs {want}: it was left by another xnet version; run `xnet cleanup --pin-dir {pin_dir}` and start the agent again (forwarding stops in between)"
+    )]
+    IncompatiblePin { map: String, path: PathBuf, pin_dir: PathBuf, have: String, want: String },
+}
+
+/// Refuses maps pinned by another xnet version before anything is loaded: the kernel would reuse
+/// them and reject the programs with a verifier log instead of a reason.
+fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
+    for map in maps::declared() {
+        let path = pin_dir.join(&map.name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let have = (info.key_size(), info.value_size(), info.max_entries());
+        let want = (map.key_size, map.value_size, map.max_entries);
+        if have != want {
+            let show = |(k, v, e): (u32, u32, u32)| format!("{k}-byte keys, {v}-byte values, {e} entries");
+            return Err(DatapathError::IncompatiblePin {
+                map: map.name,
+                path,
+                pin_dir: pin_dir.into(),
+                have: show(have),
+                want: show(want),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Loads [`OBJECT`] and its programs into the kernel, without attaching anything; with `pin_dir`,
+/// the maps are pinned there (reused if pinned already).
+fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf, DatapathError> {
+    let declared = maps::declared();
+    let mut loader = EbpfLoader::new();
+    if let Some(pin_dir) = pin_dir {
+        check_pinned_layouts(pin_dir)?;
+        fs::create_dir_all(links::links_dir(pin_dir))
+            .map_err(|error| DatapathError::PinDir { path: pin_dir.into(), error })?;
+        for map in &declared {
+            loader.map_pin_path(&map.name, pin_dir.join(&map.name));
+        }
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|error| DatapathError::Load {
+        pin_dir: pin_dir.map_or_else(|| "(none)".into(), Path::to_path_buf),
+        error: Box::new(error),
+    })?;
+    for program in Program::ALL {
+        let name = program.name();
+        let fail = |e| DatapathError::Program { program: name, error: Box::new(e) };
+        let p = ebpf.program_mut(name).expect("program is in the object");
+        match program {
+            Program::TcEgress | Program::TcIngress => {
+                let p: &mut SchedClassifier = p.try_into().expect("program is a classifier");
+                p.load().map_err(fail)?;
+            }
+            Program::XdpIngress => {
+                let p: &mut Xdp = p.try_into().expect("program is XDP");
+                p.load().map_err(fail)?;
+            }
+        }
+    }
+    Ok(ebpf)
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    /// What the route maps hold.
+    mirror: Mirror,
+    /// `None`: loaded without pins, for tests and benchmarks (nothing can be attached).
+    pin_dir: Option<PathBuf>,
+    /// Link pins that this run attached or took over.
+    attached: BTreeSet<PathBuf>,
+    /// Bridge ports the egress program is attached to, name -> ifindex at the time.
+    ports: BTreeMap<String, u32>,
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel, reusing maps pinned under `pin_dir` (so a restarted agent
+    /// keeps routes and counters) or creating and pinning them.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_from(Some(pin_dir))
+    }
+
+    /// Loads the programs with maps of their own, pinned nowhere and attached nowhere: for running
+    /// them with BPF_PROG_TEST_RUN ([`Datapath::program_mut`]) in tests and benchmarks.
+    pub fn load_unpinned() -> Result<Self, DatapathError> {
+        Self::load_from(None)
+    }
+
+    fn load_from(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+        let mut ebpf = load_object(pin_dir)?;
+        let maps = Maps::take(&mut ebpf)?;
+        let mirror = maps.mirror()?;
+        Ok(Self {
+            ebpf,
+            maps,
+            mirror,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            attached: BTreeSet::new(),
+            ports: BTreeMap::new(),
+        })
+    }
+
+    /// A loaded program, to run or attach by hand.
+    pub fn program_mut(&mut self, program: Program) -> &mut aya::programs::Program {
+        self.ebpf.program_mut(program.name()).expect("program is in the object")
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// Where the maps and links are pinned (`None` for [`Datapath::load_unpinned`]).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    fn pins(&self, program: Program, iface: &str) -> Result<&Path, DatapathError> {
+        self.pin_dir.as_deref().ok_or_else(|| DatapathError::Attach {
+            program: program.name(),
+            iface: iface.into(),
+            detail: "this datapath was loaded without a pin directory".into(),
+        })
+    }
+
+    /// Makes the route maps hold `wanted` and CONFIG hold `config`, comparing the keys in `scope`.
+    /// Returns how many map writes it took. On failure the maps hold everything written before
+    /// the failing write, and the next sync (with [`Scope::All`]) continues from there.
+    pub fn sync(
+        &mut self,
+        wanted: &Wanted,
+        config: &DatapathConfig,
+        scope: &Scope,
+        now: u64,
+    ) -> Result<usize, DatapathError> {
+        let ops = sync::diff(&self.mirror, wanted, config, scope, now, Capacity::default())?;
+        for op in &ops {
+            self.maps.write(op)?;
+            self.mirror.apply(op);
+        }
+        Ok(ops.len())
+    }
+
+    /// CONFIG as last written.
+    pub fn config(&self) -> &DatapathConfig {
+        &self.mirror.config
+    }
+
+    /// Attaches `program` on `iface` (or takes over an earlier agent's attachment there).
+    pub fn attach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
+        let pin_dir = self.pins(program, iface)?.to_path_buf();
+        let pin = links::attach(&mut self.ebpf, &pin_dir, program, iface)?;
+        self.attached.insert(pin);
+        Ok(())
+    }
+
+    /// Detaches `program` from `iface`, if this run attached it.
+    pub fn detach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
+        let pin = links::link_pin(self.pins(program, iface)?, program, iface);
+        if self.attached.remove(&pin) {
+            links::unpin(&pin)?;
+            tracing::info!(program = program.name(), iface, "detached");
+        }
+        Ok(())
+    }
+
+    /// Makes the egress program run on exactly `ports` (bridge ports, name -> ifindex) besides the
+    /// configured interfaces, so container traffic is encapsulated before the bridge sees it. Ports
+    /// new since the last call, or re-created under the same name, are attached; ports gone are
+    /// unpinned (the kernel detached them with their interface). A port that fails is retried on the
+    /// next call; the first error is returned after the others are done.
+    pub fn sync_port_attachments(&mut self, ports: &BTreeMap<String, u32>) -> Result<(), DatapathError> {
+        let mut first_error = None;
+        for (name, ifindex) in ports {
+            if self.ports.get(name) == Some(ifindex) {
+                continue;
+            }
+            match self.attach(Program::TcEgress, name) {
+                Ok(()) => {
+                    self.ports.insert(name.clone(), *ifindex);
+                }
+                Err(e) => {
+                    self.ports.remove(name);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let gone: Vec<String> = self.ports.keys().filter(|n| !ports.contains_key(*n)).cloned().collect();
+        for name in gone {
+            let pin = match self.pins(Program::TcEgress, &name) {
+                Ok(dir) => links::link_pin(dir, Program::TcEgress, &name),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            match links::unpin(&pin) {
+                Ok(()) => {
+                    tracing::info!(port = %name, "port gone; its attachment removed");
+                    self.attached.remove(&pin);
+                    self.ports.remove(&name);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes LOCAL_PORTS hold exactly `ports` (container MAC -> bridge port ifindex), and removes
+    /// the ENDPOINTS entries whose container left its port or that are older than
+    /// [`xnet_common::maps::ENDPOINT_MAX_AGE_NS`] at `now` (CLOCK_MONOTONIC_COARSE): the programs
+    /// never check their age (that would be a clock read per packet). An entry that cannot be
+    /// written does not stop the others; the first error is returned after.
+    pub fn sync_local_ports(
+        &mut self,
+        ports: &BTreeMap<[u8; 6], u32>,
+        now: u64,
+    ) -> Result<(), DatapathError> {
+        let mut first_error = None;
+        let current = self.maps.local_ports()?;
+        for (mac, ifindex) in ports {
+            if current.get(mac) != Some(ifindex)
+                && let Err(e) = self.maps.put_local_port(*mac, *ifindex)
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        for mac in current.keys().filter(|m| !ports.contains_key(*m)) {
+            if let Err(e) = self.maps.del_local_port(mac) {
+                first_error.get_or_insert(e);
+            }
+        }
+        for ip in stale_endpoints(self.maps.endpoints().into_iter(), ports, now) {
+            self.maps.del_endpoint(&ip);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an interface
+    /// dropped from the config, or ingress switched between XDP and tc).
+    pub fn detach_stale(&mut self) -> Result<(), DatapathError> {
+        let Some(pin_dir) = &self.pin_dir else { return Ok(()) };
+        for pin in links::pinned(pin_dir) {
+            if !self.attached.contains(&pin) {
+                links::unpin(&pin)?;
+                tracing::info!(link = %pin.display(), "detached stale attachment");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Detaches every attachment and removes every pin under `pin_dir`, then the directory itself.
+/// Safe to run on a partial or missing pin directory.
+pub fn remove_all(pin_dir: &Path) -> Result<(), DatapathError> {
+    for pin in links::pinned(pin_dir) {
+        links::unpin(&pin)?;
+    }
+    for map in maps::declared() {
+        let path = pin_dir.join(&map.name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(DatapathError::Unpin { path, error }),
+        }
+    }
+    for dir in [links::links_dir(pin_dir), pin_dir.to_path_buf()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(DatapathError::Unpin { path: dir, error }),
+        }
+    }
+    Ok(())
+}
+
+/// The ENDPOINTS entries (container IPv4, entry) to remove at `now` (CLOCK_MONOTONIC_COARSE, ns):
+/// those resolved too long ago, and those whose container is no longer behind the port they name
+/// (`ports`: container MAC -> bridge port ifindex).
+pub fn stale_endpoints(
+    entries: impl Iterator<Item = ([u8; 4], Endpoint)>,
+    ports: &BTreeMap<[u8; 6], u32>,
+    now: u64,
+) -> Vec<[u8; 4]> {
+    entries
+        .filter(|(_, e)| e.is_stale(now) || ports.get(&e.dmac) != Some(&e.ifindex))
+        .map(|(ip, _)| ip)
+        .collect()
+}

@@ -1,0 +1,632 @@
+//! Keeping the route maps in step with what the agent wants, as a pure diff: [`diff`] compares a
+//! [`Mirror`] of what the maps hold with [`Wanted`] and yields the [`Op`]s that get from one to the
+//! other, in an order where no packet for a still-valid subnet misses:
+//!
+//! 1. the route index is switched off first if it is about to become invalid or change shape;
+//! 2. new and changed peers, then the peer slots that now point at them;
+//! 3. new and changed routes (and their ROUTE_INFO);
+//! 4. route index entries; switching the index on comes after it is filled;
+//! 5. then removals: routes, slots that become empty, peers.
+//!
+//! The agent writes the ops through [`super::maps::Maps`] and applies each to its mirror once it
+//! is written, so the mirror stays exact even when a write fails halfway. Only the keys a change
+//! touched are compared ([`Scope::Keys`]), so one peer change costs work proportional to that
+//! change, not to the network.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use xnet_common::maps::{
+    self, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, ROUTE_INDEX_VALID, RemoteSubnet, RouteInfo, Store,
+};
+
+use crate::cidr::{self, Ipv4Network};
+
+/// The shape of ROUTE_INDEX: the overlay network and the length of every host's subnet in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteIndexSpec {
+    pub network: Ipv4Network,
+    pub subnet_len: u8,
+}
+
+impl RouteIndexSpec {
+    /// Whether the network has few enough subnets of that length for the array.
+    fn usable(&self) -> bool {
+        self.subnet_len
+            .checked_sub(self.network.prefix())
+            .is_some_and(|bits| bits < 32 && (1u64 << bits) <= u64::from(ROUTE_INDEX_LEN))
+            && self.subnet_len <= 32
+    }
+
+    /// Whether `net` has an entry of its own in the index.
+    fn fits(&self, net: &Ipv4Network) -> bool {
+        net.prefix() == self.subnet_len && cidr::contains(&self.network, net)
+    }
+
+    fn shift(&self) -> u8 {
+        32 - self.subnet_len
+    }
+
+    /// The index entry of a subnet that fits.
+    fn slot(&self, net: &Ipv4Network) -> u32 {
+        (u32::from(net.network()) - u32::from(self.network.network())) >> self.shift()
+    }
+
+    /// The subnet of index entry `i`.
+    fn subnet(&self, i: u32) -> Option<Ipv4Network> {
+        let addr = u32::from(self.network.network()).checked_add(i << self.shift())?;
+        cidr::network(addr.into(), self.subnet_len)
+    }
+
+    /// `cfg` with the index switched on in this shape.
+    fn switched_on(&self, cfg: DatapathConfig) -> DatapathConfig {
+        DatapathConfig {
+            flags: cfg.flags | ROUTE_INDEX_VALID,
+            index_net: self.network.network().octets(),
+            index_netmask: self.network.mask().octets(),
+            index_shift: self.shift(),
+            ..cfg
+        }
+    }
+}
+
+/// `cfg` with the route index fields of `from`.
+fn with_index_of(cfg: DatapathConfig, from: &DatapathConfig) -> DatapathConfig {
+    DatapathConfig {
+        flags: (cfg.flags & !ROUTE_INDEX_VALID) | (from.flags & ROUTE_INDEX_VALID),
+        index_net: from.index_net,
+        index_netmask: from.index_netmask,
+        index_shift: from.index_shift,
+        ..cfg
+    }
+}
+
+/// Which keys to compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every key of the mirror and of what is wanted (start, takeover, a failed sync).
+    All,
+    /// Only these (what changed since the last sync).
+    Keys { routes: BTreeSet<Ipv4Network>, peers: BTreeSet<[u8; 4]> },
+}
+
+/// The routes and peers the maps should hold, with what derives from them kept up to date as they
+/// change (peer slot members, whether every route fits the route index, which keys changed).
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    source: Store,
+    index: RouteIndexSpec,
+    routes: BTreeMap<Ipv4Network, RemoteSubnet>,
+    /// Which peer each route leads to, and how many routes lead to each peer.
+    route_peer: BTreeMap<Ipv4Network, [u8; 4]>,
+    peer_routes: BTreeMap<[u8; 4], usize>,
+    peers: BTreeMap<[u8; 4], Peer>,
+    slot_members: BTreeMap<u32, BTreeSet<[u8; 4]>>,
+    /// Routes that do not fit the index.
+    misfits: usize,
+    touched_routes: BTreeSet<Ipv4Network>,
+    touched_peers: BTreeSet<[u8; 4]>,
+}
+
+impl Wanted {
+    /// Nothing wanted yet; routes come from `source`, and the index has the shape `index`.
+    pub fn new(source: Store, index: RouteIndexSpec) -> Self {
+        Self {
+            source,
+            index,
+            routes: BTreeMap::new(),
+            route_peer: BTreeMap::new(),
+            peer_routes: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            slot_members: BTreeMap::new(),
+            misfits: 0,
+            touched_routes: BTreeSet::new(),
+            touched_peers: BTreeSet::new(),
+        }
+    }
+
+    pub fn routes(&self) -> &BTreeMap<Ipv4Network, RemoteSubnet> {
+        &self.routes
+    }
+
+    pub fn peers(&self) -> &BTreeMap<[u8; 4], Peer> {
+        &self.peers
+    }
+
+    /// Routes `subnet` to the peer at `ip`.
+    pub fn set(&mut self, subnet: Ipv4Network, route: RemoteSubnet, ip: [u8; 4], peer: Peer) {
+        self.remove(&subnet);
+        if !self.index.fits(&subnet) {
+            self.misfits += 1;
+        }
+        self.routes.insert(subnet, route);
+        self.route_peer.insert(subnet, ip);
+        *self.peer_routes.entry(ip).or_default() += 1;
+        if self.peers.insert(ip, peer).is_none() {
+            self.slot_members.entry(maps::peer_slot(&ip)).or_default().insert(ip);
+        }
+        self.touched_routes.insert(subnet);
+        self.touched_peers.insert(ip);
+    }
+
+    /// Removes the route of `subnet` (and its peer, if no other route leads there).
+    pub fn remove(&mut self, subnet: &Ipv4Network) {
+        if self.routes.remove(subnet).is_none() {
+            return;
+        }
+        self.touched_routes.insert(*subnet);
+        if !self.index.fits(subnet) {
+            self.misfits -= 1;
+        }
+        let ip = self.route_peer.remove(subnet).expect("every route has a peer");
+        let users = self.peer_routes.get_mut(&ip).expect("every peer has a count");
+        *users -= 1;
+        if *users == 0 {
+            self.peer_routes.remove(&ip);
+            self.peers.remove(&ip);
+            let slot = maps::peer_slot(&ip);
+            if let Some(members) = self.slot_members.get_mut(&slot) {
+                members.remove(&ip);
+                if members.is_empty() {
+                    self.slot_members.remove(&slot);
+                }
+            }
+            self.touched_peers.insert(ip);
+        }
+    }
+
+    /// Removes every route (a store listed everything anew; what it lists is set again).
+    pub fn clear(&mut self) {
+        let all: Vec<Ipv4Network> = self.routes.keys().copied().collect();
+        for subnet in &all {
+            self.remove(subnet);
+        }
+    }
+
+    /// The keys changed since the last call.
+    pub fn take_changes(&mut self) -> Scope {
+        Scope::Keys {
+            routes: std::mem::take(&mut self.touched_routes),
+            peers: std::mem::take(&mut self.touched_peers),
+        }
+    }
+
+    /// PEER_SLOTS entry `slot` as it should be.
+    fn slot(&self, slot: u32) -> PeerSlot {
+        match self.slot_members.get(&slot) {
+            None => PeerSlot::default(),
+            Some(m) => {
+                let ip = *m.first().expect("empty member sets are removed");
+                let state = if m.len() == 1 { maps::SLOT_PEER } else { maps::SLOT_SHARED };
+                PeerSlot { ip, state, reserved: [0; 3] }
+            }
+        }
+    }
+
+    /// The route index's shape while it is valid: every route fits it.
+    fn index_shape(&self) -> Option<RouteIndexSpec> {
+        (self.misfits == 0 && self.index.usable()).then_some(self.index)
+    }
+}
+
+/// What the route maps hold, as the agent last wrote or read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mirror {
+    pub config: DatapathConfig,
+    pub routes: BTreeMap<Ipv4Network, RemoteSubnet>,
+    pub route_info: BTreeMap<Ipv4Network, RouteInfo>,
+    pub peers: BTreeMap<[u8; 4], Peer>,
+    /// Non-empty PEER_SLOTS entries.
+    pub slots: BTreeMap<u32, PeerSlot>,
+    /// ROUTE_INDEX entries with a route.
+    pub index: BTreeMap<u32, RemoteSubnet>,
+}
+
+/// One map write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Boxed: CONFIG is 256 bytes, every other op a few dozen.
+    Config(Box<DatapathConfig>),
+    PutPeer([u8; 4], Peer),
+    DelPeer([u8; 4]),
+    /// An empty slot is written as the default value.
+    PutSlot(u32, PeerSlot),
+    PutRoute(Ipv4Network, RemoteSubnet),
+    DelRoute(Ipv4Network),
+    PutRouteInfo(Ipv4Network, RouteInfo),
+    DelRouteInfo(Ipv4Network),
+    /// No route is written as the default value (backend 0).
+    PutIndex(u32, RemoteSubnet),
+}
+
+impl Mirror {
+    /// Records that `op` was written.
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Config(c) => self.config = **c,
+            Op::PutPeer(ip, p) => {
+                self.peers.insert(*ip, *p);
+            }
+            Op::DelPeer(ip) => {
+                self.peers.remove(ip);
+            }
+            Op::PutSlot(i, s) if *s == PeerSlot::default() => {
+                self.slots.remove(i);
+            }
+            Op::PutSlot(i, s) => {
+                self.slots.insert(*i, *s);
+            }
+            Op::PutRoute(n, r) => {
+                self.routes.insert(*n, *r);
+            }
+            Op::DelRoute(n) => {
+                self.routes.remove(n);
+            }
+            Op::PutRouteInfo(n, i) => {
+                self.route_info.insert(*n, *i);
+            }
+            Op::DelRouteInfo(n) => {
+                self.route_info.remove(n);
+            }
+            Op::PutIndex(i, r) if r.backend == 0 => {
+                self.index.remove(i);
+            }
+            Op::PutIndex(i, r) => {
+                self.index.insert(*i, *r);
+            }
+        }
+    }
+}
+
+/// How many entries the maps take.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub routes: usize,
+    pub peers: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self { routes: maps::REMOTE_SUBNETS_MAX as usize, peers: maps::PEERS_MAX as usize }
+    }
+}
+
+/// A wanted state the maps cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "map {map} holds at most {capacity} entries, but {wanted} are wanted; the rest would be missing, so nothing was changed"
+)]
+pub struct MapFull {
+    pub map: &'static str,
+    pub capacity: usize,
+    pub wanted: usize,
+}
+
+/// The writes that make the maps described by `current` hold `wanted` and `config` (CONFIG apart
+/// from its route index fields, which this diff owns), comparing the keys in `scope`. `now`: Unix
+/// seconds, for the ROUTE_INFO of new routes.
+pub fn diff(
+    current: &Mirror,
+    wanted: &Wanted,
+    config: &DatapathConfig,
+    scope: &Scope,
+    now: u64,
+    capacity: Capacity,
+) -> Result<Vec<Op>, MapFull> {
+    if wanted.routes.len() > capacity.routes {
+        return Err(MapFull {
+            map: maps::REMOTE_SUBNETS,
+            capacity: capacity.routes,
+            wanted: wanted.routes.len(),
+        });
+    }
+    if wanted.peers.len() > capacity.peers {
+        return Err(MapFull { map: maps::PEERS, capacity: capacity.peers, wanted: wanted.peers.len() });
+    }
+    let (route_keys, peer_keys) = match scope {
+        Scope::All => (
+            current
+                .routes
+                .keys()
+                .chain(current.route_info.keys())
+                .chain(wanted.routes.keys())
+                .copied()
+                .collect::<BTreeSet<_>>(),
+            current.peers.keys().chain(wanted.peers.keys()).copied().collect::<BTreeSet<_>>(),
+        ),
+        Scope::Keys { routes, peers } => (routes.clone(), peers.clone()),
+    };
+    let mut ops = Vec::new();
+
+    // 1. CONFIG as wanted, with the index switched off if its shape is about to change.
+    let shape = wanted.index_shape();
+    let mut cfg = with_index_of(*config, &current.config);
+    let index_on = current.config.flags & ROUTE_INDEX_VALID != 0;
+    let same_shape = index_on && shape.is_some_and(|s| s.switched_on(cfg) == cfg);
+    if index_on && !same_shape {
+        cfg.flags &= !ROUTE_INDEX_VALID;
+    }
+    if cfg != current.config {
+        ops.push(Op::Config(Box::new(cfg)));
+    }
+
+    // 2. New and changed peers, then the slots that point at them.
+    for ip in &peer_keys {
+        if let Some(p) = wanted.peers.get(ip)
+            && current.peers.get(ip) != Some(p)
+        {
+            ops.push(Op::PutPeer(*ip, *p));
+        }
+    }
+    let slot_keys: BTreeSet<u32> = match scope {
+        Scope::All => current.slots.keys().chain(wanted.slot_members.keys()).copied().collect(),
+        Scope::Keys { .. } => peer_keys.iter().map(maps::peer_slot).collect(),
+    };
+    let mut emptied_slots = Vec::new();
+    for slot in slot_keys {
+        let want = wanted.slot(slot);
+        let have = current.slots.get(&slot).copied().unwrap_or_default();
+        if want == have {
+            continue;
+        }
+        if want == PeerSlot::default() {
+            emptied_slots.push(slot);
+        } else {
+            ops.push(Op::PutSlot(slot, want));
+        }
+    }
+
+    // 3. New and changed routes.
+    for net in &route_keys {
+        let Some(route) = wanted.routes.get(net) else { continue };
+        if current.routes.get(net) != Some(route) {
+            ops.push(Op::PutRoute(*net, *route));
+        }
+        if current.route_info.get(net).map(|i| i.source) != Some(wanted.source as u8) {
+            ops.push(Op::PutRouteInfo(
+                *net,
+                RouteInfo { source: wanted.source as u8, reserved: [0; 7], added_at: now },
+            ));
+        }
+    }
+
+    // 4. The route index: entries, then the switch.
+    if let Some(shape) = shape {
+        let slots: BTreeSet<u32> = if same_shape {
+            route_keys.iter().filter(|n| shape.fits(n)).map(|n| shape.slot(n)).collect()
+        } else {
+            current.index.keys().copied().chain(wanted.routes.keys().map(|n| shape.slot(n))).collect()
+        };
+        for i in slots {
+            let want = shape.subnet(i).and_then(|n| wanted.routes.get(&n)).copied().unwrap_or_default();
+            if current.index.get(&i).copied().unwrap_or_default() != want {
+                ops.push(Op::PutIndex(i, want));
+            }
+        }
+        if !same_shape {
+            cfg = shape.switched_on(cfg);
+            ops.push(Op::Config(Box::new(cfg)));
+        }
+    }
+
+    // 5. Removals: routes, emptied slots, peers.
+    for net in &route_keys {
+        if wanted.routes.contains_key(net) {
+            continue;
+        }
+        if current.routes.contains_key(net) {
+            ops.push(Op::DelRoute(*net));
+        }
+        if current.route_info.contains_key(net) {
+            ops.push(Op::DelRouteInfo(*net));
+        }
+    }
+    ops.extend(emptied_slots.into_iter().map(|slot| Op::PutSlot(slot, PeerSlot::default())));
+    for ip in &peer_keys {
+        if !wanted.peers.contains_key(ip) && current.peers.contains_key(ip) {
+            ops.push(Op::DelPeer(*ip));
+        }
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xnet_common::maps::Backend;
+
+    fn net(s: &str) -> Ipv4Network {
+        cidr::parse(s).unwrap()
+    }
+
+    fn spec() -> RouteIndexSpec {
+        RouteIndexSpec { network: net("10.244.0.0/16"), subnet_len: 24 }
+    }
+
+    fn route(ip: [u8; 4]) -> RemoteSubnet {
+        RemoteSubnet {
+            peer_ip: ip,
+            vtep_mac: [2, 0, ip[0], ip[1], ip[2], ip[3]],
+            backend: Backend::Vxlan as u8,
+            reserved: 0,
+        }
+    }
+
+    fn peer(ip: [u8; 4]) -> Peer {
+        Peer { vtep_mac: [2, 0, ip[0], ip[1], ip[2], ip[3]], backend: Backend::Vxlan as u8, reserved: 0 }
+    }
+
+    fn set(w: &mut Wanted, subnet: &str, ip: [u8; 4]) {
+        w.set(net(subnet), route(ip), ip, peer(ip));
+    }
+
+    /// Diffs, applies to the mirror, and checks that nothing is left to do.
+    fn sync(m: &mut Mirror, w: &mut Wanted, cfg: &DatapathConfig, scope: Scope) -> Vec<Op> {
+        let ops = diff(m, w, cfg, &scope, 100, Capacity::default()).unwrap();
+        for op in &ops {
+            m.apply(op);
+        }
+        w.take_changes();
+        let again = diff(m, w, cfg, &Scope::All, 200, Capacity::default()).unwrap();
+        assert!(again.is_empty(), "a full diff after the sync finds more to do: {again:?}");
+        ops
+    }
+
+    fn position(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(f).unwrap_or_else(|| panic!("no such op in {ops:?}"))
+    }
+
+    #[test]
+    fn a_route_moving_between_hosts_adds_the_new_peer_before_removing_the_old() {
+        let (a, b) = ([198, 18, 0, 2], [198, 18, 0, 3]);
+        let cfg = DatapathConfig::default();
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::Etcd, spec()));
+        set(&mut w, "10.244.2.0/24", a);
+        sync(&mut m, &mut w, &cfg, Scope::All);
+        assert_eq!(m.routes[&net("10.244.2.0/24")].peer_ip, a);
+        set(&mut w, "10.244.2.0/24", b);
+        let scope = w.take_changes();
+        let ops = diff(&m, &w, &cfg, &scope, 150, Capacity::default()).unwrap();
+        let put_peer = position(&ops, |o| matches!(o, Op::PutPeer(ip, _) if *ip == b));
+        let put_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if s.ip == b));
+        let put_route = position(&ops, |o| matches!(o, Op::PutRoute(_, r) if r.peer_ip == b));
+        let put_index = position(&ops, |o| matches!(o, Op::PutIndex(2, r) if r.peer_ip == b));
+        let del_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if *s == PeerSlot::default()));
+        let del_peer = position(&ops, |o| matches!(o, Op::DelPeer(ip) if *ip == a));
+        assert!(put_peer < put_slot && put_slot < put_route && put_route < del_peer, "{ops:?}");
+        assert!(put_index < del_slot && del_slot < del_peer, "{ops:?}");
+        assert!(
+            !ops.iter().any(|o| matches!(o, Op::PutRouteInfo(..))),
+            "same source: first install time kept"
+        );
+        assert!(!ops.iter().any(|o| matches!(o, Op::DelRoute(_))), "the subnet never loses its route");
+        for op in &ops {
+            m.apply(op);
+        }
+        assert_eq!((m.peers.len(), m.slots.len(), m.index[&2].peer_ip), (1, 1, b));
+    }
+
+    #[test]
+    fn the_route_index_is_filled_before_it_is_switched_on_and_off_before_it_goes_wrong() {
+        let cfg = DatapathConfig::default();
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::File, spec()));
+        set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
+        set(&mut w, "10.244.3.0/24", [198, 18, 0, 3]);
+        let ops = sync(&mut m, &mut w, &cfg, Scope::All);
+        let on = position(&ops, |o| matches!(o, Op::Config(c) if c.flags & ROUTE_INDEX_VALID != 0));
+        let last_index = ops.iter().rposition(|o| matches!(o, Op::PutIndex(..))).unwrap();
+        assert!(last_index < on, "{ops:?}");
+        assert_eq!(m.index.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!((m.config.index_net, m.config.index_shift), ([10, 244, 0, 0], 8));
+        // A route that does not fit (a /25): the index goes off first, and is left alone.
+        set(&mut w, "10.244.4.0/25", [198, 18, 0, 4]);
+        let scope = w.take_changes();
+        let ops = diff(&m, &w, &cfg, &scope, 100, Capacity::default()).unwrap();
+        assert!(matches!(&ops[0], Op::Config(c) if c.flags & ROUTE_INDEX_VALID == 0), "{ops:?}");
+        assert!(!ops.iter().any(|o| matches!(o, Op::PutIndex(..))), "{ops:?}");
+        for op in &ops {
+            m.apply(op);
+        }
+        // While off, removals leave the index alone; when the misfit goes, the index is brought
+        // up to date (entry 3 cleared) before it is switched on again.
+        w.remove(&net("10.244.3.0/24"));
+        let scope = w.take_changes();
+        let ops = sync(&mut m, &mut w, &cfg, scope);
+        assert!(!ops.iter().any(|o| matches!(o, Op::PutIndex(..))), "{ops:?}");
+        w.remove(&net("10.244.4.0/25"));
+        let scope = w.take_changes();
+        let ops = sync(&mut m, &mut w, &cfg, scope);
+        let cleared = position(&ops, |o| matches!(o, Op::PutIndex(3, r) if r.backend == 0));
+        let on = position(&ops, |o| matches!(o, Op::Config(c) if c.flags & ROUTE_INDEX_VALID != 0));
+        assert!(cleared < on, "{ops:?}");
+        assert_eq!(m.index.keys().copied().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_network_too_big_for_the_index_uses_the_trie_alone() {
+        let cfg = DatapathConfig::default();
+        let wide = RouteIndexSpec { network: net("10.0.0.0/8"), subnet_len: 30 };
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::File, wide));
+        set(&mut w, "10.0.0.4/30", [198, 18, 0, 2]);
+        let ops = sync(&mut m, &mut w, &cfg, Scope::All);
+        assert!(!ops.iter().any(|o| matches!(o, Op::PutIndex(..) | Op::Config(_))), "{ops:?}");
+    }
+
+    #[test]
+    fn one_change_costs_one_change() {
+        let cfg = DatapathConfig { underlay_ifindex: 7, ..Default::default() };
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::Etcd, spec()));
+        for i in 0..200u8 {
+            set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        sync(&mut m, &mut w, &cfg, Scope::All);
+        set(&mut w, "10.244.250.0/24", [198, 18, 2, 250]);
+        let scope = w.take_changes();
+        let ops = sync(&mut m, &mut w, &cfg, scope);
+        assert_eq!(ops.len(), 5, "peer, slot, route, route info, index entry: {ops:?}");
+        w.remove(&net("10.244.7.0/24"));
+        let scope = w.take_changes();
+        let ops = sync(&mut m, &mut w, &cfg, scope);
+        assert_eq!(ops.len(), 5, "index entry, route, route info, slot, peer: {ops:?}");
+        // CONFIG changes are written as such, keeping the index switched on.
+        let moved = DatapathConfig { gateway_mac: [2, 0, 0, 0, 0, 1], ..cfg };
+        let ops =
+            sync(&mut m, &mut w, &moved, Scope::Keys { routes: BTreeSet::new(), peers: BTreeSet::new() });
+        assert!(
+            matches!(&ops[..], [Op::Config(c)] if c.flags & ROUTE_INDEX_VALID != 0 && c.gateway_mac[5] == 1),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn peers_sharing_a_slot_send_the_check_to_peers() {
+        let cfg = DatapathConfig::default();
+        // Two addresses in one slot: find a pair.
+        let a = [198, 18, 0, 2];
+        let b = (0..=255u8)
+            .flat_map(|x| (0..=255u8).map(move |y| [198, 19, x, y]))
+            .find(|ip| maps::peer_slot(ip) == maps::peer_slot(&a))
+            .expect("16-bit slots collide within 65536 addresses");
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::File, spec()));
+        set(&mut w, "10.244.2.0/24", a);
+        set(&mut w, "10.244.3.0/24", b);
+        sync(&mut m, &mut w, &cfg, Scope::All);
+        assert_eq!(m.slots[&maps::peer_slot(&a)].state, maps::SLOT_SHARED);
+        w.remove(&net("10.244.2.0/24"));
+        let scope = w.take_changes();
+        sync(&mut m, &mut w, &cfg, scope);
+        assert_eq!(
+            (m.slots[&maps::peer_slot(&a)].state, m.slots[&maps::peer_slot(&a)].ip),
+            (maps::SLOT_PEER, b)
+        );
+    }
+
+    #[test]
+    fn a_full_map_changes_nothing() {
+        let cfg = DatapathConfig::default();
+        let (m, mut w) = (Mirror::default(), Wanted::new(Store::File, spec()));
+        for i in 0..3u8 {
+            set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        let small = Capacity { routes: 2, peers: 10 };
+        let err = diff(&m, &w, &cfg, &Scope::All, 0, small).unwrap_err();
+        assert_eq!(err, MapFull { map: maps::REMOTE_SUBNETS, capacity: 2, wanted: 3 });
+        assert!(err.to_string().contains("nothing was changed"));
+        let few_peers = Capacity { routes: 10, peers: 2 };
+        assert_eq!(diff(&m, &w, &cfg, &Scope::All, 0, few_peers).unwrap_err().map, maps::PEERS);
+    }
+
+    #[test]
+    fn a_takeover_keeps_what_is_right_and_removes_what_is_stale() {
+        let cfg = DatapathConfig::default();
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::File, spec()));
+        set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
+        set(&mut w, "10.244.3.0/24", [198, 18, 0, 3]);
+        sync(&mut m, &mut w, &cfg, Scope::All);
+        // A new agent with one peer fewer, over the same maps.
+        let mut next = Wanted::new(Store::File, spec());
+        set(&mut next, "10.244.2.0/24", [198, 18, 0, 2]);
+        let ops = sync(&mut m, &mut next, &cfg, Scope::All);
+        assert_eq!(ops.len(), 5, "index entry, route, route info, slot, peer of the stale host: {ops:?}");
+        assert!(ops.iter().all(|o| !matches!(o, Op::PutRoute(..) | Op::PutPeer(..))), "{ops:?}");
+    }
+}

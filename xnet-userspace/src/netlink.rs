@@ -1,0 +1,673 @@
+//! The host's links, bridge ports and bridge forwarding databases, read from rtnetlink: dumps on
+//! request, and the kernel's change notifications as a stream of [`HostEvent`]s.
+//!
+//! Two sockets: one answers dumps, the other only listens to the multicast groups. A dump answer
+//! is paced by the reader, so it cannot overflow; events can (when the agent does not read them in
+//! time), and then the kernel drops them: [`HostEvents::next`] reports that as
+//! [`HostEvent::Resync`], after which the agent must dump everything again.
+
+use std::{collections::BTreeMap, convert::Infallible, io, os::fd::AsRawFd, time::Duration};
+
+use futures::{Stream, StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
+use netlink_packet_core::{
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    link::{self, LinkAttribute, LinkFlags, LinkMessage},
+    neighbour::{NeighbourAttribute, NeighbourMessage},
+};
+use netlink_sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
+use rtnetlink::{Handle, MulticastGroup};
+
+/// How long a request may take before [`NetlinkError::Timeout`].
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The receive queue [`Netlink::connect`] asks for on the event socket (the kernel doubles it):
+/// room for a few thousand notifications while the agent is busy.
+pub const EVENT_QUEUE_BYTES: usize = 4 << 20;
+
+/// The multicast groups the event socket joins.
+const GROUPS: [MulticastGroup; 3] = [MulticastGroup::Link, MulticastGroup::Neigh, MulticastGroup::Ipv4Ifaddr];
+
+/// One rtnetlink connection: dumps on request (the events arrive on the [`HostEvents`] that
+/// [`Netlink::connect`] returns with it).
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// The kernel's link, bridge FDB and IPv4 address notifications, as [`HostEvent`]s.
+#[derive(Debug)]
+pub struct HostEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RawRoute>, SocketAddr)>,
+}
+
+/// A change on the host that the agent may have to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    /// A link appeared or changed (name, ifindex, master, up/down, MTU, MAC...).
+    Link(LinkInfo),
+    /// A link was deleted (or moved to another network namespace).
+    LinkGone { index: u32, name: String },
+    /// A bridge FDB entry for a unicast MAC behind a port was added or changed (`present`), or
+    /// deleted or no longer a learned one (not `present`, see [`learned_entry`]).
+    Fdb { bridge: u32, port: u32, mac: [u8; 6], present: bool },
+    /// An IPv4 address was added to or removed from the link `index`.
+    Address { index: u32 },
+    /// Events were lost (the kernel's queue for the event socket overflowed, or a notification
+    /// could not be parsed): everything known from earlier dumps and events may be stale, and must
+    /// be dumped again.
+    Resync,
+}
+
+/// A network interface as rtnetlink describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// The hardware address, when it is an Ethernet one.
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    /// The ifindex of the bridge (or bond...) this link is enslaved to.
+    pub master: Option<u32>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Operationally up (`IFF_RUNNING`: up with a carrier, e.g. a veth whose peer is up too).
+    pub running: bool,
+    /// The driver kind from `IFLA_LINKINFO` ("bridge", "veth", "vxlan"...); `None` for physical
+    /// devices and loopback.
+    pub kind: Option<String>,
+}
+
+/// A failed rtnetlink operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// A socket could not be opened, configured or subscribed.
+    #[error("{doing}: {error}")]
+    Socket { doing: &'static str, error: io::Error },
+    /// The kernel refused a request or answered it with something unexpected.
+    #[error("{doing}: {}", describe(error))]
+    Request { doing: String, error: rtnetlink::Error },
+    /// The kernel did not finish answering within [`REQUEST_TIMEOUT`].
+    #[error("{doing}: no complete answer from the kernel within {} s", REQUEST_TIMEOUT.as_secs())]
+    Timeout { doing: String },
+}
+
+/// The reason in a [`NetlinkError::Request`], without rtnetlink's own wording around errno.
+fn describe(error: &rtnetlink::Error) -> String {
+    match error {
+        rtnetlink::Error::NetlinkError(e) => e.to_io().to_string(),
+        rtnetlink::Error::RequestFailed => "the netlink connection is closed".to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl Netlink {
+    /// Opens the connection and subscribes to link, neighbour and IPv4 address notifications,
+    /// with an event queue of [`EVENT_QUEUE_BYTES`]. The two socket tasks are spawned with
+    /// [`tokio::spawn`] on the current runtime (no `LocalSet` needed, but a time driver for
+    /// [`REQUEST_TIMEOUT`]); the request one ends when the last clone of the [`Netlink`] (and of
+    /// its [`Handle`]) is dropped, the event one when the [`HostEvents`] is.
+    ///
+    /// Subscribe first, dump second: a change that lands between the two is then seen twice,
+    /// never missed.
+    pub async fn connect() -> Result<(Netlink, HostEvents), NetlinkError> {
+        Self::connect_with_event_queue(EVENT_QUEUE_BYTES).await
+    }
+
+    /// [`Netlink::connect`] with an event queue of `bytes` (the kernel doubles it, and caps it at
+    /// `net.core.rmem_max` unless the process has `CAP_NET_ADMIN`). A queue smaller than one
+    /// notification (a few KiB) loses them all.
+    pub async fn connect_with_event_queue(bytes: usize) -> Result<(Netlink, HostEvents), NetlinkError> {
+        let (requests, handle, unsolicited) = rtnetlink::new_connection()
+            .map_err(|error| NetlinkError::Socket { doing: "opening the rtnetlink request socket", error })?;
+        // The request socket joins no group: nothing unsolicited arrives there.
+        drop(unsolicited);
+        tokio::spawn(requests);
+
+        let (mut events, _, messages) =
+            rtnetlink::proto::new_connection_with_socket::<RawRoute, TokioSocket>(NETLINK_ROUTE).map_err(
+                |error| NetlinkError::Socket { doing: "opening the rtnetlink event socket", error },
+            )?;
+        let socket = events.socket_mut().socket_mut();
+        set_receive_queue(socket, bytes)
+            .map_err(|error| NetlinkError::Socket { doing: "sizing the rtnetlink event queue", error })?;
+        let groups = GROUPS.iter().fold(0u32, |all, &g| all | 1 << (g as u32 - 1));
+        socket.bind(&SocketAddr::new(0, groups)).map_err(|error| NetlinkError::Socket {
+            doing: "subscribing to link, neighbour and IPv4 address notifications",
+            error,
+        })?;
+        tokio::spawn(events);
+        Ok((Netlink { handle }, HostEvents { messages }))
+    }
+
+    /// The rtnetlink handle the dumps go through, for other requests.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The link called `name`; `None` if there is none (or `name` cannot be an interface name).
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Ok(None);
+        }
+        let answer = self.handle.link().get().match_name(name).execute();
+        match collect(|| format!("reading link {name}"), answer).await {
+            Ok(links) => Ok(links.iter().find(|m| is_link(m)).map(LinkInfo::of)),
+            Err(NetlinkError::Request { error: rtnetlink::Error::NetlinkError(e), .. })
+                if e.raw_code() == -libc::ENODEV =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All the links of the network namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        self.dump_links(|| "dumping the links".to_string()).await
+    }
+
+    /// The ports of the bridge `bridge` (an ifindex): name -> ifindex. Empty if it has none, or if
+    /// there is no such bridge.
+    pub async fn bridge_ports(&self, bridge: u32) -> Result<BTreeMap<String, u32>, NetlinkError> {
+        let links = self.dump_links(|| format!("listing the ports of bridge index {bridge}")).await?;
+        Ok(links.into_iter().filter(|l| l.master == Some(bridge)).map(|l| (l.name, l.index)).collect())
+    }
+
+    /// The learned MACs behind the ports of the bridge `bridge` (an ifindex): MAC -> port ifindex
+    /// (see [`learned_entry`]).
+    pub async fn bridge_fdb(&self, bridge: u32) -> Result<BTreeMap<[u8; 6], u32>, NetlinkError> {
+        let answer = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        let entries = collect(|| format!("dumping the FDB of bridge index {bridge}"), answer).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|m| learned_entry(&FdbFields::of(m)))
+            .filter(|e| e.bridge == bridge)
+            .map(|e| (e.mac, e.port))
+            .collect())
+    }
+
+    /// All the links, `doing` naming the operation in errors.
+    async fn dump_links(&self, doing: impl FnOnce() -> String) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let answer = self.handle.link().get().execute();
+        Ok(collect(doing, answer).await?.iter().filter(|m| is_link(m)).map(LinkInfo::of).collect())
+    }
+}
+
+/// Whether a link message describes a link. A bridge also sends `AF_BRIDGE` link messages about
+/// its ports, and a deletion among them means "no longer a port", not "deleted".
+fn is_link(message: &LinkMessage) -> bool {
+    message.header.interface_family == AddressFamily::Unspec
+}
+
+/// All the answers to a request, or the first error; [`NetlinkError::Timeout`] after
+/// [`REQUEST_TIMEOUT`].
+async fn collect<T>(
+    doing: impl FnOnce() -> String,
+    answer: impl Stream<Item = Result<T, rtnetlink::Error>>,
+) -> Result<Vec<T>, NetlinkError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, answer.try_collect::<Vec<T>>()).await {
+        Ok(Ok(all)) => Ok(all),
+        Ok(Err(error)) => Err(NetlinkError::Request { doing: doing(), error }),
+        Err(_) => Err(NetlinkError::Timeout { doing: doing() }),
+    }
+}
+
+/// Asks for a receive queue of `bytes` on `socket`: beyond `net.core.rmem_max` with
+/// `CAP_NET_ADMIN` (SO_RCVBUFFORCE), up to it otherwise.
+fn set_receive_queue(socket: &netlink_sys::Socket, bytes: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: `size` outlives the call, and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    };
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+}
+
+impl HostEvents {
+    /// The next event; `None` once the event socket has failed (the kernel closed it, or it could
+    /// not be read). Cancel-safe: an event is never lost when this future is dropped unfinished, so
+    /// it can be a branch of `tokio::select!`.
+    pub async fn next(&mut self) -> Option<HostEvent> {
+        while let Some((message, _)) = self.messages.next().await {
+            if let Some(event) = event_of(message) {
+                return Some(event);
+            }
+        }
+        None
+    }
+}
+
+/// The event a message of the event socket stands for, if the agent cares about it.
+fn event_of(message: NetlinkMessage<RawRoute>) -> Option<HostEvent> {
+    match message.payload {
+        // Also what the socket task reports when the kernel answers a read with ENOBUFS.
+        NetlinkPayload::Overrun(_) => {
+            tracing::warn!("the kernel dropped rtnetlink notifications (event queue full): resyncing");
+            Some(HostEvent::Resync)
+        }
+        NetlinkPayload::InnerMessage(RawRoute(bytes)) => {
+            match RouteNetlinkMessage::deserialize(&message.header, &bytes) {
+                Ok(parsed) => host_event(&parsed),
+                Err(e) => {
+                    tracing::warn!(
+                        message_type = message.header.message_type,
+                        error = %e,
+                        "could not parse an rtnetlink notification: resyncing"
+                    );
+                    Some(HostEvent::Resync)
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The event a parsed notification stands for, if the agent cares about it.
+pub fn host_event(message: &RouteNetlinkMessage) -> Option<HostEvent> {
+    match message {
+        RouteNetlinkMessage::NewLink(l) if is_link(l) => Some(HostEvent::Link(LinkInfo::of(l))),
+        RouteNetlinkMessage::DelLink(l) if is_link(l) => {
+            let info = LinkInfo::of(l);
+            Some(HostEvent::LinkGone { index: info.index, name: info.name })
+        }
+        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+            let fields = FdbFields::of(n);
+            let entry = bridge_entry(&fields)?;
+            let present =
+                matches!(message, RouteNetlinkMessage::NewNeighbour(_)) && learned_state(fields.state);
+            Some(HostEvent::Fdb { bridge: entry.bridge, port: entry.port, mac: entry.mac, present })
+        }
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)
+            if a.header.family == AddressFamily::Inet =>
+        {
+            Some(HostEvent::Address { index: a.header.index })
+        }
+        _ => None,
+    }
+}
+
+impl LinkInfo {
+    /// The link a link message describes.
+    pub fn of(message: &LinkMessage) -> LinkInfo {
+        let flags = message.header.flags;
+        let mut info = LinkInfo {
+            index: message.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            master: None,
+            up: flags.contains(LinkFlags::Up),
+            running: flags.contains(LinkFlags::Running),
+            kind: None,
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => info.name.clone_from(name),
+                LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                LinkAttribute::Controller(master) if *master != 0 => info.master = Some(*master),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let link::LinkInfo::Kind(kind) = i {
+                            info.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// The fields of a neighbour message that decide whether it is a MAC learned behind a bridge port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FdbFields {
+    /// The message is an `AF_BRIDGE` one: a forwarding database entry, not an ARP or NDP one.
+    pub bridge_family: bool,
+    /// `ndm_ifindex`: the port (or the device whose own table it is, with `NTF_SELF`).
+    pub port: u32,
+    /// `ndm_state`: `NUD_*` bits.
+    pub state: u16,
+    /// `ndm_flags`: `NTF_*` bits.
+    pub flags: u8,
+    /// `NDA_MASTER`: the bridge whose table holds the entry. The kernel names a bridge's entries
+    /// with this attribute; it does not set `NTF_MASTER` in what it sends.
+    pub master: Option<u32>,
+    /// `NDA_LLADDR`, when it is 6 bytes long.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl FdbFields {
+    /// The fields of `message`.
+    pub fn of(message: &NeighbourMessage) -> FdbFields {
+        let mut fields = FdbFields {
+            bridge_family: message.header.family == AddressFamily::Bridge,
+            port: message.header.ifindex,
+            state: message.header.state.into(),
+            flags: message.header.flags.bits(),
+            master: None,
+            mac: None,
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                NeighbourAttribute::Controller(master) => fields.master = Some(*master),
+                NeighbourAttribute::LinkLayerAddress(mac) => {
+                    fields.mac = <[u8; 6]>::try_from(mac.as_slice()).ok()
+                }
+                _ => {}
+            }
+        }
+        fields
+    }
+}
+
+/// A bridge forwarding database entry: `mac` is behind `port` of `bridge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub bridge: u32,
+    pub port: u32,
+    pub mac: [u8; 6],
+}
+
+/// The entry `fields` describe if it is one of a bridge's own entries (`NDA_MASTER` set, no
+/// `NTF_SELF`, which marks a device's own table) for a unicast MAC behind one of its ports, in any
+/// state; `None` for anything else.
+pub fn bridge_entry(fields: &FdbFields) -> Option<FdbEntry> {
+    let bridge = fields.master?;
+    let mac = fields.mac?;
+    let own_table = fields.flags & libc::NTF_SELF != 0;
+    let unicast = mac[0] & 1 == 0;
+    let of_a_port = fields.port != bridge;
+    if fields.bridge_family && !own_table && unicast && of_a_port {
+        Some(FdbEntry { bridge, port: fields.port, mac })
+    } else {
+        None
+    }
+}
+
+/// Whether an entry in `state` (`NUD_*` bits) was learned rather than configured: neither
+/// `NUD_PERMANENT` (the bridge's and its ports' own addresses) nor `NUD_NOARP` (static entries).
+/// Learned entries are `NUD_REACHABLE`, or `NUD_STALE` once past the ageing time.
+pub fn learned_state(state: u16) -> bool {
+    state & (libc::NUD_PERMANENT | libc::NUD_NOARP) == 0
+}
+
+/// The entry `fields` describe if it is a MAC the bridge learned behind one of its ports: what
+/// `bridge -j fdb show br BRIDGE` lists with `"master": BRIDGE`, no `self` flag, a unicast MAC
+/// and a state of `""` or `"stale"`.
+pub fn learned_entry(fields: &FdbFields) -> Option<FdbEntry> {
+    bridge_entry(fields).filter(|_| learned_state(fields.state))
+}
+
+/// A route netlink message as it came off the event socket, parsed later by [`event_of`] so that
+/// a message this crate version cannot parse is reported instead of dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RawRoute(Vec<u8>);
+
+impl NetlinkDeserializable for RawRoute {
+    type Error = Infallible;
+    fn deserialize(_: &NetlinkHeader, payload: &[u8]) -> Result<Self, Infallible> {
+        Ok(RawRoute(payload.to_vec()))
+    }
+}
+
+/// Never sent: the event socket makes no requests.
+impl NetlinkSerializable for RawRoute {
+    fn message_type(&self) -> u16 {
+        0
+    }
+    fn buffer_len(&self) -> usize {
+        self.0.len()
+    }
+    fn serialize(&self, buffer: &mut [u8]) {
+        buffer.copy_from_slice(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::{
+        address::AddressMessage,
+        link::{InfoKind, LinkInfo as Info},
+        neighbour::{NeighbourFlags, NeighbourState},
+    };
+
+    const BR: u32 = 3;
+    const MAC: [u8; 6] = [2, 0x42, 10, 0xf4, 1, 2];
+
+    /// A learned entry for `MAC` behind port 11 of `BR`, as the kernel sends it.
+    fn learned() -> FdbFields {
+        FdbFields {
+            bridge_family: true,
+            port: 11,
+            state: libc::NUD_REACHABLE,
+            flags: 0,
+            master: Some(BR),
+            mac: Some(MAC),
+        }
+    }
+
+    #[test]
+    fn learned_entries_are_dynamic_unicast_entries_of_the_bridge() {
+        let entry = FdbEntry { bridge: BR, port: 11, mac: MAC };
+        assert_eq!(learned_entry(&learned()), Some(entry));
+        // Past the ageing time, no state at all, or learned by a switch driver: still learned.
+        for state in [libc::NUD_STALE, libc::NUD_NONE] {
+            assert_eq!(learned_entry(&FdbFields { state, ..learned() }), Some(entry), "{state:#x}");
+        }
+        let extern_learned = FdbFields { flags: NeighbourFlags::ExtLearned.bits(), ..learned() };
+        assert_eq!(learned_entry(&extern_learned), Some(entry));
+        let not_learned = [
+            // The ports' and the bridge's own addresses, static entries.
+            FdbFields { state: libc::NUD_PERMANENT, ..learned() },
+            FdbFields { state: libc::NUD_NOARP, ..learned() },
+            // A device's own table (`self`), whatever its master.
+            FdbFields { flags: libc::NTF_SELF, state: libc::NUD_PERMANENT, master: None, ..learned() },
+            FdbFields { flags: libc::NTF_SELF, ..learned() },
+            FdbFields { flags: libc::NTF_SELF | libc::NTF_MASTER, ..learned() },
+            // No bridge, or the bridge device itself as the port.
+            FdbFields { master: None, ..learned() },
+            FdbFields { port: BR, ..learned() },
+            // Multicast and broadcast MACs, no MAC.
+            FdbFields { mac: Some([0x01, 0, 0x5e, 0, 0, 1]), ..learned() },
+            FdbFields { mac: Some([0x33, 0x33, 0, 0, 0, 1]), ..learned() },
+            FdbFields { mac: Some([0xff; 6]), ..learned() },
+            FdbFields { mac: None, ..learned() },
+            // An ARP entry.
+            FdbFields { bridge_family: false, ..learned() },
+        ];
+        for fields in not_learned {
+            assert_eq!(learned_entry(&fields), None, "{fields:?}");
+        }
+        // A static or permanent entry is still one of the bridge's entries (an event about it
+        // says the MAC is not a learned one any more).
+        assert_eq!(bridge_entry(&FdbFields { state: libc::NUD_NOARP, ..learned() }), Some(entry));
+    }
+
+    /// A bridge neighbour message with the given fields.
+    fn neighbour(
+        port: u32,
+        state: NeighbourState,
+        flags: NeighbourFlags,
+        master: Option<u32>,
+    ) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = port;
+        m.header.state = state;
+        m.header.flags = flags;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(MAC.to_vec()));
+        m.attributes.extend(master.map(NeighbourAttribute::Controller));
+        m
+    }
+
+    #[test]
+    fn fields_are_read_from_neighbour_messages() {
+        let mut m = neighbour(11, NeighbourState::Stale, NeighbourFlags::Own, Some(BR));
+        m.attributes.push(NeighbourAttribute::Vlan(1));
+        let expected =
+            FdbFields { state: libc::NUD_STALE, flags: libc::NTF_SELF, master: Some(BR), ..learned() };
+        assert_eq!(FdbFields::of(&m), expected);
+        m.header.family = AddressFamily::Inet;
+        m.attributes = vec![NeighbourAttribute::LinkLayerAddress(vec![1, 2, 3])];
+        let expected = FdbFields {
+            bridge_family: false,
+            state: libc::NUD_STALE,
+            flags: libc::NTF_SELF,
+            master: None,
+            mac: None,
+            ..learned()
+        };
+        assert_eq!(FdbFields::of(&m), expected);
+    }
+
+    #[test]
+    fn neighbour_messages_become_fdb_events() {
+        let none = NeighbourFlags::empty();
+        let new = RouteNetlinkMessage::NewNeighbour(neighbour(11, NeighbourState::Reachable, none, Some(BR)));
+        let fdb = |present| Some(HostEvent::Fdb { bridge: BR, port: 11, mac: MAC, present });
+        assert_eq!(host_event(&new), fdb(true));
+        let del = RouteNetlinkMessage::DelNeighbour(neighbour(11, NeighbourState::Reachable, none, Some(BR)));
+        assert_eq!(host_event(&del), fdb(false));
+        // Made static: no longer a learned MAC.
+        let made_static =
+            RouteNetlinkMessage::NewNeighbour(neighbour(11, NeighbourState::Noarp, none, Some(BR)));
+        assert_eq!(host_event(&made_static), fdb(false));
+        // A device's own table, an ARP entry: nothing.
+        let own = RouteNetlinkMessage::NewNeighbour(neighbour(
+            11,
+            NeighbourState::Permanent,
+            NeighbourFlags::Own,
+            None,
+        ));
+        assert_eq!(host_event(&own), None);
+        let mut arp = neighbour(11, NeighbourState::Reachable, none, None);
+        arp.header.family = AddressFamily::Inet;
+        assert_eq!(host_event(&RouteNetlinkMessage::NewNeighbour(arp)), None);
+    }
+
+    /// A link message for a veth port of `BR`.
+    fn veth_port(family: AddressFamily) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.interface_family = family;
+        m.header.index = 11;
+        m.header.flags = LinkFlags::Up | LinkFlags::Broadcast | LinkFlags::Multicast;
+        m.attributes = vec![
+            LinkAttribute::IfName("vc1".to_string()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::Address(MAC.to_vec()),
+            LinkAttribute::Controller(BR),
+            LinkAttribute::LinkInfo(vec![Info::Kind(InfoKind::Veth)]),
+        ];
+        m
+    }
+
+    #[test]
+    fn link_messages_become_link_events() {
+        let vc1 = LinkInfo {
+            index: 11,
+            name: "vc1".to_string(),
+            mac: Some(MAC),
+            mtu: 1450,
+            master: Some(BR),
+            up: true,
+            running: false,
+            kind: Some("veth".to_string()),
+        };
+        let new = RouteNetlinkMessage::NewLink(veth_port(AddressFamily::Unspec));
+        assert_eq!(host_event(&new), Some(HostEvent::Link(vc1)));
+        let del = RouteNetlinkMessage::DelLink(veth_port(AddressFamily::Unspec));
+        assert_eq!(host_event(&del), Some(HostEvent::LinkGone { index: 11, name: "vc1".to_string() }));
+        // What a bridge says about its ports, including "vc1 left the bridge": not about links.
+        assert_eq!(host_event(&RouteNetlinkMessage::NewLink(veth_port(AddressFamily::Bridge))), None);
+        assert_eq!(host_event(&RouteNetlinkMessage::DelLink(veth_port(AddressFamily::Bridge))), None);
+
+        let mut lo = LinkMessage::default();
+        lo.header.index = 1;
+        lo.header.flags = LinkFlags::Up | LinkFlags::Running | LinkFlags::Loopback;
+        lo.attributes = vec![LinkAttribute::IfName("lo".to_string()), LinkAttribute::Address(vec![0; 6])];
+        let Some(HostEvent::Link(lo)) = host_event(&RouteNetlinkMessage::NewLink(lo)) else { panic!() };
+        assert_eq!((lo.running, lo.master, lo.kind, lo.mac), (true, None, None, Some([0; 6])));
+    }
+
+    #[test]
+    fn ipv4_address_messages_become_address_events() {
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet;
+        a.header.index = 4;
+        assert_eq!(
+            host_event(&RouteNetlinkMessage::NewAddress(a.clone())),
+            Some(HostEvent::Address { index: 4 })
+        );
+        assert_eq!(
+            host_event(&RouteNetlinkMessage::DelAddress(a.clone())),
+            Some(HostEvent::Address { index: 4 })
+        );
+        a.header.family = AddressFamily::Inet6;
+        assert_eq!(host_event(&RouteNetlinkMessage::NewAddress(a)), None);
+    }
+
+    /// `message` as the event socket reads it off the wire.
+    fn wire(message: RouteNetlinkMessage) -> NetlinkMessage<RawRoute> {
+        let mut message = NetlinkMessage::from(message);
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        NetlinkMessage::<RawRoute>::deserialize(&bytes).unwrap()
+    }
+
+    #[test]
+    fn socket_messages_become_events_or_resync() {
+        let new = RouteNetlinkMessage::NewLink(veth_port(AddressFamily::Unspec));
+        let Some(HostEvent::Link(link)) = event_of(wire(new)) else { panic!() };
+        assert_eq!((link.index, link.name.as_str(), link.master), (11, "vc1", Some(BR)));
+        let none = NeighbourFlags::empty();
+        let del = RouteNetlinkMessage::DelNeighbour(neighbour(11, NeighbourState::Stale, none, Some(BR)));
+        assert_eq!(
+            event_of(wire(del)),
+            Some(HostEvent::Fdb { bridge: BR, port: 11, mac: MAC, present: false })
+        );
+
+        // What the socket task reports on ENOBUFS.
+        let mut header = NetlinkHeader::default();
+        header.message_type = netlink_packet_core::NLMSG_OVERRUN;
+        let overrun = NetlinkMessage::new(header, NetlinkPayload::Overrun(Vec::new()));
+        assert_eq!(event_of(overrun), Some(HostEvent::Resync));
+
+        // A notification that cannot be parsed (a link message shorter than its header).
+        let mut header = NetlinkHeader::default();
+        header.message_type = libc::RTM_NEWLINK;
+        let garbled = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(RawRoute(vec![0; 3])));
+        assert_eq!(event_of(garbled), Some(HostEvent::Resync));
+
+        // Done, Noop: nothing.
+        assert_eq!(event_of(NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Noop)), None);
+    }
+
+    #[test]
+    fn errors_name_the_operation() {
+        let mut e = netlink_packet_core::ErrorMessage::default();
+        e.code = std::num::NonZeroI32::new(-libc::ENODEV);
+        let error = NetlinkError::Request {
+            doing: "dumping the FDB of bridge index 5".to_string(),
+            error: rtnetlink::Error::NetlinkError(e),
+        };
+        assert_eq!(error.to_string(), "dumping the FDB of bridge index 5: No such device (os error 19)");
+        let timeout = NetlinkError::Timeout { doing: "dumping the links".to_string() };
+        assert_eq!(timeout.to_string(), "dumping the links: no complete answer from the kernel within 10 s");
+    }
+}

@@ -1,0 +1,241 @@
+//! Planning, a pure step: what this host knows about itself ([`HostFacts`]) plus what the store
+//! says (the [`Overlay`] and the peers) become what the datapath should hold: CONFIG, the routes
+//! and peers ([`Wanted`]), the route index's shape, the MTU and how decapsulation attaches.
+
+use std::net::Ipv4Addr;
+
+use xnet_common::maps::{Backend, DatapathConfig, GRE_KEYED, IngressHook, Peer, RemoteSubnet, Store};
+use xnet_common::wire::vni_to_wire;
+
+use crate::{
+    cidr::{self, Ipv4Network},
+    config::PeerConfig,
+    datapath::sync::{RouteIndexSpec, Wanted},
+    mac::Mac,
+    store::Overlay,
+};
+
+/// What the agent found out about this host before planning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    pub underlay_index: u32,
+    pub underlay_mtu: u32,
+    /// The networks of the underlay's addresses: peers on them are on this host's segment.
+    pub underlay_nets: Vec<Ipv4Network>,
+    /// The underlay is a virtual device (veth, bridge...): XDP there would cost the sender its
+    /// GSO, so decapsulation attaches at tc.
+    pub underlay_virtual: bool,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+}
+
+/// A plan that cannot work on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "the underlay interface has MTU {mtu}, too small for {overhead} bytes of tunnel headers; raise it"
+    )]
+    MtuTooSmall { mtu: u32, overhead: u32 },
+}
+
+/// The datapath this host should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub facts: HostFacts,
+    pub overlay: Overlay,
+    pub ingress: IngressHook,
+    /// The containers' MTU: the underlay's, less the costliest encapsulation this host sends with.
+    pub overlay_mtu: u32,
+}
+
+impl Plan {
+    /// Plans for `facts` and `overlay`; `ingress`: the configured hook (`None`: auto); `peers`: the
+    /// peers known at start (their backends count towards the MTU).
+    pub fn new(
+        facts: HostFacts,
+        overlay: Overlay,
+        ingress: Option<IngressHook>,
+        peers: &[PeerConfig],
+    ) -> Result<Self, PlanError> {
+        let ingress =
+            ingress.unwrap_or(if facts.underlay_virtual { IngressHook::Tc } else { IngressHook::Xdp });
+        let mut plan = Self { facts, overlay, ingress, overlay_mtu: 0 };
+        let tunnel = &plan.overlay.tunnel;
+        let overhead = peers
+            .iter()
+            .map(|p| plan.backend_for(p))
+            .chain([tunnel.kind, plan.sends_with(tunnel.kind, false)])
+            .map(|b| tunnel.overhead(b))
+            .max()
+            .unwrap_or(0);
+        let mtu = plan.facts.underlay_mtu;
+        // 68: the smallest MTU IPv4 allows (RFC 791).
+        plan.overlay_mtu =
+            mtu.checked_sub(overhead).filter(|m| *m >= 68).ok_or(PlanError::MtuTooSmall { mtu, overhead })?;
+        Ok(plan)
+    }
+
+    /// Whether `ip` is on the underlay's segment (reachable without a router).
+    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
+        self.facts.underlay_nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// What a peer that asks for `kind` is sent with: `direct` needs the peer on this segment,
+    /// else the tunnel's fallback.
+    fn sends_with(&self, kind: Backend, on_link: bool) -> Backend {
+        match kind {
+            Backend::Direct if !on_link => self.overlay.tunnel.fallback,
+            k => k,
+        }
+    }
+
+    /// The backend `peer` is sent with: its own, or the tunnel's, and for `direct` peers that are
+    /// not on the underlay's segment, the fallback.
+    pub fn backend_for(&self, peer: &PeerConfig) -> Backend {
+        self.sends_with(peer.backend.unwrap_or(self.overlay.tunnel.kind), self.on_link(peer.public_ip))
+    }
+
+    /// The REMOTE_SUBNETS value and the PEERS entry for `peer`.
+    pub fn entries(&self, peer: &PeerConfig) -> (RemoteSubnet, Peer) {
+        let backend = self.backend_for(peer) as u8;
+        let mac = peer.vtep_mac.0;
+        (
+            RemoteSubnet { peer_ip: peer.public_ip.octets(), vtep_mac: mac, backend, reserved: 0 },
+            Peer { vtep_mac: mac, backend, reserved: 0 },
+        )
+    }
+
+    /// Records `peer` in `wanted`.
+    pub fn set_peer(&self, wanted: &mut Wanted, peer: &PeerConfig) {
+        let (route, entry) = self.entries(peer);
+        wanted.set(peer.subnet, route, peer.public_ip.octets(), entry);
+    }
+
+    /// The routes and peers for `peers`, from `source`.
+    pub fn wanted<'a>(&self, source: Store, peers: impl IntoIterator<Item = &'a PeerConfig>) -> Wanted {
+        let mut wanted = Wanted::new(source, self.route_index());
+        for p in peers {
+            self.set_peer(&mut wanted, p);
+        }
+        wanted.take_changes();
+        wanted
+    }
+
+    /// The shape of the route index: the overlay network, and this host's subnet length as every
+    /// host's (flannel's SubnetLen; a peer with another length switches the index off).
+    pub fn route_index(&self) -> RouteIndexSpec {
+        RouteIndexSpec { network: self.overlay.network, subnet_len: self.overlay.subnet.prefix() }
+    }
+
+    /// CONFIG, apart from the route index fields (the sync owns those); `gateway_mac`: the MAC of
+    /// the first container interface (zero while unknown).
+    pub fn datapath_config(&self, gateway_mac: [u8; 6]) -> DatapathConfig {
+        let tunnel = &self.overlay.tunnel;
+        let subnet = &self.overlay.subnet;
+        DatapathConfig {
+            underlay_ifindex: self.facts.underlay_index,
+            underlay_mtu: self.facts.underlay_mtu,
+            local_ip: self.facts.public_ip.octets(),
+            local_subnet: subnet.network().octets(),
+            local_netmask: subnet.mask().octets(),
+            vxlan_vni: vni_to_wire(tunnel.vni),
+            vxlan_port: tunnel.vxlan_port.to_be_bytes(),
+            vtep_mac: self.facts.vtep_mac.0,
+            udp_port: tunnel.udp_port.to_be_bytes(),
+            flags: if tunnel.gre_key.is_some() { GRE_KEYED } else { 0 },
+            reserved: 0,
+            gre_key: tunnel.gre_key.unwrap_or(0).to_be_bytes(),
+            gateway_mac,
+            reserved2: [0; 2],
+            index_net: [0; 4],
+            index_netmask: [0; 4],
+            index_shift: 0,
+            reserved3: [0; 7],
+            // Built from the fields above when CONFIG is written.
+            outer: Default::default(),
+        }
+    }
+
+    /// The address this host's container bridge holds: the first of its subnet.
+    pub fn bridge_address(&self) -> Ipv4Addr {
+        cidr::first_host(&self.overlay.subnet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Tunnel;
+
+    fn facts(virtual_underlay: bool) -> HostFacts {
+        HostFacts {
+            underlay_index: 3,
+            underlay_mtu: 1500,
+            underlay_nets: vec![cidr::parse("198.18.0.0/24").unwrap()],
+            underlay_virtual: virtual_underlay,
+            public_ip: "198.18.0.1".parse().unwrap(),
+            vtep_mac: Mac::from_ipv4("198.18.0.1".parse().unwrap()),
+        }
+    }
+
+    fn overlay(kind: Backend) -> Overlay {
+        Overlay {
+            network: cidr::parse("10.244.0.0/16").unwrap(),
+            subnet: cidr::parse("10.244.1.0/24").unwrap(),
+            tunnel: Tunnel { kind, ..Tunnel::default() },
+        }
+    }
+
+    fn peer(subnet: &str, ip: &str, backend: Option<Backend>) -> PeerConfig {
+        let public_ip = ip.parse().unwrap();
+        PeerConfig {
+            subnet: cidr::parse(subnet).unwrap(),
+            public_ip,
+            vtep_mac: Mac::from_ipv4(public_ip),
+            backend,
+        }
+    }
+
+    #[test]
+    fn mtu_ingress_and_backends() {
+        let peers = [peer("10.244.2.0/24", "198.18.0.2", None), peer("10.244.3.0/24", "198.19.0.3", None)];
+        let plan = Plan::new(facts(true), overlay(Backend::Direct), None, &peers).unwrap();
+        assert_eq!(plan.ingress, IngressHook::Tc, "virtual underlay: tc");
+        assert_eq!(plan.backend_for(&peers[0]), Backend::Direct, "on the segment");
+        assert_eq!(plan.backend_for(&peers[1]), Backend::Vxlan, "off the segment: the fallback");
+        assert_eq!(plan.overlay_mtu, 1450, "the fallback's headers count");
+        let gre = Plan::new(facts(false), overlay(Backend::Gre), Some(IngressHook::Tc), &[]).unwrap();
+        assert_eq!((gre.ingress, gre.overlay_mtu), (IngressHook::Tc, 1476));
+        let mixed = [peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Vxlan))];
+        let p = Plan::new(facts(false), overlay(Backend::Gre), None, &mixed).unwrap();
+        assert_eq!((p.ingress, p.overlay_mtu), (IngressHook::Xdp, 1450), "a vxlan peer costs 50");
+        let tiny = HostFacts { underlay_mtu: 100, ..facts(true) };
+        assert_eq!(
+            Plan::new(tiny, overlay(Backend::Vxlan), None, &[]).unwrap_err(),
+            PlanError::MtuTooSmall { mtu: 100, overhead: 50 }
+        );
+    }
+
+    #[test]
+    fn config_and_entries() {
+        let plan = Plan::new(facts(true), overlay(Backend::Vxlan), None, &[]).unwrap();
+        let cfg = plan.datapath_config([2, 0, 0, 0, 0, 9]);
+        assert_eq!(
+            (cfg.local_ip, cfg.local_subnet, cfg.local_netmask),
+            ([198, 18, 0, 1], [10, 244, 1, 0], [255, 255, 255, 0])
+        );
+        assert_eq!(
+            (cfg.vxlan_port(), cfg.udp_port(), cfg.gre_key(), cfg.underlay_ifindex),
+            (8472, 8285, None, 3)
+        );
+        let p = peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Gre));
+        let (route, entry) = plan.entries(&p);
+        assert_eq!(
+            (route.peer_ip, route.backend, entry.backend),
+            ([198, 18, 0, 2], Backend::Gre as u8, Backend::Gre as u8)
+        );
+        let wanted = plan.wanted(Store::File, [&p]);
+        assert_eq!((wanted.routes().len(), wanted.peers().len()), (1, 1));
+        assert_eq!(plan.bridge_address(), Ipv4Addr::new(10, 244, 1, 1));
+    }
+}

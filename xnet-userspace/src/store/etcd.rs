@@ -1,0 +1,537 @@
+//! The etcd store, in flannel's schema (see [`crate::store::flannel`]): read the network config,
+//! lease a subnet with a transaction that only creates a key that does not exist (two hosts racing
+//! never get the same subnet), keep the lease alive, and follow the other hosts' leases with a
+//! watch. [`run`] is the store's task: it turns all of that into [`StoreEvent`]s for the agent and
+//! never touches the datapath. While etcd is unreachable it retries every endpoint with backoff;
+//! the agent keeps forwarding with the last peers it was told about.
+
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+use tokio::sync::mpsc;
+use xnet_common::maps::Backend;
+
+use crate::{
+    cidr::{self, Ipv4Network},
+    clock::unix_now,
+    config::EtcdSettings,
+    mac::Mac,
+    store::{
+        Identity, Overlay, StoreEvent,
+        flannel::{self, Lease, NetworkConfig, SchemaError},
+        leases::{LeaseTable, PeerDelta},
+    },
+};
+
+/// What went wrong talking to etcd, or with what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd at {endpoints} is unreachable or failed: {error}")]
+    Etcd { endpoints: String, error: String },
+    #[error(
+        "{key} does not exist; write flannel's network config there, e.g. etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'"
+    )]
+    NoConfig { key: String },
+    #[error("cannot read {what} {path}: {error}")]
+    TlsFile { what: &'static str, path: std::path::PathBuf, error: std::io::Error },
+    #[error("invalid network config: {0}")]
+    BadConfig(SchemaError),
+    #[error(
+        "every subnet of {network} between {min} and {max} is leased; widen the network or remove stale leases"
+    )]
+    Exhausted { network: Ipv4Network, min: Ipv4Addr, max: Ipv4Addr },
+}
+
+/// This host, as its lease describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Me {
+    pub public_ip: Ipv4Addr,
+    pub backend: Backend,
+    pub vtep_mac: Mac,
+    pub vni: u32,
+}
+
+/// A subnet this host holds, and the etcd lease that keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub lease: Lease,
+    pub lease_id: i64,
+    /// Seconds left on the etcd lease when it was granted or last renewed.
+    pub ttl: i64,
+}
+
+/// One key under `<prefix>/subnets/`: its lease, or why it is not one.
+#[derive(Clone, Debug)]
+pub struct ListedLease {
+    pub key: String,
+    pub parsed: Result<Lease, SchemaError>,
+    /// etcd's create revision of the key.
+    pub created: i64,
+}
+
+/// Every key under `<prefix>/subnets/` and the revision they were read at (a watch continues from
+/// there).
+#[derive(Clone, Debug, Default)]
+pub struct LeaseList {
+    pub entries: Vec<ListedLease>,
+    pub revision: i64,
+}
+
+/// A connection to etcd.
+pub struct EtcdClient {
+    client: Client,
+    settings: EtcdSettings,
+}
+
+impl EtcdClient {
+    /// Connects (tries every endpoint; fails after a few seconds if none answers).
+    pub async fn connect(settings: EtcdSettings) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(ca) = &settings.ca_file {
+            let read = |what: &'static str, path: &Path| {
+                std::fs::read(path).map_err(|error| StoreError::TlsFile { what, path: path.into(), error })
+            };
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("etcd.ca_file", ca)?));
+            if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read("etcd.cert_file", cert)?,
+                    read("etcd.key_file", key)?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        let client = Client::connect(&settings.endpoints, Some(options)).await.map_err(|e| {
+            StoreError::Etcd { endpoints: settings.endpoints.join(","), error: e.to_string() }
+        })?;
+        Ok(Self { client, settings })
+    }
+
+    fn fail(&self, e: etcd_client::Error) -> StoreError {
+        StoreError::Etcd { endpoints: self.settings.endpoints.join(","), error: e.to_string() }
+    }
+
+    pub fn settings(&self) -> &EtcdSettings {
+        &self.settings
+    }
+
+    /// `<prefix>/config`, parsed with flannel's defaults.
+    pub async fn network_config(&mut self) -> Result<NetworkConfig, StoreError> {
+        let key = format!("{}/config", self.settings.prefix.trim_end_matches('/'));
+        let resp = self.client.get(key.as_str(), None).await.map_err(|e| self.fail(e))?;
+        let kv = resp.kvs().first().ok_or_else(|| StoreError::NoConfig { key: key.clone() })?;
+        let text = String::from_utf8_lossy(kv.value());
+        NetworkConfig::parse(&key, &text).map_err(StoreError::BadConfig)
+    }
+
+    /// Every lease, as of now.
+    pub async fn leases(&mut self, cfg: &NetworkConfig) -> Result<LeaseList, StoreError> {
+        let dir = format!("{}/subnets/", self.settings.prefix.trim_end_matches('/'));
+        let resp = self
+            .client
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut list =
+            LeaseList { revision: resp.header().map_or(0, |h| h.revision()), ..Default::default() };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let parsed = parse_lease(&self.settings.prefix, cfg, &key, kv.value());
+            list.entries.push(ListedLease { key, parsed, created: kv.create_revision() });
+        }
+        Ok(list)
+    }
+
+    /// Watches the leases from `revision` on.
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, StoreError> {
+        let dir = format!("{}/subnets/", self.settings.prefix);
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision);
+        let stream = self.client.watch(dir, Some(options)).await.map_err(|e| self.fail(e))?;
+        Ok(stream)
+    }
+
+    /// Leases a subnet for `me`: the one that already carries this host's public IP, or `hint` (the
+    /// subnet this host had, from its subnet file) if it is still free, or the first free subnet.
+    /// Every new key is created by a transaction that fails if the key exists.
+    pub async fn acquire(
+        &mut self,
+        cfg: &NetworkConfig,
+        me: &Me,
+        hint: Option<Ipv4Network>,
+    ) -> Result<Held, StoreError> {
+        let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
+        let grant = self.client.lease_grant(ttl, None).await.map_err(|e| self.fail(e))?;
+        let (lease_id, ttl) = (grant.id(), grant.ttl());
+        let list = self.leases(cfg).await?;
+        let leases: Vec<Lease> = list.entries.into_iter().filter_map(|e| e.parsed.ok()).collect();
+        let lease_for = |subnet: Ipv4Network| Lease {
+            subnet,
+            public_ip: me.public_ip,
+            backend: me.backend,
+            vtep_mac: Some(me.vtep_mac),
+            vni: Some(me.vni),
+        };
+        // Ours already (a restart): keep the subnet, attach it to the new etcd lease.
+        if let Some(old) = leases.iter().find(|l| l.public_ip == me.public_ip && cfg.allows(&l.subnet)) {
+            let lease = lease_for(old.subnet);
+            let key = flannel::lease_key(&self.settings.prefix, &lease.subnet);
+            self.client
+                .put(key, lease.to_json(), Some(PutOptions::new().with_lease(lease_id)))
+                .await
+                .map_err(|e| self.fail(e))?;
+            return Ok(Held { lease, lease_id, ttl });
+        }
+        let taken: std::collections::BTreeSet<Ipv4Network> = leases.iter().map(|l| l.subnet).collect();
+        let candidates = hint.filter(|h| cfg.allows(h)).into_iter().chain(cfg.candidates());
+        for subnet in candidates {
+            if taken.contains(&subnet) {
+                continue;
+            }
+            let lease = lease_for(subnet);
+            let key = flannel::lease_key(&self.settings.prefix, &subnet);
+            let txn =
+                Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([
+                    TxnOp::put(key.as_str(), lease.to_json(), Some(PutOptions::new().with_lease(lease_id))),
+                ]);
+            if self.client.txn(txn).await.map_err(|e| self.fail(e))?.succeeded() {
+                return Ok(Held { lease, lease_id, ttl });
+            }
+        }
+        let _ = self.client.lease_revoke(lease_id).await;
+        Err(StoreError::Exhausted { network: cfg.network, min: cfg.subnet_min, max: cfg.subnet_max })
+    }
+
+    /// Writes `held`'s lease value again, attached to its etcd lease (after someone deleted or
+    /// overwrote it).
+    pub async fn restore(&mut self, held: &Held) -> Result<(), StoreError> {
+        let key = flannel::lease_key(&self.settings.prefix, &held.lease.subnet);
+        self.client
+            .put(key, held.lease.to_json(), Some(PutOptions::new().with_lease(held.lease_id)))
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Renews the etcd lease; returns the seconds it now has left (0: it expired or was revoked).
+    pub async fn renew(&mut self, lease_id: i64) -> Result<i64, StoreError> {
+        let gone = |e: &etcd_client::Error| e.to_string().contains("lease not found");
+        let (mut keeper, mut stream) = match self.client.lease_keep_alive(lease_id).await {
+            Ok(k) => k,
+            Err(e) if gone(&e) => return Ok(0),
+            Err(e) => return Err(self.fail(e)),
+        };
+        keeper.keep_alive().await.map_err(|e| self.fail(e))?;
+        match stream.message().await {
+            Ok(resp) => Ok(resp.map_or(0, |r| r.ttl())),
+            Err(e) if gone(&e) => Ok(0),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Gives the subnet up (its key goes with the etcd lease).
+    pub async fn release(&mut self, lease_id: i64) -> Result<(), StoreError> {
+        self.client.lease_revoke(lease_id).await.map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+}
+
+/// A lease found at `key`: its key must name a subnet of the network, and its value must parse.
+pub fn parse_lease(prefix: &str, cfg: &NetworkConfig, key: &str, value: &[u8]) -> Result<Lease, SchemaError> {
+    let subnet = flannel::parse_lease_key(prefix, key)?;
+    if !cidr::contains(&cfg.network, &subnet) {
+        return Err(SchemaError {
+            key: key.into(),
+            message: format!("is outside the network {}", cfg.network),
+        });
+    }
+    Lease::parse(key, subnet, &String::from_utf8_lossy(value))
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The next delay of a retry loop: doubling from half a second up to 30 s.
+fn backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(500), MAX_BACKOFF)
+}
+
+/// Logs `error` unless it is the same as the last one (a retry loop's `last`).
+fn warn_once(last: &mut String, what: &str, error: &StoreError) {
+    let message = error.to_string();
+    if *last != message {
+        tracing::warn!(error = %message, "{what}");
+        *last = message;
+    }
+}
+
+/// The subnet this host had, from its subnet file (`XNET_SUBNET=10.244.1.1/24`), if any.
+pub fn remembered_subnet(file: &Path) -> Option<Ipv4Network> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let value = text.lines().find_map(|l| l.strip_prefix("XNET_SUBNET="))?;
+    let (ip, len) = value.split_once('/')?;
+    let (ip, len): (Ipv4Addr, u8) = (ip.parse().ok()?, len.parse().ok()?);
+    cidr::network_of(ip, len)
+}
+
+/// The etcd store's task: connects, leases, reports the overlay and the peers, then follows
+/// them until `events` is closed.
+pub async fn run(
+    settings: EtcdSettings,
+    me: Identity,
+    hint: Option<Ipv4Network>,
+    events: mpsc::Sender<StoreEvent>,
+) {
+    let mut task = match Task::start(settings, me, hint).await {
+        Some(task) => task,
+        None => return,
+    };
+    let ready = StoreEvent::Ready {
+        overlay: Overlay {
+            network: task.net.network,
+            subnet: task.held.lease.subnet,
+            tunnel: task.net.tunnel(),
+        },
+        peers: task.table.peers().cloned().collect(),
+        invalid: task.table.invalid(),
+        lease_expiry: Some(task.lease_expiry()),
+    };
+    if events.send(ready).await.is_err() {
+        return;
+    }
+    task.follow(&events).await;
+}
+
+/// What the store's task holds once it has its lease.
+struct Task {
+    client: EtcdClient,
+    net: NetworkConfig,
+    me: Me,
+    held: Held,
+    table: LeaseTable,
+    revision: i64,
+}
+
+impl Task {
+    /// Connects, reads the network config, leases a subnet and lists the leases, retrying each
+    /// step with backoff until it works.
+    async fn start(settings: EtcdSettings, me: Identity, hint: Option<Ipv4Network>) -> Option<Self> {
+        let mut delay = Duration::from_millis(250);
+        let mut last = String::new();
+        let (mut client, net) = loop {
+            let attempt = async {
+                let mut client = EtcdClient::connect(settings.clone()).await?;
+                let net = client.network_config().await?;
+                Ok::<_, StoreError>((client, net))
+            };
+            match attempt.await {
+                Ok(ok) => break ok,
+                Err(e) => warn_once(&mut last, "waiting for etcd; retrying", &e),
+            }
+            delay = backoff(delay);
+            tokio::time::sleep(delay).await;
+        };
+        let me = Me { public_ip: me.public_ip, backend: net.backend, vtep_mac: me.vtep_mac, vni: net.vni };
+        // Leasing and the first listing are retried like the config: etcd may blink, and a full
+        // range may free up when stale leases expire.
+        let mut delay = Duration::from_millis(250);
+        let (held, list) = loop {
+            let attempt = async {
+                let held = client.acquire(&net, &me, hint).await?;
+                let list = client.leases(&net).await?;
+                Ok::<_, StoreError>((held, list))
+            };
+            match attempt.await {
+                Ok(ok) => break ok,
+                Err(e) => warn_once(&mut last, "cannot lease a subnet yet; retrying", &e),
+            }
+            delay = backoff(delay);
+            tokio::time::sleep(delay).await;
+        };
+        tracing::info!(subnet = %held.lease.subnet, lease_id = held.lease_id, ttl = held.ttl, "leased");
+        let table = table_of(&held, &list);
+        Some(Self { client, net, me, held, table, revision: list.revision })
+    }
+
+    fn lease_expiry(&self) -> u64 {
+        unix_now() + self.held.ttl.max(0) as u64
+    }
+
+    /// Follows the leases and keeps this host's own alive, until `events` is closed.
+    async fn follow(&mut self, events: &mpsc::Sender<StoreEvent>) {
+        let renew_every =
+            Duration::from_secs((self.held.ttl.max(3) / 3) as u64).min(Duration::from_secs(3600));
+        let mut renew_tick = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let mut stream = self.client.watch(self.revision + 1).await.ok();
+        let mut retry_delay = Duration::from_millis(250);
+        // Without a watch: list again and watch again (at once for a first watch that failed).
+        let mut retry_at = stream.is_none().then(tokio::time::Instant::now);
+        let mut up = true;
+        loop {
+            let next_message = async {
+                match stream.as_mut() {
+                    Some(s) => s.message().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                _ = events.closed() => return,
+                _ = renew_tick.tick() => self.renew().await,
+                message = next_message => match message {
+                    Ok(Some(resp)) if !resp.canceled() && resp.compact_revision() == 0 => {
+                        let mut delta = PeerDelta::default();
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            let change = match event.event_type() {
+                                EventType::Put => {
+                                    let parsed = parse_lease(&self.client.settings.prefix, &self.net, &key, kv.value());
+                                    self.table.put(&key, parsed, kv.create_revision())
+                                }
+                                EventType::Delete => self.table.delete(&key),
+                            };
+                            self.revision = self.revision.max(kv.mod_revision());
+                            delta.removed.retain(|s| !change.set.iter().any(|p| p.subnet == *s));
+                            delta.set.retain(|p| !change.removed.contains(&p.subnet) && !change.set.iter().any(|q| q.subnet == p.subnet));
+                            delta.set.extend(change.set);
+                            delta.removed.extend(change.removed);
+                        }
+                        if let Err(e) = self.keep_my_lease().await {
+                            tracing::warn!(error = %e, "cannot restore this host's lease; retrying");
+                        }
+                        Some(StoreEvent::Changed { delta, invalid: self.table.invalid() })
+                    }
+                    other => {
+                        // Compaction, cancel, end of stream or an error: list again and watch again.
+                        tracing::warn!(reason = ?other.err(), "lost the etcd watch; listing again");
+                        stream = None;
+                        retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                        Some(StoreEvent::Health { up: false, lease_expiry: None })
+                    }
+                },
+                _ = retry => {
+                    retry_at = None;
+                    match self.relist().await {
+                        Ok(peers) => {
+                            tracing::info!("etcd is back; listed the leases again");
+                            retry_delay = Duration::from_millis(250);
+                            // The watch may take a moment longer on a connection that just came
+                            // back: retry it soon, without backing off.
+                            match self.client.watch(self.revision + 1).await {
+                                Ok(s) => stream = Some(s),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "listed, but the watch is not back yet; retrying");
+                                    retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                                }
+                            }
+                            Some(StoreEvent::Resync { peers, invalid: self.table.invalid() })
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "etcd still unreachable");
+                            retry_delay = backoff(retry_delay);
+                            retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                            Some(StoreEvent::Health { up: false, lease_expiry: None })
+                        }
+                    }
+                }
+            };
+            let Some(event) = event else { continue };
+            let now_up = !matches!(event, StoreEvent::Health { up: false, .. });
+            if now_up && !up {
+                let health = StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) };
+                if events.send(health).await.is_err() {
+                    return;
+                }
+            }
+            up = now_up;
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Lists every lease again (after a lost watch) and rebuilds the table from it.
+    async fn relist(&mut self) -> Result<Vec<crate::config::PeerConfig>, StoreError> {
+        let list = self.client.leases(&self.net).await?;
+        self.table = table_of(&self.held, &list);
+        self.revision = list.revision;
+        self.keep_my_lease().await?;
+        Ok(self.table.peers().cloned().collect())
+    }
+
+    /// Our subnet is ours while our etcd lease lives: if its key was deleted or overwritten, put it
+    /// back (the other hosts route by it), naming what was there.
+    async fn keep_my_lease(&mut self) -> Result<(), StoreError> {
+        let mine = &self.held.lease;
+        let found = self.table.at_my_subnet().map(|l| l.public_ip);
+        if found == Some(mine.public_ip) {
+            return Ok(());
+        }
+        tracing::error!(
+            subnet = %mine.subnet,
+            found = found.map_or("nothing".to_string(), |ip| ip.to_string()),
+            "this host's lease was deleted or overwritten in etcd; restoring it"
+        );
+        self.client.restore(&self.held).await
+    }
+
+    /// Renews this host's lease; takes the same subnet again if the lease was lost.
+    async fn renew(&mut self) -> Option<StoreEvent> {
+        match self.client.renew(self.held.lease_id).await {
+            Ok(0) => {
+                // Revoked or expired behind our back: take the same subnet again if it is free;
+                // never move the containers to another one silently.
+                tracing::warn!(subnet = %self.held.lease.subnet, "our lease is gone; taking the subnet again");
+                match self.client.acquire(&self.net, &self.me, Some(self.held.lease.subnet)).await {
+                    Ok(h) if h.lease.subnet == self.held.lease.subnet => {
+                        self.held = h;
+                        Some(StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) })
+                    }
+                    Ok(other) => {
+                        tracing::error!(
+                            subnet = %self.held.lease.subnet,
+                            offered = %other.lease.subnet,
+                            "our subnet was taken by another host; keeping it for the running containers, not moving them; restart the agent to pick a new subnet"
+                        );
+                        let _ = self.client.release(other.lease_id).await;
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot lease the subnet again; retrying");
+                        Some(StoreEvent::Health { up: false, lease_expiry: None })
+                    }
+                }
+            }
+            Ok(ttl) => {
+                self.held.ttl = ttl;
+                Some(StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the lease; the datapath keeps forwarding, retrying");
+                Some(StoreEvent::Health { up: false, lease_expiry: None })
+            }
+        }
+    }
+}
+
+/// The lease table of `list`, for the host that holds `held`.
+fn table_of(held: &Held, list: &LeaseList) -> LeaseTable {
+    let mut table = LeaseTable::new(held.lease.subnet, held.lease.public_ip);
+    for entry in &list.entries {
+        table.put(&entry.key, entry.parsed.clone(), entry.created);
+    }
+    table
+}
