@@ -1,8 +1,2 @@
-//! The xnet lab: simulated hosts in network namespaces with real agents, shared by the integration
-//! tests, the demo and the benchmark.
-
-pub mod decoder;
-pub mod etcd;
-pub mod lab;
-pub mod netns;
-pub mod progcost;
+//! Empty: this package is its integration tests (`tests/*.rs`), which need root and use the lab in
+//! `xnet-lab`. It is not a default member of the workspace; `cargo xtask test` runs it.

@@ -5,23 +5,40 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use xnet::{
-    config::BackendType,
-    etcd_store::{EtcdSettings, EtcdStore, Me, StoreError},
-    subnet::{Ipv4Net, Mac},
+    cidr::{self, Ipv4Network},
+    config::EtcdSettings,
+    mac::Mac,
+    store::{
+        etcd::{EtcdClient, Held, LeaseList, Me, StoreError},
+        flannel::Lease,
+    },
 };
-use xnet_tests::etcd::Etcd;
+use xnet_common::maps::Backend;
+use xnet_lab::etcd::Etcd;
 
 const CONFIG_KEY: &str = "/coreos.com/network/config";
 
 fn me(n: u8) -> Me {
     let ip = Ipv4Addr::new(198, 18, 0, n);
-    Me { public_ip: ip, backend: BackendType::Vxlan, vtep_mac: Mac::from_ipv4(ip), vni: 1 }
+    Me { public_ip: ip, backend: Backend::Vxlan, vtep_mac: Mac::from_ipv4(ip), vni: 1 }
 }
 
-async fn store(etcd: &Etcd, ttl: Duration) -> EtcdStore {
+async fn store(etcd: &Etcd, ttl: Duration) -> EtcdClient {
     let mut s = EtcdSettings::new(vec![etcd.endpoint.clone()]);
     s.lease_ttl = ttl;
-    EtcdStore::connect(s).await.expect("connect")
+    EtcdClient::connect(s).await.expect("connect")
+}
+
+fn net(s: &str) -> Ipv4Network {
+    cidr::parse(s).unwrap()
+}
+
+/// The listed keys that are leases, and the reasons of those that are not.
+fn split(list: &LeaseList) -> (Vec<&Lease>, Vec<String>) {
+    let leases = list.entries.iter().filter_map(|e| e.parsed.as_ref().ok()).collect();
+    let invalid =
+        list.entries.iter().filter_map(|e| e.parsed.as_ref().err()).map(|e| e.to_string()).collect();
+    (leases, invalid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +50,7 @@ async fn leases_stay_inside_the_bounds_and_survive_a_restart() {
     let mut got = BTreeSet::new();
     for n in 1..=5 {
         let held = s.acquire(&cfg, &me(n), None).await.unwrap();
-        let a = held.lease.subnet.addr().octets();
+        let a = held.lease.subnet.network().octets();
         assert!(held.lease.subnet.prefix() == 24 && (10..=14).contains(&a[2]), "{}", held.lease.subnet);
         assert!(got.insert(held.lease.subnet), "{} handed out twice", held.lease.subnet);
         let stored =
@@ -49,12 +66,12 @@ async fn leases_stay_inside_the_bounds_and_survive_a_restart() {
     let mut wide = store(&etcd, Duration::from_secs(60)).await;
     etcd.etcdctl(&["del", "/coreos.com/network/subnets/10.50.13.0-24"]).unwrap();
     etcd.etcdctl(&["del", "/coreos.com/network/subnets/10.50.11.0-24"]).unwrap();
-    let hint: Ipv4Net = "10.50.13.0/24".parse().unwrap();
+    let hint = net("10.50.13.0/24");
     assert_eq!(wide.acquire(&cfg, &me(7), Some(hint)).await.unwrap().lease.subnet, hint);
-    got.remove(&"10.50.11.0/24".parse().unwrap());
+    got.remove(&net("10.50.11.0/24"));
     let first = got.iter().next().copied().unwrap();
     let list = s.leases(&cfg).await.unwrap();
-    let owner = list.leases.iter().find(|l| l.subnet == first).unwrap().public_ip;
+    let owner = split(&list).0.iter().find(|l| l.subnet == first).unwrap().public_ip;
     drop(s);
     let mut again = store(&etcd, Duration::from_secs(60)).await;
     let n = owner.octets()[3];
@@ -70,7 +87,7 @@ async fn ten_hosts_racing_for_a_small_network_never_collide() {
     for n in 1..=10 {
         let endpoint = etcd.endpoint.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = EtcdStore::connect(EtcdSettings::new(vec![endpoint])).await.unwrap();
+            let mut s = EtcdClient::connect(EtcdSettings::new(vec![endpoint])).await.unwrap();
             let cfg = s.network_config().await.unwrap();
             s.acquire(&cfg, &me(n), None).await.unwrap().lease.subnet
         }));
@@ -94,8 +111,7 @@ async fn renewal_keeps_a_short_lease_alive() {
     let cfg = s.network_config().await.unwrap();
     let kept = s.acquire(&cfg, &me(1), None).await.unwrap();
     let dropped = s.acquire(&cfg, &me(2), None).await.unwrap();
-    let key =
-        |h: &xnet::etcd_store::Held| format!("/coreos.com/network/subnets/{}-24", h.lease.subnet.addr());
+    let key = |h: &Held| format!("/coreos.com/network/subnets/{}-24", h.lease.subnet.network());
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let left = s.renew(kept.lease_id).await.unwrap();
@@ -130,18 +146,19 @@ async fn flannels_data_is_understood_and_bad_data_is_named() {
     etcd.put("/coreos.com/network/subnets/10.9.1.0-24", r#"{"PublicIP":"198.18.0.36","BackendType":"udp"}"#);
     etcd.put("/coreos.com/network/subnets/garbage", "{}");
     let cfg = s.network_config().await.unwrap();
-    assert_eq!((cfg.network, cfg.backend), ("10.5.0.0/16".parse::<Ipv4Net>().unwrap(), BackendType::Vxlan));
+    assert_eq!((cfg.network, cfg.backend), (net("10.5.0.0/16"), Backend::Vxlan));
     let list = s.leases(&cfg).await.unwrap();
-    assert_eq!(list.leases.len(), 1, "only the good lease: {:?}", list.leases);
-    assert_eq!(list.leases[0].vtep_mac.unwrap().to_string(), "82:4b:a1:2d:57:9e");
-    let reasons: Vec<String> = list.invalid.iter().map(|e| e.to_string()).collect();
+    let (leases, reasons) = split(&list);
+    assert_eq!(leases.len(), 1, "only the good lease: {leases:?}");
+    assert_eq!((leases[0].subnet, leases[0].backend), (net("10.5.34.0/24"), Backend::Vxlan), "{leases:?}");
+    assert_eq!(leases[0].vtep_mac.unwrap().to_string(), "82:4b:a1:2d:57:9e");
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("10.5.35.0-24: PublicIP")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("10.9.1.0-24: is outside the network")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("subnets/garbage")), "{reasons:?}");
     // xnet's own lease is one flannel parses: the fields flannel reads, with its names.
     let held = s.acquire(&cfg, &me(9), None).await.unwrap();
-    let raw = etcd.get(&format!("/coreos.com/network/subnets/{}-24", held.lease.subnet.addr())).unwrap();
+    let raw = etcd.get(&format!("/coreos.com/network/subnets/{}-24", held.lease.subnet.network())).unwrap();
     let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(
         (v["PublicIP"].as_str(), v["BackendType"].as_str()),
@@ -153,7 +170,7 @@ async fn flannels_data_is_understood_and_bad_data_is_named() {
         (Some(1), Some("02:00:c6:12:00:09")),
         "{raw}"
     );
-    assert_ne!(held.lease.subnet, "10.5.34.0/24".parse().unwrap(), "flannel's subnet is taken");
+    assert_ne!(held.lease.subnet, net("10.5.34.0/24"), "flannel's subnet is taken");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +182,7 @@ async fn tls_with_client_certificates() {
     settings.ca_file = Some(certs.join("ca.pem"));
     settings.cert_file = Some(certs.join("client.pem"));
     settings.key_file = Some(certs.join("client.key"));
-    let mut s = EtcdStore::connect(settings.clone()).await.expect("TLS connect");
+    let mut s = EtcdClient::connect(settings.clone()).await.expect("TLS connect");
     let cfg = s.network_config().await.expect("read over TLS");
     let held = s.acquire(&cfg, &me(1), None).await.unwrap();
     assert_eq!(held.lease.subnet.to_string(), "10.80.1.0/24");
@@ -173,10 +190,10 @@ async fn tls_with_client_certificates() {
     let mut anonymous = settings.clone();
     anonymous.cert_file = None;
     anonymous.key_file = None;
-    let refused = async { EtcdStore::connect(anonymous).await?.network_config().await };
+    let refused = async { EtcdClient::connect(anonymous).await?.network_config().await };
     assert!(refused.await.is_err(), "etcd requires a client certificate");
     let mut missing = settings;
     missing.ca_file = Some(certs.join("nope.pem"));
-    let e = EtcdStore::connect(missing).await.err().expect("missing CA file").to_string();
+    let e = EtcdClient::connect(missing).await.err().expect("missing CA file").to_string();
     assert!(e.contains("etcd.ca_file") && e.contains("nope.pem"), "{e}");
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use xnet_tests::{
+use xnet_lab::{
     decoder::scapy_decode,
     lab::{Capture, Lab, LabSpec},
 };

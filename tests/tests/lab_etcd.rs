@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xnet_tests::lab::{Lab, LabSpec};
+use xnet_lab::lab::{Lab, LabSpec};
 
 /// The subnets in host `i`'s datapath.
 fn routes(lab: &Lab, i: usize) -> Vec<String> {
@@ -112,7 +112,7 @@ fn new_leases_reach_the_maps_quickly_and_removals_too() {
         routes(&lab, 1).contains(&"10.244.79.0/24".to_string())
     });
     assert!(!routes(&lab, 1).iter().any(|r| r.starts_with("10.244.77.") || r.starts_with("10.99.")));
-    let metrics = lab.http_get(1, xnet_tests::lab::METRICS_ADDR, "/metrics");
+    let metrics = lab.http_get(1, xnet_lab::lab::METRICS_ADDR, "/metrics");
     assert!(metrics.lines().any(|l| l == "xnet_store_invalid_entries 2"), "{metrics}");
     assert!(metrics.lines().any(|l| l == "xnet_store_up{store=\"etcd\"} 1"), "{metrics}");
     let log = lab.log(1);
@@ -129,7 +129,7 @@ fn new_leases_reach_the_maps_quickly_and_removals_too() {
         (Some("etcd"), Some(true)),
         "{status}"
     );
-    let now = xnet::agent::unix_now();
+    let now = xnet::clock::unix_now();
     let expiry = status["lease_expiry"].as_u64().expect("a lease expiry");
     assert!(expiry > now && expiry <= now + 31, "lease expires in (0, 30] s: {expiry} vs {now}");
     let text = lab.xnet(1, &["status", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
@@ -188,12 +188,12 @@ fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
         "no reply lost during the outage: {summary}"
     );
     // Host 1 cut off from etcd while a host joins; it catches up when it can reach etcd again.
-    lab.host(1).ns.ip(&["route", "add", "blackhole", &format!("{}/32", xnet_tests::lab::ETCD_IP)]);
+    lab.host(1).ns.ip(&["route", "add", "blackhole", &format!("{}/32", xnet_lab::lab::ETCD_IP)]);
     let (key, value) = fake_lease(90);
     lab.etcd[0].put(&key, &value);
     std::thread::sleep(Duration::from_secs(3));
     assert!(!routes(&lab, 1).contains(&"10.244.90.0/24".to_string()), "partitioned: cannot know yet");
-    lab.host(1).ns.ip(&["route", "del", "blackhole", &format!("{}/32", xnet_tests::lab::ETCD_IP)]);
+    lab.host(1).ns.ip(&["route", "del", "blackhole", &format!("{}/32", xnet_lab::lab::ETCD_IP)]);
     let took = wait_for(Duration::from_secs(45), "host 1 reconciles after the partition", || {
         routes(&lab, 1).contains(&"10.244.90.0/24".to_string())
     });
@@ -245,14 +245,14 @@ fn the_agent_waits_for_the_network_config_and_defends_its_lease() {
         ..LabSpec::default()
     });
     let etcd = &lab.etcd[0];
-    let config = etcd.get(xnet_tests::lab::ETCD_CONFIG_KEY).unwrap();
-    etcd.etcdctl(&["del", xnet_tests::lab::ETCD_CONFIG_KEY]).unwrap();
+    let config = etcd.get(xnet_lab::lab::ETCD_CONFIG_KEY).unwrap();
+    etcd.etcdctl(&["del", xnet_lab::lab::ETCD_CONFIG_KEY]).unwrap();
     // Without a network config the agent waits, says what is missing, and does not exit.
     let host = lab.host(1);
     let log = std::fs::File::create(&host.log_path).unwrap();
     let mut agent = host
         .ns
-        .command(xnet_tests::lab::xnet_bin().to_str().unwrap())
+        .command(xnet_lab::lab::xnet_bin().to_str().unwrap())
         .args(["run", "--config", host.config_path.to_str().unwrap()])
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -263,7 +263,7 @@ fn the_agent_waits_for_the_network_config_and_defends_its_lease() {
     });
     assert!(agent.try_wait().unwrap().is_none(), "still running, waiting:\n{}", lab.log(1));
     assert!(!host.pin_dir.exists(), "nothing set up yet");
-    etcd.put(xnet_tests::lab::ETCD_CONFIG_KEY, &config);
+    etcd.put(xnet_lab::lab::ETCD_CONFIG_KEY, &config);
     wait_for(Duration::from_secs(40), "ready once the config exists", || lab.log(1).contains("xnet ready"));
 
     // Someone overwrites host 1's lease with another address: host 1 restores it.

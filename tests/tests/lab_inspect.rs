@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use xnet_tests::lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin};
+use xnet_lab::lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin};
 
 fn json(lab: &Lab, i: usize, args: &[&str]) -> Value {
     let pin = lab.host(i).pin_dir.to_str().unwrap().to_string();
@@ -187,7 +187,7 @@ fn the_agent_tells_systemd_when_it_is_ready() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let status = agent.wait().unwrap();
     let n = got.expect("no sd_notify message within 30 s");
-    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(&buf[..n], b"READY=1\n");
     assert!(status.success(), "agent exit {status}");
     assert!(!host.pin_dir.exists(), "SIGTERM removed the pins");
 }

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use xnet_tests::lab::{Capture, Lab, LabSpec};
+use xnet_lab::lab::{Capture, Lab, LabSpec};
 
 /// Outer VXLAN packets among captured frames: (outer src, outer dst, udp src port, udp dst port,
 /// VNI, inner src, inner dst).
@@ -233,7 +233,7 @@ fn maps_pinned_by_another_version_are_named_not_loaded() {
     // CONFIG as an older xnet pinned it: 40-byte values.
     std::fs::create_dir_all(&host.pin_dir).unwrap();
     let config = host.pin_dir.join("CONFIG");
-    xnet_tests::netns::run_ok(std::process::Command::new("bpftool").args([
+    xnet_lab::netns::run_ok(std::process::Command::new("bpftool").args([
         "map",
         "create",
         config.to_str().unwrap(),

@@ -14,8 +14,8 @@ use std::{
 };
 
 use clap::Parser;
-use xnet::subnet::Ipv4Net;
-use xnet_common::{csum, wire::Ipv4Hdr};
+use ipnetwork::Ipv4Network;
+use xnet_common::wire::Ipv4Hdr;
 
 #[derive(Parser)]
 struct Args {
@@ -30,12 +30,12 @@ struct Args {
     port: u16,
     /// A remote subnet and the host that owns it, as SUBNET=IP.
     #[arg(long, value_parser = parse_peer)]
-    peer: Vec<(Ipv4Net, Ipv4Addr)>,
+    peer: Vec<(Ipv4Network, Ipv4Addr)>,
 }
 
-fn parse_peer(s: &str) -> Result<(Ipv4Net, Ipv4Addr), String> {
+fn parse_peer(s: &str) -> Result<(Ipv4Network, Ipv4Addr), String> {
     let (net, ip) = s.split_once('=').ok_or("expected SUBNET=IP")?;
-    Ok((net.parse().map_err(|e| format!("{e}"))?, ip.parse().map_err(|e| format!("{e}"))?))
+    Ok((net.parse::<Ipv4Network>().map_err(|e| format!("{e}"))?, ip.parse().map_err(|e| format!("{e}"))?))
 }
 
 /// Opens /dev/net/tun and creates the layer-3 device `name` (no packet information prefix).
@@ -104,7 +104,7 @@ fn tun_to_peer(args: &Args, sock: &UdpSocket, packet: &mut [u8]) {
         return;
     }
     let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    let Some((_, peer)) = args.peer.iter().find(|(net, _)| net.contains_addr(dst)) else {
+    let Some((_, peer)) = args.peer.iter().find(|(net, _)| net.contains(dst)) else {
         return;
     };
     // SAFETY: Ipv4Hdr is 20 bytes of u8 fields with alignment 1, and packet has at least 20 bytes.
@@ -112,6 +112,6 @@ fn tun_to_peer(args: &Args, sock: &UdpSocket, packet: &mut [u8]) {
     if ip.ttl <= 1 {
         return;
     }
-    csum::decrement_ttl(ip);
+    ip.decrement_ttl();
     let _ = sock.send_to(packet, SocketAddrV4::new(*peer, args.port));
 }

@@ -3,26 +3,35 @@
 //! encapsulation would grow it, decapsulation turn it into a plain packet), summed up by
 //! [`trimmed_mean`].
 
-use aya::{
-    Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+use std::{cell::RefCell, collections::BTreeMap, net::Ipv4Addr};
+
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
+use xnet::{
+    cidr,
+    clock::{monotonic_coarse_ns, unix_now},
+    config::{PeerConfig, Tunnel},
+    datapath::{
+        Datapath, Program,
+        sync::{RouteIndexSpec, Scope, Wanted},
+    },
+    mac::Mac,
+    plan::{HostFacts, Plan},
+    store::Overlay,
 };
-use xnet::{EBPF_OBJECT, programs};
 use xnet_common::{
-    maps::{Backend, DatapathConfig, Peer, RemoteSubnet},
-    wire::{InnerInfo, UdpHdr, VxlanLocal, VxlanRemote, udp_outer, vni_to_wire, vxlan_outer},
+    maps::{Backend, DatapathConfig, Endpoint, ROUTE_INDEX_VALID, Store},
+    wire::{InnerInfo, UdpHdr, VxlanLocal, VxlanRemote, udp_outer, vxlan_outer},
 };
 
-/// Runs the loaded xnet program `program` (XDP or tc) once on `input` through BPF_PROG_TEST_RUN,
-/// with the output packet written to `out`.
+/// Runs `program` of `dp` once on `input` through BPF_PROG_TEST_RUN, with the output packet
+/// written to `out`.
 pub fn test_run(
-    ebpf: &Ebpf,
-    program: &str,
+    dp: &mut Datapath,
+    program: Program,
     input: &[u8],
     out: &mut [u8],
 ) -> Result<TestRunResult, ProgramError> {
-    test_run_on(ebpf, program, input, out, None)
+    test_run_on(dp, program, input, out, None)
 }
 
 /// A `struct __sk_buff` for BPF_PROG_TEST_RUN's context: `ingress_ifindex` (byte 36) and `ifindex`
@@ -39,107 +48,127 @@ fn skb_arriving_on(ifindex: Option<u32>) -> [u8; 192] {
 /// [`test_run`] with the packet arriving on interface `ifindex` (of the calling thread's network
 /// namespace) for tc programs: `skb->dev` and `ingress_ifindex` are set from it.
 pub fn test_run_on(
-    ebpf: &Ebpf,
-    program: &str,
+    dp: &mut Datapath,
+    program: Program,
     input: &[u8],
     out: &mut [u8],
     ifindex: Option<u32>,
 ) -> Result<TestRunResult, ProgramError> {
     let skb = skb_arriving_on(ifindex);
-    let ctx_in = (ifindex.is_some() && program != programs::XDP_INGRESS).then_some(&skb[..]);
+    let ctx_in = (ifindex.is_some() && program != Program::XdpIngress).then_some(&skb[..]);
     let opts = TestRunOptions { data_in: Some(input), data_out: Some(out), ctx_in, ..TestRunOptions::new() };
-    if program == programs::XDP_INGRESS {
-        let p: &Xdp = ebpf.program(program).expect("program").try_into().expect("XDP");
-        p.test_run(opts)
-    } else {
-        let p: &SchedClassifier = ebpf.program(program).expect("program").try_into().expect("classifier");
-        p.test_run(opts)
+    let p = dp.program_mut(program);
+    match program {
+        Program::XdpIngress => {
+            let p: &mut Xdp = p.try_into().expect("XDP");
+            p.test_run(opts)
+        }
+        Program::TcEgress | Program::TcIngress => {
+            let p: &mut SchedClassifier = p.try_into().expect("classifier");
+            p.test_run(opts)
+        }
     }
 }
 
-/// The datapath loaded without pins, configured like host 198.18.0.1 with peers .2 (vxlan),
-/// .3 (udp), .4 (gre) and .5 (direct) owning 10.244.2-5.0/24.
+/// The peers of [`Bench`]: 198.18.0.`n` owning 10.244.`n`.0/24, with this backend.
+const PEERS: [(u8, Backend); 4] =
+    [(2, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)];
+
+/// The peer at `ip` (VTEP MAC 2:0 and its address) owning `subnet`, sent to with `backend`.
+fn peer(subnet: cidr::Ipv4Network, ip: Ipv4Addr, backend: Backend) -> PeerConfig {
+    PeerConfig { subnet, public_ip: ip, vtep_mac: Mac::from_ipv4(ip), backend: Some(backend) }
+}
+
+/// A route index shape that no route of [`Bench`] fits (hosts with /25 subnets): the agent then
+/// looks every route up in the LPM trie.
+fn trie_only(network: cidr::Ipv4Network) -> RouteIndexSpec {
+    RouteIndexSpec { network, subnet_len: 25 }
+}
+
+/// The datapath loaded without pins, set up by the agent's own planning and map writes as host
+/// 198.18.0.1 (10.244.1.0/24 of 10.244.0.0/16, VNI 1) with peers .2 (vxlan), .3 (udp), .4 (gre)
+/// and .5 (direct) owning 10.244.2-5.0/24. As with the agent, the route index is switched on
+/// (every route is a /24 of the network); see [`Bench::use_route_index`].
 pub struct Bench {
-    ebpf: Ebpf,
+    /// Behind a `RefCell` because running a program needs it mutably, while the benchmark's
+    /// samplers share one bench; the borrow lasts one call.
+    dp: RefCell<Datapath>,
+    plan: Plan,
+    wanted: Wanted,
+    config: DatapathConfig,
     /// The interface tc test runs arrive on, if set.
     ifindex: Option<u32>,
 }
 
 fn bytes<T>(v: &T) -> &[u8] {
     // SAFETY: only used on #[repr(C)] header structs of bytes (no padding, all bytes initialised).
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
 impl Bench {
     pub fn new() -> Bench {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load");
-        for p in [programs::TC_EGRESS, programs::TC_INGRESS] {
-            let prog: &mut SchedClassifier = ebpf.program_mut(p).unwrap().try_into().unwrap();
-            prog.load().expect("load program");
-        }
-        let xdp: &mut Xdp = ebpf.program_mut(programs::XDP_INGRESS).unwrap().try_into().unwrap();
-        xdp.load().expect("load xdp");
-        let cfg = DatapathConfig {
-            underlay_ifindex: 1,
+        let dp = Datapath::load_unpinned().unwrap_or_else(|e| panic!("load the programs: {e} ({e:?})"));
+        let local = Ipv4Addr::new(198, 18, 0, 1);
+        let facts = HostFacts {
+            underlay_index: 1,
             underlay_mtu: 1500,
-            local_ip: [198, 18, 0, 1],
-            local_subnet: [10, 244, 1, 0],
-            local_netmask: [255, 255, 255, 0],
-            vxlan_vni: vni_to_wire(1),
-            vxlan_port: 8472u16.to_be_bytes(),
-            vtep_mac: [2, 0, 198, 18, 0, 1],
-            udp_port: 8285u16.to_be_bytes(),
-            gateway_mac: [2, 0x42, 10, 244, 1, 1],
-            ..Default::default()
+            underlay_nets: vec![cidr::parse("198.18.0.0/24").expect("network")],
+            underlay_virtual: false,
+            public_ip: local,
+            vtep_mac: Mac::from_ipv4(local),
         };
-        Array::<&mut MapData, DatapathConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())
-            .unwrap()
-            .set(0, cfg.with_outer_templates(), 0)
-            .unwrap();
-        let backends = [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)];
-        {
-            let mut peers: HashMap<&mut MapData, [u8; 4], Peer> =
-                HashMap::try_from(ebpf.map_mut("PEERS").unwrap()).unwrap();
-            for (n, b) in backends {
-                peers
-                    .insert(
-                        [198, 18, 0, n],
-                        Peer { vtep_mac: [2, 0, 198, 18, 0, n], backend: b as u8, reserved: 0 },
-                        0,
-                    )
-                    .unwrap();
-            }
-        }
-        set_peer_slots(&mut ebpf, &backends.map(|(n, _)| [198, 18, 0, n]));
-        let mut bench = Bench { ebpf, ifindex: None };
-        for (n, b) in backends {
-            bench.route([10, 244, n, 0], 24, [198, 18, 0, n], b);
-        }
+        let overlay = Overlay {
+            network: cidr::parse("10.244.0.0/16").expect("network"),
+            subnet: cidr::parse("10.244.1.0/24").expect("subnet"),
+            tunnel: Tunnel { kind: Backend::Vxlan, vni: 1, ..Tunnel::default() },
+        };
+        let peers: Vec<PeerConfig> = PEERS
+            .iter()
+            .map(|&(n, b)| {
+                let subnet = cidr::network(Ipv4Addr::new(10, 244, n, 0), 24).expect("subnet");
+                peer(subnet, Ipv4Addr::new(198, 18, 0, n), b)
+            })
+            .collect();
+        let plan = Plan::new(facts, overlay, None, &peers).expect("plan");
+        let wanted = plan.wanted(Store::File, &peers);
+        let config = plan.datapath_config(BRIDGE_MAC);
+        let mut bench = Bench { dp: RefCell::new(dp), plan, wanted, config, ifindex: None };
+        bench.sync(Scope::All);
         bench
     }
 
-    fn route(&mut self, addr: [u8; 4], prefix: u32, peer: [u8; 4], backend: Backend) {
-        let mut routes: LpmTrie<&mut MapData, [u8; 4], RemoteSubnet> =
-            LpmTrie::try_from(self.ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
-        routes.insert(&Key::new(prefix, addr), route_via(peer, backend), 0).unwrap();
+    /// Writes what is wanted as the agent does.
+    fn sync(&mut self, scope: Scope) {
+        self.dp.get_mut().sync(&self.wanted, &self.config, &scope, unix_now()).expect("sync the maps");
     }
 
-    /// Adds `n` more /32 routes (172.16.0.0 onwards, all via the vxlan peer), for lookup scaling.
+    /// Adds `n` more /32 routes (172.16.0.0 + `from` onwards, all via the vxlan peer), for lookup
+    /// scaling. They are not subnets of the network, so the agent switches the route index off:
+    /// every lookup walks the LPM trie.
     pub fn add_routes(&mut self, from: u32, n: u32) {
+        let via = Ipv4Addr::new(198, 18, 0, 2);
         for i in from..from + n {
-            self.route((0xac10_0000u32 + i).to_be_bytes(), 32, [198, 18, 0, 2], Backend::Vxlan);
+            let subnet = cidr::network(Ipv4Addr::from(0xac10_0000u32 + i), 32).expect("a /32");
+            self.plan.set_peer(&mut self.wanted, &peer(subnet, via, Backend::Vxlan));
         }
+        let scope = self.wanted.take_changes();
+        self.sync(scope);
     }
 
-    /// Switches the route index on (filled from the four peer routes, as the agent does when every
-    /// route is a /24 of 10.244.0.0/16) or off (every lookup walks the LPM trie).
+    /// Switches the route index on (the agent's shape for these routes: every route is a /24 of
+    /// 10.244.0.0/16) or off (a shape no route fits: every lookup walks the LPM trie). Panics if
+    /// the index does not end up as asked (on, with routes from [`Bench::add_routes`]).
     pub fn use_route_index(&mut self, on: bool) {
-        let mut index: Array<&mut MapData, RemoteSubnet> =
-            Array::try_from(self.ebpf.map_mut("ROUTE_INDEX").unwrap()).unwrap();
-        for (n, b) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
-            index.set(n as u32, route_via([198, 18, 0, n], b), 0).unwrap();
+        let spec = if on { self.plan.route_index() } else { trie_only(self.plan.overlay.network) };
+        let mut wanted = Wanted::new(Store::File, spec);
+        for (net, route) in self.wanted.routes() {
+            wanted.set(*net, *route, route.peer_ip, self.wanted.peers()[&route.peer_ip]);
         }
-        switch_route_index(&mut self.ebpf, on);
+        wanted.take_changes();
+        self.wanted = wanted;
+        self.sync(Scope::All);
+        let index_on = self.dp.get_mut().config().flags & ROUTE_INDEX_VALID != 0;
+        assert_eq!(index_on, on, "route index switched on");
     }
 
     /// Makes tc test runs arrive on interface `ifindex`.
@@ -149,23 +178,21 @@ impl Bench {
 
     /// Adds a container MAC -> bridge port entry to LOCAL_PORTS.
     pub fn local_port(&mut self, mac: [u8; 6], ifindex: u32) {
-        let mut ports: HashMap<&mut MapData, [u8; 6], xnet_common::maps::LocalPort> =
-            HashMap::try_from(self.ebpf.map_mut("LOCAL_PORTS").unwrap()).unwrap();
-        ports.insert(mac, xnet_common::maps::LocalPort { ifindex }, 0).unwrap();
+        self.dp.get_mut().maps_mut().put_local_port(mac, ifindex).expect("write LOCAL_PORTS");
     }
 
     /// Kernel-measured nanoseconds of one run of `program` on `input`: [`trimmed_mean`] of `runs`.
-    pub fn cost(&self, program: &str, input: &[u8], runs: usize) -> f64 {
+    pub fn cost(&self, program: Program, input: &[u8], runs: usize) -> f64 {
         trimmed_mean(self.samples(program, input, runs))
     }
 
     /// Kernel-measured nanoseconds of each of `runs` single runs of `program` on `input`.
-    pub fn samples(&self, program: &str, input: &[u8], runs: usize) -> Vec<f64> {
+    pub fn samples(&self, program: Program, input: &[u8], runs: usize) -> Vec<f64> {
         let mut out = vec![0u8; input.len() + 128];
+        let mut dp = self.dp.borrow_mut();
         (0..runs)
             .map(|_| {
-                let result =
-                    test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run");
+                let result = test_run_on(&mut dp, program, input, &mut out, self.ifindex).expect("test run");
                 result.duration.as_nanos() as f64
             })
             .collect()
@@ -181,16 +208,6 @@ pub fn trimmed_mean(mut samples: Vec<f64>) -> f64 {
     let cut = samples.len() / 10;
     let middle = &samples[cut..samples.len() - cut];
     middle.iter().sum::<f64>() / middle.len() as f64
-}
-
-/// A route to `peer` with `backend`; the peer's VTEP MAC is 2:0 and its address.
-fn route_via(peer: [u8; 4], backend: Backend) -> RemoteSubnet {
-    RemoteSubnet {
-        peer_ip: peer,
-        vtep_mac: [2, 0, peer[0], peer[1], peer[2], peer[3]],
-        backend: backend as u8,
-        reserved: 0,
-    }
 }
 
 impl Default for Bench {
@@ -291,9 +308,9 @@ struct TestRunAttr {
 }
 
 impl NullProgram {
-    /// A null program of the type of `program` (an xnet program name), returning "pass".
-    pub fn like(program: &str) -> std::io::Result<Self> {
-        let (prog_type, verdict) = if program == programs::XDP_INGRESS {
+    /// A null program of the type of `program`, returning "pass".
+    pub fn like(program: Program) -> std::io::Result<Self> {
+        let (prog_type, verdict) = if program == Program::XdpIngress {
             (BPF_PROG_TYPE_XDP, 2)
         } else {
             (BPF_PROG_TYPE_SCHED_CLS, 0)
@@ -363,21 +380,14 @@ impl NullProgram {
         // SAFETY: attr is a valid, zero-padded bpf_attr prefix for BPF_PROG_LOAD; the instruction and
         // license buffers outlive the call.
         let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const _,
-                std::mem::size_of::<ProgLoadAttr>(),
-            )
+            libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &raw const attr, size_of::<ProgLoadAttr>())
         };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this new file descriptor; nothing else owns it.
-        Ok(Self {
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
-            xdp: prog_type == BPF_PROG_TYPE_XDP,
-        })
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { fd, xdp: prog_type == BPF_PROG_TYPE_XDP })
     }
 
     /// Kernel-measured nanoseconds of one run on `input`: [`trimmed_mean`] of `runs`.
@@ -408,12 +418,7 @@ impl NullProgram {
             // SAFETY: attr is a valid bpf_attr prefix; the buffers it points to are alive and sized
             // as stated.
             let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_TEST_RUN,
-                    &mut attr as *mut _,
-                    std::mem::size_of::<TestRunAttr>(),
-                )
+                libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>())
             };
             assert_eq!(ret, 0, "test run of the null program: {}", std::io::Error::last_os_error());
             samples.push(attr.duration as f64);
@@ -446,7 +451,7 @@ fn hash_map_with(key: u32, value: &[u8]) -> std::io::Result<std::os::fd::OwnedFd
     // SAFETY: the kernel just returned this new file descriptor; nothing else owns it.
     let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     // BPF_MAP_UPDATE_ELEM: map_fd (u32, padded to 8), key pointer, value pointer, flags.
-    let update = [map.as_raw_fd() as u64, &key as *const u32 as u64, value.as_ptr() as u64, 0u64, 0, 0, 0, 0];
+    let update = [map.as_raw_fd() as u64, (&raw const key) as u64, value.as_ptr() as u64, 0u64, 0, 0, 0, 0];
     // SAFETY: a zero-padded bpf_attr for BPF_MAP_UPDATE_ELEM; key and value outlive the call.
     let ret =
         unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, update.as_ptr(), size_of_val(&update)) };
@@ -481,33 +486,6 @@ fn lddw(dst: u8, v: u64) -> [u64; 2] {
     [insn(0x18, dst, 0, 0, v as u32 as i32), insn(0, 0, 0, 0, (v >> 32) as u32 as i32)]
 }
 
-/// Switches ROUTE_INDEX on or off in CONFIG, shaped for /24 subnets of 10.244.0.0/16 (entry n is
-/// 10.244.n.0/24), as the agent does; the entries themselves are the caller's.
-pub fn switch_route_index(ebpf: &mut Ebpf, on: bool) {
-    use xnet_common::maps::ROUTE_INDEX_VALID;
-    let mut config: Array<&mut MapData, DatapathConfig> =
-        Array::try_from(ebpf.map_mut("CONFIG").unwrap()).unwrap();
-    let cfg = config.get(&0, 0).unwrap();
-    let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
-    let cfg = DatapathConfig {
-        flags,
-        index_net: [10, 244, 0, 0],
-        index_netmask: [255, 255, 0, 0],
-        index_shift: 8,
-        ..cfg
-    };
-    config.set(0, cfg, 0).unwrap();
-}
-
-/// Fills PEER_SLOTS for `peers` (already in PEERS), as the agent does.
-pub fn set_peer_slots(ebpf: &mut Ebpf, peers: &[[u8; 4]]) {
-    let mut slots: Array<&mut MapData, xnet_common::maps::PeerSlot> =
-        Array::try_from(ebpf.map_mut("PEER_SLOTS").unwrap()).unwrap();
-    for (i, slot) in xnet::datapath::peer_slots(peers) {
-        slots.set(i, slot, 0).unwrap();
-    }
-}
-
 /// The container that [`tunnelled_frame`]s are for, as the delivery namespace knows it.
 pub const CONTAINER_IP: &str = "10.244.1.5";
 pub const CONTAINER_MAC: [u8; 6] = [2, 0x42, 10, 244, 1, 5];
@@ -522,11 +500,11 @@ pub fn in_delivery_netns<T: Send + 'static>(f: impl FnOnce(u32, u32) -> T + Send
     let ns =
         crate::netns::Netns::create(&format!("xd{}-{}", std::process::id(), NS_COUNTER.fetch_add(1, SeqCst)));
     ns.ip(&["link", "add", "xb0", "type", "veth", "peer", "name", "xb1"]);
-    let mac = xnet::subnet::Mac(BRIDGE_MAC).to_string();
+    let mac = Mac(BRIDGE_MAC).to_string();
     ns.ip(&["link", "set", "xb0", "address", &mac, "up"]);
     ns.ip(&["link", "set", "xb1", "up"]);
     ns.ip(&["addr", "add", "10.244.1.1/24", "dev", "xb0"]);
-    let container_mac = xnet::subnet::Mac(CONTAINER_MAC).to_string();
+    let container_mac = Mac(CONTAINER_MAC).to_string();
     ns.ip(&["neigh", "replace", CONTAINER_IP, "lladdr", &container_mac, "dev", "xb0", "nud", "permanent"]);
     crate::netns::run_ok(ns.command("sysctl").args(["-q", "-w", "net.ipv4.conf.all.forwarding=1"]));
     crate::netns::run_ok(ns.command("sysctl").args(["-q", "-w", "net.ipv4.conf.xb1.forwarding=1"]));
@@ -554,41 +532,30 @@ impl Bench {
     }
 
     /// ENDPOINTS, as (container IP, entry).
-    pub fn endpoints(&self) -> Vec<([u8; 4], xnet_common::maps::Endpoint)> {
-        let map: HashMap<&MapData, [u8; 4], xnet_common::maps::Endpoint> =
-            HashMap::try_from(self.ebpf.map("ENDPOINTS").unwrap()).unwrap();
-        map.iter().filter_map(Result::ok).collect()
+    pub fn endpoints(&self) -> Vec<([u8; 4], Endpoint)> {
+        self.dp.borrow().maps().endpoints()
     }
 
-    /// Removes what the agent's one-second tick would from ENDPOINTS, with `ports` as the bridge
-    /// ports it found (container MAC -> ifindex).
-    pub fn expire_endpoints(&mut self, ports: &std::collections::BTreeMap<[u8; 6], u32>) {
-        let stale = xnet::datapath::stale_endpoints(
-            self.endpoints().into_iter(),
-            ports,
-            xnet::datapath::monotonic_coarse_ns(),
-        );
-        let mut map: HashMap<&mut MapData, [u8; 4], xnet_common::maps::Endpoint> =
-            HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
-        for ip in stale {
-            map.remove(&ip).unwrap();
-        }
+    /// What the agent's one-second tick does with `ports` as the bridge ports it found (container
+    /// MAC -> ifindex): LOCAL_PORTS made to hold exactly those, and the stale ENDPOINTS entries
+    /// removed.
+    pub fn expire_endpoints(&mut self, ports: &BTreeMap<[u8; 6], u32>) {
+        self.dp.get_mut().sync_local_ports(ports, monotonic_coarse_ns()).expect("sync LOCAL_PORTS");
     }
 
     /// Makes every ENDPOINTS entry look resolved long ago.
     pub fn age_endpoints(&mut self) {
-        let entries = self.endpoints();
-        let mut map: HashMap<&mut MapData, [u8; 4], xnet_common::maps::Endpoint> =
-            HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
-        for (ip, e) in entries {
-            map.insert(ip, xnet_common::maps::Endpoint { resolved_at: 0, ..e }, 0).unwrap();
+        let maps = self.dp.get_mut().maps_mut();
+        for (ip, e) in maps.endpoints() {
+            maps.put_endpoint(ip, &Endpoint { resolved_at: 0, ..e }).expect("write ENDPOINTS");
         }
     }
 
     /// Runs `program` once on `input`; (verdict, output).
-    pub fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    pub fn run(&self, program: Program, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 128];
-        let r = test_run_on(&self.ebpf, program, input, &mut out, self.ifindex).expect("test run");
+        let r =
+            test_run_on(&mut self.dp.borrow_mut(), program, input, &mut out, self.ifindex).expect("test run");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }

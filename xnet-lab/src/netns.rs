@@ -43,8 +43,12 @@ impl Netns {
         cmd
     }
 
-    /// A command that runs inside this namespace. Unlike `ip netns exec` it keeps the caller's mount
-    /// namespace, so bpffs pins stay visible (see TOOLCHAIN.md).
+    /// A command that runs inside this namespace, as `nsenter --net=/run/netns/NAME` would run it:
+    /// only the network namespace changes, so the command keeps the caller's mounts and with them
+    /// the root bpffs at /sys/fs/bpf, where agents pin their maps. (`ip netns exec` would also put
+    /// the command in a mount namespace of its own, with a fresh /sys that has no bpffs, and that
+    /// mount namespace dies with the command: pins made there would be invisible to the rest of
+    /// the lab and gone when it exits.)
     pub fn command(&self, program: &str) -> Command {
         Self::command_at(&self.path(), program)
     }

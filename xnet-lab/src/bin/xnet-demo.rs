@@ -5,7 +5,7 @@
 use std::{process::Command, time::Instant};
 
 use clap::Parser;
-use xnet_tests::lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin};
+use xnet_lab::lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin};
 
 #[derive(Parser)]
 struct Args {
@@ -39,8 +39,8 @@ fn main() {
         ..LabSpec::default()
     });
     if let Some(etcd) = lab.etcd.first() {
-        let config = etcd.get(xnet_tests::lab::ETCD_CONFIG_KEY).unwrap_or_default();
-        println!("--- etcd at {}: {} = {config}", etcd.endpoint, xnet_tests::lab::ETCD_CONFIG_KEY);
+        let config = etcd.get(xnet_lab::lab::ETCD_CONFIG_KEY).unwrap_or_default();
+        println!("--- etcd at {}: {} = {config}", etcd.endpoint, xnet_lab::lab::ETCD_CONFIG_KEY);
         let leases = etcd.etcdctl(&["get", "/coreos.com/network/subnets/", "--prefix"]).unwrap_or_default();
         println!("leases, written by the agents (no peer is written by hand):\n{leases}");
     }

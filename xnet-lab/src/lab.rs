@@ -605,12 +605,12 @@ impl Lab {
             &port.to_string(),
             "nolearning",
         ]);
-        let mac = xnet::subnet::Mac::from_ipv4(h.public_ip).to_string();
+        let mac = xnet::mac::Mac::from_ipv4(h.public_ip).to_string();
         h.ns.ip(&["link", "set", "flannel.1", "address", &mac, "mtu", &mtu, "up"]);
         let vtep_ip = h.subnet.replace("/24", "");
         h.ns.ip(&["addr", "add", &format!("{vtep_ip}/32"), "dev", "flannel.1"]);
         for p in self.hosts.iter().filter(|p| p.index != h.index) {
-            let pmac = xnet::subnet::Mac::from_ipv4(p.public_ip).to_string();
+            let pmac = xnet::mac::Mac::from_ipv4(p.public_ip).to_string();
             let pvtep = p.subnet.replace("/24", "");
             h.ns.ip(&["neigh", "replace", &pvtep, "lladdr", &pmac, "dev", "flannel.1", "nud", "permanent"]);
             run_ok(Command::new("bridge").args([
@@ -809,7 +809,7 @@ impl Drop for Lab {
 /// A binary of this workspace built next to the running one (the bench's helpers).
 fn sibling_bin(name: &str) -> PathBuf {
     near_exe(name).unwrap_or_else(|exe| {
-        panic!("cannot find {name} near {}; build the xnet-tests binaries", exe.display())
+        panic!("cannot find {name} near {}; build it: cargo build -p xnet-lab --bins", exe.display())
     })
 }
 
@@ -835,9 +835,10 @@ fn stop_child(mut child: Child) -> ExitStatus {
 
 fn is_bpffs(path: &str) -> bool {
     let c = std::ffi::CString::new(path).expect("path");
-    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    // SAFETY: statfs is plain data (integers); all zeros is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == 0xcafe4a11
+    // SAFETY: `c` is NUL-terminated and `st` a writable statfs, both alive for the call.
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && st.f_type == libc::BPF_FS_MAGIC
 }
 
 /// FNV-1a, to compare what was sent with what arrived.
@@ -886,8 +887,8 @@ impl Capture {
             let rc = unsafe {
                 libc::bind(
                     sock.as_raw_fd(),
-                    &sll as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    (&raw const sll).cast::<libc::sockaddr>(),
+                    size_of::<libc::sockaddr_ll>() as u32,
                 )
             };
             assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
@@ -898,8 +899,8 @@ impl Capture {
                     sock.as_raw_fd(),
                     libc::SOL_SOCKET,
                     libc::SO_RCVTIMEO,
-                    &tv as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
+                    (&raw const tv).cast::<libc::c_void>(),
+                    size_of::<libc::timeval>() as u32,
                 )
             };
             ready_tx.send(()).expect("ready");

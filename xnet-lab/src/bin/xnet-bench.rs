@@ -19,8 +19,9 @@ use std::{
 use aya::maps::{LpmTrie, MapData};
 use clap::Parser;
 use serde_json::{Value, json};
+use xnet::datapath::Program;
 use xnet_common::maps::{Backend, RemoteSubnet};
-use xnet_tests::{
+use xnet_lab::{
     lab::{Lab, LabSpec, UNDERLAY_MTU, VXLAN_OVERHEAD},
     progcost::{Bench, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
 };
@@ -219,10 +220,10 @@ struct Cost {
 /// Every program on every kind of packet, in a namespace where decapsulated packets can be
 /// delivered (so tc decap includes finding the container and rewriting for it, as in real traffic).
 fn per_packet_costs(runs: usize) -> Vec<Cost> {
-    xnet_tests::progcost::in_delivery_netns(move |underlay, port| {
+    xnet_lab::progcost::in_delivery_netns(move |underlay, port| {
         let mut bench = Bench::new();
         bench.arrive_on(underlay);
-        bench.local_port(xnet_tests::progcost::CONTAINER_MAC, port);
+        bench.local_port(xnet_lab::progcost::CONTAINER_MAC, port);
         bench.use_route_index(false);
         let trie = costs_of(&bench, runs, true);
         // As the agent runs it when every route is one subnet of the network's subnet length.
@@ -235,46 +236,48 @@ fn per_packet_costs(runs: usize) -> Vec<Cost> {
 
 /// With `trie_only`, the encapsulations alone, labelled as looked up in the LPM trie.
 fn costs_of(bench: &Bench, runs: usize, trie_only: bool) -> Vec<Cost> {
-    use xnet::programs::{TC_EGRESS, TC_INGRESS, XDP_INGRESS};
-    let mut inputs: Vec<(&'static str, String, Vec<u8>)> = Vec::new();
+    let mut inputs: Vec<(Program, String, Vec<u8>)> = Vec::new();
     if trie_only {
         for (n, backend) in
             [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)]
         {
             let what = format!("encap {} (route from the LPM trie)", backend.name());
-            inputs.push((TC_EGRESS, what, container_frame([10, 244, n, 7])));
+            inputs.push((Program::TcEgress, what, container_frame([10, 244, n, 7])));
         }
         return measure_costs(bench, runs, inputs);
     }
     for (n, backend) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre), (5, Backend::Direct)] {
         inputs.push((
-            TC_EGRESS,
+            Program::TcEgress,
             format!("encap {} (route from the index)", backend.name()),
             container_frame([10, 244, n, 7]),
         ));
     }
-    inputs.push((TC_EGRESS, "same-host (pass)".into(), container_frame([10, 244, 1, 9])));
+    inputs.push((Program::TcEgress, "same-host (pass)".into(), container_frame([10, 244, 1, 9])));
     for (n, backend) in [(2u8, Backend::Vxlan), (3, Backend::Udp), (4, Backend::Gre)] {
-        for program in [TC_INGRESS, XDP_INGRESS] {
-            let what =
-                if program == TC_INGRESS { " + delivery into the container" } else { " (to the stack)" };
+        for program in [Program::TcIngress, Program::XdpIngress] {
+            let what = if program == Program::TcIngress {
+                " + delivery into the container"
+            } else {
+                " (to the stack)"
+            };
             inputs.push((program, format!("decap {}{what}", backend.name()), tunnelled_frame(n, backend)));
         }
     }
     measure_costs(bench, runs, inputs)
 }
 
-fn measure_costs(bench: &Bench, runs: usize, inputs: Vec<(&'static str, String, Vec<u8>)>) -> Vec<Cost> {
+fn measure_costs(bench: &Bench, runs: usize, inputs: Vec<(Program, String, Vec<u8>)>) -> Vec<Cost> {
     let nulls: Vec<NullProgram> = inputs
         .iter()
-        .map(|(program, ..)| NullProgram::like(program).expect("load the null program"))
+        .map(|(program, ..)| NullProgram::like(*program).expect("load the null program"))
         .collect();
     let rows = inputs
         .iter()
         .zip(&nulls)
-        .map(|((program, _, input), null)| -> (Sampler, Sampler) {
+        .map(|((program, _, input), null)| -> (Sampler<'_>, Sampler<'_>) {
             (
-                Box::new(move |n| bench.samples(program, input, n)),
+                Box::new(move |n| bench.samples(*program, input, n)),
                 Box::new(move |n| null.samples(input, n, bench.arrival())),
             )
         })
@@ -283,7 +286,7 @@ fn measure_costs(bench: &Bench, runs: usize, inputs: Vec<(&'static str, String, 
     inputs
         .into_iter()
         .zip(means)
-        .map(|((program, packet, _), (raw, harness))| Cost { program, packet, raw, harness })
+        .map(|((program, packet, _), (raw, harness))| Cost { program: program.name(), packet, raw, harness })
         .collect()
 }
 
@@ -298,7 +301,7 @@ const WARM_UP_RUNS: usize = 1000;
 /// alternating within each row's turn. A disturbance of the machine (another guest, the kernel
 /// still tearing down the traffic labs' namespaces, a frequency change) so weighs on every row and
 /// its harness alike, instead of on whichever row happened to run at the time.
-fn rotated(runs: usize, mut rows: Vec<(Sampler, Sampler)>) -> Vec<(f64, f64)> {
+fn rotated(runs: usize, mut rows: Vec<(Sampler<'_>, Sampler<'_>)>) -> Vec<(f64, f64)> {
     for (program, harness) in &mut rows {
         program(WARM_UP_RUNS);
         harness(WARM_UP_RUNS);
@@ -319,8 +322,8 @@ fn rotated(runs: usize, mut rows: Vec<(Sampler, Sampler)>) -> Vec<(f64, f64)> {
 /// delivers into the container (remove 50 bytes, redirect into its veth; and with the one lookup
 /// that finds the veth).
 fn helper_floors(runs: usize) -> Vec<Cost> {
-    xnet_tests::progcost::in_delivery_netns(move |underlay, port| {
-        let null = NullProgram::like(xnet::programs::TC_EGRESS).expect("load the null program");
+    xnet_lab::progcost::in_delivery_netns(move |underlay, port| {
+        let null = NullProgram::like(Program::TcEgress).expect("load the null program");
         let floors = [
             (
                 "kernel helpers only",
@@ -344,7 +347,7 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
         ];
         let rows = floors
             .iter()
-            .map(|(_, _, floor, input)| -> (Sampler, Sampler) {
+            .map(|(_, _, floor, input)| -> (Sampler<'_>, Sampler<'_>) {
                 (
                     Box::new(move |n| floor.samples(input, n, Some(underlay))),
                     Box::new(|n| null.samples(input, n, Some(underlay))),
@@ -372,7 +375,7 @@ fn lookup_scaling(bench: &mut Bench, runs: usize) -> Vec<(u32, f64)> {
     for size in [10u32, 10_000, 100_000, 1_000_000] {
         bench.add_routes(present - 4, size - present);
         present = size;
-        out.push((size, bench.cost(xnet::programs::TC_EGRESS, &container_frame([10, 244, 2, 7]), runs)));
+        out.push((size, bench.cost(Program::TcEgress, &container_frame([10, 244, 2, 7]), runs)));
     }
     out
 }
@@ -443,7 +446,7 @@ fn leases_to_maps(leases: u32) -> f64 {
                         .map(|p| {
                             let subnet = std::net::Ipv4Addr::from(0x0a00_0000u32 + p * 256);
                             let ip = std::net::Ipv4Addr::from(0x6440_0001u32 + p);
-                            let mac = xnet::subnet::Mac::from_ipv4(ip);
+                            let mac = xnet::mac::Mac::from_ipv4(ip);
                             let key = format!("/coreos.com/network/subnets/{subnet}-24");
                             let value = format!(
                                 r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VtepMAC":"{mac}"}}}}"#
@@ -618,7 +621,7 @@ fn main() {
         machine["cpu_model"].as_str().unwrap_or("?"),
         args.runs,
         args.seconds,
-        if xnet_tests::lab::iperf3_pinned() { "client on CPU 0, server on CPU 1, " } else { "" },
+        if xnet_lab::lab::iperf3_pinned() { "client on CPU 0, server on CPU 1, " } else { "" },
         machine["tcp_congestion_control"].as_str().unwrap_or("?"),
         UNDERLAY_MTU - VXLAN_OVERHEAD,
     );

@@ -1,0 +1,8 @@
+//! The xnet lab: simulated hosts in network namespaces with real agents, shared by the integration
+//! tests, the demo and the benchmark.
+
+pub mod decoder;
+pub mod etcd;
+pub mod lab;
+pub mod netns;
+pub mod progcost;
