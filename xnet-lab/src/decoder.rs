@@ -74,3 +74,22 @@ pub fn scapy_decode(dir: &Path, frames: &[Vec<u8>], udp_port: u16) -> Vec<Value>
     assert!(out.status.success(), "scapy decode failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Value>(&out.stdout).expect("scapy JSON").as_array().expect("array").clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcap_files_have_the_global_header_and_one_record_per_frame() {
+        let path = std::env::temp_dir().join(format!("xnet-pcap-test-{}.pcap", std::process::id()));
+        write_pcap(&path, &[vec![1, 2, 3], vec![4; 60]]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!((u32_at(0), u32_at(20)), (0xa1b2_c3d4, 1), "magic and Ethernet link type");
+        assert_eq!(bytes.len(), 24 + (16 + 3) + (16 + 60), "a 24-byte header, 16 bytes per record");
+        assert_eq!((u32_at(24 + 8), u32_at(24 + 12)), (3, 3), "captured and original length");
+        assert_eq!(&bytes[40..43], &[1, 2, 3]);
+        assert_eq!((u32_at(43), u32_at(43 + 8)), (1, 60), "the second record");
+    }
+}

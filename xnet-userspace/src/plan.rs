@@ -64,7 +64,7 @@ impl Plan {
         let overhead = peers
             .iter()
             .map(|p| plan.backend_for(p))
-            .chain([tunnel.kind, plan.sends_with(tunnel.kind, false)])
+            .chain([tunnel.kind])
             .map(|b| tunnel.overhead(b))
             .max()
             .unwrap_or(0);
@@ -204,6 +204,8 @@ mod tests {
         assert_eq!(plan.backend_for(&peers[0]), Backend::Direct, "on the segment");
         assert_eq!(plan.backend_for(&peers[1]), Backend::Vxlan, "off the segment: the fallback");
         assert_eq!(plan.overlay_mtu, 1450, "the fallback's headers count");
+        let adjacent = Plan::new(facts(true), overlay(Backend::Direct), None, &peers[..1]).unwrap();
+        assert_eq!(adjacent.overlay_mtu, 1500, "every peer on the segment: no overhead");
         let gre = Plan::new(facts(false), overlay(Backend::Gre), Some(IngressHook::Tc), &[]).unwrap();
         assert_eq!((gre.ingress, gre.overlay_mtu), (IngressHook::Tc, 1476));
         let mixed = [peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Vxlan))];

@@ -293,8 +293,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so."))
         .context("the nightly toolchain ships no libLLVM.so.*")?;
-    // libLLVM.so.22.1-rust-... -> major version 22 -> cargo feature llvm-22
-    let major: String = llvm["libLLVM.so.".len()..].chars().take_while(char::is_ascii_digit).collect();
+    let major = llvm_major(&llvm).with_context(|| format!("no LLVM version in {llvm}"))?;
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"));
@@ -329,4 +328,25 @@ fn bpffs() -> anyhow::Result<()> {
     eprintln!("    bpffs: mounting on /sys/fs/bpf");
     run(privileged("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     Ok(())
+}
+
+/// The LLVM major version in the name of the toolchain's library: `libLLVM.so.22.1-rust-1.97.0-nightly`
+/// -> `22` (bpf-linker's cargo feature is then `llvm-22`).
+fn llvm_major(library: &str) -> Option<String> {
+    let major: String =
+        library.strip_prefix("libLLVM.so.")?.chars().take_while(char::is_ascii_digit).collect();
+    (!major.is_empty()).then_some(major)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_llvm_major_version_comes_from_the_library_name() {
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly").as_deref(), Some("22"));
+        assert_eq!(llvm_major("libLLVM.so.9").as_deref(), Some("9"));
+        assert_eq!(llvm_major("libLLVM.so.rust"), None);
+        assert_eq!(llvm_major("libLLVM-22.so"), None);
+    }
 }

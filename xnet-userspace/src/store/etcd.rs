@@ -426,7 +426,7 @@ impl Task {
                     retry_at = None;
                     match self.relist().await {
                         Ok(peers) => {
-                            tracing::info!("etcd is back; listed the leases again");
+                            tracing::info!("etcd is back; reconciled");
                             retry_delay = Duration::from_millis(250);
                             // The watch may take a moment longer on a connection that just came
                             // back: retry it soon, without backing off.

@@ -358,7 +358,10 @@ mod tests {
         for (text, expected) in [
             (r#"{"PublicIP":"198.18.0.300","BackendType":"udp"}"#, "PublicIP: = \"198.18.0.300\""),
             (r#"{"BackendType":"udp"}"#, "PublicIP: is missing"),
-            (r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan","BackendData":{"VNI":1}}"#, "VtepMAC: is missing"),
+            (
+                r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+                "VtepMAC: is missing",
+            ),
             ("[]", "must be a JSON object"),
         ] {
             let e = Lease::parse(&key, subnet, text).expect_err(text).to_string();
