@@ -22,9 +22,8 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::{
-    maps::{Backend, DatapathConfig, GRE_KEYED, Peer, ROUTE_INDEX_VALID, RemoteSubnet, Store},
+    maps::{Backend, DatapathConfig, DatapathParams, Peer, PeerSlot, RemoteSubnet, SlotState, Store},
     stats::{Direction, Outcome, index},
-    wire::vni_to_wire,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -143,44 +142,31 @@ impl Datapath {
             return this;
         }
         this.sync(Scope::All);
-        // CONFIG as this test expects it, whatever the planning does.
-        let index = match lookup {
-            Lookup::Index => DatapathConfig {
-                flags: ROUTE_INDEX_VALID,
-                index_net: [10, 244, 0, 0],
-                index_netmask: [255, 255, 0, 0],
-                index_shift: 8,
-                ..Default::default()
-            },
-            Lookup::Trie => DatapathConfig::default(),
-        };
-        let expected = DatapathConfig {
+        // CONFIG as this test expects it, whatever the planning does. (The bytes these settings
+        // become are xnet-common's unit tests' business; the packets below check them too.)
+        let expected = DatapathConfig::new(&DatapathParams {
             underlay_ifindex: 1,
             underlay_mtu: UNDERLAY_MTU,
             local_ip: LOCAL_IP,
             local_subnet: [10, 244, 1, 0],
             local_netmask: [255, 255, 255, 0],
-            vxlan_vni: vni_to_wire(VNI),
-            vxlan_port: PORT.to_be_bytes(),
+            vni: VNI,
+            vxlan_port: PORT,
             vtep_mac: LOCAL_VTEP,
-            udp_port: UDP_PORT.to_be_bytes(),
-            flags: index.flags | if gre_key.is_some() { GRE_KEYED } else { 0 },
-            reserved: 0,
-            gre_key: gre_key.unwrap_or(0).to_be_bytes(),
-            gateway_mac: BRIDGE_MAC,
-            ..index
+            udp_port: UDP_PORT,
+            gre_key,
+        })
+        .with_gateway_mac(BRIDGE_MAC);
+        let expected = match lookup {
+            Lookup::Index => expected.with_route_index([10, 244, 0, 0], [255, 255, 0, 0], 8),
+            Lookup::Trie => expected,
         };
         assert_eq!(this.dp.maps().config().unwrap(), expected.with_outer_templates(), "CONFIG as written");
         let routes = this.dp.maps().routes().unwrap();
         assert_eq!(routes.len(), 4, "{routes:?}");
         for (n, backend) in BACKENDS {
             let route = routes[&net(&format!("10.244.{n}.0/24"))];
-            let want = RemoteSubnet {
-                peer_ip: [198, 18, 0, n],
-                vtep_mac: PEER_VTEP,
-                backend: backend as u8,
-                reserved: 0,
-            };
+            let want = RemoteSubnet::new([198, 18, 0, n], PEER_VTEP, backend);
             assert_eq!(route, want, "route to 10.244.{n}.0/24");
         }
         this
@@ -212,7 +198,7 @@ impl Datapath {
         for d in Direction::ALL {
             for o in Outcome::ALL {
                 let c = self.dp.maps().counter(index(d, o)).unwrap();
-                out.insert((d as u32, o as u32), (c.packets, c.bytes));
+                out.insert((d as u32, o as u32), (c.packets(), c.bytes()));
             }
         }
         out
@@ -493,11 +479,11 @@ fn egress_drops_what_would_not_fit_the_underlay() {
 #[test]
 fn egress_without_config_drops_overlay_traffic_instead_of_leaking_it() {
     let mut dp = Datapath::new(false);
-    // A route (without a backend) synced with an all-zero CONFIG, in the trie: the index's entries
-    // without a backend read as empty.
+    // A vxlan route synced with an all-zero CONFIG, in the trie (the index is off in an all-zero
+    // CONFIG): the packet would be encapsulated if CONFIG were there.
     let mut wanted = Wanted::new(Store::File, trie_only());
-    let route = RemoteSubnet { peer_ip: PEER_IP, ..Default::default() };
-    wanted.set(net("10.244.2.0/24"), route, PEER_IP, Peer::default());
+    let route = RemoteSubnet::new(PEER_IP, PEER_VTEP, Backend::Vxlan);
+    wanted.set(net("10.244.2.0/24"), route, PEER_IP, Peer::new(PEER_VTEP, Backend::Vxlan));
     dp.dp.sync(&wanted, &DatapathConfig::default(), &Scope::All, unix_now()).unwrap();
     assert_eq!(dp.dp.maps().config().unwrap(), DatapathConfig::default(), "no CONFIG written");
     assert_eq!(dp.dp.maps().route(&net("10.244.2.0/24")), Some(route));
@@ -882,7 +868,7 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
         let endpoints = bench.endpoints();
         assert_eq!(endpoints.len(), 1, "{endpoints:?}");
         assert_eq!(
-            (endpoints[0].0, endpoints[0].1.ifindex, endpoints[0].1.dmac),
+            (endpoints[0].0, endpoints[0].1.ifindex(), endpoints[0].1.dmac()),
             ([10, 244, 1, 5], port, CMAC)
         );
 
@@ -909,7 +895,7 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
 
 #[test]
 fn peers_sharing_a_slot_are_checked_in_full() {
-    use xnet_common::maps::{SLOT_PEER, SLOT_SHARED, peer_slot};
+    use xnet_common::maps::peer_slot;
     let mut dp = Datapath::new(true);
     // Two addresses that hash to the same PEER_SLOTS entry, and a stranger hashing there too.
     // Addresses from 198.0.0.0/8 (the datapath checks nothing else about them).
@@ -921,14 +907,19 @@ fn peers_sharing_a_slot_are_checked_in_full() {
     // Both become peers as the agent adds them (vxlan, owning 10.244.8.0/24 and 10.244.9.0/24).
     dp.add_peers(&[peer("10.244.8.0/24", a, Backend::Vxlan), peer("10.244.9.0/24", b, Backend::Vxlan)]);
     let written = dp.dp.maps().mirror().unwrap();
-    let vxlan_peer = Peer { vtep_mac: PEER_VTEP, backend: Backend::Vxlan as u8, reserved: 0 };
+    let vxlan_peer = Peer::new(PEER_VTEP, Backend::Vxlan);
     assert_eq!(
         (written.peers.get(&a), written.peers.get(&b)),
         (Some(&vxlan_peer), Some(&vxlan_peer)),
         "PEERS"
     );
-    assert_eq!(written.slots[&peer_slot(&a)].state, SLOT_SHARED, "{:?}", written.slots);
-    assert_eq!(written.slots[&peer_slot(&[198, 18, 0, 2])].state, SLOT_PEER, "{:?}", written.slots);
+    assert_eq!(written.slots[&peer_slot(&a)].state(), SlotState::Shared, "{:?}", written.slots);
+    assert_eq!(
+        written.slots[&peer_slot(&[198, 18, 0, 2])],
+        PeerSlot::peer([198, 18, 0, 2]),
+        "{:?}",
+        written.slots
+    );
     let inner = inner_to_local();
     for (who, src) in [("first of a shared slot", a), ("second of a shared slot", b)] {
         // scapy: Ether()/IP(src=who, dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()/IP()/ICMP()
@@ -963,8 +954,7 @@ fn the_route_index_answers_for_the_network_while_switched_on() {
     let mut dp = Datapath::new(true);
     let index_only = container_ping([10, 244, 7, 9], 0, 8); // in ROUTE_INDEX only
     let trie_only = container_ping([10, 244, 2, 7], 0, 8); // in REMOTE_SUBNETS only
-    let via_index =
-        RemoteSubnet { peer_ip: PEER_IP, vtep_mac: PEER_VTEP, backend: Backend::Vxlan as u8, reserved: 0 };
+    let via_index = RemoteSubnet::new(PEER_IP, PEER_VTEP, Backend::Vxlan);
     // The agent's sync switched the index on for /24 subnets of 10.244.0.0/16 (CONFIG checked in
     // the fixture): entry n is 10.244.n.0/24, filled from the routes.
     let written = dp.dp.maps().mirror().unwrap();
@@ -979,8 +969,13 @@ fn the_route_index_answers_for_the_network_while_switched_on() {
     dp.write(Op::PutIndex(2, RemoteSubnet::default()));
     let set_flag = |dp: &mut Datapath, on: bool| {
         let cfg = dp.dp.maps().config().unwrap();
-        let flags = if on { cfg.flags | ROUTE_INDEX_VALID } else { cfg.flags & !ROUTE_INDEX_VALID };
-        dp.write(Op::Config(Box::new(DatapathConfig { flags, ..cfg })));
+        let switched = if on {
+            cfg.with_route_index(cfg.index_net(), cfg.index_netmask(), cfg.index_shift())
+        } else {
+            cfg.without_route_index()
+        };
+        assert_eq!(switched.route_index_on(), on);
+        dp.write(Op::Config(Box::new(switched)));
     };
     // Off: the trie decides.
     set_flag(&mut dp, false);

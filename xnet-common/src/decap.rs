@@ -103,9 +103,9 @@ where
     let tunnel = match (ip2 >> 8) as u8 {
         IPPROTO_UDP => {
             let dst_port = l4 >> 16;
-            if dst_port == u16::from_le_bytes(cfg.vxlan_port) as u32 {
+            if dst_port == u16::from_le_bytes(cfg.vxlan_port_wire()) as u32 {
                 Tunnel::Vxlan
-            } else if dst_port == u16::from_le_bytes(cfg.udp_port) as u32 {
+            } else if dst_port == u16::from_le_bytes(cfg.udp_port_wire()) as u32 {
                 Tunnel::Udp
             } else {
                 return DecapDecision::Pass;
@@ -136,7 +136,7 @@ where
             let Some([flags, vni]) = pkt.words::<2>(VXLAN_OFFSET) else {
                 return DecapDecision::Drop(Outcome::DropTruncated);
             };
-            let want_vni = u32::from_le_bytes(cfg.vxlan_vni) & 0x00ff_ffff;
+            let want_vni = u32::from_le_bytes(cfg.vni_wire()) & 0x00ff_ffff;
             if flags & VXLAN_FLAG_VNI as u32 == 0 || vni & 0x00ff_ffff != want_vni {
                 return DecapDecision::Drop(Outcome::DropBadVni);
             }
@@ -190,20 +190,21 @@ const GRE_VERSION: u32 = GRE_VERSION_MASK.swap_bytes() as u32;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{InnerInfo, VxlanLocal, VxlanRemote, vni_to_wire, vxlan_outer};
+    use crate::maps::DatapathParams;
+    use crate::wire::{InnerInfo, VxlanLocal, VxlanRemote, vxlan_outer};
     use std::vec::Vec;
 
     const PEER: [u8; 4] = [198, 18, 0, 2];
 
     fn cfg() -> DatapathConfig {
-        DatapathConfig {
+        DatapathConfig::new(&DatapathParams {
             local_ip: [198, 18, 0, 1],
             local_subnet: [10, 244, 1, 0],
             local_netmask: [255, 255, 255, 0],
-            vxlan_vni: vni_to_wire(1),
-            vxlan_port: 8472u16.to_be_bytes(),
+            vni: 1,
+            vxlan_port: 8472,
             ..Default::default()
-        }
+        })
     }
 
     /// A VXLAN frame from PEER carrying an inner IPv4 packet to `inner_dst`.

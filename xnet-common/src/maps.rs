@@ -1,7 +1,10 @@
 //! Map names and the key/value types stored in them. Every map is a BTF map, so
 //! `bpftool map dump pinned <pin_dir>/<NAME>` prints these fields by name.
 
-use crate::{outer::OuterTemplates, wire::VxlanLocal};
+use crate::{
+    outer::OuterTemplates,
+    wire::{VxlanLocal, vni_to_wire},
+};
 
 /// LPM trie: remote subnet -> the host that owns it. Key: [`lpm key`](LpmKeyIpv4).
 pub const REMOTE_SUBNETS: &str = "REMOTE_SUBNETS";
@@ -59,20 +62,60 @@ pub const ROUTE_INDEX_LEN: u32 = 1 << 16;
 
 pub const PEER_SLOTS_LEN: u32 = 1 << 16;
 
-/// [`PeerSlot::state`]: no peer hashes here.
-pub const SLOT_EMPTY: u8 = 0;
-/// Exactly one peer, `ip`, hashes here.
-pub const SLOT_PEER: u8 = 1;
-/// More than one peer hashes here: ask PEERS.
-pub const SLOT_SHARED: u8 = 2;
+/// What a [`PeerSlot`] says about the peers that hash to it. The numbers are the slot's `state`
+/// byte, as `bpftool` shows it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// No peer hashes here.
+    Empty = 0,
+    /// Exactly one peer, the slot's `ip`, hashes here.
+    Peer = 1,
+    /// More than one peer hashes here: ask PEERS.
+    Shared = 2,
+}
 
-/// Entry of [`PEER_SLOTS`].
+/// Entry of [`PEER_SLOTS`]. All zero ([`PeerSlot::empty`], the default) is an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PeerSlot {
-    pub ip: [u8; 4],
-    pub state: u8,
-    pub reserved: [u8; 3],
+    ip: [u8; 4],
+    /// A [`SlotState`] number.
+    state: u8,
+    reserved: [u8; 3],
+}
+
+impl PeerSlot {
+    /// No peer hashes to this slot.
+    pub const fn empty() -> Self {
+        Self { ip: [0; 4], state: SlotState::Empty as u8, reserved: [0; 3] }
+    }
+
+    /// Only the peer at `ip` (public IPv4, network order) hashes to this slot.
+    pub const fn peer(ip: [u8; 4]) -> Self {
+        Self { ip, state: SlotState::Peer as u8, reserved: [0; 3] }
+    }
+
+    /// Several peers hash to this slot, `ip` (the lowest) among them.
+    pub const fn shared(ip: [u8; 4]) -> Self {
+        Self { ip, state: SlotState::Shared as u8, reserved: [0; 3] }
+    }
+
+    /// The peer of a [`SlotState::Peer`] slot (the lowest peer of a shared one), network order.
+    #[inline(always)]
+    pub fn ip(&self) -> [u8; 4] {
+        self.ip
+    }
+
+    /// What the slot says; a state number this code does not know reads as empty.
+    #[inline(always)]
+    pub fn state(&self) -> SlotState {
+        match self.state {
+            1 => SlotState::Peer,
+            2 => SlotState::Shared,
+            _ => SlotState::Empty,
+        }
+    }
 }
 
 /// The [`PEER_SLOTS`] index of a public IPv4 address (Fibonacci hashing to 16 bits).
@@ -132,106 +175,465 @@ impl Backend {
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LpmKeyIpv4 {
-    pub prefix_len: u32,
-    pub addr: [u8; 4],
+    prefix_len: u32,
+    addr: [u8; 4],
+}
+
+impl LpmKeyIpv4 {
+    /// The key of `addr` (network order) / `prefix_len`.
+    pub const fn new(prefix_len: u32, addr: [u8; 4]) -> Self {
+        Self { prefix_len, addr }
+    }
+
+    #[inline(always)]
+    pub fn prefix_len(&self) -> u32 {
+        self.prefix_len
+    }
+
+    /// The address, network order.
+    #[inline(always)]
+    pub fn addr(&self) -> [u8; 4] {
+        self.addr
+    }
 }
 
 /// Value of [`REMOTE_SUBNETS`]: where to send packets for a remote subnet. Aligned to 4 (map values
-/// are, in the LPM trie and the array alike), so the programs read it a word at a time.
+/// are, in the LPM trie and the array alike), so the programs read it a word at a time. All zero
+/// (the default) is no route: what an unused [`ROUTE_INDEX`] entry holds.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RemoteSubnet {
     /// The owning host's public (underlay) IPv4 address, network order.
-    pub peer_ip: [u8; 4],
+    peer_ip: [u8; 4],
     /// Inner destination MAC for VXLAN: the peer's VTEP MAC.
-    pub vtep_mac: [u8; 6],
+    vtep_mac: [u8; 6],
     /// A [`Backend`] number.
-    pub backend: u8,
-    pub reserved: u8,
+    backend: u8,
+    reserved: u8,
+}
+
+impl RemoteSubnet {
+    /// The route to the host at `peer_ip` (public IPv4, network order) with VTEP MAC `vtep_mac`,
+    /// sent to with `backend`.
+    pub const fn new(peer_ip: [u8; 4], vtep_mac: [u8; 6], backend: Backend) -> Self {
+        Self { peer_ip, vtep_mac, backend: backend as u8, reserved: 0 }
+    }
+
+    /// The owning host's public IPv4 address, network order.
+    #[inline(always)]
+    pub fn peer_ip(&self) -> [u8; 4] {
+        self.peer_ip
+    }
+
+    /// The peer's VTEP MAC.
+    #[inline(always)]
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        self.vtep_mac
+    }
+
+    /// How to send to the peer; `None` for a backend number this code does not know (or none).
+    #[inline(always)]
+    pub fn backend(&self) -> Option<Backend> {
+        Backend::from_u8(self.backend)
+    }
+
+    /// Whether this is no route (backend 0, as in an all-zero [`ROUTE_INDEX`] entry). A backend
+    /// number this code does not know is a route, one the programs refuse to send with.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.backend == 0
+    }
+
+    /// The VTEP MAC as [`crate::wire::mac_word`] gives it, in two loads (the compiler would load
+    /// its six bytes one by one).
+    #[inline(always)]
+    pub fn vtep_mac_word(&self) -> u64 {
+        // SAFETY: RemoteSubnet is 12 plain bytes aligned to 4, so it is also three u32 words; the
+        // MAC is bytes 4 to 9 (asserted below).
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 3]>() };
+        u32::from_le(w[1]) as u64 | (u32::from_le(w[2]) as u64 & 0xffff) << 32
+    }
 }
 
 /// Value of [`PEERS`]: a host we exchange overlay traffic with.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
-    pub vtep_mac: [u8; 6],
+    vtep_mac: [u8; 6],
     /// A [`Backend`] number: how we send to this peer.
-    pub backend: u8,
-    pub reserved: u8,
+    backend: u8,
+    reserved: u8,
 }
 
-/// The single entry of [`CONFIG`]: this host's side of every tunnel.
+impl Peer {
+    /// A peer with VTEP MAC `vtep_mac`, sent to with `backend`.
+    pub const fn new(vtep_mac: [u8; 6], backend: Backend) -> Self {
+        Self { vtep_mac, backend: backend as u8, reserved: 0 }
+    }
+
+    #[inline(always)]
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        self.vtep_mac
+    }
+
+    /// How we send to this peer; `None` for a backend number this code does not know.
+    #[inline(always)]
+    pub fn backend(&self) -> Option<Backend> {
+        Backend::from_u8(self.backend)
+    }
+}
+
+/// The single entry of [`CONFIG`]: this host's side of every tunnel. Built by
+/// [`DatapathConfig::new`] from [`DatapathParams`]; the route index fields belong to the agent's
+/// sync ([`DatapathConfig::with_route_index`]). All zero (the default) is "not configured".
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DatapathConfig {
     /// ifindex of the underlay interface that encapsulated packets leave through.
-    pub underlay_ifindex: u32,
+    underlay_ifindex: u32,
     /// MTU of the underlay interface: larger non-GSO packets after encapsulation are dropped
     /// (counted as too big) instead of vanishing in the driver.
-    pub underlay_mtu: u32,
+    underlay_mtu: u32,
     /// This host's public IPv4 address: the outer source address, network order.
-    pub local_ip: [u8; 4],
+    local_ip: [u8; 4],
     /// This host's container subnet (network order) and its netmask: decapsulated packets must be
     /// addressed into it.
-    pub local_subnet: [u8; 4],
-    pub local_netmask: [u8; 4],
+    local_subnet: [u8; 4],
+    local_netmask: [u8; 4],
     /// VXLAN VNI as on the wire: 3 bytes of VNI, one reserved zero byte.
-    pub vxlan_vni: [u8; 4],
+    vxlan_vni: [u8; 4],
     /// VXLAN UDP destination port, network order.
-    pub vxlan_port: [u8; 2],
+    vxlan_port: [u8; 2],
     /// This host's VTEP MAC: the inner source MAC of what it sends.
-    pub vtep_mac: [u8; 6],
+    vtep_mac: [u8; 6],
     /// flannel udp port (source and destination), network order.
-    pub udp_port: [u8; 2],
+    udp_port: [u8; 2],
     /// [`GRE_KEYED`]: GRE carries `gre_key` (sent, and required on what arrives).
-    pub flags: u8,
-    pub reserved: u8,
+    flags: u8,
+    reserved: u8,
     /// GRE key, network order.
-    pub gre_key: [u8; 4],
+    gre_key: [u8; 4],
     /// MAC of the (first) container interface: frames to it are for the host, so egress need not
     /// ask LOCAL_PORTS whether they are for a local container. Zero: always ask.
-    pub gateway_mac: [u8; 6],
-    pub reserved2: [u8; 2],
+    gateway_mac: [u8; 6],
+    reserved2: [u8; 2],
     /// With [`ROUTE_INDEX_VALID`] in `flags`: every route is one subnet of `32 - index_shift`
     /// bits inside `index_net`/`index_netmask`, and [`ROUTE_INDEX`] entry
     /// `(dst - index_net) >> index_shift` holds the route of the subnet of `dst` (an entry with
     /// backend 0: no route). Network order.
-    pub index_net: [u8; 4],
-    pub index_netmask: [u8; 4],
+    index_net: [u8; 4],
+    index_netmask: [u8; 4],
     /// 32 minus the subnet length.
-    pub index_shift: u8,
-    pub reserved3: [u8; 7],
+    index_shift: u8,
+    reserved3: [u8; 7],
     /// The outer headers this host sends, prebuilt from the fields above
     /// ([`DatapathConfig::with_outer_templates`] fills them in; CONFIG always holds them filled).
-    pub outer: OuterTemplates,
+    outer: OuterTemplates,
 }
 
-/// [`DatapathConfig::flags`]: GRE uses a key.
+/// `DatapathConfig::flags`: GRE uses a key.
 pub const GRE_KEYED: u8 = 1;
-/// [`DatapathConfig::flags`]: [`ROUTE_INDEX`] answers for destinations inside `index_net`.
+/// `DatapathConfig::flags`: [`ROUTE_INDEX`] answers for destinations inside `index_net`.
 pub const ROUTE_INDEX_VALID: u8 = 2;
+
+/// What [`DatapathConfig::new`] is made of, in the types the agent holds it in (addresses and
+/// MACs as bytes in network order, ports and numbers as integers); the constructor stores each in
+/// the encoding CONFIG uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathParams {
+    /// ifindex and MTU of the underlay interface.
+    pub underlay_ifindex: u32,
+    pub underlay_mtu: u32,
+    /// This host's public IPv4 address.
+    pub local_ip: [u8; 4],
+    /// This host's container subnet and its netmask.
+    pub local_subnet: [u8; 4],
+    pub local_netmask: [u8; 4],
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// VXLAN UDP destination port.
+    pub vxlan_port: u16,
+    /// This host's VTEP MAC.
+    pub vtep_mac: [u8; 6],
+    /// flannel udp port (source and destination).
+    pub udp_port: u16,
+    /// GRE key, if GRE uses one.
+    pub gre_key: Option<u32>,
+}
+
+impl DatapathConfig {
+    /// CONFIG for `params`, with no gateway MAC (see [`DatapathConfig::with_gateway_mac`]), the
+    /// route index off and the outer templates empty (see
+    /// [`DatapathConfig::with_outer_templates`]).
+    pub fn new(params: &DatapathParams) -> Self {
+        Self {
+            underlay_ifindex: params.underlay_ifindex,
+            underlay_mtu: params.underlay_mtu,
+            local_ip: params.local_ip,
+            local_subnet: params.local_subnet,
+            local_netmask: params.local_netmask,
+            vxlan_vni: vni_to_wire(params.vni),
+            vxlan_port: params.vxlan_port.to_be_bytes(),
+            vtep_mac: params.vtep_mac,
+            udp_port: params.udp_port.to_be_bytes(),
+            flags: if params.gre_key.is_some() { GRE_KEYED } else { 0 },
+            gre_key: params.gre_key.unwrap_or(0).to_be_bytes(),
+            ..Self::default()
+        }
+    }
+
+    /// The ifindex of the underlay interface; 0 when not configured.
+    #[inline(always)]
+    pub fn underlay_ifindex(&self) -> u32 {
+        self.underlay_ifindex
+    }
+
+    #[inline(always)]
+    pub fn underlay_mtu(&self) -> u32 {
+        self.underlay_mtu
+    }
+
+    /// This host's public IPv4 address, network order.
+    #[inline(always)]
+    pub fn local_ip(&self) -> [u8; 4] {
+        self.local_ip
+    }
+
+    /// This host's container subnet, network order.
+    #[inline(always)]
+    pub fn local_subnet(&self) -> [u8; 4] {
+        self.local_subnet
+    }
+
+    /// The netmask of [`DatapathConfig::local_subnet`], network order.
+    #[inline(always)]
+    pub fn local_netmask(&self) -> [u8; 4] {
+        self.local_netmask
+    }
+
+    /// The VXLAN network identifier.
+    #[inline(always)]
+    pub fn vni(&self) -> u32 {
+        u32::from_be_bytes(self.vxlan_vni) >> 8
+    }
+
+    /// The VNI as on the wire: three bytes of VNI, then a zero byte.
+    #[inline(always)]
+    pub fn vni_wire(&self) -> [u8; 4] {
+        self.vxlan_vni
+    }
+
+    #[inline(always)]
+    pub fn vxlan_port(&self) -> u16 {
+        u16::from_be_bytes(self.vxlan_port)
+    }
+
+    /// The VXLAN port as on the wire (network order).
+    #[inline(always)]
+    pub fn vxlan_port_wire(&self) -> [u8; 2] {
+        self.vxlan_port
+    }
+
+    /// This host's VTEP MAC.
+    #[inline(always)]
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        self.vtep_mac
+    }
+
+    #[inline(always)]
+    pub fn udp_port(&self) -> u16 {
+        u16::from_be_bytes(self.udp_port)
+    }
+
+    /// The flannel udp port as on the wire (network order).
+    #[inline(always)]
+    pub fn udp_port_wire(&self) -> [u8; 2] {
+        self.udp_port
+    }
+
+    /// The GRE key, if GRE uses one.
+    #[inline(always)]
+    pub fn gre_key(&self) -> Option<u32> {
+        (self.flags & GRE_KEYED != 0).then(|| u32::from_be_bytes(self.gre_key))
+    }
+
+    /// The MAC of the (first) container interface; zero while unknown.
+    #[inline(always)]
+    pub fn gateway_mac(&self) -> [u8; 6] {
+        self.gateway_mac
+    }
+
+    /// This config with the container interface's MAC `mac` (zero: unknown, egress always asks
+    /// LOCAL_PORTS).
+    pub fn with_gateway_mac(self, mac: [u8; 6]) -> Self {
+        Self { gateway_mac: mac, ..self }
+    }
+
+    /// [`DatapathConfig::gateway_mac`] as [`crate::wire::mac_word`] gives it, in one load.
+    #[inline(always)]
+    pub fn gateway_mac_word(&self) -> u64 {
+        const WORDS: usize = size_of::<DatapathConfig>() / 8;
+        // SAFETY: DatapathConfig is plain bytes aligned to 8 without padding, so it is also u64
+        // words; the gateway MAC is bytes 40 to 45 (asserted below), the low six of word 5.
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u64; WORDS]>() };
+        u64::from_le(w[5]) & 0xffff_ffff_ffff
+    }
+
+    /// Whether [`ROUTE_INDEX`] answers for destinations inside [`DatapathConfig::index_net`].
+    #[inline(always)]
+    pub fn route_index_on(&self) -> bool {
+        self.flags & ROUTE_INDEX_VALID != 0
+    }
+
+    /// The network the route index covers, network order (kept while the index is off).
+    #[inline(always)]
+    pub fn index_net(&self) -> [u8; 4] {
+        self.index_net
+    }
+
+    /// The netmask of [`DatapathConfig::index_net`], network order.
+    #[inline(always)]
+    pub fn index_netmask(&self) -> [u8; 4] {
+        self.index_netmask
+    }
+
+    /// 32 minus the length of the subnets the route index has one entry each for.
+    #[inline(always)]
+    pub fn index_shift(&self) -> u8 {
+        self.index_shift
+    }
+
+    /// This config with the route index switched on for subnets of `32 - shift` bits inside
+    /// `net`/`netmask` (network order). `shift` must be below 32.
+    pub fn with_route_index(self, net: [u8; 4], netmask: [u8; 4], shift: u8) -> Self {
+        debug_assert!(shift < 32, "route index shift {shift}");
+        Self {
+            flags: self.flags | ROUTE_INDEX_VALID,
+            index_net: net,
+            index_netmask: netmask,
+            index_shift: shift,
+            ..self
+        }
+    }
+
+    /// This config with the route index switched off; its shape is kept (and ignored).
+    pub fn without_route_index(self) -> Self {
+        Self { flags: self.flags & !ROUTE_INDEX_VALID, ..self }
+    }
+
+    /// This config with the route index fields (switch and shape) of `from`.
+    pub fn with_route_index_of(self, from: &DatapathConfig) -> Self {
+        Self {
+            flags: (self.flags & !ROUTE_INDEX_VALID) | (from.flags & ROUTE_INDEX_VALID),
+            index_net: from.index_net,
+            index_netmask: from.index_netmask,
+            index_shift: from.index_shift,
+            ..self
+        }
+    }
+
+    /// The [`ROUTE_INDEX`] entry for `dst` when the index answers for it; `None` when the LPM trie
+    /// must be asked.
+    #[inline(always)]
+    pub fn route_index(&self, dst: &[u8; 4]) -> Option<u32> {
+        let dst = u32::from_be_bytes(*dst);
+        let net = u32::from_be_bytes(self.index_net);
+        if self.flags & ROUTE_INDEX_VALID == 0 || dst & u32::from_be_bytes(self.index_netmask) != net {
+            return None;
+        }
+        // The agent keeps index_shift below 32; the mask keeps the index in the array's bounds.
+        Some(((dst - net) >> (self.index_shift & 31)) & (ROUTE_INDEX_LEN - 1))
+    }
+
+    /// The prebuilt outer headers (see [`DatapathConfig::with_outer_templates`]).
+    #[inline(always)]
+    pub fn outer(&self) -> &OuterTemplates {
+        &self.outer
+    }
+
+    /// This config with `outer` built from its other fields: what CONFIG must hold.
+    pub fn with_outer_templates(self) -> Self {
+        let local = VxlanLocal {
+            ip: self.local_ip,
+            vtep_mac: self.vtep_mac,
+            port: self.vxlan_port(),
+            vni: self.vni(),
+        };
+        DatapathConfig { outer: OuterTemplates::new(&local, self.udp_port(), self.gre_key()), ..self }
+    }
+
+    /// Whether `addr` lies in this host's container subnet.
+    #[inline(always)]
+    pub fn is_local(&self, addr: &[u8; 4]) -> bool {
+        u32::from_be_bytes(*addr) & u32::from_be_bytes(self.local_netmask)
+            == u32::from_be_bytes(self.local_subnet)
+    }
+}
 
 /// Value of [`LOCAL_PORTS`]: the host-side interface (a veth whose peer is the container's).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalPort {
-    pub ifindex: u32,
+    ifindex: u32,
+}
+
+impl LocalPort {
+    /// The bridge port with interface index `ifindex`.
+    pub const fn new(ifindex: u32) -> Self {
+        Self { ifindex }
+    }
+
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
 }
 
 /// Value of [`ENDPOINTS`]: how to hand a packet to a local container.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// The host side of the container's veth (a bridge port); `bpf_redirect_peer` target.
-    pub ifindex: u32,
+    ifindex: u32,
     /// Destination (the container's) and source (the bridge's) MAC of the rewritten frame.
-    pub dmac: [u8; 6],
-    pub smac: [u8; 6],
+    dmac: [u8; 6],
+    smac: [u8; 6],
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) when it was resolved.
-    pub resolved_at: u64,
+    resolved_at: u64,
 }
 
 impl Endpoint {
+    /// Frames go to bridge port `ifindex`, rewritten to `dmac` (the container's MAC) from `smac`
+    /// (the bridge's); resolved at `resolved_at` (CLOCK_MONOTONIC_COARSE, ns).
+    #[inline(always)]
+    pub fn new(ifindex: u32, dmac: [u8; 6], smac: [u8; 6], resolved_at: u64) -> Self {
+        Self { ifindex, dmac, smac, resolved_at }
+    }
+
+    /// The host side of the container's veth.
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The container's MAC: the rewritten frame's destination.
+    #[inline(always)]
+    pub fn dmac(&self) -> [u8; 6] {
+        self.dmac
+    }
+
+    /// The bridge's MAC: the rewritten frame's source.
+    #[inline(always)]
+    pub fn smac(&self) -> [u8; 6] {
+        self.smac
+    }
+
+    /// When it was resolved (CLOCK_MONOTONIC_COARSE, ns).
+    #[inline(always)]
+    pub fn resolved_at(&self) -> u64 {
+        self.resolved_at
+    }
+
     /// Whether the agent should remove this entry at `now` (CLOCK_MONOTONIC_COARSE, ns): resolved
     /// [`ENDPOINT_MAX_AGE_NS`] ago or more.
     pub fn is_stale(&self, now: u64) -> bool {
@@ -283,49 +685,186 @@ pub enum IngressHook {
     Xdp = 2,
 }
 
+impl IngressHook {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Tc),
+            2 => Some(Self::Xdp),
+            _ => None,
+        }
+    }
+}
+
 /// The single entry of [`AGENT`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentState {
     /// Process id of the agent that last set the datapath up.
-    pub pid: u32,
+    pid: u32,
     /// MTU applied to the container interfaces.
-    pub overlay_mtu: u32,
+    overlay_mtu: u32,
     /// Unix seconds: when that agent started.
-    pub started_at: u64,
+    started_at: u64,
     /// Unix seconds: when the maps were last made to match the store.
-    pub last_reconcile: u64,
+    last_reconcile: u64,
     /// A [`Store`] number.
-    pub store: u8,
+    store: u8,
     /// 1 when the store was reachable at the last attempt.
-    pub store_up: u8,
+    store_up: u8,
     /// An [`IngressHook`] number.
-    pub ingress: u8,
+    ingress: u8,
     /// The [`Backend`] number of `[backend] type`.
-    pub backend: u8,
+    backend: u8,
     /// Entries in the store that were skipped as malformed at the last reconcile.
-    pub invalid_entries: u32,
+    invalid_entries: u32,
     /// Unix seconds when this host's subnet lease expires; 0 when there is no lease (static file).
-    pub lease_expiry: u64,
+    lease_expiry: u64,
+}
+
+impl AgentState {
+    /// The record of agent `pid`, started at `started_at` (Unix seconds), with routes from `store`,
+    /// decapsulation at `ingress`, sending with `backend` and giving containers `overlay_mtu`.
+    /// Nothing reconciled yet, the store down, no invalid entries, no lease: the setters below
+    /// record those as they happen.
+    pub fn new(
+        pid: u32,
+        started_at: u64,
+        store: Store,
+        ingress: IngressHook,
+        backend: Backend,
+        overlay_mtu: u32,
+    ) -> Self {
+        Self {
+            pid,
+            overlay_mtu,
+            started_at,
+            last_reconcile: 0,
+            store: store as u8,
+            store_up: 0,
+            ingress: ingress as u8,
+            backend: backend as u8,
+            invalid_entries: 0,
+            lease_expiry: 0,
+        }
+    }
+
+    /// Process id of the agent that last set the datapath up; 0 when none did.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    pub fn overlay_mtu(&self) -> u32 {
+        self.overlay_mtu
+    }
+    /// Unix seconds: when the agent started.
+    pub fn started_at(&self) -> u64 {
+        self.started_at
+    }
+    /// Unix seconds: when the maps were last made to match the store.
+    pub fn last_reconcile(&self) -> u64 {
+        self.last_reconcile
+    }
+    pub fn set_last_reconcile(&mut self, at: u64) {
+        self.last_reconcile = at;
+    }
+    /// Where routes come from; `None` for a number this code does not know.
+    pub fn store(&self) -> Option<Store> {
+        Store::from_u8(self.store)
+    }
+    /// Whether the store was reachable (and the maps matched it) at the last attempt.
+    pub fn store_up(&self) -> bool {
+        self.store_up == 1
+    }
+    pub fn set_store_up(&mut self, up: bool) {
+        self.store_up = u8::from(up);
+    }
+    pub fn ingress(&self) -> Option<IngressHook> {
+        IngressHook::from_u8(self.ingress)
+    }
+    /// The backend of `[backend] type`.
+    pub fn backend(&self) -> Option<Backend> {
+        Backend::from_u8(self.backend)
+    }
+    /// Store entries skipped as malformed at the last reconcile.
+    pub fn invalid_entries(&self) -> u32 {
+        self.invalid_entries
+    }
+    pub fn set_invalid_entries(&mut self, n: u32) {
+        self.invalid_entries = n;
+    }
+    /// Unix seconds when this host's subnet lease expires; `None` without a lease.
+    pub fn lease_expiry(&self) -> Option<u64> {
+        (self.lease_expiry != 0).then_some(self.lease_expiry)
+    }
+    pub fn set_lease_expiry(&mut self, at: Option<u64>) {
+        self.lease_expiry = at.unwrap_or(0);
+    }
 }
 
 /// Value of [`ROUTE_INFO`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteInfo {
     /// A [`Store`] number.
-    pub source: u8,
-    pub reserved: [u8; 7],
+    source: u8,
+    reserved: [u8; 7],
     /// Unix seconds: when the route was first installed.
-    pub added_at: u64,
+    added_at: u64,
+}
+
+impl RouteInfo {
+    /// A route from `source`, first installed at `added_at` (Unix seconds).
+    pub const fn new(source: Store, added_at: u64) -> Self {
+        Self { source: source as u8, reserved: [0; 7], added_at }
+    }
+
+    /// Where the route came from; `None` for a number this code does not know.
+    pub fn source(&self) -> Option<Store> {
+        Store::from_u8(self.source)
+    }
+
+    /// Unix seconds: when the route was first installed.
+    pub fn added_at(&self) -> u64 {
+        self.added_at
+    }
 }
 
 /// Value of [`STATS`]: packets and bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counter {
-    pub packets: u64,
-    pub bytes: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+impl Counter {
+    pub const fn new(packets: u64, bytes: u64) -> Self {
+        Self { packets, bytes }
+    }
+
+    #[inline(always)]
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    #[inline(always)]
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Counts one packet of `bytes` bytes.
+    #[inline(always)]
+    pub fn count(&mut self, bytes: u64) {
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+}
+
+impl core::ops::Add for Counter {
+    type Output = Counter;
+    /// Both counts summed (the per-CPU entries of one counter).
+    fn add(self, other: Counter) -> Counter {
+        Counter { packets: self.packets + other.packets, bytes: self.bytes + other.bytes }
+    }
 }
 
 const _: () = {
@@ -339,75 +878,11 @@ const _: () = {
     assert!(size_of::<RouteInfo>() == 16);
     assert!(size_of::<Endpoint>() == 24);
     assert!(size_of::<PeerSlot>() == 8);
-    // Read as words by the accessors below.
+    // Read as words by the accessors above.
     assert!(core::mem::offset_of!(RemoteSubnet, vtep_mac) == 4);
     assert!(core::mem::offset_of!(DatapathConfig, gateway_mac) == 40);
     assert!(core::mem::offset_of!(Endpoint, dmac) == 4 && core::mem::offset_of!(Endpoint, smac) == 10);
 };
-
-impl RemoteSubnet {
-    /// The VTEP MAC as [`crate::wire::mac_word`] gives it, in two loads (the compiler would load
-    /// its six bytes one by one).
-    #[inline(always)]
-    pub fn vtep_mac_word(&self) -> u64 {
-        // SAFETY: RemoteSubnet is 12 plain bytes aligned to 4, so it is also three u32 words; the
-        // MAC is bytes 4 to 9 (asserted above).
-        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 3]>() };
-        u32::from_le(w[1]) as u64 | (u32::from_le(w[2]) as u64 & 0xffff) << 32
-    }
-}
-
-impl DatapathConfig {
-    /// [`DatapathConfig::gateway_mac`] as [`crate::wire::mac_word`] gives it, in one load.
-    #[inline(always)]
-    pub fn gateway_mac_word(&self) -> u64 {
-        const WORDS: usize = size_of::<DatapathConfig>() / 8;
-        // SAFETY: DatapathConfig is plain bytes aligned to 8 without padding, so it is also u64
-        // words; the gateway MAC is bytes 40 to 45 (asserted above), the low six of word 5.
-        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u64; WORDS]>() };
-        u64::from_le(w[5]) & 0xffff_ffff_ffff
-    }
-
-    /// The [`ROUTE_INDEX`] entry for `dst` when the index answers for it; `None` when the LPM trie
-    /// must be asked.
-    #[inline(always)]
-    pub fn route_index(&self, dst: &[u8; 4]) -> Option<u32> {
-        let dst = u32::from_be_bytes(*dst);
-        let net = u32::from_be_bytes(self.index_net);
-        if self.flags & ROUTE_INDEX_VALID == 0 || dst & u32::from_be_bytes(self.index_netmask) != net {
-            return None;
-        }
-        // The agent keeps index_shift below 32; the mask keeps the index in the array's bounds.
-        Some(((dst - net) >> (self.index_shift & 31)) & (ROUTE_INDEX_LEN - 1))
-    }
-
-    /// This config with `outer` built from its other fields: what CONFIG must hold.
-    pub fn with_outer_templates(self) -> Self {
-        let local = VxlanLocal {
-            ip: self.local_ip,
-            vtep_mac: self.vtep_mac,
-            port: self.vxlan_port(),
-            vni: u32::from_be_bytes(self.vxlan_vni) >> 8,
-        };
-        DatapathConfig { outer: OuterTemplates::new(&local, self.udp_port(), self.gre_key()), ..self }
-    }
-
-    pub fn vxlan_port(&self) -> u16 {
-        u16::from_be_bytes(self.vxlan_port)
-    }
-    pub fn udp_port(&self) -> u16 {
-        u16::from_be_bytes(self.udp_port)
-    }
-    /// The GRE key, if GRE uses one.
-    pub fn gre_key(&self) -> Option<u32> {
-        (self.flags & GRE_KEYED != 0).then(|| u32::from_be_bytes(self.gre_key))
-    }
-    /// Whether `addr` lies in this host's container subnet.
-    pub fn is_local(&self, addr: &[u8; 4]) -> bool {
-        u32::from_be_bytes(*addr) & u32::from_be_bytes(self.local_netmask)
-            == u32::from_be_bytes(self.local_subnet)
-    }
-}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -442,22 +917,37 @@ mod pod {
 mod tests {
     use super::*;
 
+    /// The bytes a map holds for `v`.
+    fn bytes_of<T>(v: &T) -> &[u8] {
+        // SAFETY: only used on the map value types above: #[repr(C)] without padding (sizes
+        // asserted), so every byte is initialised; the slice borrows `v`.
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+    }
+
     #[test]
     fn route_index_covers_the_network_only_while_valid() {
-        let cfg = DatapathConfig {
-            flags: ROUTE_INDEX_VALID,
-            index_net: [10, 244, 0, 0],
-            index_netmask: [255, 255, 0, 0],
-            index_shift: 8,
-            ..Default::default()
-        };
+        let cfg = DatapathConfig::default().with_route_index([10, 244, 0, 0], [255, 255, 0, 0], 8);
+        assert!(cfg.route_index_on());
         assert_eq!(cfg.route_index(&[10, 244, 2, 7]), Some(2));
         assert_eq!(cfg.route_index(&[10, 244, 255, 255]), Some(255));
         assert_eq!(cfg.route_index(&[10, 245, 0, 1]), None, "outside the network: the trie decides");
-        assert_eq!(DatapathConfig { flags: 0, ..cfg }.route_index(&[10, 244, 2, 7]), None, "not valid");
-        let wide =
-            DatapathConfig { index_net: [10, 0, 0, 0], index_netmask: [255, 0, 0, 0], index_shift: 6, ..cfg };
+        let off = cfg.without_route_index();
+        assert_eq!(off.route_index(&[10, 244, 2, 7]), None, "not valid");
+        assert_eq!(
+            (off.route_index_on(), off.index_net(), off.index_netmask(), off.index_shift()),
+            (false, [10, 244, 0, 0], [255, 255, 0, 0], 8),
+            "switched off, shape kept"
+        );
+        let wide = cfg.with_route_index([10, 0, 0, 0], [255, 0, 0, 0], 6);
         assert_eq!(wide.route_index(&[10, 0, 1, 64]), Some(5), "/26 subnets of a /8");
+        // Copying the index fields leaves the rest alone.
+        let keyed = DatapathConfig::new(&DatapathParams { gre_key: Some(7), ..Default::default() });
+        assert_eq!(
+            keyed.with_route_index_of(&wide),
+            keyed.with_route_index([10, 0, 0, 0], [255, 0, 0, 0], 6)
+        );
+        assert_eq!(keyed.with_route_index_of(&wide).gre_key(), Some(7));
+        assert_eq!(keyed.with_route_index_of(&wide).with_route_index_of(&keyed), keyed);
     }
 
     #[test]
@@ -478,5 +968,113 @@ mod tests {
         let endpoint = Endpoint { ifindex: u32::MAX, dmac: mac, smac, resolved_at: u64::MAX };
         let bytes: std::vec::Vec<u8> = endpoint.mac_words().iter().flat_map(|w| w.to_le_bytes()).collect();
         assert_eq!(bytes, [mac, smac].concat());
+    }
+
+    #[test]
+    fn constructors_store_the_maps_encoding() {
+        let params = DatapathParams {
+            underlay_ifindex: 0x0102_0304,
+            underlay_mtu: 1500,
+            local_ip: [198, 18, 0, 1],
+            local_subnet: [10, 244, 1, 0],
+            local_netmask: [255, 255, 255, 0],
+            vni: 0x12_3456,
+            vxlan_port: 8472,
+            vtep_mac: [2, 0, 0, 0, 0, 1],
+            udp_port: 8285,
+            gre_key: Some(0x0a0b_0c0d),
+        };
+        let cfg = DatapathConfig::new(&params).with_gateway_mac([2, 0, 0, 0, 0, 9]);
+        let mut want = std::vec::Vec::new();
+        want.extend_from_slice(&0x0102_0304u32.to_ne_bytes());
+        want.extend_from_slice(&1500u32.to_ne_bytes());
+        want.extend_from_slice(&[198, 18, 0, 1, 10, 244, 1, 0, 255, 255, 255, 0]);
+        want.extend_from_slice(&[0x12, 0x34, 0x56, 0]); // VNI as on the wire
+        want.extend_from_slice(&[0x21, 0x18]); // 8472, network order
+        want.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        want.extend_from_slice(&[0x20, 0x5d]); // 8285, network order
+        want.extend_from_slice(&[GRE_KEYED, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
+        want.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0, 0]);
+        want.extend_from_slice(&[0; 16]); // route index off
+        assert_eq!(bytes_of(&cfg)[..64], want[..]);
+        assert!(bytes_of(&cfg)[64..].iter().all(|b| *b == 0), "templates built on writing");
+        assert_eq!(
+            (cfg.vni(), cfg.vni_wire(), cfg.vxlan_port(), cfg.vxlan_port_wire()),
+            (0x12_3456, [0x12, 0x34, 0x56, 0], 8472, [0x21, 0x18])
+        );
+        assert_eq!(
+            (cfg.udp_port(), cfg.udp_port_wire(), cfg.gre_key()),
+            (8285, [0x20, 0x5d], Some(0x0a0b_0c0d))
+        );
+        assert_eq!(
+            (cfg.underlay_ifindex(), cfg.underlay_mtu(), cfg.vtep_mac()),
+            (0x0102_0304, 1500, [2, 0, 0, 0, 0, 1])
+        );
+        assert_eq!((cfg.local_ip(), cfg.gateway_mac()), ([198, 18, 0, 1], [2, 0, 0, 0, 0, 9]));
+        assert!(cfg.is_local(&[10, 244, 1, 200]) && !cfg.is_local(&[10, 244, 2, 1]));
+        let unkeyed = DatapathConfig::new(&DatapathParams { gre_key: None, ..params });
+        assert_eq!((unkeyed.gre_key(), &bytes_of(&unkeyed)[34..40]), (None, &[0u8; 6][..]));
+
+        let route = RemoteSubnet::new([198, 18, 0, 2], [2, 0, 0, 0, 0, 2], Backend::Gre);
+        assert_eq!(bytes_of(&route), [198, 18, 0, 2, 2, 0, 0, 0, 0, 2, 3, 0]);
+        assert_eq!(
+            (route.peer_ip(), route.vtep_mac(), route.backend()),
+            ([198, 18, 0, 2], [2, 0, 0, 0, 0, 2], Some(Backend::Gre))
+        );
+        assert!(!route.is_empty() && RemoteSubnet::default().is_empty());
+        let peer = Peer::new([2, 0, 0, 0, 0, 2], Backend::Direct);
+        assert_eq!(bytes_of(&peer), [2, 0, 0, 0, 0, 2, 4, 0]);
+        assert_eq!((peer.vtep_mac(), peer.backend()), ([2, 0, 0, 0, 0, 2], Some(Backend::Direct)));
+        assert_eq!(bytes_of(&PeerSlot::peer([198, 18, 0, 2])), [198, 18, 0, 2, 1, 0, 0, 0]);
+        assert_eq!(bytes_of(&PeerSlot::shared([198, 18, 0, 2])), [198, 18, 0, 2, 2, 0, 0, 0]);
+        assert_eq!(PeerSlot::empty(), PeerSlot::default());
+        assert_eq!(
+            [PeerSlot::empty(), PeerSlot::peer([1; 4]), PeerSlot::shared([1; 4])].map(|s| s.state()),
+            [SlotState::Empty, SlotState::Peer, SlotState::Shared]
+        );
+        let key = LpmKeyIpv4::new(24, [10, 244, 2, 0]);
+        assert_eq!(bytes_of(&key), [&24u32.to_ne_bytes()[..], &[10, 244, 2, 0]].concat());
+        assert_eq!((key.prefix_len(), key.addr()), (24, [10, 244, 2, 0]));
+        let info = RouteInfo::new(Store::Etcd, 1_700_000_000);
+        assert_eq!(
+            bytes_of(&info),
+            [&[2u8, 0, 0, 0, 0, 0, 0, 0][..], &1_700_000_000u64.to_ne_bytes()].concat()
+        );
+        assert_eq!((info.source(), info.added_at()), (Some(Store::Etcd), 1_700_000_000));
+        assert_eq!(LocalPort::new(7).ifindex(), 7);
+        let e = Endpoint::new(7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS);
+        assert_eq!(
+            (e.ifindex(), e.dmac(), e.smac(), e.resolved_at()),
+            (7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS)
+        );
+        assert!(!e.is_stale(2 * ENDPOINT_MAX_AGE_NS - 1) && e.is_stale(2 * ENDPOINT_MAX_AGE_NS));
+        let mut c = Counter::new(1, 100);
+        c.count(60);
+        assert_eq!((c + Counter::new(2, 3)), Counter::new(4, 163));
+    }
+
+    #[test]
+    fn agent_state_records_what_the_setters_say() {
+        let mut a = AgentState::new(42, 1_700_000_000, Store::File, IngressHook::Xdp, Backend::Udp, 1450);
+        assert_eq!((a.pid(), a.started_at(), a.overlay_mtu()), (42, 1_700_000_000, 1450));
+        assert_eq!(
+            (a.store(), a.ingress(), a.backend()),
+            (Some(Store::File), Some(IngressHook::Xdp), Some(Backend::Udp))
+        );
+        assert_eq!(
+            (a.last_reconcile(), a.store_up(), a.invalid_entries(), a.lease_expiry()),
+            (0, false, 0, None)
+        );
+        a.set_last_reconcile(1_700_000_100);
+        a.set_store_up(true);
+        a.set_invalid_entries(3);
+        a.set_lease_expiry(Some(1_700_086_400));
+        assert_eq!(
+            (a.last_reconcile(), a.store_up(), a.invalid_entries(), a.lease_expiry()),
+            (1_700_000_100, true, 3, Some(1_700_086_400))
+        );
+        assert_eq!((a.store_up, a.store, a.ingress, a.backend), (1, 1, 2, 2), "the numbers bpftool shows");
+        a.set_lease_expiry(None);
+        assert_eq!((a.lease_expiry(), a.lease_expiry), (None, 0));
     }
 }

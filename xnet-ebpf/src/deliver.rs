@@ -85,7 +85,7 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Words) -> Option<Endpoint> {
     let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
     // SAFETY: plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    Some(Endpoint { ifindex: port.ifindex, dmac: fib.dmac, smac: fib.smac, resolved_at: now })
+    Some(Endpoint::new(port.ifindex(), fib.dmac, fib.smac, now))
 }
 
 /// Writes the endpoint's MACs and the decremented TTL (RFC 1812, checksum patched to match), then
@@ -98,6 +98,6 @@ fn rewrite_and_redirect(ctx: &TcContext, endpoint: &Endpoint, ttl_word: u32) -> 
         return Delivery::Failed;
     }
     // SAFETY: plain helper call; redirects to the ingress of the veth peer of `ifindex`.
-    let ret = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) };
+    let ret = unsafe { bpf_redirect_peer(endpoint.ifindex(), 0) };
     if ret == TC_ACT_REDIRECT as i64 { Delivery::Redirected(ret as i32) } else { Delivery::Failed }
 }

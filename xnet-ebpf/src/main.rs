@@ -95,7 +95,7 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     let decision = egress::classify(
         &pkt,
         |dst| match cfg.and_then(|c| c.route_index(dst)) {
-            Some(i) => ROUTE_INDEX.get(i).filter(|r| r.backend != 0),
+            Some(i) => ROUTE_INDEX.get(i).filter(|r| !r.is_empty()),
             None => REMOTE_SUBNETS.get(&Key::new(32, *dst)),
         },
         |mac| {
@@ -107,10 +107,10 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
         return Ok((Outcome::Passed, TC_ACT_OK));
     };
     let cfg = cfg.ok_or(Outcome::DropNotConfigured)?;
-    if cfg.underlay_ifindex == 0 {
+    if cfg.underlay_ifindex() == 0 {
         return Err(Outcome::DropNotConfigured);
     }
-    let sent = match Backend::from_u8(route.backend) {
+    let sent = match route.backend() {
         Some(Backend::Vxlan) => {
             encap::vxlan::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapVxlan
@@ -125,7 +125,7 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
         }
         Some(Backend::Direct) => {
             encap::check_fits(ctx, cfg, 0)?;
-            let action = encap::redirect_to_underlay(cfg, Some(route.peer_ip))?;
+            let action = encap::redirect_to_underlay(cfg, Some(route.peer_ip()))?;
             return Ok((Outcome::Direct, action));
         }
         // A backend number this program does not know (a newer agent?): never leak the packet.

@@ -13,7 +13,6 @@ pub fn count(direction: Direction, outcome: Outcome, bytes: u32) {
         // SAFETY: per-CPU array slot for this CPU; programs do not migrate between CPUs while they
         // run, so nothing else writes this slot concurrently. Userspace only reads it.
         let counter: &mut Counter = unsafe { &mut *counter };
-        counter.packets += 1;
-        counter.bytes += bytes as u64;
+        counter.count(bytes as u64);
     }
 }

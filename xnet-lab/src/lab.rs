@@ -390,14 +390,14 @@ impl Lab {
     /// subnet numbers (entries of ROUTE_INDEX) that hold a route.
     pub fn route_index(&self, i: usize) -> (bool, Vec<u32>) {
         use aya::maps::{Array, Map, MapData};
-        use xnet_common::maps::{DatapathConfig, ROUTE_INDEX_LEN, ROUTE_INDEX_VALID, RemoteSubnet};
+        use xnet_common::maps::{DatapathConfig, ROUTE_INDEX_LEN, RemoteSubnet};
         let pin_dir = &self.host(i).pin_dir;
         let config = MapData::from_pin(pin_dir.join("CONFIG")).expect("pinned CONFIG");
         let config: Array<MapData, DatapathConfig> = Array::try_from(Map::Array(config)).expect("array");
-        let on = config.get(&0, 0).expect("CONFIG[0]").flags & ROUTE_INDEX_VALID != 0;
+        let on = config.get(&0, 0).expect("CONFIG[0]").route_index_on();
         let index = MapData::from_pin(pin_dir.join("ROUTE_INDEX")).expect("pinned ROUTE_INDEX");
         let index: Array<MapData, RemoteSubnet> = Array::try_from(Map::Array(index)).expect("array");
-        let used = (0..ROUTE_INDEX_LEN).filter(|n| index.get(n, 0).is_ok_and(|r| r.backend != 0)).collect();
+        let used = (0..ROUTE_INDEX_LEN).filter(|n| index.get(n, 0).is_ok_and(|r| !r.is_empty())).collect();
         (on, used)
     }
 

@@ -19,7 +19,7 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::{
-    maps::{Backend, DatapathConfig, Endpoint, ROUTE_INDEX_VALID, Store},
+    maps::{Backend, DatapathConfig, Endpoint, Store},
     wire::{InnerInfo, UdpHdr, VxlanLocal, VxlanRemote, udp_outer, vxlan_outer},
 };
 
@@ -162,12 +162,12 @@ impl Bench {
         let spec = if on { self.plan.route_index() } else { trie_only(self.plan.overlay.network) };
         let mut wanted = Wanted::new(Store::File, spec);
         for (net, route) in self.wanted.routes() {
-            wanted.set(*net, *route, route.peer_ip, self.wanted.peers()[&route.peer_ip]);
+            wanted.set(*net, *route, route.peer_ip(), self.wanted.peers()[&route.peer_ip()]);
         }
         wanted.take_changes();
         self.wanted = wanted;
         self.sync(Scope::All);
-        let index_on = self.dp.get_mut().config().flags & ROUTE_INDEX_VALID != 0;
+        let index_on = self.dp.get_mut().config().route_index_on();
         assert_eq!(index_on, on, "route index switched on");
     }
 
@@ -547,7 +547,8 @@ impl Bench {
     pub fn age_endpoints(&mut self) {
         let maps = self.dp.get_mut().maps_mut();
         for (ip, e) in maps.endpoints() {
-            maps.put_endpoint(ip, &Endpoint { resolved_at: 0, ..e }).expect("write ENDPOINTS");
+            maps.put_endpoint(ip, &Endpoint::new(e.ifindex(), e.dmac(), e.smac(), 0))
+                .expect("write ENDPOINTS");
         }
     }
 

@@ -119,18 +119,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot read the container interfaces yet");
     }
     let started = unix_now();
-    let record = AgentState {
-        pid: std::process::id(),
-        overlay_mtu: plan.overlay_mtu,
-        started_at: started,
-        last_reconcile: started,
-        store: store.kind() as u8,
-        store_up: 1,
-        ingress: plan.ingress as u8,
-        backend: plan.overlay.tunnel.kind as u8,
-        invalid_entries: invalid,
-        lease_expiry: lease_expiry.unwrap_or(0),
-    };
+    let mut record = AgentState::new(
+        std::process::id(),
+        started,
+        store.kind(),
+        plan.ingress,
+        plan.overlay.tunnel.kind,
+        plan.overlay_mtu,
+    );
+    record.set_last_reconcile(started);
+    record.set_store_up(true);
+    record.set_invalid_entries(invalid);
+    record.set_lease_expiry(lease_expiry);
     let datapath = bring_up(&config, &plan, &wanted, &containers, &underlay, &container_ifaces, &record)?;
     let mut agent = Agent {
         config,
@@ -254,7 +254,7 @@ impl Agent {
                 for peer in &delta.set {
                     self.plan.set_peer(&mut self.wanted, peer);
                 }
-                self.record.invalid_entries = invalid;
+                self.record.set_invalid_entries(invalid);
                 self.store_up = true;
                 let scope = self.wanted.take_changes();
                 self.sync(scope);
@@ -265,14 +265,14 @@ impl Agent {
                     self.plan.set_peer(&mut self.wanted, peer);
                 }
                 self.wanted.take_changes();
-                self.record.invalid_entries = invalid;
+                self.record.set_invalid_entries(invalid);
                 self.store_up = true;
                 self.sync(Scope::All);
             }
             StoreEvent::Health { up, lease_expiry } => {
                 self.store_up = up;
                 if let Some(t) = lease_expiry {
-                    self.record.lease_expiry = t;
+                    self.record.set_lease_expiry(Some(t));
                 }
                 self.write_record();
             }
@@ -306,7 +306,7 @@ impl Agent {
             .datapath
             .sync_local_ports(self.containers.fdb(), monotonic_coarse_ns())
             .map_err(|e| e.to_string());
-        if self.datapath.config().gateway_mac != self.gateway_mac() {
+        if self.datapath.config().gateway_mac() != self.gateway_mac() {
             tracing::info!(mac = %Mac(self.gateway_mac()), "container interface MAC changed");
             self.sync(Scope::Keys { routes: Default::default(), peers: Default::default() });
         }
@@ -341,7 +341,7 @@ impl Agent {
             if self.sync_ok {
                 self.backoff = Duration::ZERO;
                 self.sync_retry = None;
-                self.record.last_reconcile = unix_now();
+                self.record.set_last_reconcile(unix_now());
             } else {
                 self.backoff = (self.backoff * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
                 self.sync_retry = Some(Instant::now() + self.backoff);
@@ -352,7 +352,7 @@ impl Agent {
 
     /// Writes AGENT: the store counts as up when it is reachable and the maps match it.
     fn write_record(&mut self) {
-        self.record.store_up = u8::from(self.store_up && self.sync_ok);
+        self.record.set_store_up(self.store_up && self.sync_ok);
         let result = self.datapath.maps_mut().set_agent_state(&self.record).map_err(|e| e.to_string());
         if result.is_err() {
             self.settle(Step::Record, result);
@@ -393,7 +393,7 @@ fn bring_up(
         let mut dp = Datapath::load(pin_dir)?;
         let gateway =
             containers.gateway_mac().or(container_ifaces.first().map(|c| c.mac.0)).unwrap_or_default();
-        dp.sync(wanted, &plan.datapath_config(gateway), &Scope::All, record.started_at)?;
+        dp.sync(wanted, &plan.datapath_config(gateway), &Scope::All, record.started_at())?;
         dp.maps_mut().set_agent_state(record)?;
         if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
             tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");

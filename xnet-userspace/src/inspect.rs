@@ -10,7 +10,7 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 use xnet_common::{
-    maps::{self, Backend, IngressHook, Store},
+    maps::{Backend, IngressHook, RouteInfo, Store},
     stats::{self, Direction, Outcome},
 };
 
@@ -40,7 +40,7 @@ pub fn counters(maps: &Maps) -> Result<Vec<CounterRow>, InspectError> {
     for direction in Direction::ALL {
         for outcome in Outcome::ALL.into_iter().filter(|o| o.applies_to(direction)) {
             let c = maps.counter(stats::index(direction, outcome))?;
-            let (packets, bytes) = (c.packets, c.bytes);
+            let (packets, bytes) = (c.packets(), c.bytes());
             rows.push(CounterRow {
                 direction: direction.name(),
                 outcome: outcome.name(),
@@ -79,22 +79,22 @@ pub fn read_routes(pin_dir: &Path, now: u64) -> Result<Vec<RouteRow>, InspectErr
 /// The routes in `maps`, sorted by subnet.
 pub fn routes(maps: &Maps, now: u64) -> Result<Vec<RouteRow>, InspectError> {
     let config = maps.config()?;
-    let vni = u32::from_be_bytes(config.vxlan_vni) >> 8;
+    let vni = config.vni();
     let gre_key = config.gre_key();
     let info = maps.route_info()?;
     let mut rows = Vec::new();
     for (net, route) in maps.routes()? {
         let meta = info.get(&net);
-        let backend = Backend::from_u8(route.backend);
+        let backend = route.backend();
         rows.push(RouteRow {
             subnet: net.to_string(),
-            peer: Ipv4Addr::from(route.peer_ip),
+            peer: Ipv4Addr::from(route.peer_ip()),
             backend: backend.map_or("unknown", Backend::name),
             vni: (backend == Some(Backend::Vxlan)).then_some(vni),
             key: gre_key.filter(|_| backend == Some(Backend::Gre)),
-            vtep_mac: Mac(route.vtep_mac).to_string(),
-            source: meta.and_then(|m| Store::from_u8(m.source)).map_or("unknown", Store::name),
-            age_seconds: meta.map(|m| now.saturating_sub(m.added_at)),
+            vtep_mac: Mac(route.vtep_mac()).to_string(),
+            source: meta.and_then(RouteInfo::source).map_or("unknown", Store::name),
+            age_seconds: meta.map(|m| now.saturating_sub(m.added_at())),
         });
     }
     Ok(rows)
@@ -154,30 +154,30 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
     let routes = maps.routes()?.len();
     Ok(Status {
         pin_dir: pin_dir.into(),
-        agent_pid: agent.pid,
-        agent_running: agent.pid != 0 && Path::new("/proc").join(agent.pid.to_string()).exists(),
-        agent_started_at: agent.started_at,
-        store: Store::from_u8(agent.store).map_or("unknown", Store::name),
-        store_up: agent.store_up == 1,
-        invalid_entries: agent.invalid_entries,
-        last_reconcile: agent.last_reconcile,
-        lease_expiry: (agent.lease_expiry != 0).then_some(agent.lease_expiry),
-        overlay_mtu: agent.overlay_mtu,
-        ingress: match agent.ingress {
-            x if x == IngressHook::Xdp as u8 => "xdp",
-            x if x == IngressHook::Tc as u8 => "tc",
-            _ => "unknown",
+        agent_pid: agent.pid(),
+        agent_running: agent.pid() != 0 && Path::new("/proc").join(agent.pid().to_string()).exists(),
+        agent_started_at: agent.started_at(),
+        store: agent.store().map_or("unknown", Store::name),
+        store_up: agent.store_up(),
+        invalid_entries: agent.invalid_entries(),
+        last_reconcile: agent.last_reconcile(),
+        lease_expiry: agent.lease_expiry(),
+        overlay_mtu: agent.overlay_mtu(),
+        ingress: match agent.ingress() {
+            Some(IngressHook::Xdp) => "xdp",
+            Some(IngressHook::Tc) => "tc",
+            None => "unknown",
         },
-        backend: Backend::from_u8(agent.backend).map_or("unknown", Backend::name),
-        public_ip: Ipv4Addr::from(config.local_ip),
-        vtep_mac: Mac(config.vtep_mac).to_string(),
-        vni: u32::from_be_bytes(config.vxlan_vni) >> 8,
+        backend: agent.backend().map_or("unknown", Backend::name),
+        public_ip: Ipv4Addr::from(config.local_ip()),
+        vtep_mac: Mac(config.vtep_mac()).to_string(),
+        vni: config.vni(),
         vxlan_port: config.vxlan_port(),
         udp_port: config.udp_port(),
         gre_key: config.gre_key(),
         peers,
         routes,
-        route_index: config.flags & maps::ROUTE_INDEX_VALID != 0,
+        route_index: config.route_index_on(),
         attachments: read_attachments(pin_dir),
     })
 }

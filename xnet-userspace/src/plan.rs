@@ -4,8 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use xnet_common::maps::{Backend, DatapathConfig, GRE_KEYED, IngressHook, Peer, RemoteSubnet, Store};
-use xnet_common::wire::vni_to_wire;
+use xnet_common::maps::{Backend, DatapathConfig, DatapathParams, IngressHook, Peer, RemoteSubnet, Store};
 
 use crate::{
     cidr::{self, Ipv4Network},
@@ -97,12 +96,9 @@ impl Plan {
 
     /// The REMOTE_SUBNETS value and the PEERS entry for `peer`.
     pub fn entries(&self, peer: &PeerConfig) -> (RemoteSubnet, Peer) {
-        let backend = self.backend_for(peer) as u8;
+        let backend = self.backend_for(peer);
         let mac = peer.vtep_mac.0;
-        (
-            RemoteSubnet { peer_ip: peer.public_ip.octets(), vtep_mac: mac, backend, reserved: 0 },
-            Peer { vtep_mac: mac, backend, reserved: 0 },
-        )
+        (RemoteSubnet::new(peer.public_ip.octets(), mac, backend), Peer::new(mac, backend))
     }
 
     /// Records `peer` in `wanted`.
@@ -132,28 +128,20 @@ impl Plan {
     pub fn datapath_config(&self, gateway_mac: [u8; 6]) -> DatapathConfig {
         let tunnel = &self.overlay.tunnel;
         let subnet = &self.overlay.subnet;
-        DatapathConfig {
+        // The outer header templates are built from these when CONFIG is written.
+        DatapathConfig::new(&DatapathParams {
             underlay_ifindex: self.facts.underlay_index,
             underlay_mtu: self.facts.underlay_mtu,
             local_ip: self.facts.public_ip.octets(),
             local_subnet: subnet.network().octets(),
             local_netmask: subnet.mask().octets(),
-            vxlan_vni: vni_to_wire(tunnel.vni),
-            vxlan_port: tunnel.vxlan_port.to_be_bytes(),
+            vni: tunnel.vni,
+            vxlan_port: tunnel.vxlan_port,
             vtep_mac: self.facts.vtep_mac.0,
-            udp_port: tunnel.udp_port.to_be_bytes(),
-            flags: if tunnel.gre_key.is_some() { GRE_KEYED } else { 0 },
-            reserved: 0,
-            gre_key: tunnel.gre_key.unwrap_or(0).to_be_bytes(),
-            gateway_mac,
-            reserved2: [0; 2],
-            index_net: [0; 4],
-            index_netmask: [0; 4],
-            index_shift: 0,
-            reserved3: [0; 7],
-            // Built from the fields above when CONFIG is written.
-            outer: Default::default(),
-        }
+            udp_port: tunnel.udp_port,
+            gre_key: tunnel.gre_key,
+        })
+        .with_gateway_mac(gateway_mac)
     }
 
     /// The address this host's container bridge holds: the first of its subnet.
@@ -223,18 +211,23 @@ mod tests {
         let plan = Plan::new(facts(true), overlay(Backend::Vxlan), None, &[]).unwrap();
         let cfg = plan.datapath_config([2, 0, 0, 0, 0, 9]);
         assert_eq!(
-            (cfg.local_ip, cfg.local_subnet, cfg.local_netmask),
+            (cfg.local_ip(), cfg.local_subnet(), cfg.local_netmask()),
             ([198, 18, 0, 1], [10, 244, 1, 0], [255, 255, 255, 0])
         );
         assert_eq!(
-            (cfg.vxlan_port(), cfg.udp_port(), cfg.gre_key(), cfg.underlay_ifindex),
-            (8472, 8285, None, 3)
+            (cfg.vxlan_port(), cfg.udp_port(), cfg.gre_key(), cfg.underlay_ifindex(), cfg.underlay_mtu()),
+            (8472, 8285, None, 3, 1500)
         );
+        assert_eq!(
+            (cfg.vni(), cfg.vtep_mac(), cfg.gateway_mac()),
+            (1, plan.facts.vtep_mac.0, [2, 0, 0, 0, 0, 9])
+        );
+        assert!(!cfg.route_index_on(), "the sync owns the route index");
         let p = peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Gre));
         let (route, entry) = plan.entries(&p);
         assert_eq!(
-            (route.peer_ip, route.backend, entry.backend),
-            ([198, 18, 0, 2], Backend::Gre as u8, Backend::Gre as u8)
+            (route.peer_ip(), route.vtep_mac(), route.backend(), entry.vtep_mac(), entry.backend()),
+            ([198, 18, 0, 2], p.vtep_mac.0, Some(Backend::Gre), p.vtep_mac.0, Some(Backend::Gre))
         );
         let wanted = plan.wanted(Store::File, [&p]);
         assert_eq!((wanted.routes().len(), wanted.peers().len()), (1, 1));

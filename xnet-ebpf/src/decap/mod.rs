@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use xnet_common::{
     decap::{self, DecapDecision},
-    maps::{SLOT_PEER, SLOT_SHARED, peer_slot},
+    maps::{SlotState, peer_slot},
     packet::Packet,
     stats::Outcome,
 };
@@ -53,12 +53,15 @@ impl IngressContext for XdpContext {
 /// peers share.
 #[inline(always)]
 fn is_peer(src: &[u8; 4]) -> bool {
-    match PEER_SLOTS.get(peer_slot(src)) {
-        Some(slot) if slot.state == SLOT_PEER => slot.ip == *src,
+    let Some(slot) = PEER_SLOTS.get(peer_slot(src)) else {
+        return false;
+    };
+    match slot.state() {
+        SlotState::Peer => slot.ip() == *src,
         // SAFETY: only whether the entry exists is read; a concurrent update by the agent can at
         // worst make this one packet see the old or new peer set.
-        Some(slot) if slot.state == SLOT_SHARED => unsafe { PEERS.get(src) }.is_some(),
-        _ => false,
+        SlotState::Shared => unsafe { PEERS.get(src) }.is_some(),
+        SlotState::Empty => false,
     }
 }
 

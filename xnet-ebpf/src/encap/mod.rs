@@ -46,7 +46,7 @@ pub fn room_failed<E>(_: E) -> Outcome {
 pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Result<(), Outcome> {
     let ip_len = ctx.len() as usize - ETH_LEN;
     // The length first: gso_segs is a few dependent loads away (in the skb's shared info).
-    if (ip_len + overhead) as u32 > cfg.underlay_mtu && ptr::gso_segs(ctx) <= 1 {
+    if (ip_len + overhead) as u32 > cfg.underlay_mtu() && ptr::gso_segs(ctx) <= 1 {
         cold_path();
         return Err(Outcome::DropTooBig);
     }
@@ -103,7 +103,7 @@ pub fn write_outer<const LEN: usize>(ctx: &TcContext, outer: &[u64; TEMPLATE_WOR
 pub fn redirect_to_underlay(cfg: &DatapathConfig, next_hop: Option<[u8; 4]>) -> Result<i32, Outcome> {
     let ret = match next_hop {
         // SAFETY: a null params pointer with length 0 asks the kernel to do the FIB lookup itself.
-        None => unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) },
+        None => unsafe { bpf_redirect_neigh(cfg.underlay_ifindex(), core::ptr::null_mut(), 0, 0) },
         Some(ip) => {
             // Every byte set (the verifier wants the helper's input initialised), by plain stores
             // rather than a zeroing call: the IPv4 next hop is the first word of the address union.
@@ -115,7 +115,7 @@ pub fn redirect_to_underlay(cfg: &DatapathConfig, next_hop: Option<[u8; 4]>) -> 
             };
             let size = size_of::<bpf_redir_neigh>() as i32;
             // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed, alive for the call.
-            unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, &raw mut nh, size, 0) }
+            unsafe { bpf_redirect_neigh(cfg.underlay_ifindex(), &raw mut nh, size, 0) }
         }
     };
     if ret == TC_ACT_REDIRECT as i64 {

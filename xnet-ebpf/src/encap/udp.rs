@@ -37,8 +37,8 @@ pub fn encapsulate(
     ptr::tc_write_u32s(ctx, TTL_WORD, [csum::decrement_ttl_word(ttl_word)])
         .ok_or(Outcome::DropEncapFailed)?;
 
-    let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
+    let fill = Fill { peer_ip: route.peer_ip(), ip_len: ctx.len() as usize - ETH_LEN, tos };
     let flags = FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
     ctx.adjust_room(UDP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(room_failed)?;
-    write_outer::<UDP_ENCAP_LEN>(ctx, &cfg.outer.udp.udp(&fill))
+    write_outer::<UDP_ENCAP_LEN>(ctx, &cfg.outer().udp.udp(&fill))
 }

@@ -27,7 +27,7 @@ pub fn encapsulate(
     tos: u8,
 ) -> Result<(), Outcome> {
     check_fits(ctx, cfg, VXLAN_ENCAP_LEN)?;
-    let fill = Fill { peer_ip: route.peer_ip, ip_len: ctx.len() as usize - ETH_LEN, tos };
+    let fill = Fill { peer_ip: route.peer_ip(), ip_len: ctx.len() as usize - ETH_LEN, tos };
     let flags = FIXED_GSO
         | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
@@ -38,5 +38,5 @@ pub fn encapsulate(
     // read with the bounds check the stores need anyway, and the words go straight from registers
     // to the packet instead of living across the call.
     let hash = flow_hash(ctx, ETH_LEN + VXLAN_ENCAP_LEN);
-    write_outer::<VXLAN_ENCAP_LEN>(ctx, &cfg.outer.vxlan.vxlan(&fill, route.vtep_mac_word(), hash))
+    write_outer::<VXLAN_ENCAP_LEN>(ctx, &cfg.outer().vxlan.vxlan(&fill, route.vtep_mac_word(), hash))
 }

@@ -72,7 +72,7 @@ fn lpm_key(net: &Ipv4Network) -> Key<[u8; 4]> {
 }
 
 fn info_key(net: &Ipv4Network) -> LpmKeyIpv4 {
-    LpmKeyIpv4 { prefix_len: u32::from(net.prefix()), addr: net.network().octets() }
+    LpmKeyIpv4::new(u32::from(net.prefix()), net.network().octets())
 }
 
 impl Maps {
@@ -139,10 +139,7 @@ impl Maps {
     /// One STATS counter, summed over the CPUs.
     pub fn counter(&self, index: u32) -> Result<Counter, DatapathError> {
         let per_cpu = self.stats.get(&index, 0).map_err(failed(STATS))?;
-        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        }))
+        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
     }
 
     /// REMOTE_SUBNETS, every route.
@@ -173,7 +170,7 @@ impl Maps {
         let mut out = BTreeMap::new();
         for entry in self.route_info.iter() {
             let (key, info) = entry.map_err(failed(ROUTE_INFO))?;
-            if let Some(net) = cidr::network(Ipv4Addr::from(key.addr), key.prefix_len as u8) {
+            if let Some(net) = cidr::network(Ipv4Addr::from(key.addr()), key.prefix_len() as u8) {
                 out.insert(net, info);
             }
         }
@@ -212,7 +209,7 @@ impl Maps {
             slots: Self::array_entries(&self.peer_slots, PEER_SLOTS, PEER_SLOTS_LEN)?,
             index: Self::array_entries(&self.route_index, ROUTE_INDEX, ROUTE_INDEX_LEN)?
                 .into_iter()
-                .filter(|(_, r)| r.backend != 0)
+                .filter(|(_, r)| !r.is_empty())
                 .collect(),
         })
     }
@@ -236,11 +233,14 @@ impl Maps {
 
     /// LOCAL_PORTS: container MAC -> bridge port ifindex.
     pub fn local_ports(&self) -> Result<BTreeMap<[u8; 6], u32>, DatapathError> {
-        self.local_ports.iter().map(|e| e.map(|(k, v)| (k, v.ifindex)).map_err(failed(LOCAL_PORTS))).collect()
+        self.local_ports
+            .iter()
+            .map(|e| e.map(|(k, v)| (k, v.ifindex())).map_err(failed(LOCAL_PORTS)))
+            .collect()
     }
 
     pub fn put_local_port(&mut self, mac: [u8; 6], ifindex: u32) -> Result<(), DatapathError> {
-        self.local_ports.insert(mac, LocalPort { ifindex }, 0).map_err(failed(LOCAL_PORTS))
+        self.local_ports.insert(mac, LocalPort::new(ifindex), 0).map_err(failed(LOCAL_PORTS))
     }
 
     pub fn del_local_port(&mut self, mac: &[u8; 6]) -> Result<(), DatapathError> {

@@ -380,7 +380,7 @@ pub fn stale_endpoints(
     now: u64,
 ) -> Vec<[u8; 4]> {
     entries
-        .filter(|(_, e)| e.is_stale(now) || ports.get(&e.dmac) != Some(&e.ifindex))
+        .filter(|(_, e)| e.is_stale(now) || ports.get(&e.dmac()) != Some(&e.ifindex()))
         .map(|(ip, _)| ip)
         .collect()
 }

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use xnet_common::maps::{
-    self, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, ROUTE_INDEX_VALID, RemoteSubnet, RouteInfo, Store,
+    self, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, Store,
 };
 
 use crate::cidr::{self, Ipv4Network};
@@ -59,24 +59,7 @@ impl RouteIndexSpec {
 
     /// `cfg` with the index switched on in this shape.
     fn switched_on(&self, cfg: DatapathConfig) -> DatapathConfig {
-        DatapathConfig {
-            flags: cfg.flags | ROUTE_INDEX_VALID,
-            index_net: self.network.network().octets(),
-            index_netmask: self.network.mask().octets(),
-            index_shift: self.shift(),
-            ..cfg
-        }
-    }
-}
-
-/// `cfg` with the route index fields of `from`.
-fn with_index_of(cfg: DatapathConfig, from: &DatapathConfig) -> DatapathConfig {
-    DatapathConfig {
-        flags: (cfg.flags & !ROUTE_INDEX_VALID) | (from.flags & ROUTE_INDEX_VALID),
-        index_net: from.index_net,
-        index_netmask: from.index_netmask,
-        index_shift: from.index_shift,
-        ..cfg
+        cfg.with_route_index(self.network.network().octets(), self.network.mask().octets(), self.shift())
     }
 }
 
@@ -193,11 +176,10 @@ impl Wanted {
     /// PEER_SLOTS entry `slot` as it should be.
     fn slot(&self, slot: u32) -> PeerSlot {
         match self.slot_members.get(&slot) {
-            None => PeerSlot::default(),
+            None => PeerSlot::empty(),
             Some(m) => {
                 let ip = *m.first().expect("empty member sets are removed");
-                let state = if m.len() == 1 { maps::SLOT_PEER } else { maps::SLOT_SHARED };
-                PeerSlot { ip, state, reserved: [0; 3] }
+                if m.len() == 1 { PeerSlot::peer(ip) } else { PeerSlot::shared(ip) }
             }
         }
     }
@@ -249,7 +231,7 @@ impl Mirror {
             Op::DelPeer(ip) => {
                 self.peers.remove(ip);
             }
-            Op::PutSlot(i, s) if *s == PeerSlot::default() => {
+            Op::PutSlot(i, s) if *s == PeerSlot::empty() => {
                 self.slots.remove(i);
             }
             Op::PutSlot(i, s) => {
@@ -267,7 +249,7 @@ impl Mirror {
             Op::DelRouteInfo(n) => {
                 self.route_info.remove(n);
             }
-            Op::PutIndex(i, r) if r.backend == 0 => {
+            Op::PutIndex(i, r) if r.is_empty() => {
                 self.index.remove(i);
             }
             Op::PutIndex(i, r) => {
@@ -339,11 +321,11 @@ pub fn diff(
 
     // 1. CONFIG as wanted, with the index switched off if its shape is about to change.
     let shape = wanted.index_shape();
-    let mut cfg = with_index_of(*config, &current.config);
-    let index_on = current.config.flags & ROUTE_INDEX_VALID != 0;
+    let mut cfg = config.with_route_index_of(&current.config);
+    let index_on = current.config.route_index_on();
     let same_shape = index_on && shape.is_some_and(|s| s.switched_on(cfg) == cfg);
     if index_on && !same_shape {
-        cfg.flags &= !ROUTE_INDEX_VALID;
+        cfg = cfg.without_route_index();
     }
     if cfg != current.config {
         ops.push(Op::Config(Box::new(cfg)));
@@ -368,7 +350,7 @@ pub fn diff(
         if want == have {
             continue;
         }
-        if want == PeerSlot::default() {
+        if want == PeerSlot::empty() {
             emptied_slots.push(slot);
         } else {
             ops.push(Op::PutSlot(slot, want));
@@ -381,11 +363,8 @@ pub fn diff(
         if current.routes.get(net) != Some(route) {
             ops.push(Op::PutRoute(*net, *route));
         }
-        if current.route_info.get(net).map(|i| i.source) != Some(wanted.source as u8) {
-            ops.push(Op::PutRouteInfo(
-                *net,
-                RouteInfo { source: wanted.source as u8, reserved: [0; 7], added_at: now },
-            ));
+        if current.route_info.get(net).and_then(RouteInfo::source) != Some(wanted.source) {
+            ops.push(Op::PutRouteInfo(*net, RouteInfo::new(wanted.source, now)));
         }
     }
 
@@ -420,7 +399,7 @@ pub fn diff(
             ops.push(Op::DelRouteInfo(*net));
         }
     }
-    ops.extend(emptied_slots.into_iter().map(|slot| Op::PutSlot(slot, PeerSlot::default())));
+    ops.extend(emptied_slots.into_iter().map(|slot| Op::PutSlot(slot, PeerSlot::empty())));
     for ip in &peer_keys {
         if !wanted.peers.contains_key(ip) && current.peers.contains_key(ip) {
             ops.push(Op::DelPeer(*ip));
@@ -432,7 +411,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xnet_common::maps::Backend;
+    use xnet_common::maps::{Backend, DatapathParams, SlotState};
 
     fn net(s: &str) -> Ipv4Network {
         cidr::parse(s).unwrap()
@@ -443,16 +422,11 @@ mod tests {
     }
 
     fn route(ip: [u8; 4]) -> RemoteSubnet {
-        RemoteSubnet {
-            peer_ip: ip,
-            vtep_mac: [2, 0, ip[0], ip[1], ip[2], ip[3]],
-            backend: Backend::Vxlan as u8,
-            reserved: 0,
-        }
+        RemoteSubnet::new(ip, [2, 0, ip[0], ip[1], ip[2], ip[3]], Backend::Vxlan)
     }
 
     fn peer(ip: [u8; 4]) -> Peer {
-        Peer { vtep_mac: [2, 0, ip[0], ip[1], ip[2], ip[3]], backend: Backend::Vxlan as u8, reserved: 0 }
+        Peer::new([2, 0, ip[0], ip[1], ip[2], ip[3]], Backend::Vxlan)
     }
 
     fn set(w: &mut Wanted, subnet: &str, ip: [u8; 4]) {
@@ -482,15 +456,15 @@ mod tests {
         let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::Etcd, spec()));
         set(&mut w, "10.244.2.0/24", a);
         sync(&mut m, &mut w, &cfg, Scope::All);
-        assert_eq!(m.routes[&net("10.244.2.0/24")].peer_ip, a);
+        assert_eq!(m.routes[&net("10.244.2.0/24")].peer_ip(), a);
         set(&mut w, "10.244.2.0/24", b);
         let scope = w.take_changes();
         let ops = diff(&m, &w, &cfg, &scope, 150, Capacity::default()).unwrap();
         let put_peer = position(&ops, |o| matches!(o, Op::PutPeer(ip, _) if *ip == b));
-        let put_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if s.ip == b));
-        let put_route = position(&ops, |o| matches!(o, Op::PutRoute(_, r) if r.peer_ip == b));
-        let put_index = position(&ops, |o| matches!(o, Op::PutIndex(2, r) if r.peer_ip == b));
-        let del_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if *s == PeerSlot::default()));
+        let put_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if s.ip() == b));
+        let put_route = position(&ops, |o| matches!(o, Op::PutRoute(_, r) if r.peer_ip() == b));
+        let put_index = position(&ops, |o| matches!(o, Op::PutIndex(2, r) if r.peer_ip() == b));
+        let del_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if *s == PeerSlot::empty()));
         let del_peer = position(&ops, |o| matches!(o, Op::DelPeer(ip) if *ip == a));
         assert!(put_peer < put_slot && put_slot < put_route && put_route < del_peer, "{ops:?}");
         assert!(put_index < del_slot && del_slot < del_peer, "{ops:?}");
@@ -502,7 +476,7 @@ mod tests {
         for op in &ops {
             m.apply(op);
         }
-        assert_eq!((m.peers.len(), m.slots.len(), m.index[&2].peer_ip), (1, 1, b));
+        assert_eq!((m.peers.len(), m.slots.len(), m.index[&2].peer_ip()), (1, 1, b));
     }
 
     #[test]
@@ -512,16 +486,19 @@ mod tests {
         set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
         set(&mut w, "10.244.3.0/24", [198, 18, 0, 3]);
         let ops = sync(&mut m, &mut w, &cfg, Scope::All);
-        let on = position(&ops, |o| matches!(o, Op::Config(c) if c.flags & ROUTE_INDEX_VALID != 0));
+        let on = position(&ops, |o| matches!(o, Op::Config(c) if c.route_index_on()));
         let last_index = ops.iter().rposition(|o| matches!(o, Op::PutIndex(..))).unwrap();
         assert!(last_index < on, "{ops:?}");
         assert_eq!(m.index.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!((m.config.index_net, m.config.index_shift), ([10, 244, 0, 0], 8));
+        assert_eq!(
+            (m.config.index_net(), m.config.index_netmask(), m.config.index_shift()),
+            ([10, 244, 0, 0], [255, 255, 0, 0], 8)
+        );
         // A route that does not fit (a /25): the index goes off first, and is left alone.
         set(&mut w, "10.244.4.0/25", [198, 18, 0, 4]);
         let scope = w.take_changes();
         let ops = diff(&m, &w, &cfg, &scope, 100, Capacity::default()).unwrap();
-        assert!(matches!(&ops[0], Op::Config(c) if c.flags & ROUTE_INDEX_VALID == 0), "{ops:?}");
+        assert!(matches!(&ops[0], Op::Config(c) if !c.route_index_on()), "{ops:?}");
         assert!(!ops.iter().any(|o| matches!(o, Op::PutIndex(..))), "{ops:?}");
         for op in &ops {
             m.apply(op);
@@ -535,8 +512,8 @@ mod tests {
         w.remove(&net("10.244.4.0/25"));
         let scope = w.take_changes();
         let ops = sync(&mut m, &mut w, &cfg, scope);
-        let cleared = position(&ops, |o| matches!(o, Op::PutIndex(3, r) if r.backend == 0));
-        let on = position(&ops, |o| matches!(o, Op::Config(c) if c.flags & ROUTE_INDEX_VALID != 0));
+        let cleared = position(&ops, |o| matches!(o, Op::PutIndex(3, r) if r.is_empty()));
+        let on = position(&ops, |o| matches!(o, Op::Config(c) if c.route_index_on()));
         assert!(cleared < on, "{ops:?}");
         assert_eq!(m.index.keys().copied().collect::<Vec<_>>(), vec![2]);
     }
@@ -553,7 +530,7 @@ mod tests {
 
     #[test]
     fn one_change_costs_one_change() {
-        let cfg = DatapathConfig { underlay_ifindex: 7, ..Default::default() };
+        let cfg = DatapathConfig::new(&DatapathParams { underlay_ifindex: 7, ..Default::default() });
         let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::Etcd, spec()));
         for i in 0..200u8 {
             set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
@@ -568,11 +545,11 @@ mod tests {
         let ops = sync(&mut m, &mut w, &cfg, scope);
         assert_eq!(ops.len(), 5, "index entry, route, route info, slot, peer: {ops:?}");
         // CONFIG changes are written as such, keeping the index switched on.
-        let moved = DatapathConfig { gateway_mac: [2, 0, 0, 0, 0, 1], ..cfg };
+        let moved = cfg.with_gateway_mac([2, 0, 0, 0, 0, 1]);
         let ops =
             sync(&mut m, &mut w, &moved, Scope::Keys { routes: BTreeSet::new(), peers: BTreeSet::new() });
         assert!(
-            matches!(&ops[..], [Op::Config(c)] if c.flags & ROUTE_INDEX_VALID != 0 && c.gateway_mac[5] == 1),
+            matches!(&ops[..], [Op::Config(c)] if c.route_index_on() && c.gateway_mac()[5] == 1),
             "{ops:?}"
         );
     }
@@ -590,14 +567,15 @@ mod tests {
         set(&mut w, "10.244.2.0/24", a);
         set(&mut w, "10.244.3.0/24", b);
         sync(&mut m, &mut w, &cfg, Scope::All);
-        assert_eq!(m.slots[&maps::peer_slot(&a)].state, maps::SLOT_SHARED);
+        assert_eq!(m.slots[&maps::peer_slot(&a)].state(), SlotState::Shared);
         w.remove(&net("10.244.2.0/24"));
         let scope = w.take_changes();
         sync(&mut m, &mut w, &cfg, scope);
         assert_eq!(
-            (m.slots[&maps::peer_slot(&a)].state, m.slots[&maps::peer_slot(&a)].ip),
-            (maps::SLOT_PEER, b)
+            (m.slots[&maps::peer_slot(&a)].state(), m.slots[&maps::peer_slot(&a)].ip()),
+            (SlotState::Peer, b)
         );
+        assert_eq!(m.slots[&maps::peer_slot(&a)], PeerSlot::peer(b));
     }
 
     #[test]
