@@ -2,7 +2,7 @@
 //! (which proves the overlay MTU is right), the wire format checked by an independent decoder
 //! (scapy), interop with the kernel's vxlan as flannel sets it up, and hosts with mixed backends.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use serde_json::Value;
 use xnet_lab::{
@@ -28,6 +28,38 @@ fn check_connectivity(lab: &Lab) {
     }
     for (a, b) in [((1, 1), (2, 1)), ((2, 1), (1, 1)), ((1, 2), (3, 1)), ((3, 1), (1, 2))] {
         lab.tcp_transfer(a, b, TEN_MB);
+    }
+    check_host_traffic(lab);
+}
+
+/// The hosts' own traffic: each host reaches every remote container, from its overlay address
+/// (the network address of its subnet, on xnet0), not NATed; containers reach every other host's
+/// bridge address.
+fn check_host_traffic(lab: &Lab) {
+    for h in &lab.hosts {
+        for other in lab.hosts.iter().filter(|o| o.index != h.index) {
+            for c in &other.containers {
+                assert!(
+                    lab.ping_from_host(h.index, c.ip),
+                    "host {} -> container {}\n{}",
+                    h.index,
+                    c.ip,
+                    lab.log(h.index)
+                );
+            }
+            let bridge = other.bridge_ip;
+            assert!(
+                lab.ping((h.index, 1), bridge),
+                "container ({}, 1) -> host {}'s bridge {bridge}",
+                h.index,
+                other.index
+            );
+        }
+    }
+    for (from, to) in [(1, (2, 1)), (2, (3, 1)), (3, (1, 2))] {
+        let (_, seen) = lab.tcp_from_host(from, to, TEN_MB);
+        let overlay_address = Ipv4Addr::new(10, 244, from as u8, 0);
+        assert_eq!(seen, overlay_address, "host {from} -> container {to:?}: the source the container sees");
     }
 }
 

@@ -127,8 +127,12 @@ fn counters_metrics_routes_and_status_agree_with_the_traffic() {
         .inspect(|a| assert!(a["program_id"].as_u64().unwrap() > 0, "{a}"))
         .map(|a| format!("{}:{}", a["iface"].as_str().unwrap(), a["program"].as_str().unwrap()))
         .collect();
-    // The bridge, its container port (egress before the bridge) and the underlay.
-    assert_eq!(attached, ["docker0:xnet_tc_egress", "eth0:xnet_tc_ingress", "vc1:xnet_tc_egress"]);
+    // The bridge, its container port (egress before the bridge), the underlay, and the far end of
+    // the host's own device (the host's traffic to remote containers).
+    assert_eq!(
+        attached,
+        ["docker0:xnet_tc_egress", "eth0:xnet_tc_ingress", "vc1:xnet_tc_egress", "xnet0-tx:xnet_tc_egress"]
+    );
 
     // subnet.env for Docker.
     let env = std::fs::read_to_string(&lab.host(1).subnet_file).unwrap();

@@ -43,19 +43,12 @@ pub const PEER_SLOTS: &str = "PEER_SLOTS";
 /// while CONFIG says it is valid (see [`ROUTE_INDEX_VALID`]). An entry with backend 0 is no route.
 pub const ROUTE_INDEX: &str = "ROUTE_INDEX";
 
-/// Every map, for pinning and cleanup.
-pub const ALL: [&str; 10] = [
-    REMOTE_SUBNETS,
-    PEERS,
-    CONFIG,
-    STATS,
-    LOCAL_PORTS,
-    AGENT,
-    ROUTE_INFO,
-    ENDPOINTS,
-    PEER_SLOTS,
-    ROUTE_INDEX,
-];
+/// Array of [`ContainerIface`], one per configured container interface in config order (the
+/// rest empty): which exist and are attached, which the agent awaits. Read by `xnet status`; the
+/// programs do not use it.
+pub const CONTAINER_IFACES: &str = "CONTAINER_IFACES";
+/// How many container interfaces a config may name.
+pub const CONTAINER_IFACES_LEN: u32 = 16;
 
 /// Subnets a network may have for ROUTE_INDEX to cover it (e.g. /24s of a /8).
 pub const ROUTE_INDEX_LEN: u32 = 1 << 16;
@@ -570,6 +563,60 @@ impl DatapathConfig {
     }
 }
 
+/// [`ContainerIface::state`]. Numbers are stored in maps: never reuse one.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfaceState {
+    /// No interface in this entry.
+    Unused = 0,
+    /// Configured, but it does not exist (yet): attached when it appears.
+    Awaited = 1,
+    /// Exists, and the egress program is attached to it.
+    Attached = 2,
+}
+
+/// Entry of [`CONTAINER_IFACES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ContainerIface {
+    /// The interface name, NUL-padded (IFNAMSIZ).
+    name: [u8; 16],
+    ifindex: u32,
+    state: u8,
+    reserved: [u8; 3],
+}
+
+impl ContainerIface {
+    /// The interface `name` (at most 15 bytes; longer names are cut) in `state`, at `ifindex` (0
+    /// while awaited).
+    pub fn new(name: &str, state: IfaceState, ifindex: u32) -> Self {
+        let mut bytes = [0u8; 16];
+        for (dst, src) in bytes.iter_mut().zip(name.bytes().take(15)) {
+            *dst = src;
+        }
+        Self { name: bytes, ifindex, state: state as u8, reserved: [0; 3] }
+    }
+
+    /// The name, up to its first NUL.
+    pub fn name(&self) -> &[u8] {
+        let end = self.name.iter().position(|b| *b == 0).unwrap_or(self.name.len());
+        &self.name[..end]
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The state; unknown numbers read as unused.
+    pub fn state(&self) -> IfaceState {
+        match self.state {
+            1 => IfaceState::Awaited,
+            2 => IfaceState::Attached,
+            _ => IfaceState::Unused,
+        }
+    }
+}
+
 /// Value of [`LOCAL_PORTS`]: the host-side interface (a veth whose peer is the container's).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -869,6 +916,7 @@ impl core::ops::Add for Counter {
 
 const _: () = {
     assert!(size_of::<LpmKeyIpv4>() == 8);
+    assert!(size_of::<ContainerIface>() == 24);
     assert!(size_of::<RemoteSubnet>() == 12);
     assert!(size_of::<Peer>() == 8);
     assert!(size_of::<DatapathConfig>() == 64 + 3 * 64);
@@ -892,6 +940,8 @@ mod pod {
 
     // SAFETY: packed u32 and [u8; 4]: 8 bytes, no padding.
     unsafe impl aya::Pod for LpmKeyIpv4 {}
+    // SAFETY: #[repr(C)] [u8; 16], u32, u8 and [u8; 3]: 24 bytes without gaps (asserted).
+    unsafe impl aya::Pod for ContainerIface {}
     // SAFETY: #[repr(C, align(4))] byte arrays and bytes filling 12 bytes (asserted).
     unsafe impl aya::Pod for RemoteSubnet {}
     // SAFETY: #[repr(C)] [u8; 6] and two bytes: 8 bytes, alignment 1.

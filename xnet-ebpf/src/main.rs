@@ -21,9 +21,9 @@ use deliver::Delivery;
 use xnet_common::{
     egress::{self, EgressDecision},
     maps::{
-        AgentState, Backend, Counter, DatapathConfig, ENDPOINTS_MAX, Endpoint, LOCAL_PORTS_MAX, LocalPort,
-        LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot, REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN,
-        RemoteSubnet, RouteInfo,
+        AgentState, Backend, CONTAINER_IFACES_LEN, ContainerIface, Counter, DatapathConfig, ENDPOINTS_MAX,
+        Endpoint, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot,
+        REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
     wire::mac_bytes,
@@ -66,6 +66,11 @@ static ENDPOINTS: LruHashMap<[u8; 4], Endpoint, { ENDPOINTS_MAX as usize }> = Lr
 /// so it is created, typed and pinned with the rest.
 #[btf_map]
 static AGENT: Array<AgentState, 1> = Array::new();
+
+/// The configured container interfaces and whether each is attached (`xnet status`); not read by
+/// the programs.
+#[btf_map]
+static CONTAINER_IFACES: Array<ContainerIface, { CONTAINER_IFACES_LEN as usize }> = Array::new();
 
 /// Where each remote subnet came from and since when (`xnet routes`); not read by the programs.
 #[btf_map]

@@ -52,6 +52,11 @@ pub struct LabSpec {
     pub network: &'static str,
     /// `[etcd] lease_ttl` of every agent, seconds.
     pub lease_ttl: u32,
+    /// The container interface every agent's config names (`docker0`, or `cni0` for CNI).
+    pub container_iface: &'static str,
+    /// Whether the lab creates that bridge and its containers. Without it the hosts start with
+    /// no container interface at all (as on a first boot, before dockerd or the first pod).
+    pub container_bridge: bool,
 }
 
 impl Default for LabSpec {
@@ -71,6 +76,8 @@ impl Default for LabSpec {
             etcd_members: 1,
             network: NETWORK,
             lease_ttl: 30,
+            container_iface: "docker0",
+            container_bridge: true,
         }
     }
 }
@@ -236,12 +243,15 @@ impl Lab {
         ns.ip(&["addr", "add", &format!("{public_ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         let bridge_ip = Ipv4Addr::new(10, 244, i as u8, 1);
-        ns.ip(&["link", "add", "docker0", "type", "bridge"]);
-        ns.ip(&["addr", "add", &format!("{bridge_ip}/24"), "dev", "docker0"]);
-        ns.ip(&["link", "set", "docker0", "up"]);
         let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
         let mut containers = Vec::new();
-        for j in 1..=self.spec.containers_per_host {
+        if self.spec.container_bridge {
+            ns.ip(&["link", "add", "docker0", "type", "bridge"]);
+            ns.ip(&["addr", "add", &format!("{bridge_ip}/24"), "dev", "docker0"]);
+            ns.ip(&["link", "set", "docker0", "up"]);
+        }
+        let containers_here = if self.spec.container_bridge { self.spec.containers_per_host } else { 0 };
+        for j in 1..=containers_here {
             let name = format!("{}-h{i}c{j}", self.id);
             let cns = Netns::create(&name);
             let veth = format!("vc{j}");
@@ -283,10 +293,11 @@ impl Lab {
                 String::new()
             };
             return format!(
-                "iface = \"eth0\"\npublic_ip = \"{}\"\ncontainer_ifaces = [\"docker0\"]\npin_dir = \"{}\"\n\
+                "iface = \"eth0\"\npublic_ip = \"{}\"\ncontainer_ifaces = [\"{}\"]\npin_dir = \"{}\"\n\
                  subnet_file = \"{}\"\n{metrics}\n[backend]\ningress = \"{}\"\n\n[etcd]\n\
                  endpoints = [{}]\nlease_ttl = {}\n",
                 h.public_ip,
+                self.spec.container_iface,
                 h.pin_dir.display(),
                 h.subnet_file.display(),
                 self.spec.ingress,
@@ -306,11 +317,12 @@ impl Lab {
         let key = self.spec.gre_key.map_or(String::new(), |k| format!("key = {k}\n"));
         let mut s = format!(
             "network = \"{}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
-             container_ifaces = [\"docker0\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
+             container_ifaces = [\"{}\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
              [backend]\ntype = \"{backend}\"\nvni = {}\n{port}{key}ingress = \"{}\"\n",
             self.spec.network,
             h.subnet,
             h.public_ip,
+            self.spec.container_iface,
             h.pin_dir.display(),
             h.subnet_file.display(),
             self.spec.vni,
@@ -383,7 +395,10 @@ impl Lab {
             h.ns.ip(&["link", "set", &format!("vc{}", j + 1), "mtu", &mtu]);
             c.ns.ip(&["link", "set", "eth0", "mtu", &mtu]);
         }
-        h.ns.ip(&["link", "set", "docker0", "mtu", &mtu]);
+        // Without the lab's bridge (CNI labs) the pods' plugin sets the MTU.
+        if self.spec.container_bridge {
+            h.ns.ip(&["link", "set", "docker0", "mtu", &mtu]);
+        }
     }
 
     /// Host `i`'s route index as the programs see it: whether CONFIG switches it on, and the
@@ -473,6 +488,33 @@ impl Lab {
     /// Sends `bytes` bytes over one TCP connection from container `from` to container `to` and
     /// checks that exactly those bytes arrived. Returns the time the transfer took.
     pub fn tcp_transfer(&self, from: (usize, usize), to: (usize, usize), bytes: usize) -> Duration {
+        let (took, _) = self.tcp_transfer_between(&self.container(from).ns, to, bytes, &format!("{from:?}"));
+        took
+    }
+
+    /// Sends `bytes` over TCP from host `from`'s own network stack to container `to`; returns how
+    /// long it took and the source address the container saw.
+    pub fn tcp_from_host(&self, from: usize, to: (usize, usize), bytes: usize) -> (Duration, Ipv4Addr) {
+        self.tcp_transfer_between(&self.host(from).ns, to, bytes, &format!("host {from}"))
+    }
+
+    /// Pings `to` from host `i`'s own network stack (3 packets, 1 s timeout each).
+    pub fn ping_from_host(&self, i: usize, to: Ipv4Addr) -> bool {
+        self.host(i)
+            .ns
+            .command("ping")
+            .args(["-c", "3", "-i", "0.2", "-W", "1", "-q", &to.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn tcp_transfer_between(
+        &self,
+        from_ns: &Netns,
+        to: (usize, usize),
+        bytes: usize,
+        from: &str,
+    ) -> (Duration, Ipv4Addr) {
         let port = 20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000;
         let dst_ip = self.container(to).ip;
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -480,7 +522,7 @@ impl Lab {
             let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
             ready_tx.send(()).expect("ready");
             listener.set_nonblocking(false).expect("blocking");
-            let (mut conn, _) = listener.accept().expect("accept");
+            let (mut conn, peer) = listener.accept().expect("accept");
             conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
             let mut buf = vec![0u8; 1 << 16];
             let (mut n, mut hash) = (0usize, Fnv::new());
@@ -494,11 +536,11 @@ impl Lab {
                     Err(e) => panic!("receiving on {dst_ip}:{port} after {n} bytes: {e}"),
                 }
             }
-            (n, hash.0)
+            (n, hash.0, peer)
         });
         ready_rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
         let start = Instant::now();
-        let client = self.container(from).ns.spawn(move || {
+        let client = from_ns.spawn(move || {
             let mut conn =
                 TcpStream::connect_timeout(&SocketAddrV4::new(dst_ip, port).into(), Duration::from_secs(5))
                     .unwrap_or_else(|e| panic!("connect to {dst_ip}:{port}: {e}"));
@@ -516,11 +558,14 @@ impl Lab {
             hash.0
         });
         let sent_hash = client.join().expect("client thread panicked");
-        let (received, received_hash) = server.join().expect("server thread panicked");
+        let (received, received_hash, peer) = server.join().expect("server thread panicked");
         let took = start.elapsed();
-        assert_eq!(received, bytes, "TCP {from:?} -> {to:?}: bytes received");
-        assert_eq!(received_hash, sent_hash, "TCP {from:?} -> {to:?}: content differs");
-        took
+        assert_eq!(received, bytes, "TCP {from} -> {to:?}: bytes received");
+        assert_eq!(received_hash, sent_hash, "TCP {from} -> {to:?}: content differs");
+        let std::net::SocketAddr::V4(peer) = peer else {
+            panic!("TCP {from} -> {to:?}: an IPv6 peer {peer}")
+        };
+        (took, *peer.ip())
     }
 
     /// Counters of host `i`'s datapath.

@@ -15,7 +15,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     time::Instant,
 };
-use xnet_common::maps::AgentState;
+use xnet_common::maps::{AgentState, ContainerIface, IfaceState};
 
 use crate::{
     clock::{monotonic_coarse_ns, unix_now},
@@ -58,12 +58,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "public_ip is not an address of iface; peers must reach it (behind NAT they send to it and it must lead here)"
         );
     }
-    let container_ifaces = config
-        .container_ifaces
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Interface::find(name, &format!("container_ifaces[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Container interfaces may appear later (docker0 is dockerd's, cni0 the first pod's): they are
+    // attached when they do.
+    for (i, name) in config.container_ifaces.iter().enumerate() {
+        match Interface::find(name, &format!("container_ifaces[{i}]")) {
+            Ok(_) => {}
+            Err(host::HostError::NoInterface { .. }) => tracing::warn!(
+                iface = %name,
+                key = %format!("container_ifaces[{i}]"),
+                "container interface does not exist yet; xnet attaches to it when it appears (check the name if nothing creates it)"
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
     host::check_bpffs(&config.pin_dir)?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await.with_context(|| {
@@ -118,6 +125,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = containers.refresh(&netlink).await {
         tracing::warn!(error = %e, "cannot read the container interfaces yet");
     }
+    let present: Vec<Interface> = containers
+        .present()
+        .keys()
+        .filter_map(|name| Interface::find(name, "container_ifaces").ok())
+        .collect();
     let started = unix_now();
     let mut record = AgentState::new(
         std::process::id(),
@@ -131,7 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     record.set_store_up(true);
     record.set_invalid_entries(invalid);
     record.set_lease_expiry(lease_expiry);
-    let datapath = bring_up(&config, &plan, &wanted, &containers, &underlay, &container_ifaces, &record)?;
+    let datapath = bring_up(&config, &plan, &wanted, &containers, &underlay, &present, &record)?;
     let mut agent = Agent {
         config,
         plan,
@@ -159,6 +171,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pin_dir = %agent.config.pin_dir.display(),
         "xnet ready"
     );
+    for name in agent.containers.awaited() {
+        tracing::info!(iface = name, "awaiting container interface");
+    }
+    agent.record_container_ifaces();
     systemd::notify_ready();
 
     let mut age_tick = tokio::time::interval(Duration::from_secs(1));
@@ -192,7 +208,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = refresh => {
                 refresh_at = None;
                 let result = agent.containers.refresh(&netlink).await.map_err(|e| e.to_string());
-                let result = result.and_then(|()| agent.follow_containers());
+                let result = result.and_then(|appeared| agent.follow_containers(&appeared));
+                agent.record_container_ifaces();
                 agent.settle(Step::Containers, result);
             }
             _ = retry => {
@@ -297,10 +314,24 @@ impl Agent {
         self.containers.gateway_mac().unwrap_or_default()
     }
 
-    /// Applies what [`Containers::refresh`] found: the egress program on every port, LOCAL_PORTS,
-    /// and CONFIG's gateway MAC (a bridge without a MAC of its own set takes its lowest port's, so
-    /// it changes as containers come and go).
-    fn follow_containers(&mut self) -> Result<(), String> {
+    /// Applies what [`Containers::refresh`] found: the overlay MTU and the egress program on
+    /// container interfaces that `appeared` (or were re-created), the egress program on every
+    /// port, LOCAL_PORTS, and CONFIG's gateway MAC (a bridge without a MAC of its own set takes
+    /// its lowest port's, so it changes as containers come and go).
+    fn follow_containers(&mut self, appeared: &[String]) -> Result<(), String> {
+        let mut first_error = None;
+        for name in appeared {
+            tracing::info!(iface = %name, "container interface appeared");
+            let result = Interface::find(name, "container_ifaces")
+                .map_err(|e| e.to_string())
+                .and_then(|iface| {
+                    host::set_container_mtu(&iface, self.plan.overlay_mtu).map_err(|e| e.to_string())
+                })
+                .and_then(|()| self.datapath.attach(Program::TcEgress, name).map_err(|e| e.to_string()));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
         let ports = self.datapath.sync_port_attachments(self.containers.ports()).map_err(|e| e.to_string());
         let local = self
             .datapath
@@ -310,7 +341,7 @@ impl Agent {
             tracing::info!(mac = %Mac(self.gateway_mac()), "container interface MAC changed");
             self.sync(Scope::Keys { routes: Default::default(), peers: Default::default() });
         }
-        ports.and(local)
+        first_error.map_or(Ok(()), Err).and(ports).and(local)
     }
 
     /// The one place that turns the result of a step into actions: what is recorded, logged and
@@ -350,6 +381,25 @@ impl Agent {
         }
     }
 
+    /// Writes CONTAINER_IFACES: which container interfaces are attached, which are awaited.
+    fn record_container_ifaces(&mut self) {
+        let entries: Vec<ContainerIface> = self
+            .containers
+            .names()
+            .iter()
+            .map(|name| match self.containers.present().get(name) {
+                Some(index) if self.datapath.is_attached(Program::TcEgress, name) => {
+                    ContainerIface::new(name, IfaceState::Attached, *index)
+                }
+                _ => ContainerIface::new(name, IfaceState::Awaited, 0),
+            })
+            .collect();
+        let result = self.datapath.maps_mut().set_container_ifaces(&entries).map_err(|e| e.to_string());
+        if result.is_err() {
+            self.settle(Step::Record, result);
+        }
+    }
+
     /// Writes AGENT: the store counts as up when it is reachable and the maps match it.
     fn write_record(&mut self) {
         self.record.set_store_up(self.store_up && self.sync_ok);
@@ -367,9 +417,7 @@ impl Agent {
             tracing::info!(pin_dir = %pin_dir.display(), "stopping; datapath left attached and pinned (--keep-datapath)");
         } else {
             datapath::remove_all(&pin_dir)?;
-            if let Some(bridge) = self.config.container_ifaces.first() {
-                host::remove_route(self.plan.overlay.network, bridge);
-            }
+            host::remove(self.plan.overlay.network, self.plan.overlay.subnet);
             tracing::info!("stopped; datapath detached and unpinned");
         }
         Ok(())
@@ -391,8 +439,7 @@ fn bring_up(
     let fresh = !pin_dir.exists();
     let result = (|| -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(pin_dir)?;
-        let gateway =
-            containers.gateway_mac().or(container_ifaces.first().map(|c| c.mac.0)).unwrap_or_default();
+        let gateway = containers.gateway_mac().unwrap_or_default();
         dp.sync(wanted, &plan.datapath_config(gateway), &Scope::All, record.started_at())?;
         dp.maps_mut().set_agent_state(record)?;
         if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
@@ -400,12 +447,14 @@ fn bring_up(
         }
         host::apply(&HostPlan {
             underlay,
-            container_ifaces,
             network: plan.overlay.network,
+            subnet: plan.overlay.subnet,
             overlay_mtu: plan.overlay_mtu,
         })?;
         dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
+        dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;
         for c in container_ifaces {
+            host::set_container_mtu(c, plan.overlay_mtu)?;
             dp.attach(Program::TcEgress, &c.name)?;
         }
         // The ports before detach_stale, so an earlier agent's port attachments are taken over.

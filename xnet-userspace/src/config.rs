@@ -311,6 +311,13 @@ impl Config {
                 "is empty; name the bridge your containers are attached to, e.g. [\"docker0\"]".into(),
             ));
         }
+        let max = xnet_common::maps::CONTAINER_IFACES_LEN as usize;
+        if raw.container_ifaces.len() > max {
+            return Err(c.invalid(
+                "container_ifaces",
+                format!("lists {} interfaces; xnet follows at most {max}", raw.container_ifaces.len()),
+            ));
+        }
         let mut container_ifaces = Vec::new();
         for (i, name) in raw.container_ifaces.iter().enumerate() {
             let key = format!("container_ifaces[{i}]");

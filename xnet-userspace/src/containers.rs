@@ -59,8 +59,24 @@ impl Containers {
         }
     }
 
-    /// Reads the interfaces, their ports and their learned MACs again.
-    pub async fn refresh(&mut self, netlink: &Netlink) -> Result<(), NetlinkError> {
+    /// The configured container interfaces, in config order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The configured interfaces that exist now, name -> ifindex.
+    pub fn present(&self) -> &BTreeMap<String, u32> {
+        &self.present
+    }
+
+    /// The configured interfaces that do not exist (yet).
+    pub fn awaited(&self) -> Vec<&str> {
+        self.names.iter().filter(|n| !self.present.contains_key(*n)).map(String::as_str).collect()
+    }
+
+    /// Reads the interfaces, their ports and their learned MACs again. Returns the configured
+    /// interfaces that appeared since the last refresh, or were re-created (a new ifindex).
+    pub async fn refresh(&mut self, netlink: &Netlink) -> Result<Vec<String>, NetlinkError> {
         let mut present = BTreeMap::new();
         let mut gateway_mac = None;
         for (i, name) in self.names.iter().enumerate() {
@@ -78,7 +94,12 @@ impl Containers {
             fdb.extend(netlink.bridge_fdb(*index).await?);
         }
         ports.retain(|name, _| !self.names.contains(name));
+        let appeared = present
+            .iter()
+            .filter(|(n, i)| self.present.get(*n) != Some(*i))
+            .map(|(n, _)| n.clone())
+            .collect();
         *self = Self { names: std::mem::take(&mut self.names), present, gateway_mac, ports, fdb };
-        Ok(())
+        Ok(appeared)
     }
 }

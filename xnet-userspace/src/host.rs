@@ -280,11 +280,23 @@ fn ip(args: &[&str], setting: String) -> Result<(), HostError> {
     }
 }
 
+/// The host's own door into the overlay: a veth pair. `xnet0` holds this host's overlay address
+/// (the first address of its subnet's network, `10.244.1.0/32`, as flannel gives `flannel.1`), and
+/// the route to the whole overlay network goes through it; what the host sends there arrives at
+/// `xnet0-tx`, where the egress program encapsulates it like container traffic.
+pub const HOST_DEVICE: &str = "xnet0";
+/// The other end of [`HOST_DEVICE`], where the egress program runs.
+pub const HOST_DEVICE_PEER: &str = "xnet0-tx";
+/// The metric of the blackhole route for this host's own subnet: any real route to it (the
+/// container bridge's, metric 0) wins; without one, the host's packets for its own subnet are
+/// dropped here instead of looping through the host device.
+const OWN_SUBNET_BLACKHOLE_METRIC: &str = "4242";
+
 /// The host settings the datapath relies on.
 pub struct HostPlan<'a> {
     pub underlay: &'a Interface,
-    pub container_ifaces: &'a [Interface],
     pub network: Ipv4Network,
+    pub subnet: Ipv4Network,
     pub overlay_mtu: u32,
 }
 
@@ -292,36 +304,76 @@ pub struct HostPlan<'a> {
 /// - IPv4 forwarding on (decapsulated packets are forwarded to the container bridge);
 /// - reverse-path filtering on the underlay loose at most: decapsulated packets arrive there from
 ///   container addresses that are routed elsewhere;
-/// - a route for the whole overlay network via the container bridge, so loose reverse-path checks
-///   pass and overlay traffic never leaks out of the default route unencapsulated;
-/// - the overlay MTU on the container interfaces (containers take their MTU from the bridge).
+/// - the host device pair ([`HOST_DEVICE`]) with this host's overlay address, at the overlay MTU;
+/// - a route for the whole overlay network through it, with that address as the source: the host
+///   reaches remote containers (encapsulated), and overlay traffic never leaks out of the default
+///   route unencapsulated;
+/// - a blackhole route for this host's own subnet, behind the container bridge's route.
 pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     write_sysctl("net.ipv4.ip_forward", "1")?;
     let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
     if rp("all")? == "1" || rp(&plan.underlay.name)? == "1" {
         write_sysctl(&format!("net.ipv4.conf.{}.rp_filter", plan.underlay.name), "2")?;
     }
-    for c in plan.container_ifaces {
-        if c.mtu != plan.overlay_mtu {
-            let mtu = plan.overlay_mtu.to_string();
-            ip(&["link", "set", "dev", &c.name, "mtu", &mtu], format!("MTU {mtu} on {}", c.name))?;
-            tracing::info!(iface = %c.name, mtu = plan.overlay_mtu, "container interface MTU set");
-        }
-    }
-    if let Some(bridge) = plan.container_ifaces.first() {
-        let net = plan.network.to_string();
+    if ifindex(HOST_DEVICE).is_none() {
         ip(
-            &["route", "replace", &net, "dev", &bridge.name, "proto", "static", "scope", "link"],
-            format!("route {net} dev {}", bridge.name),
+            &["link", "add", HOST_DEVICE, "type", "veth", "peer", "name", HOST_DEVICE_PEER],
+            format!("the host device pair {HOST_DEVICE}/{HOST_DEVICE_PEER}"),
         )?;
+        tracing::info!(device = HOST_DEVICE, "host device created");
+    }
+    let mtu = plan.overlay_mtu.to_string();
+    for dev in [HOST_DEVICE, HOST_DEVICE_PEER] {
+        // No IPv6 chatter into the tunnel end.
+        let _ = write_sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1");
+        ip(&["link", "set", dev, "mtu", &mtu, "up"], format!("MTU {mtu} on {dev}"))?;
+    }
+    // No neighbour to resolve: frames leave with the device's own MAC as destination, and the
+    // egress program at the other end takes every one for a remote subnet.
+    ip(&["link", "set", HOST_DEVICE, "arp", "off"], format!("arp off on {HOST_DEVICE}"))?;
+    let address = plan.subnet.network().to_string();
+    ip(
+        &["addr", "replace", &format!("{address}/32"), "dev", HOST_DEVICE],
+        format!("address {address}/32 on {HOST_DEVICE}"),
+    )?;
+    let net = plan.network.to_string();
+    ip(
+        &["route", "replace", &net, "dev", HOST_DEVICE, "src", &address, "proto", "static"],
+        format!("route {net} dev {HOST_DEVICE} src {address}"),
+    )?;
+    let own = plan.subnet.to_string();
+    ip(
+        &["route", "replace", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC, "proto", "static"],
+        format!("blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC}"),
+    )?;
+    Ok(())
+}
+
+/// Sets the overlay MTU on a container interface (containers take their MTU from the bridge).
+pub fn set_container_mtu(iface: &Interface, overlay_mtu: u32) -> Result<(), HostError> {
+    if iface.mtu != overlay_mtu {
+        let mtu = overlay_mtu.to_string();
+        ip(&["link", "set", "dev", &iface.name, "mtu", &mtu], format!("MTU {mtu} on {}", iface.name))?;
+        tracing::info!(iface = %iface.name, mtu = overlay_mtu, "container interface MTU set");
     }
     Ok(())
 }
 
-/// Removes the overlay route that [`apply`] added (on a normal stop).
-pub fn remove_route(network: Ipv4Network, bridge: &str) {
+/// Removes what [`apply`] added (on a normal stop): the routes and the host device.
+pub fn remove(network: Ipv4Network, subnet: Ipv4Network) {
     let net = network.to_string();
-    if let Err(e) = ip(&["route", "del", &net, "dev", bridge, "proto", "static"], format!("route {net}")) {
-        tracing::warn!(error = %e, "could not remove the overlay route");
+    let own = subnet.to_string();
+    let steps: [(&[&str], String); 3] = [
+        (&["route", "del", &net, "dev", HOST_DEVICE, "proto", "static"], format!("route {net}")),
+        (
+            &["route", "del", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC],
+            format!("blackhole route {own}"),
+        ),
+        (&["link", "del", HOST_DEVICE], format!("the host device {HOST_DEVICE}")),
+    ];
+    for (args, what) in steps {
+        if let Err(e) = ip(args, what) {
+            tracing::warn!(error = %e, "could not remove what the agent added");
+        }
     }
 }

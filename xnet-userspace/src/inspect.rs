@@ -10,7 +10,7 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 use xnet_common::{
-    maps::{Backend, IngressHook, RouteInfo, Store},
+    maps::{Backend, IfaceState, IngressHook, RouteInfo, Store},
     stats::{self, Direction, Outcome},
 };
 
@@ -110,6 +110,15 @@ pub struct AttachmentRow {
     pub link_id: u32,
 }
 
+/// A configured container interface, as the agent last recorded it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ContainerIfaceRow {
+    pub name: String,
+    /// "attached", or "awaited" (it does not exist yet, or could not be attached).
+    pub state: &'static str,
+    pub ifindex: u32,
+}
+
 /// The agent's record and what is attached.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Status {
@@ -139,6 +148,7 @@ pub struct Status {
     /// Whether egress finds routes in ROUTE_INDEX (an array) instead of the LPM trie.
     pub route_index: bool,
     pub attachments: Vec<AttachmentRow>,
+    pub container_ifaces: Vec<ContainerIfaceRow>,
 }
 
 /// Everything `xnet status` shows, for the datapath pinned under `pin_dir`.
@@ -179,6 +189,19 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
         routes,
         route_index: config.route_index_on(),
         attachments: read_attachments(pin_dir),
+        container_ifaces: maps
+            .container_ifaces()?
+            .into_iter()
+            .map(|c| ContainerIfaceRow {
+                name: String::from_utf8_lossy(c.name()).into_owned(),
+                state: match c.state() {
+                    IfaceState::Attached => "attached",
+                    IfaceState::Awaited => "awaited",
+                    IfaceState::Unused => "unused",
+                },
+                ifindex: c.ifindex(),
+            })
+            .collect(),
     })
 }
 

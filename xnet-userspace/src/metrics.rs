@@ -398,6 +398,7 @@ mod tests {
             routes: 5,
             route_index: false,
             attachments: Vec::new(),
+            container_ifaces: Vec::new(),
         }
     }
 

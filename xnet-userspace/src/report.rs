@@ -104,6 +104,22 @@ pub fn status(s: &Status, now: u64) -> String {
     let lookup = if s.route_index { "route index" } else { "LPM trie" };
     let _ = writeln!(out, "peers        {} ({} routes, looked up in the {lookup})", s.peers, s.routes);
     let _ = writeln!(out, "decap        {}", s.ingress);
+    let containers: Vec<String> = s
+        .container_ifaces
+        .iter()
+        .map(|c| {
+            if c.state == "awaited" {
+                format!("{} (awaited: not there yet)", c.name)
+            } else {
+                format!("{} ({})", c.name, c.state)
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "containers   {}",
+        if containers.is_empty() { "(none recorded)".to_string() } else { containers.join(", ") }
+    );
     let _ = writeln!(out, "attachments");
     for a in &s.attachments {
         let _ = writeln!(

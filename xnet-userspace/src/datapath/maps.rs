@@ -11,9 +11,10 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use xnet_common::maps::{
-    AGENT, AgentState, CONFIG, Counter, DatapathConfig, ENDPOINTS, Endpoint, LOCAL_PORTS, LocalPort,
-    LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX,
-    ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo, STATS,
+    AGENT, AgentState, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
+    DatapathConfig, ENDPOINTS, Endpoint, LOCAL_PORTS, LocalPort, LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN,
+    PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo,
+    STATS,
 };
 
 use super::{
@@ -61,6 +62,7 @@ pub struct Maps {
     endpoints: HashMap<MapData, [u8; 4], Endpoint>,
     peer_slots: Array<MapData, PeerSlot>,
     route_index: Array<MapData, RemoteSubnet>,
+    container_ifaces: Array<MapData, ContainerIface>,
 }
 
 fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -114,6 +116,7 @@ impl Maps {
             endpoints: typed(&mut source, ENDPOINTS)?,
             peer_slots: typed(&mut source, PEER_SLOTS)?,
             route_index: typed(&mut source, ROUTE_INDEX)?,
+            container_ifaces: typed(&mut source, CONTAINER_IFACES)?,
         })
     }
 
@@ -229,6 +232,22 @@ impl Maps {
             Op::DelRouteInfo(n) => self.route_info.remove(&info_key(n)).map_err(failed(ROUTE_INFO)),
             Op::PutIndex(i, r) => self.route_index.set(*i, r, 0).map_err(failed(ROUTE_INDEX)),
         }
+    }
+
+    /// CONTAINER_IFACES: the configured container interfaces and their state, in config order.
+    pub fn container_ifaces(&self) -> Result<Vec<ContainerIface>, DatapathError> {
+        Ok(Self::array_entries(&self.container_ifaces, CONTAINER_IFACES, CONTAINER_IFACES_LEN)?
+            .into_values()
+            .collect())
+    }
+
+    /// Writes CONTAINER_IFACES: `ifaces` first, the rest emptied.
+    pub fn set_container_ifaces(&mut self, ifaces: &[ContainerIface]) -> Result<(), DatapathError> {
+        for i in 0..CONTAINER_IFACES_LEN {
+            let entry = ifaces.get(i as usize).copied().unwrap_or_default();
+            self.container_ifaces.set(i, entry, 0).map_err(failed(CONTAINER_IFACES))?;
+        }
+        Ok(())
     }
 
     /// LOCAL_PORTS: container MAC -> bridge port ifindex.

@@ -249,6 +249,13 @@ impl Datapath {
         Ok(())
     }
 
+    /// Whether this run attached `program` to `iface` (or took it over).
+    pub fn is_attached(&self, program: Program, iface: &str) -> bool {
+        self.pin_dir
+            .as_deref()
+            .is_some_and(|dir| self.attached.contains(&links::link_pin(dir, program, iface)))
+    }
+
     /// Detaches `program` from `iface`, if this run attached it.
     pub fn detach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
         let pin = links::link_pin(self.pins(program, iface)?, program, iface);
