@@ -1,7 +1,9 @@
 //! The xnet lab: simulated hosts in network namespaces with real agents, shared by the integration
 //! tests, the demo and the benchmark.
 
+pub mod cni;
 pub mod decoder;
+pub mod docker;
 pub mod etcd;
 pub mod lab;
 pub mod netns;

@@ -71,7 +71,10 @@ enum Cmd {
 /// (protobuf-compiler, libprotobuf-dev: the etcd client's build runs protoc, which needs the
 /// well-known .proto files; etcd-server, etcd-client: a real etcd
 /// for the tests; prometheus: for promtool, which checks the metrics output; python3-scapy: the
-/// independent decoder of captured GRE and UDP packets.)
+/// independent decoder of captured GRE and UDP packets; docker.io, busybox-static: a real dockerd per
+/// simulated host and a tiny image made with `docker import`; containernetworking-plugins: the
+/// standard `bridge` and `host-local` plugins that xnet-cni delegates to; iptables: what dockerd and
+/// the bridge plugin program NAT with.)
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -84,6 +87,10 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     "prometheus",
     "python3-scapy",
+    "docker.io",
+    "busybox-static",
+    "containernetworking-plugins",
+    "iptables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Cargo's selection of the host crates: the whole workspace, the integration tests (xnet-tests)
@@ -168,7 +175,7 @@ fn main() -> anyhow::Result<()> {
             // The lab runs these binaries: the agent (XNET_BIN) and the flannel-udp relay (found next
             // to the test executables). `cargo test` builds only its own package's binaries.
             step("build the agent and the lab's binaries");
-            cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-lab", "--bins"])?;
+            cargo(&["build", "-p", "xnet-userspace", "-p", "xnet-lab", "-p", "xnet-cni", "--bins"])?;
             step("cargo test (unit, BPF_PROG_TEST_RUN and lab tests)");
             let mut test_args = [&["test"], HOST_CRATES, &["--all-targets"]].concat();
             test_args.extend(args.iter().map(String::as_str));
