@@ -163,6 +163,7 @@ fn keep_datapath_survives_the_agent_and_a_new_agent_takes_over() {
     assert!(status.success(), "{}", lab.log(1));
     assert!(lab.host(1).pin_dir.join("links").exists(), "pins kept");
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "datapath forwards with no agent running");
+    assert!(lab.ping_from_host(1, lab.container((2, 1)).ip), "the host's own traffic too");
     let (encap_before, _) = lab.counter(1, "egress", "encap_vxlan");
     lab.start_agent(1, &[]);
     assert!(
@@ -172,6 +173,18 @@ fn keep_datapath_survives_the_agent_and_a_new_agent_takes_over() {
     );
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
     assert!(lab.counter(1, "egress", "encap_vxlan").0 > encap_before, "counters survive the restart");
+    // `xnet cleanup` removes what a kept datapath leaves: pins, attachments, the host device.
+    lab.stop_agent(1);
+    lab.start_agent(1, &["--keep-datapath"]);
+    lab.stop_agent(1);
+    let pin_dir = lab.host(1).pin_dir.clone();
+    let out = lab.xnet(1, &["cleanup", "--pin-dir", pin_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("removed the host device xnet0"), "{stdout}");
+    assert!(!pin_dir.exists(), "pins removed");
+    assert!(lab.attached_programs(1).is_empty(), "{:?}", lab.attached_programs(1));
+    let links = lab.host(1).ns.command("ip").args(["-o", "link", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("xnet0"), "xnet0 removed");
 }
 
 #[test]

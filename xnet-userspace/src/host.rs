@@ -359,6 +359,21 @@ pub fn set_container_mtu(iface: &Interface, overlay_mtu: u32) -> Result<(), Host
     Ok(())
 }
 
+/// Removes the host device (its address and the overlay route go with it), if there is one;
+/// returns whether there was (`xnet cleanup`).
+pub fn remove_host_device() -> bool {
+    if ifindex(HOST_DEVICE).is_none() {
+        return false;
+    }
+    match ip(&["link", "del", HOST_DEVICE], format!("the host device {HOST_DEVICE}")) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove the host device");
+            false
+        }
+    }
+}
+
 /// Removes what [`apply`] added (on a normal stop): the routes and the host device.
 pub fn remove(network: Ipv4Network, subnet: Ipv4Network) {
     let net = network.to_string();

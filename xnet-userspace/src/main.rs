@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         Command::Cleanup(args) => {
             xnet::datapath::remove_all(&args.pin_dir).map_err(anyhow::Error::from).map(|()| {
                 println!("removed xnet datapath under {}", args.pin_dir.display());
+                if xnet::host::remove_host_device() {
+                    println!("removed the host device {} and its routes", xnet::host::HOST_DEVICE);
+                }
             })
         }
     };
