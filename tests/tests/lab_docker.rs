@@ -16,7 +16,7 @@ use std::{
 
 use xnet_lab::{
     docker::{self, Dockerd},
-    lab::{Lab, LabSpec},
+    lab::{Lab, LabSpec, wait_for},
 };
 
 /// The 20 MB file of the acceptance test, in MiB.
@@ -79,16 +79,6 @@ fn docker0(lab: &Lab, i: usize) -> Option<(u64, Vec<String>, u64)> {
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
         .collect();
     Some((link["ifindex"].as_u64()?, addrs, link["mtu"].as_u64().unwrap_or(0)))
-}
-
-/// Waits up to `limit` for `cond`; how long it took.
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 /// Whether the agent's egress program is attached to host `i`'s docker0.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xnet_lab::lab::{Lab, LabSpec};
+use xnet_lab::lab::{Lab, LabSpec, wait_for};
 
 /// The subnets in host `i`'s datapath.
 fn routes(lab: &Lab, i: usize) -> Vec<String> {
@@ -12,16 +12,6 @@ fn routes(lab: &Lab, i: usize) -> Vec<String> {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v.as_array()
         .map_or(Vec::new(), |a| a.iter().map(|r| r["subnet"].as_str().unwrap_or("").to_string()).collect())
-}
-
-/// Waits up to `limit` for `cond`; returns how long it took.
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use serde_json::Value;
 use xnet::{cidr, datapath::maps::Maps};
 use xnet_lab::{
     etcd::WriteOp,
-    lab::{Lab, LabSpec},
+    lab::{Lab, LabSpec, wait_for},
 };
 
 /// Host `i`'s routes as (subnet, peer) from `xnet routes --json`.
@@ -40,16 +40,6 @@ fn status(lab: &Lab, i: usize) -> Value {
 
 fn invalid_entries(lab: &Lab, i: usize) -> Option<u64> {
     status(lab, i)["invalid_entries"].as_u64()
-}
-
-/// Waits up to `limit` for `cond`; returns how long it took.
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
 }
 
 /// Lines of host `i`'s agent log that report `subnet` as a skipped lease.

@@ -133,6 +133,17 @@ static PORT_COUNTER: AtomicU16 = AtomicU16::new(0);
 
 /// Whether iperf3 runs pinned, client on CPU 0 and server on CPU 1 (see [`Lab::iperf3_run`]):
 /// when there are two CPUs to pin to.
+/// Waits up to `limit` for `cond` (checked every 5 ms); returns how long it took. Panics naming
+/// `what` when the time runs out.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
 pub fn iperf3_pinned() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
