@@ -2,7 +2,9 @@
 //! hosts, one container each), every mode in the same run and alternated run by run on fresh labs.
 //!
 //! - Traffic, container to container: TCP with 1 and 4 streams, 64-byte UDP packets delivered,
-//!   UDP ping-pong latency, CPU time per GB moved.
+//!   UDP ping-pong latency, CPU time per GB moved. And host to remote container (a host's own
+//!   network stack through the agent's host device `xnet0`): TCP with 1 stream and its CPU time,
+//!   against container to container over the same backend.
 //! - Per-packet cost of every program through BPF_PROG_TEST_RUN, raw and net of the harness.
 //! - Scale: lookup cost as the LPM map grows to 1M subnets; the agent loading 100k peers; 1000
 //!   leases written to etcd reaching the maps.
@@ -38,7 +40,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, kernel_vxlan,
-    /// udp_relay, xnet_vxlan, xnet_udp, xnet_gre, xnet_direct); plain is always measured.
+    /// udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp, xnet_gre, xnet_direct); plain is always
+    /// measured.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Where to write bench.md, bench.json and bench.svg.
@@ -57,15 +60,20 @@ enum Mode {
     UdpRelay,
     /// xnet with this backend.
     Xnet(&'static str),
+    /// xnet with this backend, host to remote container: the client in host 1's own network
+    /// namespace (through the agent's host device `xnet0`), the server in the container on host 2.
+    /// TCP with 1 stream only (and its CPU time), compared with [`Mode::Xnet`] of the same backend.
+    XnetFromHost(&'static str),
 }
 
 impl Mode {
-    const ALL: [Mode; 8] = [
+    const ALL: [Mode; 9] = [
         Mode::Plain,
         Mode::PlainVxlanMtu,
         Mode::KernelVxlan,
         Mode::UdpRelay,
         Mode::Xnet("vxlan"),
+        Mode::XnetFromHost("vxlan"),
         Mode::Xnet("udp"),
         Mode::Xnet("gre"),
         Mode::Xnet("direct"),
@@ -77,6 +85,7 @@ impl Mode {
             Mode::KernelVxlan => "kernel vxlan (flannel-style)".into(),
             Mode::UdpRelay => "TUN + userspace UDP relay (flannel udp design, re-implemented)".into(),
             Mode::Xnet(b) => format!("xnet {b}"),
+            Mode::XnetFromHost(b) => format!("xnet {b}, host to remote container (TCP 1 stream only)"),
         }
     }
     fn short(self) -> String {
@@ -86,6 +95,7 @@ impl Mode {
             Mode::KernelVxlan => "kernel vxlan".into(),
             Mode::UdpRelay => "udp relay".into(),
             Mode::Xnet(b) => format!("xnet {b}"),
+            Mode::XnetFromHost(b) => format!("xnet {b} host"),
         }
     }
     fn key(self) -> String {
@@ -95,12 +105,18 @@ impl Mode {
             Mode::KernelVxlan => "kernel_vxlan".into(),
             Mode::UdpRelay => "udp_relay".into(),
             Mode::Xnet(b) => format!("xnet_{b}"),
+            Mode::XnetFromHost(b) => format!("xnet_{b}_host"),
         }
+    }
+    /// Whether only TCP with 1 stream (and its CPU time) is measured; the other figures of its
+    /// [`Sample`]s are NaN.
+    fn tcp1_only(self) -> bool {
+        matches!(self, Mode::XnetFromHost(_))
     }
 }
 
-/// One run of one mode.
-#[derive(Clone, Copy, Default)]
+/// One run of one mode; NaN where the mode does not measure a figure.
+#[derive(Clone, Copy)]
 struct Sample {
     tcp1: f64,
     tcp4: f64,
@@ -108,6 +124,17 @@ struct Sample {
     rtt_p50: f64,
     rtt_p99: f64,
     cpu_s_per_gb: f64,
+}
+
+impl Sample {
+    const NOT_MEASURED: Sample = Sample {
+        tcp1: f64::NAN,
+        tcp4: f64::NAN,
+        udp_pps: f64::NAN,
+        rtt_p50: f64::NAN,
+        rtt_p99: f64::NAN,
+        cpu_s_per_gb: f64::NAN,
+    };
 }
 
 type Metric = fn(&Sample) -> f64;
@@ -137,7 +164,12 @@ impl Progress {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of the measured values (NaN, not measured, is left out); NaN if there are none.
+fn median(v: Vec<f64>) -> f64 {
+    let mut v: Vec<f64> = v.into_iter().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let n = v.len();
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
@@ -183,12 +215,67 @@ fn measure(lab: &Lab, seconds: u32, pings: usize) -> Sample {
     }
 }
 
+/// Host to remote container: TCP with 1 stream from host 1's own network stack to the container on
+/// host 2, and the CPU time it cost.
+fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
+    let cpu0 = busy_cpu_seconds();
+    let tcp1 = iperf3_from_host(lab, 1, (2, 1), seconds);
+    let cpu = busy_cpu_seconds() - cpu0;
+    let gb = tcp1 * seconds as f64 / 8.0 / 1e9;
+    Sample { tcp1, cpu_s_per_gb: cpu / gb, ..Sample::NOT_MEASURED }
+}
+
+/// TCP throughput with one stream for `seconds` from host `from`'s own network stack to container
+/// `to`, in bit/s as the receiver counted it: [`Lab::iperf3`] with the client in the host's
+/// namespace instead of a container's, pinned the same way (client on CPU 0, server on CPU 1, when
+/// [`xnet_lab::lab::iperf3_pinned`]). The client is retried while the server starts (iperf3
+/// reports a refused connection in its JSON, with exit status 0).
+fn iperf3_from_host(lab: &Lab, from: usize, to: (usize, usize), seconds: u32) -> f64 {
+    // Every run has a fresh lab (fresh namespaces): iperf3's own port is free.
+    let port = "5201";
+    let mut server = lab
+        .container(to)
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1", "-p", port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start iperf3 server (cargo xtask bench installs iperf3)");
+    let dst = lab.container(to).ip.to_string();
+    let mut last_error = String::new();
+    let mut figure = None;
+    for _ in 0..50 {
+        let o = lab
+            .host(from)
+            .ns
+            .command("iperf3")
+            .args(["-c", &dst, "-p", port, "-J", "-t", &seconds.to_string(), "-P", "1"])
+            .args(if xnet_lab::lab::iperf3_pinned() { &["-A", "0,1"][..] } else { &[] })
+            .output()
+            .expect("run iperf3 client");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(x) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            figure = Some(x);
+            break;
+        }
+        last_error = format!("{} {}", v["error"], String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    figure.unwrap_or_else(|| panic!("iperf3 host {from} -> {to:?} gave no result: {last_error}"))
+}
+
 fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
-    let backend = if let Mode::Xnet(b) = mode { b } else { "vxlan" };
+    let backend = match mode {
+        Mode::Xnet(b) | Mode::XnetFromHost(b) => b,
+        _ => "vxlan",
+    };
     let spec = LabSpec {
         hosts: 2,
         containers_per_host: 1,
-        start_agents: matches!(mode, Mode::Xnet(_)),
+        start_agents: matches!(mode, Mode::Xnet(_) | Mode::XnetFromHost(_)),
         backend,
         ..LabSpec::default()
     };
@@ -204,10 +291,18 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
         Mode::KernelVxlan => lab.setup_kernel_vxlan(1, 8472),
         Mode::UdpRelay => lab.setup_udp_relay(),
         Mode::Xnet(_) => {}
+        Mode::XnetFromHost(_) => {
+            assert!(lab.ping_from_host(1, lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
+            return measure_from_host(&lab, seconds);
+        }
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
     measure(&lab, seconds, pings)
 }
+
+/// What the project asks of the host's way into the overlay: TCP with 1 stream from a host to a
+/// remote container at least this fraction of container to container over the same backend.
+const HOST_TO_CONTAINER_TARGET: f64 = 0.9;
 
 /// One row of the per-packet table.
 struct Cost {
@@ -529,10 +624,12 @@ fn chart(path: &std::path::Path, rows: &[(Mode, [f64; 4])]) -> Result<(), Box<dy
         ("latency (p50)", RED),
     ];
     for (k, (label, color)) in series.into_iter().enumerate() {
-        let bars = rows.iter().enumerate().map(move |(i, (_, r))| {
-            let x0 = i as f64 + 0.1 + k as f64 * 0.2;
-            Rectangle::new([(x0, 0.0), (x0 + 0.18, r[k])], color.filled())
-        });
+        // A mode that does not measure a figure has no bar for it.
+        let bars =
+            rows.iter().enumerate().filter(move |(_, (_, r))| r[k].is_finite()).map(move |(i, (_, r))| {
+                let x0 = i as f64 + 0.1 + k as f64 * 0.2;
+                Rectangle::new([(x0, 0.0), (x0 + 0.18, r[k])], color.filled())
+            });
         chart
             .draw_series(bars)?
             .label(label)
@@ -574,6 +671,17 @@ fn main() {
     for run in 1..=args.runs {
         for (mode, samples) in results.iter_mut() {
             let s = run_mode(*mode, args.seconds, pings);
+            if mode.tcp1_only() {
+                progress.step(&format!(
+                    "run {run}/{}: {:<14} tcp {:>6.2} Gbit/s, {:.2} cpu-s/GB",
+                    args.runs,
+                    mode.short(),
+                    s.tcp1 / 1e9,
+                    s.cpu_s_per_gb
+                ));
+                samples.push(s);
+                continue;
+            }
             progress.step(&format!(
                 "run {run}/{}: {:<14} tcp {:>6.2} / x4 {:>6.2} Gbit/s, udp64 {:>4.0} kpps, rtt p50 {:>5.1} p99 {:>5.1} us, {:.2} cpu-s/GB",
                 args.runs,
@@ -625,6 +733,14 @@ fn main() {
         machine["tcp_congestion_control"].as_str().unwrap_or("?"),
         UNDERLAY_MTU - VXLAN_OVERHEAD,
     );
+    if modes.iter().any(|m| m.tcp1_only()) {
+        let _ = writeln!(
+            md,
+            "Host to remote container: the iperf3 client in host 1's own network namespace, through the agent's host \
+             device xnet0 (the host's overlay address, the overlay MTU), the server in the container on host 2; \
+             TCP 1 stream only (- = not measured).\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| mode | TCP 1 stream, Gbit/s | TCP 4 streams | UDP 64 B, kpps delivered | RTT p50 / p99, us | CPU s per GB |"
@@ -634,6 +750,20 @@ fn main() {
     for (m, samples) in &results {
         let v = |f: Metric| med(samples, f);
         let (lo, hi) = spread(&samples.iter().map(|s| s.tcp1).collect::<Vec<_>>());
+        if m.tcp1_only() {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} ({:.2}..{:.2}) {:.2}x | - | - | - | {:.2} |",
+                m.name(),
+                v(|s| s.tcp1) / 1e9,
+                lo / 1e9,
+                hi / 1e9,
+                v(|s| s.tcp1) / plain(|s| s.tcp1),
+                v(|s| s.cpu_s_per_gb),
+            );
+            chart_rows.push((*m, [v(|s| s.tcp1) / plain(|s| s.tcp1), f64::NAN, f64::NAN, f64::NAN]));
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {} | {:.2} ({:.2}..{:.2}) {:.2}x | {:.2} {:.2}x | {:.0} {:.2}x | {:.1} / {:.1} ({:.2}x) | {:.2} |",
@@ -668,6 +798,22 @@ fn main() {
         }
         let _ = writeln!(md, ".");
     }
+    let host_ratio = match (of(Mode::XnetFromHost("vxlan"), |s| s.tcp1), of(Mode::Xnet("vxlan"), |s| s.tcp1))
+    {
+        (Some(h), Some(c)) => {
+            let ratio = h / c;
+            let _ = writeln!(
+                md,
+                "\nxnet vxlan, host to remote container, TCP 1 stream: {:.2} Gbit/s, {ratio:.2}x container to \
+                 container ({:.2} Gbit/s); target >= {HOST_TO_CONTAINER_TARGET:.1}x: {}.",
+                h / 1e9,
+                c / 1e9,
+                if ratio >= HOST_TO_CONTAINER_TARGET { "met" } else { "NOT met" }
+            );
+            Some(ratio)
+        }
+        _ => None,
+    };
     let _ = writeln!(
         md,
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
@@ -715,9 +861,17 @@ fn main() {
         "modes": results
             .iter()
             .map(|(m, samples)| {
+                // Only the figures the mode measures.
                 let runs: Vec<Value> = samples
                     .iter()
-                    .map(|s| METRICS.iter().map(|(k, f)| (k.to_string(), json!(f(s)))).collect::<serde_json::Map<_, _>>().into())
+                    .map(|s| {
+                        METRICS
+                            .iter()
+                            .filter(|(_, f)| !f(s).is_nan())
+                            .map(|(k, f)| (k.to_string(), json!(f(s))))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into()
+                    })
                     .collect();
                 (m.key(), json!({ "name": m.name(), "runs": runs }))
             })
@@ -726,6 +880,11 @@ fn main() {
             .iter()
             .map(|c| json!({ "program": c.program, "packet": c.packet, "raw": c.raw, "harness": c.harness, "net": c.raw - c.harness }))
             .collect::<Vec<_>>(),
+        // TCP 1 stream, host to remote container over container to container (xnet vxlan), when
+        // both were measured.
+        "host_to_container": {
+            "tcp_1_stream_ratio": host_ratio, "target": HOST_TO_CONTAINER_TARGET,
+        },
         "lookup_ns_by_subnets": lookups.iter().map(|(s, ns)| json!({ "subnets": s, "ns": ns })).collect::<Vec<_>>(),
         "scale": {
             "agent_peers": peers, "agent_ready_seconds": load_s, "agent_peak_rss_mib": load_mib,

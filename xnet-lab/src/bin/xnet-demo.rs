@@ -1,11 +1,15 @@
 //! `cargo xtask demo`: simulated hosts with containers on this machine, real xnet agents, every
-//! container pinging every container on the other hosts, a TCP transfer, the counters. Exits
-//! non-zero if anything failed; the lab is torn down in every case.
+//! container pinging every container on the other hosts, every host (its own network stack)
+//! pinging them too, a TCP transfer, the counters. Exits non-zero if anything failed; the lab is
+//! torn down in every case.
 
 use std::{process::Command, time::Instant};
 
 use clap::Parser;
-use xnet_lab::lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin};
+use xnet_lab::{
+    lab::{Lab, LabSpec, METRICS_ADDR, xnet_bin},
+    netns::Netns,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -74,6 +78,27 @@ fn main() {
     }
     println!("{} of {pairs} pairs answered\n", pairs - failures);
 
+    // Each host's own network stack reaches the overlay through the agent's host device (xnet0),
+    // with the host's overlay address as the source.
+    let (mut host_pairs, mut host_failures) = (0, 0);
+    println!("--- ping every container on the other hosts from every host's own network stack (xnet0)");
+    for h in &lab.hosts {
+        let from = host_overlay_address(&h.ns).unwrap_or_else(|| format!("host {}", h.index));
+        let mut line = format!("{from:<12} ->");
+        for to in lab.all_containers() {
+            if to.0 == h.index {
+                continue;
+            }
+            host_pairs += 1;
+            let ok = lab.ping_from_host(h.index, lab.container(to).ip);
+            host_failures += usize::from(!ok);
+            line += &format!(" {} {}", lab.container(to).ip, if ok { "ok" } else { "FAILED" });
+        }
+        println!("{line}");
+    }
+    println!("{} of {host_pairs} host-to-container pairs answered\n", host_pairs - host_failures);
+    failures += host_failures;
+
     println!("--- TCP across hosts");
     for (from, to, mb) in [((1, 1), (2, 1), 64), ((2, 1), (1, 1), 64)] {
         let (a, b) = (lab.container(from).ip, lab.container(to).ip);
@@ -132,7 +157,20 @@ fn main() {
         eprintln!("\ndemo FAILED: {failures} check(s) failed");
         std::process::exit(1);
     }
-    println!("\ndemo passed: every pair connected; lab removed");
+    println!("\ndemo passed: every pair connected, hosts included; lab removed");
+}
+
+/// The address the agent gave the host device `xnet0` in namespace `ns` (the host's overlay
+/// address, the source of what the host sends into the overlay), if it has one.
+fn host_overlay_address(ns: &Netns) -> Option<String> {
+    let out = ns.command("ip").args(["-4", "-o", "addr", "show", "dev", "xnet0"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    // "5: xnet0    inet 10.244.1.0/32 scope global xnet0 ..."
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
 }
 
 fn is_zero_counter(line: &str) -> bool {
