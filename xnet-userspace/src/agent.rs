@@ -122,9 +122,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     write_runtime_files(&config, &plan)?;
     let wanted = plan.wanted(store.kind(), &peers);
     let mut containers = Containers::new(config.container_ifaces.clone());
-    if let Err(e) = containers.refresh(&netlink).await {
-        tracing::warn!(error = %e, "cannot read the container interfaces yet");
-    }
+    let first_refresh_failed = match containers.refresh(&netlink).await {
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the container interfaces yet; retrying");
+            true
+        }
+    };
     let present: Vec<Interface> = containers
         .present()
         .keys()
@@ -178,7 +182,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     systemd::notify_ready();
 
     let mut age_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut refresh_at: Option<Instant> = None;
+    // A refresh (or what it leads to) that failed is tried again a second later, event or not.
+    const REFRESH_RETRY: Duration = Duration::from_secs(1);
+    let mut refresh_at: Option<Instant> = first_refresh_failed.then(|| Instant::now() + REFRESH_RETRY);
     let mut events_ended = false;
     loop {
         let retry = async {
@@ -209,6 +215,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 refresh_at = None;
                 let result = agent.containers.refresh(&netlink).await.map_err(|e| e.to_string());
                 let result = result.and_then(|appeared| agent.follow_containers(&appeared));
+                if result.is_err() {
+                    refresh_at = Some(Instant::now() + REFRESH_RETRY);
+                }
                 agent.record_container_ifaces();
                 agent.settle(Step::Containers, result);
             }
