@@ -329,8 +329,18 @@ impl Agent {
     /// its lowest port's, so it changes as containers come and go).
     fn follow_containers(&mut self, appeared: &[String]) -> Result<(), String> {
         let mut first_error = None;
-        for name in appeared {
-            tracing::info!(iface = %name, "container interface appeared");
+        // What appeared, and what is there but not attached yet (an attachment that failed).
+        let todo: Vec<String> = self
+            .containers
+            .present()
+            .keys()
+            .filter(|n| appeared.contains(n) || !self.datapath.is_attached(Program::TcEgress, n))
+            .cloned()
+            .collect();
+        for name in &todo {
+            if appeared.contains(name) {
+                tracing::info!(iface = %name, "container interface appeared");
+            }
             let result = Interface::find(name, "container_ifaces")
                 .map_err(|e| e.to_string())
                 .and_then(|iface| {
