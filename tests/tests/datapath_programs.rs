@@ -301,10 +301,29 @@ fn vxlan(
     ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, &l3)
 }
 
+/// An ICMP echo reply from 10.244.2.7 (a container of the vxlan peer 198.18.0.2) to the local
+/// container 10.244.1.5.
 fn inner_to_local() -> Vec<u8> {
+    inner_from([10, 244, 2, 7])
+}
+
+/// An ICMP echo reply from `src` to the local container 10.244.1.5.
+fn inner_from(src: [u8; 4]) -> Vec<u8> {
     let mut icmp = vec![0, 0, 0, 0, 0x12, 0x34, 0, 1];
     icmp.extend(0..32u8);
-    ipv4([10, 244, 2, 7], [10, 244, 1, 5], IpNumber::ICMP, 0, &icmp)
+    ipv4(src, [10, 244, 1, 5], IpNumber::ICMP, 0, &icmp)
+}
+
+/// `frame` (Ethernet, then IPv4) with its outer addresses at `src` and `dst`, the header checksum
+/// recomputed.
+fn readdressed(frame: &[u8], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let mut ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+    ip.source = src;
+    ip.destination = dst;
+    ip.header_checksum = ip.calc_header_checksum();
+    f[14..34].copy_from_slice(&ip.to_bytes());
+    f
 }
 
 /// Byte offset of the outer UDP source port in an encapsulated frame.
@@ -747,31 +766,34 @@ fn from_peer(n: u8, proto: IpNumber, l4: &[u8]) -> Vec<u8> {
 
 #[test]
 fn decap_udp_and_gre_from_known_peers() {
-    let inner = inner_to_local();
-    let expected = ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, &inner);
+    // Each peer sends from its own subnet: 198.18.0.3 (udp) owns 10.244.3.0/24, 198.18.0.4 (gre)
+    // 10.244.4.0/24.
+    let from_3 = inner_from([10, 244, 3, 7]);
+    let inner = inner_from([10, 244, 4, 7]);
     let udp = [
         UdpHeader {
             source_port: 8285,
             destination_port: 8285,
-            length: (8 + inner.len()) as u16,
+            length: (8 + from_3.len()) as u16,
             checksum: 0,
         }
         .to_bytes()
         .to_vec(),
-        inner.clone(),
+        from_3.clone(),
     ]
     .concat();
     let gre = [vec![0x00, 0x00, 0x08, 0x00], inner.clone()].concat();
     let gre_keyed = [vec![0x20, 0x00, 0x08, 0x00], 7u32.to_be_bytes().to_vec(), inner.clone()].concat();
-    // scapy: ...IP(src="198.18.0.3")/UDP(sport=8285, dport=8285)/IP(src="10.244.2.7", dst="10.244.1.5")/ICMP()
-    // scapy: ...IP(src="198.18.0.4", proto=47)/GRE(proto=0x0800)/IP(...)/ICMP()
-    // scapy: ...IP(src="198.18.0.4", proto=47)/GRE(proto=0x0800, key_present=1, key=7)/IP(...)/ICMP()
+    // scapy: ...IP(src="198.18.0.3")/UDP(sport=8285, dport=8285)/IP(src="10.244.3.7", dst="10.244.1.5")/ICMP()
+    // scapy: ...IP(src="198.18.0.4", proto=47)/GRE(proto=0x0800)/IP(src="10.244.4.7", ...)/ICMP()
+    // scapy: ...IP(src="198.18.0.4", proto=47)/GRE(proto=0x0800, key_present=1, key=7)/IP(src="10.244.4.7", ...)/ICMP()
     let cases = [
-        (None, from_peer(3, IpNumber::UDP, &udp), Outcome::DecapUdp),
-        (None, from_peer(4, IpNumber::GRE, &gre), Outcome::DecapGre),
-        (Some(7), from_peer(4, IpNumber::GRE, &gre_keyed), Outcome::DecapGre),
+        (None, from_peer(3, IpNumber::UDP, &udp), Outcome::DecapUdp, &from_3),
+        (None, from_peer(4, IpNumber::GRE, &gre), Outcome::DecapGre, &inner),
+        (Some(7), from_peer(4, IpNumber::GRE, &gre_keyed), Outcome::DecapGre, &inner),
     ];
-    for (key, input, outcome) in cases {
+    for (key, input, outcome, inner) in cases {
+        let expected = ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, inner);
         let mut dp = Datapath::with(true, key);
         for (program, pass, _) in DECAP {
             let out = dp.check("decap", program, &input, pass, (Direction::Ingress, outcome));
@@ -782,7 +804,8 @@ fn decap_udp_and_gre_from_known_peers() {
 
 #[test]
 fn decap_gre_drops_by_the_rules() {
-    let inner = inner_to_local();
+    // From the gre peer 198.18.0.4, a container of its subnet.
+    let inner = inner_from([10, 244, 4, 7]);
     let plain = from_peer(4, IpNumber::GRE, &[vec![0x00, 0x00, 0x08, 0x00], inner.clone()].concat());
     let keyed = |k: u32| {
         from_peer(
@@ -921,9 +944,11 @@ fn peers_sharing_a_slot_are_checked_in_full() {
         written.slots
     );
     let inner = inner_to_local();
-    for (who, src) in [("first of a shared slot", a), ("second of a shared slot", b)] {
-        // scapy: Ether()/IP(src=who, dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()/IP()/ICMP()
-        let input = vxlan(src, PORT, VNI, 51000, 0x0800, &inner, 0);
+    for (who, src, subnet) in [("first of a shared slot", a, 8), ("second of a shared slot", b, 9)] {
+        // Each from a container of its own subnet.
+        // scapy: Ether()/IP(src=who, dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()
+        //        /IP(src="10.244.<subnet>.7", dst="10.244.1.5")/ICMP()
+        let input = vxlan(src, PORT, VNI, 51000, 0x0800, &inner_from([10, 244, subnet, 7]), 0);
         dp.check(who, Program::XdpIngress, &input, XDP_PASS, (Direction::Ingress, Outcome::DecapVxlan));
     }
     let input = vxlan(stranger, PORT, VNI, 51000, 0x0800, &inner, 0);
@@ -1049,4 +1074,206 @@ fn the_trie_answers_as_the_index_does() {
         let index = by_index.check(&format!("{case} (index)"), Program::TcEgress, &input, verdict, counted);
         assert_eq!(hex(&trie), hex(&index), "{case}: the same frame either way");
     }
+}
+
+#[test]
+fn decap_requires_the_inner_source_to_be_the_senders() {
+    // Peers: 198.18.0.2 owns 10.244.2.0/24 (vxlan), .3 10.244.3.0/24 (udp), .4 10.244.4.0/24 (gre);
+    // this host 10.244.1.0/24. The owner is looked up as egress looks up a destination: the same
+    // verdicts with the route index on and with the LPM trie alone.
+    let udp_from_3 = |inner: &[u8]| {
+        let udp = UdpHeader {
+            source_port: UDP_PORT,
+            destination_port: UDP_PORT,
+            length: (8 + inner.len()) as u16,
+            checksum: 0,
+        };
+        from_peer(3, IpNumber::UDP, &[udp.to_bytes().to_vec(), inner.to_vec()].concat())
+    };
+    let gre_from_4 =
+        |inner: &[u8]| from_peer(4, IpNumber::GRE, &[vec![0x00, 0x00, 0x08, 0x00], inner.to_vec()].concat());
+    let vxlan_from_2 = |inner: &[u8]| vxlan(PEER_IP, PORT, VNI, 51000, 0x0800, inner, 0);
+    let not_peer = Some(Outcome::DropInnerSourceNotPeer);
+    type Case = (&'static str, Vec<u8>, Option<Outcome>);
+    let cases: Vec<Case> = vec![
+        // scapy: Ether()/IP(src="198.18.0.2", dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()
+        //        /IP(src="10.244.3.7", dst="10.244.1.5")/ICMP(type=0)
+        ("vxlan, another peer's container", vxlan_from_2(&inner_from([10, 244, 3, 7])), not_peer),
+        // scapy: ... /IP(src="10.244.1.9", dst="10.244.1.5")/ICMP(type=0)
+        ("vxlan, this host's container", vxlan_from_2(&inner_from([10, 244, 1, 9])), not_peer),
+        // scapy: ... /IP(src="192.168.0.1", dst="10.244.1.5")/ICMP(type=0)
+        ("vxlan, outside the network", vxlan_from_2(&inner_from([192, 168, 0, 1])), not_peer),
+        // scapy: ... /IP(src="10.244.7.9", dst="10.244.1.5")/ICMP(type=0) -- inside, but nobody's
+        ("vxlan, a subnet nobody owns", vxlan_from_2(&inner_from([10, 244, 7, 9])), not_peer),
+        // scapy: ... /IP(src="10.244.2.200", dst="10.244.1.5")/ICMP(type=0)
+        ("vxlan, its own container", vxlan_from_2(&inner_from([10, 244, 2, 200])), Some(Outcome::DecapVxlan)),
+        // scapy: Ether()/IP(src="198.18.0.3", dst="198.18.0.1")/UDP(sport=8285, dport=8285)
+        //        /IP(src="10.244.2.7", dst="10.244.1.5")/ICMP(type=0)
+        ("udp, another peer's container", udp_from_3(&inner_from([10, 244, 2, 7])), not_peer),
+        // scapy: ... /IP(src="10.244.1.9", dst="10.244.1.5")/ICMP(type=0)
+        ("udp, this host's container", udp_from_3(&inner_from([10, 244, 1, 9])), not_peer),
+        // scapy: Ether()/IP(src="198.18.0.4", dst="198.18.0.1", proto=47)/GRE(proto=0x0800)
+        //        /IP(src="10.244.3.7", dst="10.244.1.5")/ICMP(type=0)
+        ("gre, another peer's container", gre_from_4(&inner_from([10, 244, 3, 7])), not_peer),
+        // scapy: ... /IP(src="8.8.8.8", dst="10.244.1.5")/ICMP(type=0)
+        ("gre, outside the network", gre_from_4(&inner_from([8, 8, 8, 8])), not_peer),
+        // The direct peer 198.18.0.5 owns 10.244.5.0/24, but sends unencapsulated: in a tunnel, its
+        // containers are still its own.
+        // scapy: Ether()/IP(src="198.18.0.5", dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()
+        //        /IP(src="10.244.5.7", dst="10.244.1.5")/ICMP(type=0)
+        (
+            "vxlan from the direct peer, its container",
+            vxlan([198, 18, 0, 5], PORT, VNI, 51000, 0x0800, &inner_from([10, 244, 5, 7]), 0),
+            Some(Outcome::DecapVxlan),
+        ),
+    ];
+    for lookup in [Lookup::Index, Lookup::Trie] {
+        let mut dp = Datapath::with_lookup(true, None, lookup);
+        for (case, input, outcome) in &cases {
+            let case = format!("{case} ({lookup:?})");
+            for (program, pass, shot) in DECAP {
+                match outcome {
+                    Some(Outcome::DropInnerSourceNotPeer) => {
+                        dp.check(
+                            &case,
+                            program,
+                            input,
+                            shot,
+                            (Direction::Ingress, Outcome::DropInnerSourceNotPeer),
+                        );
+                    }
+                    Some(delivered) => {
+                        let out = dp.check(&case, program, input, pass, (Direction::Ingress, *delivered));
+                        let strip = if *delivered == Outcome::DecapVxlan { 50 } else { 0 };
+                        assert_eq!(hex(&out[14..]), hex(&input[14 + strip..]), "{case}: decapsulated");
+                    }
+                    None => unreachable!(),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn decap_requires_the_outer_destination_to_be_this_host() {
+    let mut dp = Datapath::new(true);
+    const ELSEWHERE: [u8; 4] = [198, 18, 0, 7];
+    let inner = inner_to_local();
+    let good = vxlan(PEER_IP, PORT, VNI, 51000, 0x0800, &inner, 0);
+    let gre =
+        from_peer(4, IpNumber::GRE, &[vec![0x00, 0x00, 0x08, 0x00], inner_from([10, 244, 4, 7])].concat());
+    let udp = {
+        let inner = inner_from([10, 244, 3, 7]);
+        let h = UdpHeader {
+            source_port: UDP_PORT,
+            destination_port: UDP_PORT,
+            length: (8 + inner.len()) as u16,
+            checksum: 0,
+        };
+        from_peer(3, IpNumber::UDP, &[h.to_bytes().to_vec(), inner].concat())
+    };
+    let not_local = Some(Outcome::DropOuterNotLocal);
+    let cases: Vec<(&str, Vec<u8>, Option<Outcome>)> = vec![
+        // scapy: Ether()/IP(src="198.18.0.2", dst="198.18.0.7")/UDP(dport=8472)/VXLAN(vni=0x123456)/Ether()
+        //        /IP(src="10.244.2.7", dst="10.244.1.5")/ICMP(type=0)
+        ("vxlan to another host", readdressed(&good, PEER_IP, ELSEWHERE), not_local),
+        // scapy: Ether()/IP(src="198.18.0.3", dst="198.18.0.7")/UDP(sport=8285, dport=8285)/IP(...)/ICMP()
+        ("udp to another host", readdressed(&udp, [198, 18, 0, 3], ELSEWHERE), not_local),
+        // scapy: Ether()/IP(src="198.18.0.4", dst="198.18.0.7", proto=47)/GRE(proto=0x0800)/IP(...)/ICMP()
+        ("gre to another host", readdressed(&gre, [198, 18, 0, 4], ELSEWHERE), not_local),
+        // From a stranger too: the destination is judged first.
+        // scapy: Ether()/IP(src="198.18.0.9", dst="198.18.0.7")/UDP(dport=8472)/VXLAN(vni=0x123456)/...
+        ("stranger's vxlan to another host", readdressed(&good, STRANGER_IP, ELSEWHERE), not_local),
+        // scapy: Ether()/IP(src="198.18.0.2", dst="255.255.255.255")/UDP(dport=8472)/VXLAN(vni=0x123456)/...
+        ("vxlan to broadcast", readdressed(&good, PEER_IP, [255, 255, 255, 255]), not_local),
+        // Not a tunnel packet of ours (another port): the kernel's, whatever its destination.
+        // scapy: Ether()/IP(src="198.18.0.2", dst="198.18.0.7")/UDP(dport=4789)/VXLAN(vni=0x123456)/...
+        (
+            "other port to another host",
+            readdressed(&vxlan(PEER_IP, 4789, VNI, 51000, 0x0800, &inner, 0), PEER_IP, ELSEWHERE),
+            None,
+        ),
+    ];
+    for (case, input, outcome) in cases {
+        for (program, pass, shot) in DECAP {
+            match outcome {
+                Some(reason) => {
+                    dp.check(case, program, &input, shot, (Direction::Ingress, reason));
+                }
+                None => {
+                    let out = dp.check(case, program, &input, pass, (Direction::Ingress, Outcome::Passed));
+                    assert_eq!(out, input, "{case}: untouched");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn egress_drops_overlay_traffic_from_a_foreign_source() {
+    let mut dp = Datapath::new(true);
+    let from = |src: [u8; 4], dst: [u8; 4]| {
+        let mut f = container_ping(dst, 0, 8);
+        let mut ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+        ip.source = src;
+        ip.header_checksum = ip.calc_header_checksum();
+        f[14..34].copy_from_slice(&ip.to_bytes());
+        f
+    };
+    let counted = (Direction::Egress, Outcome::DropSourceNotLocal);
+    // scapy: Ether(dst=BRIDGE_MAC, src=CONTAINER_MAC)/IP(src="10.244.2.9", dst="10.244.2.7")/ICMP()
+    //        -- posing as a container of the peer it sends to
+    dp.check(
+        "another host's source",
+        Program::TcEgress,
+        &from([10, 244, 2, 9], [10, 244, 2, 7]),
+        TC_ACT_SHOT,
+        counted,
+    );
+    // scapy: ... IP(src="10.244.3.9", dst="10.244.4.7")/ICMP() -- gre peer, udp peer's source
+    dp.check(
+        "a third host's source",
+        Program::TcEgress,
+        &from([10, 244, 3, 9], [10, 244, 4, 7]),
+        TC_ACT_SHOT,
+        counted,
+    );
+    // scapy: ... IP(src="192.168.1.2", dst="10.244.3.7")/ICMP()
+    dp.check(
+        "outside the network",
+        Program::TcEgress,
+        &from([192, 168, 1, 2], [10, 244, 3, 7]),
+        TC_ACT_SHOT,
+        counted,
+    );
+    // scapy: ... IP(src="0.0.0.0", dst="10.244.5.7")/ICMP() -- the direct backend too
+    dp.check("unspecified", Program::TcEgress, &from([0, 0, 0, 0], [10, 244, 5, 7]), TC_ACT_SHOT, counted);
+    // Only overlay traffic is judged: a foreign source to this host's subnet is the kernel's.
+    // scapy: ... IP(src="192.168.1.2", dst="10.244.1.3")/ICMP()
+    let same_host = from([192, 168, 1, 2], [10, 244, 1, 3]);
+    let out = dp.check(
+        "foreign source, same host",
+        Program::TcEgress,
+        &same_host,
+        TC_ACT_OK,
+        (Direction::Egress, Outcome::Passed),
+    );
+    assert_eq!(out, same_host);
+    // The host's own traffic leaves from its subnet's network address (xnet0): sent.
+    // scapy: ... IP(src="10.244.1.0", dst="10.244.2.7")/ICMP()
+    dp.check(
+        "the host, from the network address",
+        Program::TcEgress,
+        &from([10, 244, 1, 0], [10, 244, 2, 7]),
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::EncapVxlan),
+    );
+    // scapy: ... IP(src="10.244.1.255", dst="10.244.3.7")/ICMP()
+    dp.check(
+        "the subnet's last address",
+        Program::TcEgress,
+        &from([10, 244, 1, 255], [10, 244, 3, 7]),
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::EncapUdp),
+    );
 }

@@ -64,16 +64,24 @@ pub enum DecapDecision {
 /// Decides what happens to `pkt`. Every wire format is accepted at once, whatever this host sends
 /// with, so hosts can change backend one at a time. A packet is ours once it is IPv4 and either UDP
 /// to the VXLAN or the flannel-udp port, or GRE carrying IPv4; anything cut short before that is
-/// left to the kernel. `is_peer` says whether an outer source address belongs to a known peer.
+/// left to the kernel. `is_peer` says whether an outer source address belongs to a known peer;
+/// `peer_of` names the peer whose remote subnet holds an address (the public address of the route
+/// egress would take to it), `None` outside every remote subnet.
+///
+/// A tunnel packet must be addressed to this host (the outer destination is
+/// [`DatapathConfig::local_ip`]) and its inner source must lie in the subnet of the peer that sent
+/// it: a peer cannot speak for another peer's containers, for this host's, or for addresses outside
+/// the overlay.
 ///
 /// The headers are read as little-endian 4-byte words (one load each in the programs), so every
 /// constant below is a field's wire bytes read that way: EtherType 0x0800 reads 0x0008, the GRE K
 /// flag 0x2000 reads 0x0020, and so on.
 #[inline(always)]
-pub fn classify<P, F>(pkt: &P, cfg: &DatapathConfig, is_peer: F) -> DecapDecision
+pub fn classify<P, F, G>(pkt: &P, cfg: &DatapathConfig, is_peer: F, peer_of: G) -> DecapDecision
 where
     P: Packet + ?Sized,
     F: FnOnce(&[u8; 4]) -> bool,
+    G: FnOnce(&[u8; 4]) -> Option<[u8; 4]>,
 {
     // Bytes 10 to 33: the end of the source MAC and the EtherType, then the outer IPv4 header.
     let Some([ether, ip0, ip1, ip2, src, dst]) = pkt.words::<6>(ETH_LEN - 4) else {
@@ -128,6 +136,11 @@ where
     if frag & (IPV4_FRAG_OFFSET_LE | IPV4_FRAG_MF_LE) != 0 {
         return DecapDecision::Drop(Outcome::DropOuterFragment);
     }
+    // Tunnel packets for another address (a host routing for others, a promiscuous NIC) are not
+    // this host's to open.
+    if dst != u32::from_le_bytes(cfg.local_ip()) {
+        return DecapDecision::Drop(Outcome::DropOuterNotLocal);
+    }
     if !is_peer(&src.to_le_bytes()) {
         return DecapDecision::Drop(Outcome::DropUnknownPeer);
     }
@@ -169,7 +182,7 @@ where
             }
         }
     };
-    let Some([inner0, _, _, _, inner_dst]) = pkt.words::<5>(inner_ip_offset) else {
+    let Some([inner0, _, _, inner_src, inner_dst]) = pkt.words::<5>(inner_ip_offset) else {
         return DecapDecision::Drop(Outcome::DropTruncated);
     };
     if inner0 & 0xf0 != 0x40 {
@@ -177,6 +190,12 @@ where
     }
     if !cfg.is_local(&inner_dst.to_le_bytes()) {
         return DecapDecision::Drop(Outcome::DropInnerNotLocal);
+    }
+    // The sender's own containers only: not this host's subnet (whatever the routes say), and
+    // otherwise the subnet whose route leads back to the outer source.
+    let inner_src = inner_src.to_le_bytes();
+    if cfg.is_local(&inner_src) || peer_of(&inner_src) != Some(src.to_le_bytes()) {
+        return DecapDecision::Drop(Outcome::DropInnerSourceNotPeer);
     }
     DecapDecision::Decap(tunnel)
 }
@@ -195,6 +214,7 @@ mod tests {
     use std::vec::Vec;
 
     const PEER: [u8; 4] = [198, 18, 0, 2];
+    const OTHER_PEER: [u8; 4] = [198, 18, 0, 3];
 
     fn cfg() -> DatapathConfig {
         DatapathConfig::new(&DatapathParams {
@@ -207,9 +227,16 @@ mod tests {
         })
     }
 
-    /// A VXLAN frame from PEER carrying an inner IPv4 packet to `inner_dst`.
+    /// A VXLAN frame from PEER carrying an inner IPv4 packet from 10.244.2.2 (PEER's subnet) to
+    /// `inner_dst`.
     fn vxlan_frame(vni: u32, port: u16, inner_dst: [u8; 4]) -> Vec<u8> {
-        let mut inner_ip = std::vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 2, 2];
+        vxlan_frame_from([10, 244, 2, 2], vni, port, inner_dst)
+    }
+
+    /// A VXLAN frame from PEER carrying an inner IPv4 packet from `inner_src` to `inner_dst`.
+    fn vxlan_frame_from(inner_src: [u8; 4], vni: u32, port: u16, inner_dst: [u8; 4]) -> Vec<u8> {
+        let mut inner_ip = std::vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0];
+        inner_ip.extend_from_slice(&inner_src);
         inner_ip.extend_from_slice(&inner_dst);
         let local = VxlanLocal { ip: PEER, vtep_mac: [2, 0, 0, 0, 0, 2], port, vni };
         let remote = VxlanRemote { ip: [198, 18, 0, 1], vtep_mac: [2, 0, 0, 0, 0, 1] };
@@ -225,48 +252,110 @@ mod tests {
     }
 
     fn known(ip: &[u8; 4]) -> bool {
-        *ip == PEER
+        *ip == PEER || *ip == OTHER_PEER
+    }
+
+    /// The routes: 10.244.2.0/24 via PEER, 10.244.3.0/24 via OTHER_PEER; and, as a misconfigured
+    /// agent might write, this host's own 10.244.1.0/24 via PEER.
+    fn owner(ip: &[u8; 4]) -> Option<[u8; 4]> {
+        match ip[..3] {
+            [10, 244, 2] | [10, 244, 1] => Some(PEER),
+            [10, 244, 3] => Some(OTHER_PEER),
+            _ => None,
+        }
     }
 
     #[test]
     fn good_vxlan_is_decapsulated() {
         let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
-        assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::Decap(Tunnel::Vxlan));
+        assert_eq!(classify(&f[..], &cfg(), known, owner), DecapDecision::Decap(Tunnel::Vxlan));
     }
 
     #[test]
     fn drops_name_their_reason() {
         let c = cfg();
         let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
-        assert_eq!(classify(&f[..], &c, |_| false), DecapDecision::Drop(Outcome::DropUnknownPeer));
+        assert_eq!(classify(&f[..], &c, |_| false, owner), DecapDecision::Drop(Outcome::DropUnknownPeer));
         let f = vxlan_frame(2, 8472, [10, 244, 1, 5]);
-        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadVni));
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropBadVni));
         let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
         f[VXLAN_OFFSET] = 0;
-        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadVni));
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropBadVni));
         let f = vxlan_frame(1, 8472, [10, 244, 3, 5]);
-        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropInnerNotLocal));
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropInnerNotLocal));
         let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
         f[INNER_ETH_OFFSET + 12] = 0x86;
         f[INNER_ETH_OFFSET + 13] = 0xdd;
-        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadInnerProtocol));
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropBadInnerProtocol));
         let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
         f[ETH_LEN + 6] = 0x20; // MF, DF cleared: fix the checksum for the changed word
         let sum = u16::from_be_bytes([f[ETH_LEN + 10], f[ETH_LEN + 11]]) as u32 + 0x4000 + 0xffff - 0x2000;
         f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&crate::csum::fold(sum).to_be_bytes());
-        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropOuterFragment));
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropOuterFragment));
         let mut f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
         f[ETH_LEN + 8] = 63; // TTL changed, checksum not
-        assert_eq!(classify(&f[..], &c, known), DecapDecision::Drop(Outcome::DropBadOuterChecksum));
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropBadOuterChecksum));
+    }
+
+    /// `f` with its outer destination set to `dst`, the outer checksum kept right.
+    fn to_outer_dst(mut f: Vec<u8>, dst: [u8; 4]) -> Vec<u8> {
+        let at = ETH_LEN + 16;
+        let mut sum = [f[ETH_LEN + 10], f[ETH_LEN + 11]];
+        for i in [0, 2] {
+            let old = u16::from_be_bytes([f[at + i], f[at + i + 1]]);
+            sum = crate::csum::update(sum, old, u16::from_be_bytes([dst[i], dst[i + 1]]));
+        }
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&sum);
+        f[at..at + 4].copy_from_slice(&dst);
+        f
+    }
+
+    #[test]
+    fn the_inner_source_must_belong_to_the_sender() {
+        let c = cfg();
+        let from = |src| vxlan_frame_from(src, 1, 8472, [10, 244, 1, 5]);
+        assert_eq!(
+            classify(&from([10, 244, 2, 200])[..], &c, known, owner),
+            DecapDecision::Decap(Tunnel::Vxlan)
+        );
+        // Another peer's container, this host's own (even with a route saying PEER owns it), an
+        // address outside the overlay, and the broadcast address.
+        for src in [[10, 244, 3, 5], [10, 244, 1, 9], [192, 168, 0, 1], [255, 255, 255, 255]] {
+            assert_eq!(
+                classify(&from(src)[..], &c, known, owner),
+                DecapDecision::Drop(Outcome::DropInnerSourceNotPeer),
+                "inner source {src:?}"
+            );
+        }
+        // The inner destination is judged first.
+        let f = vxlan_frame_from([10, 244, 3, 5], 1, 8472, [10, 244, 3, 6]);
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropInnerNotLocal));
+    }
+
+    #[test]
+    fn tunnel_packets_must_be_addressed_to_this_host() {
+        let c = cfg();
+        let f = to_outer_dst(vxlan_frame(1, 8472, [10, 244, 1, 5]), [198, 18, 0, 7]);
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropOuterNotLocal));
+        // Whoever sent it.
+        assert_eq!(classify(&f[..], &c, |_| false, owner), DecapDecision::Drop(Outcome::DropOuterNotLocal));
+        // Back to this host: delivered (the helper keeps the checksum right).
+        let f = to_outer_dst(f, [198, 18, 0, 1]);
+        assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Decap(Tunnel::Vxlan));
+        // Not a tunnel packet of ours: passed, whatever its destination.
+        let mut other_port = to_outer_dst(vxlan_frame(1, 4789, [10, 244, 1, 5]), [198, 18, 0, 7]);
+        assert_eq!(classify(&other_port[..], &c, known, owner), DecapDecision::Pass);
+        other_port[ETH_LEN + 9] = 6;
+        assert_eq!(classify(&other_port[..], &c, known, owner), DecapDecision::Pass);
     }
 
     #[test]
     fn other_ports_and_protocols_are_not_ours() {
         let f = vxlan_frame(1, 4789, [10, 244, 1, 5]);
-        assert_eq!(classify(&f[..], &cfg(), known), DecapDecision::Pass);
+        assert_eq!(classify(&f[..], &cfg(), known, owner), DecapDecision::Pass);
         let mut tcp = vxlan_frame(1, 8472, [10, 244, 1, 5]);
         tcp[ETH_LEN + 9] = 6; // not ours whatever its checksum says
-        assert_eq!(classify(&tcp[..], &cfg(), known), DecapDecision::Pass);
+        assert_eq!(classify(&tcp[..], &cfg(), known, owner), DecapDecision::Pass);
     }
 
     #[test]
@@ -274,11 +363,11 @@ mod tests {
         let f = vxlan_frame(1, 8472, [10, 244, 1, 5]);
         // Cut before we know the UDP port: not ours. Cut after: ours, truncated.
         for cut in [0, ETH_LEN, ETH_LEN + 10, OUTER_UDP_OFFSET, OUTER_UDP_OFFSET + 3] {
-            assert_eq!(classify(&f[..cut], &cfg(), known), DecapDecision::Pass, "cut at {cut}");
+            assert_eq!(classify(&f[..cut], &cfg(), known, owner), DecapDecision::Pass, "cut at {cut}");
         }
         for cut in [VXLAN_OFFSET, INNER_ETH_OFFSET, INNER_IP_OFFSET, INNER_IP_OFFSET + 19] {
             assert_eq!(
-                classify(&f[..cut], &cfg(), known),
+                classify(&f[..cut], &cfg(), known, owner),
                 DecapDecision::Drop(Outcome::DropTruncated),
                 "cut at {cut}"
             );

@@ -80,11 +80,18 @@ pub enum Outcome {
     DropBadGreKey = 141,
     /// GRE with a checksum, sequence number, another version or a non-IPv4 payload.
     DropBadGreHeader = 142,
+    /// Decapsulated traffic whose inner source is not in the subnet of the peer that sent it (this
+    /// host's own subnet, another peer's, or none).
+    DropInnerSourceNotPeer = 143,
+    /// Tunnelled traffic whose outer destination is not this host's address.
+    DropOuterNotLocal = 144,
+    /// Container traffic for a remote subnet whose source is not in this host's container subnet.
+    DropSourceNotLocal = 145,
 }
 
 impl Outcome {
     /// Every outcome, for listing counters.
-    pub const ALL: [Outcome; 23] = [
+    pub const ALL: [Outcome; 26] = [
         Outcome::Passed,
         Outcome::EncapVxlan,
         Outcome::DecapVxlan,
@@ -108,6 +115,9 @@ impl Outcome {
         Outcome::DropTtlExceeded,
         Outcome::DropBadGreKey,
         Outcome::DropBadGreHeader,
+        Outcome::DropInnerSourceNotPeer,
+        Outcome::DropOuterNotLocal,
+        Outcome::DropSourceNotLocal,
     ];
 
     /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
@@ -121,7 +131,8 @@ impl Outcome {
             | Self::DropTtlExceeded
             | Self::DropEncapFailed
             | Self::DropTooBig
-            | Self::DropNotConfigured => direction == Direction::Egress,
+            | Self::DropNotConfigured
+            | Self::DropSourceNotLocal => direction == Direction::Egress,
             Self::DecapVxlan
             | Self::DecapUdp
             | Self::DecapGre
@@ -134,7 +145,9 @@ impl Outcome {
             | Self::DropInnerNotLocal
             | Self::DropOuterFragment
             | Self::DropDecapFailed
-            | Self::DropBadOuterChecksum => direction == Direction::Ingress,
+            | Self::DropBadOuterChecksum
+            | Self::DropInnerSourceNotPeer
+            | Self::DropOuterNotLocal => direction == Direction::Ingress,
         }
     }
 
@@ -168,6 +181,9 @@ impl Outcome {
             Self::DropTtlExceeded => "ttl_exceeded",
             Self::DropBadGreKey => "bad_gre_key",
             Self::DropBadGreHeader => "bad_gre_header",
+            Self::DropInnerSourceNotPeer => "inner_source_not_peer",
+            Self::DropOuterNotLocal => "outer_not_local",
+            Self::DropSourceNotLocal => "source_not_local",
         }
     }
 }

@@ -76,6 +76,16 @@ static CONTAINER_IFACES: Array<ContainerIface, { CONTAINER_IFACES_LEN as usize }
 #[btf_map]
 static ROUTE_INFO: HashMap<LpmKeyIpv4, RouteInfo, { REMOTE_SUBNETS_MAX as usize }> = HashMap::new();
 
+/// The route to the remote subnet holding `addr`, as egress sends to it: ROUTE_INDEX inside the
+/// network it covers while CONFIG says it is valid, else the LPM trie.
+#[inline(always)]
+fn route_of(cfg: Option<&DatapathConfig>, addr: &[u8; 4]) -> Option<&'static RemoteSubnet> {
+    match cfg.and_then(|c| c.route_index(addr)) {
+        Some(i) => ROUTE_INDEX.get(i).filter(|r| !r.is_empty()),
+        None => REMOTE_SUBNETS.get(&Key::new(32, *addr)),
+    }
+}
+
 /// tc, where container traffic enters the host: the ingress hook of each container bridge port
 /// (straight from the container's veth, before the bridge), and of the bridge itself for ports the
 /// agent has not seen yet. Encapsulates packets for remote subnets and redirects them to the
@@ -99,17 +109,18 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     let gateway = cfg.map(DatapathConfig::gateway_mac_word).unwrap_or_default();
     let decision = egress::classify(
         &pkt,
-        |dst| match cfg.and_then(|c| c.route_index(dst)) {
-            Some(i) => ROUTE_INDEX.get(i).filter(|r| !r.is_empty()),
-            None => REMOTE_SUBNETS.get(&Key::new(32, *dst)),
-        },
+        |dst| route_of(cfg, dst),
         |mac| {
             // SAFETY: only whether an entry exists is read; no reference into the map is kept.
             mac != gateway && unsafe { LOCAL_PORTS.get(mac_bytes(mac)) }.is_some()
         },
+        // Without CONFIG the packet is dropped below as not configured.
+        |src| cfg.is_none_or(|c| c.is_local(src)),
     );
-    let EgressDecision::Encapsulate { route, tos } = decision else {
-        return Ok((Outcome::Passed, TC_ACT_OK));
+    let (route, tos) = match decision {
+        EgressDecision::Encapsulate { route, tos } => (route, tos),
+        EgressDecision::Pass => return Ok((Outcome::Passed, TC_ACT_OK)),
+        EgressDecision::Drop(reason) => return Err(reason),
     };
     let cfg = cfg.ok_or(Outcome::DropNotConfigured)?;
     if cfg.underlay_ifindex() == 0 {
