@@ -117,15 +117,28 @@ pub fn peer_slot(ip: &[u8; 4]) -> u32 {
     u32::from_be_bytes(*ip).wrapping_mul(0x9e37_79b1) >> 16
 }
 
-pub const ENDPOINTS_MAX: u32 = 1 << 16;
+/// Entries of [`ENDPOINTS`]. Only local containers the kernel could resolve get an entry (a
+/// destination in this host's subnet with a neighbour behind a bridge port), so a host needs one per
+/// container it receives for: a /24 subnet (flannel's default) holds 254, a /20 4094. Past that the
+/// least recently used entry is evicted, which costs its next packet a FIB lookup, nothing else.
+/// (The kernel's LRU keeps up to 128 free entries per CPU, so on hosts with many CPUs eviction can
+/// start somewhat before the map is full; again only a lookup.) An LRU hash is always preallocated:
+/// at 1<<16 entries it locked 6 MiB for a few hundred containers, at 1<<12 0.4 MiB.
+pub const ENDPOINTS_MAX: u32 = 1 << 12;
 /// How long a resolved endpoint is used before the kernel is asked again (a container whose MAC
 /// changed on the same port is followed within this time, plus the agent's one-second tick).
 pub const ENDPOINT_MAX_AGE_NS: u64 = 5_000_000_000;
 
 pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
 
-pub const REMOTE_SUBNETS_MAX: u32 = 1 << 20;
-pub const PEERS_MAX: u32 = 1 << 20;
+/// Remote subnets (REMOTE_SUBNETS, and ROUTE_INFO with one entry each) and peers (PEERS) a host
+/// can hold: as many as the route index covers, a /8 network of /24 subnets, far beyond any flannel
+/// network in use; the agent refuses a larger wanted state as a whole (`MapFull`). A hash map
+/// allocates its bucket array (16 bytes a bucket, one per entry rounded up to a power of two) when
+/// it is created, whether or not its entries are preallocated: at 1<<20 entries PEERS and
+/// ROUTE_INFO locked 16 MiB each even empty.
+pub const REMOTE_SUBNETS_MAX: u32 = ROUTE_INDEX_LEN;
+pub const PEERS_MAX: u32 = ROUTE_INDEX_LEN;
 
 /// Wire formats a peer may be reached with. Numbers are stored in maps: never reuse one.
 #[repr(u8)]

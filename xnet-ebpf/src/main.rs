@@ -12,7 +12,7 @@ mod ptr;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -29,13 +29,20 @@ use xnet_common::{
     wire::mac_bytes,
 };
 
+/// Flags of the hash maps the agent writes and the programs at most read: their entries are
+/// allocated as the agent inserts them, instead of all `max_entries` up front (preallocated, these
+/// maps locked about 180 MiB on every host whatever its peer count). Inserts are the agent's, so
+/// their allocation cost is off the packet path. Only the bucket array (16 bytes an entry) is still
+/// allocated up front. (The LPM trie never preallocates; arrays and LRU hashes always do.)
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
 /// Remote subnet -> the host that owns it (longest prefix match on the inner destination).
 #[btf_map]
 static REMOTE_SUBNETS: LpmTrie<[u8; 4], RemoteSubnet, { REMOTE_SUBNETS_MAX as usize }> = LpmTrie::new();
 
 /// Peer public IPv4 -> peer. Only these may send us tunnelled traffic.
 #[btf_map]
-static PEERS: HashMap<[u8; 4], Peer, { PEERS_MAX as usize }> = HashMap::new();
+static PEERS: HashMap<[u8; 4], Peer, { PEERS_MAX as usize }, NO_PREALLOC> = HashMap::new();
 
 /// This host's side of the tunnels; entry 0.
 #[btf_map]
@@ -47,7 +54,7 @@ static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::ne
 
 /// Container MAC -> the bridge port it sits behind (filled by the agent from the bridge FDB).
 #[btf_map]
-static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }> = HashMap::new();
+static LOCAL_PORTS: HashMap<[u8; 6], LocalPort, { LOCAL_PORTS_MAX as usize }, NO_PREALLOC> = HashMap::new();
 
 /// REMOTE_SUBNETS as an array by subnet number (see `xnet_common::maps::ROUTE_INDEX`).
 #[btf_map]
@@ -74,7 +81,8 @@ static CONTAINER_IFACES: Array<ContainerIface, { CONTAINER_IFACES_LEN as usize }
 
 /// Where each remote subnet came from and since when (`xnet routes`); not read by the programs.
 #[btf_map]
-static ROUTE_INFO: HashMap<LpmKeyIpv4, RouteInfo, { REMOTE_SUBNETS_MAX as usize }> = HashMap::new();
+static ROUTE_INFO: HashMap<LpmKeyIpv4, RouteInfo, { REMOTE_SUBNETS_MAX as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 /// The route to the remote subnet holding `addr`, as egress sends to it: ROUTE_INDEX inside the
 /// network it covers while CONFIG says it is valid, else the LPM trie.
