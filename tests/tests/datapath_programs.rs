@@ -68,6 +68,7 @@ fn plan(gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
         underlay_nets: vec![net("198.18.0.0/24")],
         underlay_virtual: false,
         public_ip: LOCAL_IP.into(),
+        public_ip_on_host: true,
         vtep_mac: Mac(LOCAL_VTEP),
     };
     let tunnel = Tunnel {
@@ -155,6 +156,7 @@ impl Datapath {
             vtep_mac: LOCAL_VTEP,
             udp_port: UDP_PORT,
             gre_key,
+            local_ip_on_host: true,
         })
         .with_gateway_mac(BRIDGE_MAC);
         let expected = match lookup {

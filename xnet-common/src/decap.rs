@@ -138,7 +138,7 @@ where
     }
     // Tunnel packets for another address (a host routing for others, a promiscuous NIC) are not
     // this host's to open.
-    if dst != u32::from_le_bytes(cfg.local_ip()) {
+    if cfg.checks_outer_destination() && dst != u32::from_le_bytes(cfg.local_ip()) {
         return DecapDecision::Drop(Outcome::DropOuterNotLocal);
     }
     if !is_peer(&src.to_le_bytes()) {
@@ -223,6 +223,7 @@ mod tests {
             local_netmask: [255, 255, 255, 0],
             vni: 1,
             vxlan_port: 8472,
+            local_ip_on_host: true,
             ..Default::default()
         })
     }
@@ -339,6 +340,19 @@ mod tests {
         assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Drop(Outcome::DropOuterNotLocal));
         // Whoever sent it.
         assert_eq!(classify(&f[..], &c, |_| false, owner), DecapDecision::Drop(Outcome::DropOuterNotLocal));
+        // Behind a NAT (the public IP is not this host's): what arrives is addressed to a private
+        // address, and that is fine.
+        let nat = DatapathConfig::new(&DatapathParams {
+            local_ip: [203, 0, 113, 1],
+            local_subnet: [10, 244, 1, 0],
+            local_netmask: [255, 255, 255, 0],
+            vni: 1,
+            vxlan_port: 8472,
+            local_ip_on_host: false,
+            ..Default::default()
+        });
+        assert!(!nat.checks_outer_destination() && c.checks_outer_destination());
+        assert_eq!(classify(&f[..], &nat, known, owner), DecapDecision::Decap(Tunnel::Vxlan));
         // Back to this host: delivered (the helper keeps the checksum right).
         let f = to_outer_dst(f, [198, 18, 0, 1]);
         assert_eq!(classify(&f[..], &c, known, owner), DecapDecision::Decap(Tunnel::Vxlan));

@@ -341,6 +341,10 @@ pub struct DatapathConfig {
 pub const GRE_KEYED: u8 = 1;
 /// `DatapathConfig::flags`: [`ROUTE_INDEX`] answers for destinations inside `index_net`.
 pub const ROUTE_INDEX_VALID: u8 = 2;
+/// [`DatapathConfig::flags`]: `local_ip` is an address of this host, so tunnel packets must be
+/// addressed to it. Off when the public IP is a NAT's address (peers send to it, and what arrives
+/// is addressed to a private one).
+pub const LOCAL_IP_ON_HOST: u8 = 4;
 
 /// What [`DatapathConfig::new`] is made of, in the types the agent holds it in (addresses and
 /// MACs as bytes in network order, ports and numbers as integers); the constructor stores each in
@@ -365,6 +369,8 @@ pub struct DatapathParams {
     pub udp_port: u16,
     /// GRE key, if GRE uses one.
     pub gre_key: Option<u32>,
+    /// `local_ip` is an address of this host (see [`LOCAL_IP_ON_HOST`]).
+    pub local_ip_on_host: bool,
 }
 
 impl DatapathConfig {
@@ -382,10 +388,17 @@ impl DatapathConfig {
             vxlan_port: params.vxlan_port.to_be_bytes(),
             vtep_mac: params.vtep_mac,
             udp_port: params.udp_port.to_be_bytes(),
-            flags: if params.gre_key.is_some() { GRE_KEYED } else { 0 },
+            flags: if params.gre_key.is_some() { GRE_KEYED } else { 0 }
+                | if params.local_ip_on_host { LOCAL_IP_ON_HOST } else { 0 },
             gre_key: params.gre_key.unwrap_or(0).to_be_bytes(),
             ..Self::default()
         }
+    }
+
+    /// Whether tunnel packets must be addressed to `local_ip` (see [`LOCAL_IP_ON_HOST`]).
+    #[inline(always)]
+    pub fn checks_outer_destination(&self) -> bool {
+        self.flags & LOCAL_IP_ON_HOST != 0
     }
 
     /// The ifindex of the underlay interface; 0 when not configured.
@@ -1046,6 +1059,7 @@ mod tests {
             vtep_mac: [2, 0, 0, 0, 0, 1],
             udp_port: 8285,
             gre_key: Some(0x0a0b_0c0d),
+            local_ip_on_host: true,
         };
         let cfg = DatapathConfig::new(&params).with_gateway_mac([2, 0, 0, 0, 0, 9]);
         let mut want = std::vec::Vec::new();
@@ -1056,7 +1070,7 @@ mod tests {
         want.extend_from_slice(&[0x21, 0x18]); // 8472, network order
         want.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
         want.extend_from_slice(&[0x20, 0x5d]); // 8285, network order
-        want.extend_from_slice(&[GRE_KEYED, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
+        want.extend_from_slice(&[GRE_KEYED | LOCAL_IP_ON_HOST, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
         want.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0, 0]);
         want.extend_from_slice(&[0; 16]); // route index off
         assert_eq!(bytes_of(&cfg)[..64], want[..]);
@@ -1075,7 +1089,8 @@ mod tests {
         );
         assert_eq!((cfg.local_ip(), cfg.gateway_mac()), ([198, 18, 0, 1], [2, 0, 0, 0, 0, 9]));
         assert!(cfg.is_local(&[10, 244, 1, 200]) && !cfg.is_local(&[10, 244, 2, 1]));
-        let unkeyed = DatapathConfig::new(&DatapathParams { gre_key: None, ..params });
+        let unkeyed =
+            DatapathConfig::new(&DatapathParams { gre_key: None, local_ip_on_host: false, ..params });
         assert_eq!((unkeyed.gre_key(), &bytes_of(&unkeyed)[34..40]), (None, &[0u8; 6][..]));
 
         let route = RemoteSubnet::new([198, 18, 0, 2], [2, 0, 0, 0, 0, 2], Backend::Gre);

@@ -115,6 +115,7 @@ impl Bench {
             underlay_nets: vec![cidr::parse("198.18.0.0/24").expect("network")],
             underlay_virtual: false,
             public_ip: local,
+            public_ip_on_host: true,
             vtep_mac: Mac::from_ipv4(local),
         };
         let overlay = Overlay {

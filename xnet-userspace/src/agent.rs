@@ -105,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         underlay_nets: underlay.ipv4_nets.clone(),
         underlay_virtual: underlay.is_virtual(),
         public_ip,
+        public_ip_on_host: underlay.ipv4.contains(&public_ip),
         vtep_mac,
     };
     let plan = Plan::new(facts, overlay, config.ingress, &peers)

@@ -25,6 +25,9 @@ pub struct HostFacts {
     /// GSO, so decapsulation attaches at tc.
     pub underlay_virtual: bool,
     pub public_ip: Ipv4Addr,
+    /// The public IP is an address of the underlay (not a NAT's): tunnel packets must be
+    /// addressed to it.
+    pub public_ip_on_host: bool,
     pub vtep_mac: Mac,
 }
 
@@ -140,6 +143,7 @@ impl Plan {
             vtep_mac: self.facts.vtep_mac.0,
             udp_port: tunnel.udp_port,
             gre_key: tunnel.gre_key,
+            local_ip_on_host: self.facts.public_ip_on_host,
         })
         .with_gateway_mac(gateway_mac)
     }
@@ -162,6 +166,7 @@ mod tests {
             underlay_nets: vec![cidr::parse("198.18.0.0/24").unwrap()],
             underlay_virtual: virtual_underlay,
             public_ip: "198.18.0.1".parse().unwrap(),
+            public_ip_on_host: true,
             vtep_mac: Mac::from_ipv4("198.18.0.1".parse().unwrap()),
         }
     }
