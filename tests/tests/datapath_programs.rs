@@ -22,7 +22,9 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::{
-    maps::{Backend, DatapathConfig, DatapathParams, Peer, PeerSlot, RemoteSubnet, SlotState, Store},
+    maps::{
+        Backend, DatapathConfig, DatapathParams, Formats, Peer, PeerSlot, RemoteSubnet, SlotState, Store,
+    },
     stats::{Direction, Outcome, index},
 };
 
@@ -62,6 +64,11 @@ fn peer(subnet: &str, ip: [u8; 4], backend: Backend) -> PeerConfig {
 /// What the agent plans for host 198.18.0.1 (10.244.1.0/24 of 10.244.0.0/16, its underlay on
 /// 198.18.0.0/24, so the direct peer is on its segment) with `peers`; GRE keyed with `gre_key`.
 fn plan(gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
+    plan_for(Backend::Vxlan, gre_key, peers)
+}
+
+/// Like [`plan`], for a host whose own backend is `kind`.
+fn plan_for(kind: Backend, gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
     let facts = HostFacts {
         underlay_index: 1,
         underlay_mtu: UNDERLAY_MTU,
@@ -71,14 +78,8 @@ fn plan(gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
         public_ip_on_host: true,
         vtep_mac: Mac(LOCAL_VTEP),
     };
-    let tunnel = Tunnel {
-        kind: Backend::Vxlan,
-        vni: VNI,
-        vxlan_port: PORT,
-        udp_port: UDP_PORT,
-        gre_key,
-        fallback: Backend::Vxlan,
-    };
+    let tunnel =
+        Tunnel { kind, vni: VNI, vxlan_port: PORT, udp_port: UDP_PORT, gre_key, fallback: Backend::Vxlan };
     let overlay = Overlay { network: net("10.244.0.0/16"), subnet: net("10.244.1.0/24"), tunnel };
     Plan::new(facts, overlay, None, peers).expect("plan")
 }
@@ -102,7 +103,6 @@ struct Datapath {
     dp: datapath::Datapath,
     plan: Plan,
     wanted: Wanted,
-    config: DatapathConfig,
 }
 
 impl Datapath {
@@ -137,8 +137,7 @@ impl Datapath {
                 wanted
             }
         };
-        let config = plan.datapath_config(BRIDGE_MAC);
-        let mut this = Datapath { dp, plan, wanted, config };
+        let mut this = Datapath { dp, plan, wanted };
         if !configured {
             return this;
         }
@@ -157,6 +156,7 @@ impl Datapath {
             udp_port: UDP_PORT,
             gre_key,
             local_ip_on_host: true,
+            formats: Formats::ALL,
         })
         .with_gateway_mac(BRIDGE_MAC);
         let expected = match lookup {
@@ -174,9 +174,23 @@ impl Datapath {
         this
     }
 
-    /// Writes what is wanted and CONFIG with the agent's sync, comparing the keys in `scope`.
+    /// A host whose own backend is `kind`, with `peers` (nothing GRE-keyed), set up as the agent
+    /// does.
+    fn host(kind: Backend, peers: &[PeerConfig]) -> Self {
+        let dp = datapath::Datapath::load_unpinned()
+            .unwrap_or_else(|e| panic!("the kernel refused the programs: {e} ({e:?})"));
+        let plan = plan_for(kind, None, peers);
+        let wanted = plan.wanted(Store::File, peers);
+        let mut this = Datapath { dp, plan, wanted };
+        this.sync(Scope::All);
+        this
+    }
+
+    /// Writes what is wanted and CONFIG (planned for it, as the agent does) with the agent's sync,
+    /// comparing the keys in `scope`.
     fn sync(&mut self, scope: Scope) {
-        self.dp.sync(&self.wanted, &self.config, &scope, unix_now()).expect("sync the maps");
+        let config = self.plan.datapath_config(BRIDGE_MAC, &self.wanted);
+        self.dp.sync(&self.wanted, &config, &scope, unix_now()).expect("sync the maps");
     }
 
     /// Adds `peers` as the agent does when their leases appear: planned, then synced by the keys
@@ -1278,4 +1292,151 @@ fn egress_drops_overlay_traffic_from_a_foreign_source() {
         TC_ACT_REDIRECT,
         (Direction::Egress, Outcome::EncapUdp),
     );
+}
+
+/// An ICMP echo request from `src` to `dst`, unencapsulated, as it arrives on the underlay.
+fn untunnelled(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend(0..32u8);
+    ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, &ipv4(src, dst, IpNumber::ICMP, 0, &icmp))
+}
+
+#[test]
+fn decap_drops_untunnelled_traffic_to_containers_unless_from_a_direct_peer() {
+    let not_direct = Some(Outcome::DropUntunnelledNotDirectPeer);
+    // (case, source, destination, drop reason or None for "passed untouched")
+    type Case = (&'static str, [u8; 4], [u8; 4], Option<Outcome>);
+    let cases: [Case; 9] = [
+        // scapy: Ether()/IP(src="10.244.5.7", dst="10.244.1.5")/ICMP() -- the direct peer's container
+        ("direct peer's container", [10, 244, 5, 7], [10, 244, 1, 5], None),
+        // scapy: Ether()/IP(src="10.244.5.0", dst="10.244.1.5")/ICMP() -- the direct peer's host, from
+        // its overlay address
+        ("direct peer's host", [10, 244, 5, 0], [10, 244, 1, 5], None),
+        // scapy: Ether()/IP(src="198.18.0.9", dst="10.244.1.5")/ICMP()
+        ("stranger to a container", STRANGER_IP, [10, 244, 1, 5], not_direct),
+        // scapy: Ether()/IP(src="198.18.0.9", dst="10.244.1.1")/ICMP() -- the bridge address
+        ("stranger to the bridge address", STRANGER_IP, [10, 244, 1, 1], not_direct),
+        // scapy: Ether()/IP(src="198.18.0.5", dst="10.244.1.5")/ICMP() -- the direct peer's public IP
+        ("direct peer's public address", [198, 18, 0, 5], [10, 244, 1, 5], not_direct),
+        // scapy: Ether()/IP(src="10.244.2.7", dst="10.244.1.5")/ICMP() -- a vxlan peer's container,
+        // unencapsulated
+        ("tunnel peer's container", [10, 244, 2, 7], [10, 244, 1, 5], not_direct),
+        // scapy: Ether()/IP(src="10.244.1.9", dst="10.244.1.5")/ICMP() -- "a local container"
+        ("this host's subnet", [10, 244, 1, 9], [10, 244, 1, 5], not_direct),
+        // scapy: Ether()/IP(src="198.18.0.9", dst="198.18.0.1")/ICMP() -- the host itself
+        ("stranger to the host", STRANGER_IP, LOCAL_IP, None),
+        // scapy: Ether()/IP(src="198.18.0.9", dst="10.244.2.7")/ICMP() -- not this host's containers
+        ("stranger to another host's container", STRANGER_IP, [10, 244, 2, 7], None),
+    ];
+    for lookup in [Lookup::Index, Lookup::Trie] {
+        let mut dp = Datapath::with_lookup(true, None, lookup);
+        for (case, src, dst, outcome) in cases {
+            let case = format!("{case} ({lookup:?})");
+            let input = untunnelled(src, dst);
+            for (program, pass, shot) in DECAP {
+                match outcome {
+                    Some(reason) => {
+                        dp.check(&case, program, &input, shot, (Direction::Ingress, reason));
+                    }
+                    None => {
+                        let out =
+                            dp.check(&case, program, &input, pass, (Direction::Ingress, Outcome::Passed));
+                        assert_eq!(out, input, "{case}: {} leaves it untouched", program.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn decap_leaves_formats_this_host_does_not_use_untouched() {
+    let inner = inner_to_local();
+    let vxlan_from = |src| vxlan(src, PORT, VNI, 51000, 0x0800, &inner, 0);
+    let udp_from = |n: u8| {
+        let l4 = [
+            UdpHeader {
+                source_port: 8285,
+                destination_port: 8285,
+                length: (8 + inner.len()) as u16,
+                checksum: 0,
+            }
+            .to_bytes()
+            .to_vec(),
+            inner.clone(),
+        ]
+        .concat();
+        from_peer(n, IpNumber::UDP, &l4)
+    };
+    let gre_from =
+        |n: u8| from_peer(n, IpNumber::GRE, &[vec![0x00, 0x00, 0x08, 0x00], inner.clone()].concat());
+    let stranger = STRANGER_IP[3];
+    let passed = None;
+    let drop = |o| Some(o);
+    // A gre host whose peers are a gre peer and a direct one (on its segment): GRE only.
+    let gre_peers = [
+        peer("10.244.4.0/24", [198, 18, 0, 4], Backend::Gre),
+        peer("10.244.5.0/24", [198, 18, 0, 5], Backend::Direct),
+    ];
+    // A vxlan host with one vxlan peer: VXLAN only.
+    let vxlan_peers = [peer("10.244.2.0/24", PEER_IP, Backend::Vxlan)];
+    // (host, its peers, case, input, outcome or None for "passed untouched")
+    type Case<'a> = (Backend, &'a [PeerConfig], &'static str, Vec<u8>, Option<Outcome>);
+    let cases: Vec<Case<'_>> = vec![
+        // scapy: ...IP(src="198.18.0.9", dst="198.18.0.1")/UDP(dport=8472)/VXLAN(vni=0x123456)/...
+        (Backend::Gre, &gre_peers, "vxlan from a stranger", vxlan_from(STRANGER_IP), passed),
+        (Backend::Gre, &gre_peers, "vxlan from a known address", vxlan_from(PEER_IP), passed),
+        // scapy: ...IP(src="198.18.0.9", dst="198.18.0.1")/UDP(sport=8285, dport=8285)/IP(...)/ICMP()
+        (Backend::Gre, &gre_peers, "udp from a stranger", udp_from(stranger), passed),
+        // scapy: ...IP(src="198.18.0.9", dst="198.18.0.1", proto=47)/GRE(proto=0x0800)/IP(...)/ICMP()
+        (Backend::Gre, &gre_peers, "gre from a stranger", gre_from(stranger), drop(Outcome::DropUnknownPeer)),
+        (Backend::Vxlan, &vxlan_peers, "gre from a stranger", gre_from(stranger), passed),
+        (Backend::Vxlan, &vxlan_peers, "udp from a stranger", udp_from(stranger), passed),
+        (
+            Backend::Vxlan,
+            &vxlan_peers,
+            "vxlan from a stranger",
+            vxlan_from(STRANGER_IP),
+            drop(Outcome::DropUnknownPeer),
+        ),
+        (Backend::Vxlan, &vxlan_peers, "vxlan from the peer", vxlan_from(PEER_IP), Some(Outcome::DecapVxlan)),
+    ];
+    for (kind, peers, case, input, outcome) in cases {
+        let mut dp = Datapath::host(kind, peers);
+        let case = format!("{} host: {case}", kind.name());
+        for (program, pass, shot) in DECAP {
+            match outcome {
+                Some(o) if o.is_drop() => {
+                    dp.check(&case, program, &input, shot, (Direction::Ingress, o));
+                }
+                Some(o) => {
+                    dp.check(&case, program, &input, pass, (Direction::Ingress, o));
+                }
+                None => {
+                    let out = dp.check(&case, program, &input, pass, (Direction::Ingress, Outcome::Passed));
+                    assert_eq!(out, input, "{case}: {} leaves it untouched", program.name());
+                }
+            }
+        }
+    }
+    // A peer with another backend that appears later switches its format on with the CONFIG the
+    // agent writes in the same sync.
+    let mut dp = Datapath::host(Backend::Vxlan, &vxlan_peers);
+    let udp = udp_from(3);
+    for (program, pass, _) in DECAP {
+        let out = dp.check("udp before its peer", program, &udp, pass, (Direction::Ingress, Outcome::Passed));
+        assert_eq!(out, udp, "untouched");
+    }
+    dp.add_peers(&[peer("10.244.3.0/24", [198, 18, 0, 3], Backend::Udp)]);
+    assert!(dp.dp.maps().config().unwrap().formats().udp, "udp switched on");
+    // The inner source (10.244.2.7) is the vxlan peer's, not the udp peer's.
+    for (program, _, shot) in DECAP {
+        dp.check(
+            "udp after its peer",
+            program,
+            &udp,
+            shot,
+            (Direction::Ingress, Outcome::DropInnerSourceNotPeer),
+        );
+    }
 }

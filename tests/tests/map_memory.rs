@@ -84,7 +84,7 @@ fn a_hundred_peer_network_locks_under_16_mib() {
     let overlay = Overlay { network: net("10.244.0.0/16"), subnet: net("10.244.1.0/24"), tunnel };
     let plan = Plan::new(facts, overlay, None, &peers).expect("plan");
     let wanted = plan.wanted(Store::File, &peers);
-    let config = plan.datapath_config([2, 0x42, 10, 244, 1, 1]);
+    let config = plan.datapath_config([2, 0x42, 10, 244, 1, 1], &wanted);
     dp.sync(&wanted, &config, &Scope::All, unix_now()).expect("sync the maps");
     assert_eq!(dp.maps().routes().unwrap().len(), 100, "routes synced");
     assert_eq!(dp.maps().peers().unwrap().len(), 100, "peers synced");

@@ -1,6 +1,6 @@
 //! The ingress decision: which underlay packets are ours, and whether they may be delivered.
 
-use crate::maps::DatapathConfig;
+use crate::maps::{Backend, DatapathConfig, RemoteSubnet, USES_GRE, USES_UDP, USES_VXLAN};
 use crate::packet::Packet;
 use crate::stats::Outcome;
 use crate::wire::{
@@ -61,27 +61,33 @@ pub enum DecapDecision {
     Decap(Tunnel),
 }
 
-/// Decides what happens to `pkt`. Every wire format is accepted at once, whatever this host sends
-/// with, so hosts can change backend one at a time. A packet is ours once it is IPv4 and either UDP
-/// to the VXLAN or the flannel-udp port, or GRE carrying IPv4; anything cut short before that is
-/// left to the kernel. `is_peer` says whether an outer source address belongs to a known peer;
-/// `peer_of` names the peer whose remote subnet holds an address (the public address of the route
-/// egress would take to it), `None` outside every remote subnet.
+/// Decides what happens to `pkt`. Every wire format this host uses ([`DatapathConfig::formats`]:
+/// the ones it sends with, or may receive from its peers) is accepted at once, so a peer may send
+/// with another of them than this host. A packet is a tunnel packet once it is IPv4 without
+/// options, not a later fragment, and either UDP to the VXLAN or the flannel-udp port, or GRE
+/// carrying IPv4, of a format in use. `is_peer` says whether an outer source address belongs to a
+/// known peer; `route_of` finds the route egress would take to an address (its remote subnet
+/// holds it), `None` outside every remote subnet.
 ///
 /// A tunnel packet must be addressed to this host (the outer destination is
 /// [`DatapathConfig::local_ip`]) and its inner source must lie in the subnet of the peer that sent
 /// it: a peer cannot speak for another peer's containers, for this host's, or for addresses outside
 /// the overlay.
 ///
+/// Any other IPv4 packet addressed into this host's container subnet would be forwarded to the
+/// container by the kernel, around every check above: it passes only from the subnet of a peer this
+/// host reaches with the `direct` backend (whose containers send that way), and is dropped
+/// otherwise. IPv4 to anywhere else, and what is not IPv4, passes untouched.
+///
 /// The headers are read as little-endian 4-byte words (one load each in the programs), so every
 /// constant below is a field's wire bytes read that way: EtherType 0x0800 reads 0x0008, the GRE K
 /// flag 0x2000 reads 0x0020, and so on.
 #[inline(always)]
-pub fn classify<P, F, G>(pkt: &P, cfg: &DatapathConfig, is_peer: F, peer_of: G) -> DecapDecision
+pub fn classify<'r, P, F, G>(pkt: &P, cfg: &DatapathConfig, is_peer: F, route_of: G) -> DecapDecision
 where
     P: Packet + ?Sized,
     F: FnOnce(&[u8; 4]) -> bool,
-    G: FnOnce(&[u8; 4]) -> Option<[u8; 4]>,
+    G: FnOnce(&[u8; 4]) -> Option<&'r RemoteSubnet>,
 {
     // Bytes 10 to 33: the end of the source MAC and the EtherType, then the outer IPv4 header.
     let Some([ether, ip0, ip1, ip2, src, dst]) = pkt.words::<6>(ETH_LEN - 4) else {
@@ -90,44 +96,10 @@ where
     if ether >> 16 != ETH_P_IPV4_LE {
         return DecapDecision::Pass;
     }
-    // Outer headers with IP options are not something xnet or the kernel's tunnels send.
-    if ip0 & 0xff != 0x45 {
-        return DecapDecision::Pass;
-    }
+    let Some((tunnel, l4)) = tunnel_of(pkt, cfg, ip0, ip1, ip2) else {
+        return untunnelled(cfg, src, dst, route_of);
+    };
     let frag = ip1 >> 16;
-    if frag & IPV4_FRAG_OFFSET_LE != 0 {
-        // A later fragment carries no transport header: nothing says it is ours.
-        return DecapDecision::Pass;
-    }
-    // The transport header's first word: UDP's ports, or GRE's flags and protocol. A UDP header
-    // must be whole.
-    let l4 = match (ip2 >> 8) as u8 {
-        IPPROTO_UDP => pkt.words::<2>(OUTER_L4_OFFSET).map(|[w, _]| w),
-        _ => pkt.words::<1>(OUTER_L4_OFFSET).map(|[w]| w),
-    };
-    let Some(l4) = l4 else {
-        return DecapDecision::Pass;
-    };
-    let tunnel = match (ip2 >> 8) as u8 {
-        IPPROTO_UDP => {
-            let dst_port = l4 >> 16;
-            if dst_port == u16::from_le_bytes(cfg.vxlan_port_wire()) as u32 {
-                Tunnel::Vxlan
-            } else if dst_port == u16::from_le_bytes(cfg.udp_port_wire()) as u32 {
-                Tunnel::Udp
-            } else {
-                return DecapDecision::Pass;
-            }
-        }
-        IPPROTO_GRE => {
-            // Other GRE payloads (Ethernet, ERSPAN, ...) belong to someone else.
-            if l4 >> 16 != ETH_P_IPV4_LE {
-                return DecapDecision::Pass;
-            }
-            if l4 & GRE_K != 0 { Tunnel::GreKeyed } else { Tunnel::Gre }
-        }
-        _ => return DecapDecision::Pass,
-    };
     // From here on the packet is addressed to our tunnels. It has not met ip_rcv yet, so nobody has
     // checked its header.
     if !crate::csum::ipv4_header_words_valid([ip0, ip1, ip2, src, dst]) {
@@ -194,10 +166,77 @@ where
     // The sender's own containers only: not this host's subnet (whatever the routes say), and
     // otherwise the subnet whose route leads back to the outer source.
     let inner_src = inner_src.to_le_bytes();
-    if cfg.is_local(&inner_src) || peer_of(&inner_src) != Some(src.to_le_bytes()) {
+    if cfg.is_local(&inner_src) || route_of(&inner_src).map(RemoteSubnet::peer_ip) != Some(src.to_le_bytes())
+    {
         return DecapDecision::Drop(Outcome::DropInnerSourceNotPeer);
     }
     DecapDecision::Decap(tunnel)
+}
+
+/// The tunnel format of an IPv4 packet with header words `ip0` to `ip2`, and its transport
+/// header's first word (UDP's ports, or GRE's flags and protocol); `None` when it is not a tunnel
+/// packet of a format this host uses. Anything cut short before the transport header is not one.
+#[inline(always)]
+fn tunnel_of<P: Packet + ?Sized>(
+    pkt: &P,
+    cfg: &DatapathConfig,
+    ip0: u32,
+    ip1: u32,
+    ip2: u32,
+) -> Option<(Tunnel, u32)> {
+    // Outer headers with IP options are not something xnet or the kernel's tunnels send.
+    if ip0 & 0xff != 0x45 {
+        return None;
+    }
+    // A later fragment carries no transport header: nothing says it is a tunnel's.
+    if (ip1 >> 16) & IPV4_FRAG_OFFSET_LE != 0 {
+        return None;
+    }
+    // A UDP header must be whole.
+    let proto = (ip2 >> 8) as u8;
+    let l4 = match proto {
+        IPPROTO_UDP => pkt.words::<2>(OUTER_L4_OFFSET).map(|[w, _]| w),
+        _ => pkt.words::<1>(OUTER_L4_OFFSET).map(|[w]| w),
+    }?;
+    let tunnel = match proto {
+        IPPROTO_UDP => {
+            let dst_port = l4 >> 16;
+            if dst_port == u16::from_le_bytes(cfg.vxlan_port_wire()) as u32 && cfg.uses(USES_VXLAN) {
+                Tunnel::Vxlan
+            } else if dst_port == u16::from_le_bytes(cfg.udp_port_wire()) as u32 && cfg.uses(USES_UDP) {
+                Tunnel::Udp
+            } else {
+                return None;
+            }
+        }
+        // Other GRE payloads (Ethernet, ERSPAN, ...) belong to someone else.
+        IPPROTO_GRE if l4 >> 16 == ETH_P_IPV4_LE && cfg.uses(USES_GRE) => {
+            if l4 & GRE_K != 0 {
+                Tunnel::GreKeyed
+            } else {
+                Tunnel::Gre
+            }
+        }
+        _ => return None,
+    };
+    Some((tunnel, l4))
+}
+
+/// An IPv4 packet that is not a tunnel packet of ours, from `src` to `dst` (header words): passed,
+/// unless it is addressed into this host's container subnet from anywhere but a `direct` peer's.
+#[inline(always)]
+fn untunnelled<'r, G>(cfg: &DatapathConfig, src: u32, dst: u32, route_of: G) -> DecapDecision
+where
+    G: FnOnce(&[u8; 4]) -> Option<&'r RemoteSubnet>,
+{
+    if !cfg.is_local(&dst.to_le_bytes()) {
+        return DecapDecision::Pass;
+    }
+    let src = src.to_le_bytes();
+    if !cfg.is_local(&src) && route_of(&src).is_some_and(|r| r.backend() == Some(Backend::Direct)) {
+        return DecapDecision::Pass;
+    }
+    DecapDecision::Drop(Outcome::DropUntunnelledNotDirectPeer)
 }
 
 /// GRE's flags and version (the header's first two bytes), read little-endian.
@@ -209,21 +248,34 @@ const GRE_VERSION: u32 = GRE_VERSION_MASK.swap_bytes() as u32;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::DatapathParams;
+    use crate::maps::{DatapathParams, Formats};
     use crate::wire::{InnerInfo, VxlanLocal, VxlanRemote, vxlan_outer};
     use std::vec::Vec;
 
     const PEER: [u8; 4] = [198, 18, 0, 2];
     const OTHER_PEER: [u8; 4] = [198, 18, 0, 3];
+    /// Reached with the `direct` backend; owns 10.244.5.0/24.
+    const DIRECT_PEER: [u8; 4] = [198, 18, 0, 5];
+    static VIA_PEER: RemoteSubnet = RemoteSubnet::new(PEER, [2, 0, 0, 0, 0, 2], Backend::Vxlan);
+    static VIA_OTHER_PEER: RemoteSubnet = RemoteSubnet::new(OTHER_PEER, [2, 0, 0, 0, 0, 3], Backend::Gre);
+    static VIA_DIRECT_PEER: RemoteSubnet =
+        RemoteSubnet::new(DIRECT_PEER, [2, 0, 0, 0, 0, 5], Backend::Direct);
 
+    /// Every format in use (this host's backend and its peers' cover them all).
     fn cfg() -> DatapathConfig {
+        cfg_using(Formats::ALL)
+    }
+
+    fn cfg_using(formats: Formats) -> DatapathConfig {
         DatapathConfig::new(&DatapathParams {
             local_ip: [198, 18, 0, 1],
             local_subnet: [10, 244, 1, 0],
             local_netmask: [255, 255, 255, 0],
             vni: 1,
             vxlan_port: 8472,
+            udp_port: 8285,
             local_ip_on_host: true,
+            formats,
             ..Default::default()
         })
     }
@@ -256,14 +308,27 @@ mod tests {
         *ip == PEER || *ip == OTHER_PEER
     }
 
-    /// The routes: 10.244.2.0/24 via PEER, 10.244.3.0/24 via OTHER_PEER; and, as a misconfigured
-    /// agent might write, this host's own 10.244.1.0/24 via PEER.
-    fn owner(ip: &[u8; 4]) -> Option<[u8; 4]> {
+    /// The routes: 10.244.2.0/24 via PEER, 10.244.3.0/24 via OTHER_PEER, 10.244.5.0/24 direct to
+    /// DIRECT_PEER; and, as a misconfigured agent might write, this host's own 10.244.1.0/24 via
+    /// PEER.
+    fn owner(ip: &[u8; 4]) -> Option<&'static RemoteSubnet> {
         match ip[..3] {
-            [10, 244, 2] | [10, 244, 1] => Some(PEER),
-            [10, 244, 3] => Some(OTHER_PEER),
+            [10, 244, 2] | [10, 244, 1] => Some(&VIA_PEER),
+            [10, 244, 3] => Some(&VIA_OTHER_PEER),
+            [10, 244, 5] => Some(&VIA_DIRECT_PEER),
             _ => None,
         }
+    }
+
+    /// A plain IPv4 frame (protocol `proto`, a few payload bytes: ports 12345 -> 80 for UDP) from
+    /// `src` to `dst`.
+    fn plain(src: [u8; 4], dst: [u8; 4], proto: u8) -> Vec<u8> {
+        let mut f = std::vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, proto, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 8, 0, 0]); // ports 12345 -> 80
+        f
     }
 
     #[test]
@@ -349,6 +414,7 @@ mod tests {
             vni: 1,
             vxlan_port: 8472,
             local_ip_on_host: false,
+            formats: Formats::ALL,
             ..Default::default()
         });
         assert!(!nat.checks_outer_destination() && c.checks_outer_destination());
@@ -386,5 +452,89 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn untunnelled_traffic_to_containers_only_from_direct_peers() {
+        let c = cfg();
+        let decide = |f: &Vec<u8>| classify(&f[..], &c, known, owner);
+        let drop = DecapDecision::Drop(Outcome::DropUntunnelledNotDirectPeer);
+        // A direct peer's container (or its host's overlay address) to a local container.
+        for src in [[10, 244, 5, 7], [10, 244, 5, 0]] {
+            assert_eq!(decide(&plain(src, [10, 244, 1, 5], 1)), DecapDecision::Pass, "from {src:?}");
+        }
+        // Anyone else: a stranger, a direct peer's own public address, a tunnel peer's container
+        // (those come tunnelled), "this host's" containers, with any protocol; the bridge address
+        // and the host's overlay address are in the subnet too.
+        for src in [[192, 168, 0, 1], DIRECT_PEER, PEER, [10, 244, 2, 2], [10, 244, 3, 2], [10, 244, 1, 9]] {
+            for dst in [[10, 244, 1, 5], [10, 244, 1, 1], [10, 244, 1, 0]] {
+                for proto in [1, 6, 17, 47] {
+                    assert_eq!(decide(&plain(src, dst, proto)), drop, "{src:?} -> {dst:?} proto {proto}");
+                }
+            }
+        }
+        // IP options, a later fragment, a header alone: still for a container.
+        let mut options = plain([192, 168, 0, 1], [10, 244, 1, 5], 6);
+        options[ETH_LEN] = 0x46;
+        assert_eq!(decide(&options), drop);
+        let mut later = plain([192, 168, 0, 1], [10, 244, 1, 5], 17);
+        later[ETH_LEN + 6] = 0x00;
+        later[ETH_LEN + 7] = 0x10;
+        assert_eq!(decide(&later), drop);
+        assert_eq!(decide(&plain([192, 168, 0, 1], [10, 244, 1, 5], 17)[..OUTER_L4_OFFSET].to_vec()), drop);
+        // Elsewhere (this host, another host's containers, anywhere): untouched.
+        for dst in [[198, 18, 0, 1], [10, 244, 2, 5], [10, 244, 5, 5], [8, 8, 8, 8], [255, 255, 255, 255]] {
+            assert_eq!(decide(&plain([192, 168, 0, 1], dst, 6)), DecapDecision::Pass, "to {dst:?}");
+        }
+        // A tunnel packet addressed to a container is judged as a tunnel packet.
+        let f = to_outer_dst(vxlan_frame(1, 8472, [10, 244, 1, 5]), [10, 244, 1, 7]);
+        assert_eq!(decide(&f), DecapDecision::Drop(Outcome::DropOuterNotLocal));
+    }
+
+    #[test]
+    fn formats_not_in_use_are_not_ours() {
+        let vxlan = vxlan_frame(1, 8472, [10, 244, 1, 5]);
+        let mut udp = vxlan.clone();
+        udp[OUTER_UDP_OFFSET + 2..OUTER_UDP_OFFSET + 4].copy_from_slice(&8285u16.to_be_bytes());
+        let mut gre = vxlan.clone();
+        gre[ETH_LEN + 9] = 47; // the checksum is not looked at for a packet that is not ours
+        gre[OUTER_L4_OFFSET..OUTER_L4_OFFSET + 4].copy_from_slice(&[0, 0, 0x08, 0x00]);
+        // All in use: judged (here, from a stranger).
+        let all = cfg();
+        for f in [&vxlan, &udp] {
+            assert_eq!(
+                classify(&f[..], &all, |_| false, owner),
+                DecapDecision::Drop(Outcome::DropUnknownPeer)
+            );
+        }
+        assert_eq!(
+            classify(&gre[..], &all, |_| false, owner),
+            DecapDecision::Drop(Outcome::DropBadOuterChecksum)
+        );
+        // None in use: untouched, from peers and strangers alike.
+        let none = cfg_using(Formats::default());
+        for f in [&vxlan, &udp, &gre] {
+            assert_eq!(classify(&f[..], &none, known, owner), DecapDecision::Pass);
+            assert_eq!(classify(&f[..], &none, |_| false, owner), DecapDecision::Pass);
+        }
+        // Each format alone.
+        let only = |vxlan, udp, gre| cfg_using(Formats { vxlan, udp, gre });
+        assert_eq!(
+            classify(&vxlan[..], &only(true, false, false), known, owner),
+            DecapDecision::Decap(Tunnel::Vxlan)
+        );
+        assert_eq!(classify(&udp[..], &only(true, false, false), |_| false, owner), DecapDecision::Pass);
+        assert_eq!(classify(&gre[..], &only(true, false, false), |_| false, owner), DecapDecision::Pass);
+        assert_eq!(classify(&vxlan[..], &only(false, true, true), |_| false, owner), DecapDecision::Pass);
+        assert_eq!(
+            classify(&udp[..], &only(false, true, false), |_| false, owner),
+            DecapDecision::Drop(Outcome::DropUnknownPeer)
+        );
+        // A packet of a format not in use is plain IPv4: for a container, only from a direct peer.
+        let to_container = to_outer_dst(vxlan, [10, 244, 1, 7]);
+        assert_eq!(
+            classify(&to_container[..], &none, known, owner),
+            DecapDecision::Drop(Outcome::DropUntunnelledNotDirectPeer)
+        );
     }
 }

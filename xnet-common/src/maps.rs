@@ -345,6 +345,62 @@ pub const ROUTE_INDEX_VALID: u8 = 2;
 /// addressed to it. Off when the public IP is a NAT's address (peers send to it, and what arrives
 /// is addressed to a private one).
 pub const LOCAL_IP_ON_HOST: u8 = 4;
+/// [`DatapathConfig::flags`]: VXLAN to `vxlan_port` is judged on ingress (decapsulated from known
+/// peers, dropped from others). Without it such packets are not this host's and pass untouched.
+pub const USES_VXLAN: u8 = 8;
+/// [`DatapathConfig::flags`]: flannel's udp framing to `udp_port` is judged on ingress.
+pub const USES_UDP: u8 = 16;
+/// [`DatapathConfig::flags`]: GRE carrying IPv4 is judged on ingress.
+pub const USES_GRE: u8 = 32;
+
+/// The tunnel formats a host judges on ingress: the ones it sends with or may receive (see
+/// [`USES_VXLAN`]). Packets of the others are someone else's and pass untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Formats {
+    pub vxlan: bool,
+    pub udp: bool,
+    pub gre: bool,
+}
+
+impl Formats {
+    /// Every tunnel format.
+    pub const ALL: Formats = Formats { vxlan: true, udp: true, gre: true };
+
+    /// The formats of `backends` (`direct` has none).
+    pub fn of(backends: impl IntoIterator<Item = Backend>) -> Self {
+        let mut f = Formats::default();
+        for b in backends {
+            match b {
+                Backend::Vxlan => f.vxlan = true,
+                Backend::Udp => f.udp = true,
+                Backend::Gre => f.gre = true,
+                Backend::Direct => {}
+            }
+        }
+        f
+    }
+
+    /// The [`DatapathConfig::flags`] bits.
+    pub const fn flags(self) -> u8 {
+        (if self.vxlan { USES_VXLAN } else { 0 })
+            | (if self.udp { USES_UDP } else { 0 })
+            | (if self.gre { USES_GRE } else { 0 })
+    }
+
+    /// The backends' names of the formats, for operators ("vxlan, gre"; "none").
+    pub fn names(self) -> &'static str {
+        match (self.vxlan, self.udp, self.gre) {
+            (false, false, false) => "none",
+            (true, false, false) => "vxlan",
+            (false, true, false) => "udp",
+            (false, false, true) => "gre",
+            (true, true, false) => "vxlan, udp",
+            (true, false, true) => "vxlan, gre",
+            (false, true, true) => "udp, gre",
+            (true, true, true) => "vxlan, udp, gre",
+        }
+    }
+}
 
 /// What [`DatapathConfig::new`] is made of, in the types the agent holds it in (addresses and
 /// MACs as bytes in network order, ports and numbers as integers); the constructor stores each in
@@ -371,6 +427,8 @@ pub struct DatapathParams {
     pub gre_key: Option<u32>,
     /// `local_ip` is an address of this host (see [`LOCAL_IP_ON_HOST`]).
     pub local_ip_on_host: bool,
+    /// The tunnel formats judged on ingress (see [`USES_VXLAN`]); the default is none.
+    pub formats: Formats,
 }
 
 impl DatapathConfig {
@@ -389,7 +447,8 @@ impl DatapathConfig {
             vtep_mac: params.vtep_mac,
             udp_port: params.udp_port.to_be_bytes(),
             flags: if params.gre_key.is_some() { GRE_KEYED } else { 0 }
-                | if params.local_ip_on_host { LOCAL_IP_ON_HOST } else { 0 },
+                | if params.local_ip_on_host { LOCAL_IP_ON_HOST } else { 0 }
+                | params.formats.flags(),
             gre_key: params.gre_key.unwrap_or(0).to_be_bytes(),
             ..Self::default()
         }
@@ -399,6 +458,21 @@ impl DatapathConfig {
     #[inline(always)]
     pub fn checks_outer_destination(&self) -> bool {
         self.flags & LOCAL_IP_ON_HOST != 0
+    }
+
+    /// The tunnel formats judged on ingress (see [`USES_VXLAN`]).
+    pub fn formats(&self) -> Formats {
+        Formats {
+            vxlan: self.flags & USES_VXLAN != 0,
+            udp: self.flags & USES_UDP != 0,
+            gre: self.flags & USES_GRE != 0,
+        }
+    }
+
+    /// Whether packets of a format (one of [`USES_VXLAN`], [`USES_UDP`], [`USES_GRE`]) are judged.
+    #[inline(always)]
+    pub fn uses(&self, format: u8) -> bool {
+        self.flags & format != 0
     }
 
     /// The ifindex of the underlay interface; 0 when not configured.
@@ -1060,6 +1134,7 @@ mod tests {
             udp_port: 8285,
             gre_key: Some(0x0a0b_0c0d),
             local_ip_on_host: true,
+            formats: Formats { vxlan: true, udp: false, gre: true },
         };
         let cfg = DatapathConfig::new(&params).with_gateway_mac([2, 0, 0, 0, 0, 9]);
         let mut want = std::vec::Vec::new();
@@ -1070,7 +1145,14 @@ mod tests {
         want.extend_from_slice(&[0x21, 0x18]); // 8472, network order
         want.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
         want.extend_from_slice(&[0x20, 0x5d]); // 8285, network order
-        want.extend_from_slice(&[GRE_KEYED | LOCAL_IP_ON_HOST, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
+        want.extend_from_slice(&[
+            GRE_KEYED | LOCAL_IP_ON_HOST | USES_VXLAN | USES_GRE,
+            0,
+            0x0a,
+            0x0b,
+            0x0c,
+            0x0d,
+        ]);
         want.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0, 0]);
         want.extend_from_slice(&[0; 16]); // route index off
         assert_eq!(bytes_of(&cfg)[..64], want[..]);
@@ -1089,9 +1171,18 @@ mod tests {
         );
         assert_eq!((cfg.local_ip(), cfg.gateway_mac()), ([198, 18, 0, 1], [2, 0, 0, 0, 0, 9]));
         assert!(cfg.is_local(&[10, 244, 1, 200]) && !cfg.is_local(&[10, 244, 2, 1]));
-        let unkeyed =
-            DatapathConfig::new(&DatapathParams { gre_key: None, local_ip_on_host: false, ..params });
+        assert_eq!(cfg.formats(), params.formats);
+        assert!(cfg.uses(USES_VXLAN) && !cfg.uses(USES_UDP) && cfg.uses(USES_GRE));
+        let unkeyed = DatapathConfig::new(&DatapathParams {
+            gre_key: None,
+            local_ip_on_host: false,
+            formats: Formats::default(),
+            ..params
+        });
         assert_eq!((unkeyed.gre_key(), &bytes_of(&unkeyed)[34..40]), (None, &[0u8; 6][..]));
+        assert_eq!((unkeyed.formats(), Formats::default().names()), (Formats::default(), "none"));
+        assert_eq!(Formats::of([Backend::Direct, Backend::Udp, Backend::Gre]).names(), "udp, gre");
+        assert_eq!(Formats::of(Backend::ALL), Formats::ALL);
 
         let route = RemoteSubnet::new([198, 18, 0, 2], [2, 0, 0, 0, 0, 2], Backend::Gre);
         assert_eq!(bytes_of(&route), [198, 18, 0, 2, 2, 0, 0, 0, 0, 2, 3, 0]);

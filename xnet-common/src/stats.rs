@@ -87,11 +87,14 @@ pub enum Outcome {
     DropOuterNotLocal = 144,
     /// Container traffic for a remote subnet whose source is not in this host's container subnet.
     DropSourceNotLocal = 145,
+    /// Untunnelled traffic from the underlay for this host's container subnet whose source is not
+    /// in the subnet of a peer this host reaches with the `direct` backend.
+    DropUntunnelledNotDirectPeer = 146,
 }
 
 impl Outcome {
     /// Every outcome, for listing counters.
-    pub const ALL: [Outcome; 26] = [
+    pub const ALL: [Outcome; 27] = [
         Outcome::Passed,
         Outcome::EncapVxlan,
         Outcome::DecapVxlan,
@@ -118,6 +121,7 @@ impl Outcome {
         Outcome::DropInnerSourceNotPeer,
         Outcome::DropOuterNotLocal,
         Outcome::DropSourceNotLocal,
+        Outcome::DropUntunnelledNotDirectPeer,
     ];
 
     /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
@@ -147,7 +151,8 @@ impl Outcome {
             | Self::DropDecapFailed
             | Self::DropBadOuterChecksum
             | Self::DropInnerSourceNotPeer
-            | Self::DropOuterNotLocal => direction == Direction::Ingress,
+            | Self::DropOuterNotLocal
+            | Self::DropUntunnelledNotDirectPeer => direction == Direction::Ingress,
         }
     }
 
@@ -184,6 +189,7 @@ impl Outcome {
             Self::DropInnerSourceNotPeer => "inner_source_not_peer",
             Self::DropOuterNotLocal => "outer_not_local",
             Self::DropSourceNotLocal => "source_not_local",
+            Self::DropUntunnelledNotDirectPeer => "untunnelled_not_direct_peer",
         }
     }
 }

@@ -132,7 +132,7 @@ impl Bench {
             .collect();
         let plan = Plan::new(facts, overlay, None, &peers).expect("plan");
         let wanted = plan.wanted(Store::File, &peers);
-        let config = plan.datapath_config(BRIDGE_MAC);
+        let config = plan.datapath_config(BRIDGE_MAC, &wanted);
         let mut bench = Bench { dp: RefCell::new(dp), plan, wanted, config, ifindex: None };
         bench.sync(Scope::All);
         bench

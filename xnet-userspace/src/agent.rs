@@ -308,7 +308,7 @@ impl Agent {
 
     /// Makes the maps match what is wanted (the keys in `scope`).
     fn sync(&mut self, scope: Scope) {
-        let config = self.plan.datapath_config(self.gateway_mac());
+        let config = self.plan.datapath_config(self.gateway_mac(), &self.wanted);
         // After a failure the mirror is exact but the changes of the failed sync were consumed:
         // compare everything until a sync works again.
         let scope = if self.sync_ok { scope } else { Scope::All };
@@ -460,7 +460,7 @@ fn bring_up(
     let result = (|| -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(pin_dir)?;
         let gateway = containers.gateway_mac().unwrap_or_default();
-        dp.sync(wanted, &plan.datapath_config(gateway), &Scope::All, record.started_at())?;
+        dp.sync(wanted, &plan.datapath_config(gateway, wanted), &Scope::All, record.started_at())?;
         dp.maps_mut().set_agent_state(record)?;
         if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
             tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");

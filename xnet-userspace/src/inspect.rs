@@ -143,6 +143,8 @@ pub struct Status {
     pub vxlan_port: u16,
     pub udp_port: u16,
     pub gre_key: Option<u32>,
+    /// The tunnel formats ingress judges ("vxlan, gre"; "none"); the others pass untouched.
+    pub tunnel_formats: &'static str,
     pub peers: usize,
     pub routes: usize,
     /// Whether egress finds routes in ROUTE_INDEX (an array) instead of the LPM trie.
@@ -185,6 +187,7 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
         vxlan_port: config.vxlan_port(),
         udp_port: config.udp_port(),
         gre_key: config.gre_key(),
+        tunnel_formats: config.formats().names(),
         peers,
         routes,
         route_index: config.route_index_on(),

@@ -394,6 +394,7 @@ mod tests {
             vxlan_port: 8472,
             udp_port: 8285,
             gre_key: None,
+            tunnel_formats: "vxlan",
             peers: 2,
             routes: 5,
             route_index: false,

@@ -4,7 +4,9 @@
 
 use std::net::Ipv4Addr;
 
-use xnet_common::maps::{Backend, DatapathConfig, DatapathParams, IngressHook, Peer, RemoteSubnet, Store};
+use xnet_common::maps::{
+    Backend, DatapathConfig, DatapathParams, Formats, IngressHook, Peer, RemoteSubnet, Store,
+};
 
 use crate::{
     cidr::{self, Ipv4Network},
@@ -126,9 +128,20 @@ impl Plan {
         RouteIndexSpec { network: self.overlay.network, subnet_len: self.overlay.subnet.prefix() }
     }
 
-    /// CONFIG, apart from the route index fields (the sync owns those); `gateway_mac`: the MAC of
-    /// the first container interface (zero while unknown).
-    pub fn datapath_config(&self, gateway_mac: [u8; 6]) -> DatapathConfig {
+    /// The tunnel formats this host judges on ingress: what its peers send it (its own backend, and
+    /// the fallback's when that is `direct`: peers off its segment use it) and what it sends with
+    /// (every route in `wanted`). GRE or UDP of the others passes untouched.
+    pub fn formats(&self, wanted: &Wanted) -> Formats {
+        let tunnel = &self.overlay.tunnel;
+        let fallback = if tunnel.kind == Backend::Direct { tunnel.fallback } else { tunnel.kind };
+        let routes = wanted.routes().values().filter_map(RemoteSubnet::backend);
+        Formats::of([tunnel.kind, fallback].into_iter().chain(routes))
+    }
+
+    /// CONFIG, apart from the route index fields (the sync owns those), for the routes of `wanted`
+    /// (see [`Plan::formats`]); `gateway_mac`: the MAC of the first container interface (zero while
+    /// unknown).
+    pub fn datapath_config(&self, gateway_mac: [u8; 6], wanted: &Wanted) -> DatapathConfig {
         let tunnel = &self.overlay.tunnel;
         let subnet = &self.overlay.subnet;
         // The outer header templates are built from these when CONFIG is written.
@@ -144,6 +157,7 @@ impl Plan {
             udp_port: tunnel.udp_port,
             gre_key: tunnel.gre_key,
             local_ip_on_host: self.facts.public_ip_on_host,
+            formats: self.formats(wanted),
         })
         .with_gateway_mac(gateway_mac)
     }
@@ -214,7 +228,7 @@ mod tests {
     #[test]
     fn config_and_entries() {
         let plan = Plan::new(facts(true), overlay(Backend::Vxlan), None, &[]).unwrap();
-        let cfg = plan.datapath_config([2, 0, 0, 0, 0, 9]);
+        let cfg = plan.datapath_config([2, 0, 0, 0, 0, 9], &plan.wanted(Store::File, []));
         assert_eq!(
             (cfg.local_ip(), cfg.local_subnet(), cfg.local_netmask()),
             ([198, 18, 0, 1], [10, 244, 1, 0], [255, 255, 255, 0])
@@ -237,5 +251,40 @@ mod tests {
         let wanted = plan.wanted(Store::File, [&p]);
         assert_eq!((wanted.routes().len(), wanted.peers().len()), (1, 1));
         assert_eq!(plan.bridge_address(), Ipv4Addr::new(10, 244, 1, 1));
+    }
+
+    #[test]
+    fn formats_follow_the_backend_and_the_routes() {
+        let formats = |kind, peers: &[PeerConfig]| {
+            let plan = Plan::new(facts(true), overlay(kind), None, peers).unwrap();
+            let wanted = plan.wanted(Store::File, peers);
+            let cfg = plan.datapath_config([0; 6], &wanted);
+            assert_eq!(cfg.formats(), plan.formats(&wanted), "CONFIG holds them");
+            cfg.formats()
+        };
+        let f = |vxlan, udp, gre| Formats { vxlan, udp, gre };
+        assert_eq!(
+            formats(Backend::Gre, &[]),
+            f(false, false, true),
+            "its own only: not the unused fallback"
+        );
+        assert_eq!(formats(Backend::Udp, &[]), f(false, true, false));
+        assert_eq!(
+            formats(Backend::Direct, &[]),
+            f(true, false, false),
+            "direct: peers off the segment use the fallback"
+        );
+        let on_link_direct = peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Direct));
+        let off_link_direct = peer("10.244.3.0/24", "198.19.0.3", Some(Backend::Direct));
+        let udp = peer("10.244.4.0/24", "198.18.0.4", Some(Backend::Udp));
+        assert_eq!(formats(Backend::Gre, std::slice::from_ref(&on_link_direct)), f(false, false, true));
+        assert_eq!(formats(Backend::Gre, &[off_link_direct]), f(true, false, true), "sent with the fallback");
+        assert_eq!(formats(Backend::Gre, &[on_link_direct, udp.clone()]), f(false, true, true));
+        // A peer that appears later switches its format on with the next CONFIG the agent writes.
+        let plan = Plan::new(facts(true), overlay(Backend::Vxlan), None, &[]).unwrap();
+        let mut wanted = plan.wanted(Store::File, []);
+        assert_eq!(plan.formats(&wanted), f(true, false, false));
+        plan.set_peer(&mut wanted, &udp);
+        assert_eq!(plan.datapath_config([0; 6], &wanted).formats(), f(true, true, false));
     }
 }

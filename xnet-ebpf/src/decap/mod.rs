@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use xnet_common::{
     decap::{self, DecapDecision},
-    maps::{RemoteSubnet, SlotState, peer_slot},
+    maps::{SlotState, peer_slot},
     packet::Packet,
     stats::Outcome,
 };
@@ -71,9 +71,9 @@ pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
     let Some(cfg) = CONFIG.get(0) else {
         return Outcome::Passed;
     };
-    // The inner source's owner: the peer of the route egress would take to it.
-    let owner = |src: &[u8; 4]| crate::route_of(Some(cfg), src).map(RemoteSubnet::peer_ip);
-    let decision = decap::classify(&ctx.view(), cfg, is_peer, owner);
+    // The routes egress takes: the owner of an inner source, or of an untunnelled packet's source.
+    let route = |addr: &[u8; 4]| crate::route_of(Some(cfg), addr);
+    let decision = decap::classify(&ctx.view(), cfg, is_peer, route);
     match decision {
         DecapDecision::Pass => Outcome::Passed,
         DecapDecision::Drop(reason) => reason,
