@@ -50,6 +50,11 @@ pub struct Plan {
     pub ingress: IngressHook,
     /// The containers' MTU: the underlay's, less the costliest encapsulation this host sends with.
     pub overlay_mtu: u32,
+    /// A peer known at start names no backend (a static file's `[[peer]]` without `backend`): it
+    /// sends with its own `type`, which this host cannot know, so every format is judged. (Peers
+    /// from etcd always name theirs: the lease's, which is also what they send to this host with,
+    /// this host's.)
+    pub peers_undeclared: bool,
 }
 
 impl Plan {
@@ -63,7 +68,8 @@ impl Plan {
     ) -> Result<Self, PlanError> {
         let ingress =
             ingress.unwrap_or(if facts.underlay_virtual { IngressHook::Tc } else { IngressHook::Xdp });
-        let mut plan = Self { facts, overlay, ingress, overlay_mtu: 0 };
+        let peers_undeclared = peers.iter().any(|p| p.backend.is_none());
+        let mut plan = Self { facts, overlay, ingress, overlay_mtu: 0, peers_undeclared };
         let tunnel = &plan.overlay.tunnel;
         let overhead = peers
             .iter()
@@ -130,8 +136,12 @@ impl Plan {
 
     /// The tunnel formats this host judges on ingress: what its peers send it (its own backend, and
     /// the fallback's when that is `direct`: peers off its segment use it) and what it sends with
-    /// (every route in `wanted`). GRE or UDP of the others passes untouched.
+    /// (every route in `wanted`); every format while a peer names no backend (see
+    /// [`Plan::peers_undeclared`]). GRE or UDP of the others passes untouched.
     pub fn formats(&self, wanted: &Wanted) -> Formats {
+        if self.peers_undeclared {
+            return Formats::ALL;
+        }
         let tunnel = &self.overlay.tunnel;
         let fallback = if tunnel.kind == Backend::Direct { tunnel.fallback } else { tunnel.kind };
         let routes = wanted.routes().values().filter_map(RemoteSubnet::backend);
@@ -280,6 +290,8 @@ mod tests {
         assert_eq!(formats(Backend::Gre, std::slice::from_ref(&on_link_direct)), f(false, false, true));
         assert_eq!(formats(Backend::Gre, &[off_link_direct]), f(true, false, true), "sent with the fallback");
         assert_eq!(formats(Backend::Gre, &[on_link_direct, udp.clone()]), f(false, true, true));
+        // A peer without a backend of its own sends with its own type, whatever that is.
+        assert_eq!(formats(Backend::Gre, &[peer("10.244.6.0/24", "198.18.0.6", None)]), Formats::ALL);
         // A peer that appears later switches its format on with the next CONFIG the agent writes.
         let plan = Plan::new(facts(true), overlay(Backend::Vxlan), None, &[]).unwrap();
         let mut wanted = plan.wanted(Store::File, []);
