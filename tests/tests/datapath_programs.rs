@@ -76,6 +76,7 @@ fn plan_for(kind: Backend, gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
         underlay_virtual: false,
         public_ip: LOCAL_IP.into(),
         public_ip_on_host: true,
+        untunnelled_open: false,
         vtep_mac: Mac(LOCAL_VTEP),
     };
     let tunnel =
@@ -156,6 +157,7 @@ impl Datapath {
             udp_port: UDP_PORT,
             gre_key,
             local_ip_on_host: true,
+            untunnelled_open: false,
             formats: Formats::ALL,
         })
         .with_gateway_mac(BRIDGE_MAC);

@@ -71,6 +71,7 @@ fn a_hundred_peer_network_locks_under_16_mib() {
         underlay_virtual: false,
         public_ip: [198, 18, 0, 1].into(),
         public_ip_on_host: true,
+        untunnelled_open: false,
         vtep_mac: Mac([2, 0, 198, 18, 0, 1]),
     };
     let tunnel = Tunnel {

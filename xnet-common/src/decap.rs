@@ -229,7 +229,7 @@ fn untunnelled<'r, G>(cfg: &DatapathConfig, src: u32, dst: u32, route_of: G) -> 
 where
     G: FnOnce(&[u8; 4]) -> Option<&'r RemoteSubnet>,
 {
-    if !cfg.is_local(&dst.to_le_bytes()) {
+    if !cfg.is_local(&dst.to_le_bytes()) || cfg.untunnelled_open() {
         return DecapDecision::Pass;
     }
     let src = src.to_le_bytes();
@@ -489,6 +489,23 @@ mod tests {
         // A tunnel packet addressed to a container is judged as a tunnel packet.
         let f = to_outer_dst(vxlan_frame(1, 8472, [10, 244, 1, 5]), [10, 244, 1, 7]);
         assert_eq!(decide(&f), DecapDecision::Drop(Outcome::DropOuterNotLocal));
+        // `untunnelled = "any"`: routers may send to containers directly; tunnels are still judged.
+        let open = DatapathConfig::new(&DatapathParams {
+            local_ip: [198, 18, 0, 1],
+            local_subnet: [10, 244, 1, 0],
+            local_netmask: [255, 255, 255, 0],
+            vni: 1,
+            vxlan_port: 8472,
+            udp_port: 8285,
+            local_ip_on_host: true,
+            formats: Formats::ALL,
+            untunnelled_open: true,
+            ..Default::default()
+        });
+        assert!(open.untunnelled_open() && !c.untunnelled_open());
+        let from_router = plain([192, 168, 0, 1], [10, 244, 1, 5], 6);
+        assert_eq!(classify(&from_router[..], &open, known, owner), DecapDecision::Pass);
+        assert_eq!(classify(&f[..], &open, known, owner), DecapDecision::Drop(Outcome::DropOuterNotLocal));
     }
 
     #[test]

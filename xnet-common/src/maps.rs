@@ -352,6 +352,10 @@ pub const USES_VXLAN: u8 = 8;
 pub const USES_UDP: u8 = 16;
 /// [`DatapathConfig::flags`]: GRE carrying IPv4 is judged on ingress.
 pub const USES_GRE: u8 = 32;
+/// [`DatapathConfig::flags`]: untunnelled IPv4 to this host's containers is accepted from any
+/// source (`untunnelled = "any"`), for networks whose routers send to containers directly.
+/// Without it only `direct` peers' subnets may.
+pub const UNTUNNELLED_OPEN: u8 = 64;
 
 /// The tunnel formats a host judges on ingress: the ones it sends with or may receive (see
 /// [`USES_VXLAN`]). Packets of the others are someone else's and pass untouched.
@@ -427,6 +431,8 @@ pub struct DatapathParams {
     pub gre_key: Option<u32>,
     /// `local_ip` is an address of this host (see [`LOCAL_IP_ON_HOST`]).
     pub local_ip_on_host: bool,
+    /// Untunnelled traffic to containers is accepted from anyone (see [`UNTUNNELLED_OPEN`]).
+    pub untunnelled_open: bool,
     /// The tunnel formats judged on ingress (see [`USES_VXLAN`]); the default is none.
     pub formats: Formats,
 }
@@ -448,10 +454,18 @@ impl DatapathConfig {
             udp_port: params.udp_port.to_be_bytes(),
             flags: if params.gre_key.is_some() { GRE_KEYED } else { 0 }
                 | if params.local_ip_on_host { LOCAL_IP_ON_HOST } else { 0 }
+                | if params.untunnelled_open { UNTUNNELLED_OPEN } else { 0 }
                 | params.formats.flags(),
             gre_key: params.gre_key.unwrap_or(0).to_be_bytes(),
             ..Self::default()
         }
+    }
+
+    /// Whether untunnelled traffic to containers is accepted from anyone (see
+    /// [`UNTUNNELLED_OPEN`]).
+    #[inline(always)]
+    pub fn untunnelled_open(&self) -> bool {
+        self.flags & UNTUNNELLED_OPEN != 0
     }
 
     /// Whether tunnel packets must be addressed to `local_ip` (see [`LOCAL_IP_ON_HOST`]).
@@ -1135,6 +1149,7 @@ mod tests {
             gre_key: Some(0x0a0b_0c0d),
             local_ip_on_host: true,
             formats: Formats { vxlan: true, udp: false, gre: true },
+            untunnelled_open: false,
         };
         let cfg = DatapathConfig::new(&params).with_gateway_mac([2, 0, 0, 0, 0, 9]);
         let mut want = std::vec::Vec::new();

@@ -116,6 +116,7 @@ impl Bench {
             underlay_virtual: false,
             public_ip: local,
             public_ip_on_host: true,
+            untunnelled_open: false,
             vtep_mac: Mac::from_ipv4(local),
         };
         let overlay = Overlay {

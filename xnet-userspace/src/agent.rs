@@ -107,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         public_ip,
         public_ip_on_host: underlay.ipv4.contains(&public_ip),
         vtep_mac,
+        untunnelled_open: config.untunnelled_open,
     };
     let plan = Plan::new(facts, overlay, config.ingress, &peers)
         .with_context(|| format!("interface {}", underlay.name))?;

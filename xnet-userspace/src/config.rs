@@ -173,6 +173,10 @@ pub struct Config {
     /// `[backend] ingress`: how decapsulation attaches; `None` is "auto": XDP on NICs with a driver
     /// behind them, tc on virtual devices (XDP on a veth turns off the sending peer's GSO).
     pub ingress: Option<IngressHook>,
+    /// `[backend] untunnelled = "any"`: untunnelled traffic to this host's containers is accepted
+    /// from any source (networks whose routers send to containers directly); by default
+    /// (`"direct-peers"`) only from the subnets of peers reached with the direct backend.
+    pub untunnelled_open: bool,
     /// On exit, leave the datapath attached and pinned.
     pub keep_datapath: bool,
     pub store: StoreConfig,
@@ -222,6 +226,7 @@ struct RawBackend {
     key: Option<i64>,
     fallback: Option<String>,
     ingress: Option<String>,
+    untunnelled: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +385,16 @@ impl Config {
             }
         };
 
+        let untunnelled_open = match raw.backend.untunnelled.as_deref() {
+            None | Some("direct-peers") => false,
+            Some("any") => true,
+            Some(other) => {
+                return Err(c.invalid(
+                    "backend.untunnelled",
+                    format!("= \"{other}\" must be \"direct-peers\" (the default) or \"any\""),
+                ));
+            }
+        };
         let store = if raw.etcd.is_some() || etcd_on_command_line {
             for (present, key) in [
                 (raw.network.is_some(), "network"),
@@ -422,6 +437,7 @@ impl Config {
             subnet_file,
             docker_opts_file,
             ingress,
+            untunnelled_open,
             keep_datapath: overrides.keep_datapath,
             store,
         })
@@ -879,6 +895,11 @@ public_ip = "198.18.0.3"
                 &["`peer[0].backend`", "unknown"],
             ),
             ("ingress = \"auto\"", "ingress = \"ebpf\"", &["`backend.ingress`", "\"xdp\""]),
+            (
+                "ingress = \"auto\"",
+                "ingress = \"auto\"\nuntunnelled = \"all\"",
+                &["`backend.untunnelled`", "\"any\""],
+            ),
             ("vni = 1", "vni = \"one\"", &["not valid TOML", "vni", "line 12"]),
             (
                 "container_ifaces = [\"docker0\"]",

@@ -31,6 +31,8 @@ pub struct HostFacts {
     /// addressed to it.
     pub public_ip_on_host: bool,
     pub vtep_mac: Mac,
+    /// The config accepts untunnelled traffic to containers from anyone (`untunnelled = "any"`).
+    pub untunnelled_open: bool,
 }
 
 /// A plan that cannot work on this host.
@@ -167,6 +169,7 @@ impl Plan {
             udp_port: tunnel.udp_port,
             gre_key: tunnel.gre_key,
             local_ip_on_host: self.facts.public_ip_on_host,
+            untunnelled_open: self.facts.untunnelled_open,
             formats: self.formats(wanted),
         })
         .with_gateway_mac(gateway_mac)
@@ -192,6 +195,7 @@ mod tests {
             public_ip: "198.18.0.1".parse().unwrap(),
             public_ip_on_host: true,
             vtep_mac: Mac::from_ipv4("198.18.0.1".parse().unwrap()),
+            untunnelled_open: false,
         }
     }
 
