@@ -146,8 +146,8 @@ impl Plan {
         }
         let tunnel = &self.overlay.tunnel;
         let fallback = if tunnel.kind == Backend::Direct { tunnel.fallback } else { tunnel.kind };
-        let routes = wanted.routes().values().filter_map(RemoteSubnet::backend);
-        Formats::of([tunnel.kind, fallback].into_iter().chain(routes))
+        // Counted as routes come and go: no walk over every route on every change.
+        Formats::of([tunnel.kind, fallback].into_iter().chain(wanted.backends()))
     }
 
     /// CONFIG, apart from the route index fields (the sync owns those), for the routes of `wanted`

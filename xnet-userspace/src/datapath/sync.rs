@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use xnet_common::maps::{
-    self, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, Store,
+    self, Backend, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, Store,
 };
 
 use crate::cidr::{self, Ipv4Network};
@@ -86,6 +86,9 @@ pub struct Wanted {
     slot_members: BTreeMap<u32, BTreeSet<[u8; 4]>>,
     /// Routes that do not fit the index.
     misfits: usize,
+    /// Routes by backend number (index 0: none or unknown), so the backends in use are known
+    /// without a walk over every route.
+    by_backend: [usize; 5],
     touched_routes: BTreeSet<Ipv4Network>,
     touched_peers: BTreeSet<[u8; 4]>,
 }
@@ -102,6 +105,7 @@ impl Wanted {
             peers: BTreeMap::new(),
             slot_members: BTreeMap::new(),
             misfits: 0,
+            by_backend: [0; 5],
             touched_routes: BTreeSet::new(),
             touched_peers: BTreeSet::new(),
         }
@@ -121,6 +125,7 @@ impl Wanted {
         if !self.index.fits(&subnet) {
             self.misfits += 1;
         }
+        self.by_backend[backend_slot(&route)] += 1;
         self.routes.insert(subnet, route);
         self.route_peer.insert(subnet, ip);
         *self.peer_routes.entry(ip).or_default() += 1;
@@ -133,9 +138,10 @@ impl Wanted {
 
     /// Removes the route of `subnet` (and its peer, if no other route leads there).
     pub fn remove(&mut self, subnet: &Ipv4Network) {
-        if self.routes.remove(subnet).is_none() {
+        let Some(route) = self.routes.remove(subnet) else {
             return;
-        }
+        };
+        self.by_backend[backend_slot(&route)] -= 1;
         self.touched_routes.insert(*subnet);
         if !self.index.fits(subnet) {
             self.misfits -= 1;
@@ -155,6 +161,11 @@ impl Wanted {
             }
             self.touched_peers.insert(ip);
         }
+    }
+
+    /// The backends at least one route is sent with.
+    pub fn backends(&self) -> impl Iterator<Item = Backend> + '_ {
+        Backend::ALL.into_iter().filter(|b| self.by_backend[*b as usize] > 0)
     }
 
     /// Removes every route (a store listed everything anew; what it lists is set again).
@@ -188,6 +199,11 @@ impl Wanted {
     fn index_shape(&self) -> Option<RouteIndexSpec> {
         (self.misfits == 0 && self.index.usable()).then_some(self.index)
     }
+}
+
+/// The [`Wanted::by_backend`] index of a route: its backend number, 0 for none or unknown.
+fn backend_slot(route: &RemoteSubnet) -> usize {
+    route.backend().map_or(0, |b| b as usize)
 }
 
 /// What the route maps hold, as the agent last wrote or read them.
