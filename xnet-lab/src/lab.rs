@@ -688,20 +688,34 @@ impl Lab {
     /// streams for `seconds`), in bit/s as the receiver counted it.
     pub fn iperf3(&self, from: (usize, usize), to: (usize, usize), seconds: u32, streams: u32) -> f64 {
         let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
-        self.iperf3_run(from, to, &args, |v| v["end"]["sum_received"]["bits_per_second"].as_f64())
+        let client = &self.container(from).ns;
+        self.iperf3_run(client, &format!("{from:?}"), to, &args, |v| {
+            v["end"]["sum_received"]["bits_per_second"].as_f64()
+        })
+    }
+
+    /// TCP throughput with one stream for `seconds` from host `from`'s own network stack (through
+    /// xnet0) to container `to`, in bit/s as the receiver counted it.
+    pub fn iperf3_from_host(&self, from: usize, to: (usize, usize), seconds: u32) -> f64 {
+        let args = ["-t", &seconds.to_string(), "-P", "1"].map(str::to_string);
+        let client = &self.host(from).ns;
+        self.iperf3_run(client, &format!("host {from}"), to, &args, |v| {
+            v["end"]["sum_received"]["bits_per_second"].as_f64()
+        })
     }
 
     /// 64-byte UDP datagrams from container `from` to container `to` as fast as iperf3 sends them
     /// for `seconds`: datagrams per second that arrived.
     pub fn udp_rate(&self, from: (usize, usize), to: (usize, usize), seconds: u32) -> f64 {
         let args = ["-u", "-l", "64", "-b", "0", "-t", &seconds.to_string()].map(str::to_string);
-        self.iperf3_run(from, to, &args, |v| {
+        self.iperf3_run(&self.container(from).ns, &format!("{from:?}"), to, &args, |v| {
             let sum = &v["end"]["sum"];
             Some((sum["packets"].as_f64()? - sum["lost_packets"].as_f64()?) / sum["seconds"].as_f64()?)
         })
     }
 
-    /// An iperf3 server in container `to` and a client in `from` with `client_args`; `result`
+    /// An iperf3 server in container `to` and a client in the namespace `client` (named `from` in
+    /// messages) with `client_args`; `result`
     /// reads the figure out of the client's JSON. The client is retried while the server starts
     /// (iperf3 reports a refused connection in its JSON, with exit status 0).
     ///
@@ -711,7 +725,8 @@ impl Lab {
     /// the kernel's vxlan nothing, so unpinned runs compare placements as much as datapaths.
     fn iperf3_run(
         &self,
-        from: (usize, usize),
+        client: &Netns,
+        from: &str,
         to: (usize, usize),
         client_args: &[String],
         result: impl Fn(&serde_json::Value) -> Option<f64>,
@@ -730,9 +745,7 @@ impl Lab {
         let mut last_error = String::new();
         let mut figure = None;
         for _ in 0..50 {
-            let o = self
-                .container(from)
-                .ns
+            let o = client
                 .command("iperf3")
                 .args(["-c", &dst, "-p", &port, "-J"])
                 .args(if iperf3_pinned() { &["-A", "0,1"][..] } else { &[] })
@@ -749,7 +762,7 @@ impl Lab {
         }
         let _ = server.kill();
         let _ = server.wait();
-        figure.unwrap_or_else(|| panic!("iperf3 {from:?} -> {to:?} gave no result: {last_error}"))
+        figure.unwrap_or_else(|| panic!("iperf3 {from} -> {to:?} gave no result: {last_error}"))
     }
 
     /// Request/response latency: `count` 64-byte UDP ping-pongs between two containers, one at a

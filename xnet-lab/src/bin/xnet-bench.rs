@@ -6,8 +6,8 @@
 //!   network stack through the agent's host device `xnet0`): TCP with 1 stream and its CPU time,
 //!   against container to container over the same backend.
 //! - Per-packet cost of every program through BPF_PROG_TEST_RUN, raw and net of the harness.
-//! - Scale: lookup cost as the LPM map grows to 1M subnets; the agent loading 100k peers; 1000
-//!   leases written to etcd reaching the maps.
+//! - Scale: lookup cost as the LPM map grows to its capacity (65,536 subnets); the agent loading
+//!   65,000 peers; 1000 leases written to etcd reaching the maps.
 //!
 //! Results go to target/bench/: bench.md, bench.json and bench.svg. Ratios are against references
 //! measured in the same run.
@@ -219,52 +219,10 @@ fn measure(lab: &Lab, seconds: u32, pings: usize) -> Sample {
 /// host 2, and the CPU time it cost.
 fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
     let cpu0 = busy_cpu_seconds();
-    let tcp1 = iperf3_from_host(lab, 1, (2, 1), seconds);
+    let tcp1 = lab.iperf3_from_host(1, (2, 1), seconds);
     let cpu = busy_cpu_seconds() - cpu0;
     let gb = tcp1 * seconds as f64 / 8.0 / 1e9;
     Sample { tcp1, cpu_s_per_gb: cpu / gb, ..Sample::NOT_MEASURED }
-}
-
-/// TCP throughput with one stream for `seconds` from host `from`'s own network stack to container
-/// `to`, in bit/s as the receiver counted it: [`Lab::iperf3`] with the client in the host's
-/// namespace instead of a container's, pinned the same way (client on CPU 0, server on CPU 1, when
-/// [`xnet_lab::lab::iperf3_pinned`]). The client is retried while the server starts (iperf3
-/// reports a refused connection in its JSON, with exit status 0).
-fn iperf3_from_host(lab: &Lab, from: usize, to: (usize, usize), seconds: u32) -> f64 {
-    // Every run has a fresh lab (fresh namespaces): iperf3's own port is free.
-    let port = "5201";
-    let mut server = lab
-        .container(to)
-        .ns
-        .command("iperf3")
-        .args(["-s", "-1", "-p", port])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start iperf3 server (cargo xtask bench installs iperf3)");
-    let dst = lab.container(to).ip.to_string();
-    let mut last_error = String::new();
-    let mut figure = None;
-    for _ in 0..50 {
-        let o = lab
-            .host(from)
-            .ns
-            .command("iperf3")
-            .args(["-c", &dst, "-p", port, "-J", "-t", &seconds.to_string(), "-P", "1"])
-            .args(if xnet_lab::lab::iperf3_pinned() { &["-A", "0,1"][..] } else { &[] })
-            .output()
-            .expect("run iperf3 client");
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if let Some(x) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            figure = Some(x);
-            break;
-        }
-        last_error = format!("{} {}", v["error"], String::from_utf8_lossy(&o.stderr));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    figure.unwrap_or_else(|| panic!("iperf3 host {from} -> {to:?} gave no result: {last_error}"))
 }
 
 fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
@@ -467,7 +425,8 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
 fn lookup_scaling(bench: &mut Bench, runs: usize) -> Vec<(u32, f64)> {
     let mut present = 4u32;
     let mut out = Vec::new();
-    for size in [10u32, 10_000, 100_000, 1_000_000] {
+    // Up to the map's capacity (REMOTE_SUBNETS_MAX): the sync refuses more, whole.
+    for size in [10u32, 1_000, 10_000, xnet_common::maps::REMOTE_SUBNETS_MAX] {
         bench.add_routes(present - 4, size - present);
         present = size;
         out.push((size, bench.cost(Program::TcEgress, &container_frame([10, 244, 2, 7]), runs)));
@@ -703,8 +662,9 @@ fn main() {
     progress.step("per-packet cost of every program (BPF_PROG_TEST_RUN)");
     let lookups = lookup_scaling(&mut bench, prog_runs);
     drop(bench);
-    progress.step("lookup cost with 10 to 1M remote subnets");
-    let peers = 100_000;
+    progress.step("lookup cost with 10 to 65,536 remote subnets");
+    // Below PEERS_MAX (65,536), the most a datapath takes.
+    let peers = 65_000;
     let (load_s, load_mib) = agent_with_many_peers(peers);
     progress.step(&format!("agent with {peers} peers: ready in {load_s:.2} s, peak RSS {load_mib:.0} MiB"));
     let leases = 1000;
