@@ -76,6 +76,13 @@ fn counters_metrics_routes_and_status_agree_with_the_traffic() {
     }
     assert_eq!(sample(&metrics, "xnet_peers"), 2);
     assert_eq!(sample(&metrics, "xnet_store_up{store=\"file\"}"), 1);
+    assert_eq!(sample(&metrics, "xnet_map_capacity_entries{map=\"PEERS\"}"), 65_536);
+    let peers_memory = sample(&metrics, "xnet_map_memory_bytes{map=\"PEERS\"}");
+    assert!(
+        (1 << 20..2 << 20).contains(&peers_memory),
+        "PEERS: the bucket array and 2 entries: {peers_memory}"
+    );
+    println!("{}", metrics.lines().filter(|l| l.starts_with("xnet_map_")).collect::<Vec<_>>().join("\n"));
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -133,6 +140,22 @@ fn counters_metrics_routes_and_status_agree_with_the_traffic() {
         attached,
         ["docker0:xnet_tc_egress", "eth0:xnet_tc_ingress", "vc1:xnet_tc_egress", "xnet0-tx:xnet_tc_egress"]
     );
+
+    // What the maps hold at most and cost: every map, the object's default capacities, and a
+    // total far below what preallocated maps of that size would lock.
+    let maps = status["maps"].as_array().unwrap();
+    let map =
+        |name: &str| maps.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name}: {status}"));
+    assert_eq!(maps.len(), 11, "{status}");
+    for name in ["REMOTE_SUBNETS", "ROUTE_INFO", "PEERS"] {
+        assert_eq!(map(name)["max_entries"].as_u64(), Some(65_536), "{name}");
+    }
+    let total: u64 = maps.iter().map(|m| m["memlock"].as_u64().unwrap()).sum();
+    assert!(total > 1 << 20 && total < 16 << 20, "maps lock {total} bytes: {status}");
+    let text = lab.xnet(1, &["status", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    println!("{text}");
+    assert!(text.contains("maps ") && text.contains("MiB of kernel memory"), "{text}");
 
     // subnet.env for Docker.
     let env = std::fs::read_to_string(&lab.host(1).subnet_file).unwrap();

@@ -139,6 +139,36 @@ pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
 /// ROUTE_INFO locked 16 MiB each even empty.
 pub const REMOTE_SUBNETS_MAX: u32 = ROUTE_INDEX_LEN;
 pub const PEERS_MAX: u32 = ROUTE_INDEX_LEN;
+/// The most `[capacity]` may ask for, per map: 4,194,304 entries, whose bucket arrays alone lock
+/// 64 MiB a map. Past the route index's 65,536 subnets, lookups take the LPM trie's path.
+pub const CAPACITY_LIMIT: u32 = 1 << 22;
+
+/// How many entries the route maps (REMOTE_SUBNETS, ROUTE_INFO) and the peer map (PEERS) are
+/// created with: the object's own sizes by default, or the config's `[capacity]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Remote subnets.
+    pub routes: u32,
+    /// Peer hosts.
+    pub peers: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self { routes: REMOTE_SUBNETS_MAX, peers: PEERS_MAX }
+    }
+}
+
+impl Capacity {
+    /// The capacity a map is created with under this setting, if it is one of the sized maps.
+    pub fn of_map(&self, name: &str) -> Option<u32> {
+        match name {
+            REMOTE_SUBNETS | ROUTE_INFO => Some(self.routes),
+            PEERS => Some(self.peers),
+            _ => None,
+        }
+    }
+}
 
 /// Wire formats a peer may be reached with. Numbers are stored in maps: never reuse one.
 #[repr(u8)]

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use xnet_common::maps::{Backend, IngressHook};
+use xnet_common::maps::{Backend, CAPACITY_LIMIT, Capacity, IngressHook};
 
 use crate::{
     cidr::{self, CidrError, Ipv4Network},
@@ -179,6 +179,8 @@ pub struct Config {
     pub untunnelled_open: bool,
     /// On exit, leave the datapath attached and pinned.
     pub keep_datapath: bool,
+    /// `[capacity]`: how many remote subnets and peers the maps hold.
+    pub capacity: Capacity,
     pub store: StoreConfig,
 }
 
@@ -200,6 +202,15 @@ struct RawConfig {
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
     etcd: Option<RawEtcd>,
+    #[serde(default)]
+    capacity: RawCapacity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    routes: Option<i64>,
+    peers: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +406,7 @@ impl Config {
                 ));
             }
         };
+        let capacity = capacity(&c, &raw.capacity)?;
         let store = if raw.etcd.is_some() || etcd_on_command_line {
             for (present, key) in [
                 (raw.network.is_some(), "network"),
@@ -423,7 +435,19 @@ impl Config {
                         .into(),
                 });
             }
-            StoreConfig::File(static_overlay(&c, &raw, public_ip)?)
+            let overlay = static_overlay(&c, &raw, public_ip)?;
+            for (key, room) in [("capacity.routes", capacity.routes), ("capacity.peers", capacity.peers)] {
+                if overlay.peers.len() > room as usize {
+                    return Err(c.invalid(
+                        key,
+                        format!(
+                            "= {room} is less than the {} peers listed; raise it (up to {CAPACITY_LIMIT}) or list fewer peers",
+                            overlay.peers.len()
+                        ),
+                    ));
+                }
+            }
+            StoreConfig::File(overlay)
         };
 
         Ok(Config {
@@ -439,9 +463,28 @@ impl Config {
             ingress,
             untunnelled_open,
             keep_datapath: overrides.keep_datapath,
+            capacity,
             store,
         })
     }
+}
+
+/// `[capacity]`: the object's sizes unless set.
+fn capacity(c: &Checker<'_>, raw: &RawCapacity) -> Result<Capacity, ConfigError> {
+    let mut capacity = Capacity::default();
+    for (key, value, slot) in [
+        ("capacity.routes", raw.routes, &mut capacity.routes),
+        ("capacity.peers", raw.peers, &mut capacity.peers),
+    ] {
+        match value {
+            None => {}
+            Some(n) if (1..=CAPACITY_LIMIT as i64).contains(&n) => *slot = n as u32,
+            Some(n) => {
+                return Err(c.invalid(key, format!("= {n} must be between 1 and {CAPACITY_LIMIT} entries")));
+            }
+        }
+    }
+    Ok(capacity)
 }
 
 /// `[etcd]` with the command line's endpoints and prefix over it.
@@ -712,6 +755,24 @@ public_ip = "198.18.0.3"
         assert_eq!((o.tunnel.udp_port, o.tunnel.gre_key, c.ingress), (8285, None, None));
         assert_eq!(o.peers.len(), 2);
         assert_eq!(o.peers[1].vtep_mac.to_string(), "02:00:c6:12:00:03", "default VTEP MAC");
+    }
+
+    #[test]
+    fn capacity_sizes_the_maps_and_bounds_the_static_file() {
+        assert_eq!(parse(GOOD).unwrap().capacity, Capacity::default());
+        let big = parse(&format!("{GOOD}[capacity]\nroutes = 200000\npeers = 100000\n")).unwrap();
+        assert_eq!(big.capacity, Capacity { routes: 200_000, peers: 100_000 });
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        let small = err(format!("{GOOD}[capacity]\npeers = 1\n"));
+        assert!(small.contains("`capacity.peers` = 1 is less than the 2 peers listed"), "{small}");
+        let small = err(format!("{GOOD}[capacity]\nroutes = 1\n"));
+        assert!(small.contains("`capacity.routes` = 1 is less than the 2 peers"), "{small}");
+        for bad in ["0", "-5", "4194305"] {
+            let e = err(format!("{GOOD}[capacity]\nroutes = {bad}\n"));
+            assert!(e.contains(&format!("`capacity.routes` = {bad} must be between 1 and 4194304")), "{e}");
+        }
+        let e = err(format!("{GOOD}[capacity]\nroute = 5\n"));
+        assert!(e.contains("unknown field `route`"), "{e}");
     }
 
     #[test]

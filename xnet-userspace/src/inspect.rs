@@ -151,6 +151,17 @@ pub struct Status {
     pub route_index: bool,
     pub attachments: Vec<AttachmentRow>,
     pub container_ifaces: Vec<ContainerIfaceRow>,
+    /// Every map's capacity and kernel memory.
+    pub maps: Vec<MapRow>,
+}
+
+/// One map in `xnet status`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MapRow {
+    pub name: &'static str,
+    pub max_entries: u32,
+    /// Kernel memory charged for it, bytes.
+    pub memlock: u64,
 }
 
 /// Everything `xnet status` shows, for the datapath pinned under `pin_dir`.
@@ -204,6 +215,11 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
                 },
                 ifindex: c.ifindex(),
             })
+            .collect(),
+        maps: maps
+            .memory()?
+            .into_iter()
+            .map(|m| MapRow { name: m.name, max_entries: m.max_entries, memlock: m.memlock })
             .collect(),
     })
 }

@@ -33,7 +33,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 
-use crate::inspect::{self, CounterRow, InspectError, Status};
+use crate::inspect::{self, CounterRow, InspectError, MapRow, Status};
 
 /// The exposition formats `/metrics` serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +163,23 @@ impl Collector for Snapshot {
         let s = &self.status;
         gauge(&mut encoder, "xnet_peers", "Peer hosts the datapath knows.", s.peers as u64)?;
         gauge(&mut encoder, "xnet_routes", "Remote subnets in the datapath.", s.routes as u64)?;
+        for (name, help, value) in [
+            (
+                "xnet_map_capacity_entries",
+                "Entries an eBPF map of the datapath holds at most.",
+                (|m| u64::from(m.max_entries)) as fn(&MapRow) -> u64,
+            ),
+            (
+                "xnet_map_memory_bytes",
+                "Kernel memory charged for an eBPF map of the datapath (bpftool's bytes_memlock).",
+                |m| m.memlock,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for m in &s.maps {
+                ConstGauge::new(value(m)).encode(family.encode_family(&[("map", m.name)])?)?;
+            }
+        }
         let mut store_up = encoder.encode_descriptor(
             "xnet_store_up",
             "1 when the route store was reachable at the last attempt.",
@@ -400,6 +417,10 @@ mod tests {
             route_index: false,
             attachments: Vec::new(),
             container_ifaces: Vec::new(),
+            maps: vec![
+                MapRow { name: "PEERS", max_entries: 65_536, memlock: 1_052_032 },
+                MapRow { name: "REMOTE_SUBNETS", max_entries: 65_536, memlock: 4_096 },
+            ],
         }
     }
 
@@ -426,6 +447,14 @@ mod tests {
              # HELP xnet_routes Remote subnets in the datapath.\n\
              # TYPE xnet_routes gauge\n\
              xnet_routes 5\n\
+             # HELP xnet_map_capacity_entries Entries an eBPF map of the datapath holds at most.\n\
+             # TYPE xnet_map_capacity_entries gauge\n\
+             xnet_map_capacity_entries{{map=\"PEERS\"}} 65536\n\
+             xnet_map_capacity_entries{{map=\"REMOTE_SUBNETS\"}} 65536\n\
+             # HELP xnet_map_memory_bytes Kernel memory charged for an eBPF map of the datapath (bpftool's bytes_memlock).\n\
+             # TYPE xnet_map_memory_bytes gauge\n\
+             xnet_map_memory_bytes{{map=\"PEERS\"}} 1052032\n\
+             xnet_map_memory_bytes{{map=\"REMOTE_SUBNETS\"}} 4096\n\
              # HELP xnet_store_up 1 when the route store was reachable at the last attempt.\n\
              # TYPE xnet_store_up gauge\n\
              xnet_store_up{{store=\"file\"}} 1\n\

@@ -131,5 +131,19 @@ pub fn status(s: &Status, now: u64) -> String {
     if s.attachments.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
+    let total: u64 = s.maps.iter().map(|m| m.memlock).sum();
+    let _ = writeln!(out, "maps         {} of kernel memory; room for", size(total));
+    for m in &s.maps {
+        let _ = writeln!(out, "  {:<16} {:>9} entries {:>10}", m.name, m.max_entries, size(m.memlock));
+    }
     out
+}
+
+/// Bytes in KiB below a MiB, else in MiB with one decimal.
+fn size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes.div_ceil(1 << 10))
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use xnet_common::maps::{
     AGENT, AgentState, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
@@ -48,6 +48,24 @@ pub fn declared() -> Vec<MapLayout> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// What one map holds at most and what the kernel charges for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    pub name: &'static str,
+    pub max_entries: u32,
+    /// Bytes of kernel memory the map is charged for (`memlock` in fdinfo, bpftool's
+    /// bytes_memlock).
+    pub memlock: u64,
+}
+
+/// `memlock` of the map behind `data`, from this process's fdinfo.
+fn memlock(data: &MapData) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("memlock:")?.trim().parse().ok())
 }
 
 /// The loaded or pinned maps.
@@ -118,6 +136,33 @@ impl Maps {
             route_index: typed(&mut source, ROUTE_INDEX)?,
             container_ifaces: typed(&mut source, CONTAINER_IFACES)?,
         })
+    }
+
+    /// Every map's capacity and kernel memory, sorted by name.
+    pub fn memory(&self) -> Result<Vec<MapMemory>, DatapathError> {
+        let all: [(&'static str, &MapData); 11] = [
+            (AGENT, self.agent.map()),
+            (CONFIG, self.config.map()),
+            (CONTAINER_IFACES, self.container_ifaces.map()),
+            (ENDPOINTS, self.endpoints.map()),
+            (LOCAL_PORTS, self.local_ports.map()),
+            (PEER_SLOTS, self.peer_slots.map()),
+            (PEERS, self.peers.map()),
+            (REMOTE_SUBNETS, self.remote_subnets.map()),
+            (ROUTE_INDEX, self.route_index.map()),
+            (ROUTE_INFO, self.route_info.map()),
+            (STATS, self.stats.map()),
+        ];
+        all.into_iter()
+            .map(|(name, data)| {
+                let info = data.info().map_err(failed(name))?;
+                let memlock = memlock(data).ok_or(DatapathError::Map {
+                    map: name,
+                    detail: "no memlock in the map's /proc fdinfo".into(),
+                })?;
+                Ok(MapMemory { name, max_entries: info.max_entries(), memlock })
+            })
+            .collect()
     }
 
     /// CONFIG: this host's side of the tunnels.

@@ -90,18 +90,31 @@ pub enum DatapathError {
         "map {map} pinned at {path} has {have}, but this xnet needs {want}: it was left by another xnet version; run `xnet cleanup --pin-dir {pin_dir}` and start the agent again (forwarding stops in between)"
     )]
     IncompatiblePin { map: String, path: PathBuf, pin_dir: PathBuf, have: String, want: String },
+    #[error(
+        "map {map} pinned at {path} holds {have} entries, but `[capacity]` in the config asks for {want}: a pinned map keeps its size; run `xnet cleanup --pin-dir {pin_dir}` and start the agent again to resize it (forwarding stops in between), or set `[capacity]` back"
+    )]
+    PinnedCapacity { map: String, path: PathBuf, pin_dir: PathBuf, have: u32, want: u32 },
 }
 
 /// Refuses maps pinned by another xnet version before anything is loaded: the kernel would reuse
 /// them and reject the programs with a verifier log instead of a reason.
-fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
+fn check_pinned_layouts(pin_dir: &Path, capacity: Capacity) -> Result<(), DatapathError> {
     for map in maps::declared() {
         let path = pin_dir.join(&map.name);
         let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
             continue;
         };
         let have = (info.key_size(), info.value_size(), info.max_entries());
-        let want = (map.key_size, map.value_size, map.max_entries);
+        let want = (map.key_size, map.value_size, capacity.of_map(&map.name).unwrap_or(map.max_entries));
+        if have.0 == want.0 && have.1 == want.1 && have.2 != want.2 {
+            return Err(DatapathError::PinnedCapacity {
+                map: map.name,
+                path,
+                pin_dir: pin_dir.into(),
+                have: have.2,
+                want: want.2,
+            });
+        }
         if have != want {
             let show = |(k, v, e): (u32, u32, u32)| format!("{k}-byte keys, {v}-byte values, {e} entries");
             return Err(DatapathError::IncompatiblePin {
@@ -117,12 +130,18 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// Loads [`OBJECT`] and its programs into the kernel, without attaching anything; with `pin_dir`,
-/// the maps are pinned there (reused if pinned already).
-fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf, DatapathError> {
+/// the maps are pinned there (reused if pinned already). The route and peer maps are created with
+/// `capacity` entries.
+fn load_object(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Ebpf, DatapathError> {
     let declared = maps::declared();
     let mut loader = EbpfLoader::new();
+    for map in &declared {
+        if let Some(entries) = capacity.of_map(&map.name) {
+            loader.map_max_entries(&map.name, entries);
+        }
+    }
     if let Some(pin_dir) = pin_dir {
-        check_pinned_layouts(pin_dir)?;
+        check_pinned_layouts(pin_dir, capacity)?;
         fs::create_dir_all(links::links_dir(pin_dir))
             .map_err(|error| DatapathError::PinDir { path: pin_dir.into(), error })?;
         for map in &declared {
@@ -161,25 +180,32 @@ pub struct Datapath {
     pin_dir: Option<PathBuf>,
     /// Link pins that this run attached or took over.
     attached: BTreeSet<PathBuf>,
+    /// What the route and peer maps hold at most.
+    capacity: Capacity,
     /// Bridge ports the egress program is attached to, name -> ifindex at the time.
     ports: BTreeMap<String, u32>,
 }
 
 impl Datapath {
     /// Loads the programs into the kernel, reusing maps pinned under `pin_dir` (so a restarted agent
-    /// keeps routes and counters) or creating and pinning them.
-    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_from(Some(pin_dir))
+    /// keeps routes and counters) or creating and pinning them with room for `capacity` entries.
+    pub fn load(pin_dir: &Path, capacity: Capacity) -> Result<Self, DatapathError> {
+        Self::load_from(Some(pin_dir), capacity)
     }
 
     /// Loads the programs with maps of their own, pinned nowhere and attached nowhere: for running
     /// them with BPF_PROG_TEST_RUN ([`Datapath::program_mut`]) in tests and benchmarks.
     pub fn load_unpinned() -> Result<Self, DatapathError> {
-        Self::load_from(None)
+        Self::load_from(None, Capacity::default())
     }
 
-    fn load_from(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
-        let mut ebpf = load_object(pin_dir)?;
+    /// [`Datapath::load_unpinned`] with route and peer maps of `capacity` entries.
+    pub fn load_unpinned_sized(capacity: Capacity) -> Result<Self, DatapathError> {
+        Self::load_from(None, capacity)
+    }
+
+    fn load_from(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self, DatapathError> {
+        let mut ebpf = load_object(pin_dir, capacity)?;
         let maps = Maps::take(&mut ebpf)?;
         let mirror = maps.mirror()?;
         Ok(Self {
@@ -189,6 +215,7 @@ impl Datapath {
             pin_dir: pin_dir.map(Path::to_path_buf),
             attached: BTreeSet::new(),
             ports: BTreeMap::new(),
+            capacity,
         })
     }
 
@@ -228,7 +255,7 @@ impl Datapath {
         scope: &Scope,
         now: u64,
     ) -> Result<usize, DatapathError> {
-        let ops = sync::diff(&self.mirror, wanted, config, scope, now, Capacity::default())?;
+        let ops = sync::diff(&self.mirror, wanted, config, scope, now, self.capacity)?;
         for op in &ops {
             self.maps.write(op)?;
             self.mirror.apply(op);

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use xnet_common::maps::Capacity;
 use xnet_common::maps::{
     self, Backend, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, Store,
 };
@@ -275,23 +276,10 @@ impl Mirror {
     }
 }
 
-/// How many entries the maps take.
-#[derive(Clone, Copy, Debug)]
-pub struct Capacity {
-    pub routes: usize,
-    pub peers: usize,
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Self { routes: maps::REMOTE_SUBNETS_MAX as usize, peers: maps::PEERS_MAX as usize }
-    }
-}
-
 /// A wanted state the maps cannot hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "map {map} holds at most {capacity} entries, but {wanted} are wanted; the rest would be missing, so nothing was changed"
+    "map {map} holds at most {capacity} entries, but {wanted} are wanted; the rest would be missing, so nothing was changed (raise `[capacity]` in the config file)"
 )]
 pub struct MapFull {
     pub map: &'static str,
@@ -310,15 +298,19 @@ pub fn diff(
     now: u64,
     capacity: Capacity,
 ) -> Result<Vec<Op>, MapFull> {
-    if wanted.routes.len() > capacity.routes {
+    if wanted.routes.len() > capacity.routes as usize {
         return Err(MapFull {
             map: maps::REMOTE_SUBNETS,
-            capacity: capacity.routes,
+            capacity: capacity.routes as usize,
             wanted: wanted.routes.len(),
         });
     }
-    if wanted.peers.len() > capacity.peers {
-        return Err(MapFull { map: maps::PEERS, capacity: capacity.peers, wanted: wanted.peers.len() });
+    if wanted.peers.len() > capacity.peers as usize {
+        return Err(MapFull {
+            map: maps::PEERS,
+            capacity: capacity.peers as usize,
+            wanted: wanted.peers.len(),
+        });
     }
     let (route_keys, peer_keys) = match scope {
         Scope::All => (
@@ -347,19 +339,13 @@ pub fn diff(
         ops.push(Op::Config(Box::new(cfg)));
     }
 
-    // 2. New and changed peers, then the slots that point at them.
-    for ip in &peer_keys {
-        if let Some(p) = wanted.peers.get(ip)
-            && current.peers.get(ip) != Some(p)
-        {
-            ops.push(Op::PutPeer(*ip, *p));
-        }
-    }
+    // The slots whose members change: filled or changed (written after their peers), emptied
+    // (written with the removals).
     let slot_keys: BTreeSet<u32> = match scope {
         Scope::All => current.slots.keys().chain(wanted.slot_members.keys()).copied().collect(),
         Scope::Keys { .. } => peer_keys.iter().map(maps::peer_slot).collect(),
     };
-    let mut emptied_slots = Vec::new();
+    let (mut slot_puts, mut emptied_slots) = (Vec::new(), Vec::new());
     for slot in slot_keys {
         let want = wanted.slot(slot);
         let have = current.slots.get(&slot).copied().unwrap_or_default();
@@ -369,9 +355,55 @@ pub fn diff(
         if want == PeerSlot::empty() {
             emptied_slots.push(slot);
         } else {
-            ops.push(Op::PutSlot(slot, want));
+            slot_puts.push(Op::PutSlot(slot, want));
         }
     }
+
+    // Removals: routes, emptied slots, peers. Normally last, so that nothing still wanted is ever
+    // missing; first when adding before removing would need more entries than the maps hold (a
+    // full map where one host leaves and another joins): what goes is going anyway.
+    let mut removals = Vec::new();
+    for net in &route_keys {
+        if wanted.routes.contains_key(net) {
+            continue;
+        }
+        if current.routes.contains_key(net) {
+            removals.push(Op::DelRoute(*net));
+        }
+        if current.route_info.contains_key(net) {
+            removals.push(Op::DelRouteInfo(*net));
+        }
+    }
+    removals.extend(emptied_slots.into_iter().map(|slot| Op::PutSlot(slot, PeerSlot::empty())));
+    for ip in &peer_keys {
+        if !wanted.peers.contains_key(ip) && current.peers.contains_key(ip) {
+            removals.push(Op::DelPeer(*ip));
+        }
+    }
+    let new_routes = route_keys
+        .iter()
+        .filter(|n| wanted.routes.contains_key(*n) && !current.routes.contains_key(*n))
+        .count();
+    let new_peers = peer_keys
+        .iter()
+        .filter(|ip| wanted.peers.contains_key(*ip) && !current.peers.contains_key(*ip))
+        .count();
+    let removals_first = current.routes.len().max(current.route_info.len()) + new_routes
+        > capacity.routes as usize
+        || current.peers.len() + new_peers > capacity.peers as usize;
+    if removals_first {
+        ops.append(&mut removals);
+    }
+
+    // 2. New and changed peers, then the slots that point at them.
+    for ip in &peer_keys {
+        if let Some(p) = wanted.peers.get(ip)
+            && current.peers.get(ip) != Some(p)
+        {
+            ops.push(Op::PutPeer(*ip, *p));
+        }
+    }
+    ops.append(&mut slot_puts);
 
     // 3. New and changed routes.
     for net in &route_keys {
@@ -403,24 +435,8 @@ pub fn diff(
         }
     }
 
-    // 5. Removals: routes, emptied slots, peers.
-    for net in &route_keys {
-        if wanted.routes.contains_key(net) {
-            continue;
-        }
-        if current.routes.contains_key(net) {
-            ops.push(Op::DelRoute(*net));
-        }
-        if current.route_info.contains_key(net) {
-            ops.push(Op::DelRouteInfo(*net));
-        }
-    }
-    ops.extend(emptied_slots.into_iter().map(|slot| Op::PutSlot(slot, PeerSlot::empty())));
-    for ip in &peer_keys {
-        if !wanted.peers.contains_key(ip) && current.peers.contains_key(ip) {
-            ops.push(Op::DelPeer(*ip));
-        }
-    }
+    // 5. The removals, unless they went first.
+    ops.append(&mut removals);
     Ok(ops)
 }
 
@@ -607,6 +623,58 @@ mod tests {
         assert!(err.to_string().contains("nothing was changed"));
         let few_peers = Capacity { routes: 10, peers: 2 };
         assert_eq!(diff(&m, &w, &cfg, &Scope::All, 0, few_peers).unwrap_err().map, maps::PEERS);
+    }
+
+    /// The most entries REMOTE_SUBNETS and PEERS hold at once while `ops` are applied in order
+    /// to `m`.
+    fn peak(m: &Mirror, ops: &[Op]) -> (usize, usize) {
+        let mut routes: BTreeSet<Ipv4Network> = m.routes.keys().copied().collect();
+        let mut peer_set: BTreeSet<[u8; 4]> = m.peers.keys().copied().collect();
+        let (mut max_routes, mut max_peers) = (routes.len(), peer_set.len());
+        for op in ops {
+            match op {
+                Op::PutRoute(n, _) => {
+                    routes.insert(*n);
+                }
+                Op::DelRoute(n) => {
+                    routes.remove(n);
+                }
+                Op::PutPeer(ip, _) => {
+                    peer_set.insert(*ip);
+                }
+                Op::DelPeer(ip) => {
+                    peer_set.remove(ip);
+                }
+                _ => {}
+            }
+            max_routes = max_routes.max(routes.len());
+            max_peers = max_peers.max(peer_set.len());
+        }
+        (max_routes, max_peers)
+    }
+
+    #[test]
+    fn a_full_map_makes_room_before_it_adds() {
+        let cfg = DatapathConfig::default();
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::File, spec()));
+        for i in 1..=4u8 {
+            set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        sync(&mut m, &mut w, &cfg, Scope::All);
+        // Host 1 leaves and host 5 joins, with the maps full.
+        let mut next = Wanted::new(Store::File, spec());
+        for i in 2..=5u8 {
+            set(&mut next, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        let full = Capacity { routes: 4, peers: 4 };
+        let ops = diff(&m, &next, &cfg, &Scope::All, 0, full).unwrap();
+        assert_eq!(peak(&m, &ops), (4, 4), "never more than the maps hold: {ops:?}");
+        // With room to spare, the usual order: nothing still wanted goes missing, adds first.
+        let roomy = diff(&m, &next, &cfg, &Scope::All, 0, Capacity::default()).unwrap();
+        assert_eq!(peak(&m, &roomy), (5, 5));
+        let first_del = roomy.iter().position(|o| matches!(o, Op::DelRoute(_))).unwrap();
+        let last_put = roomy.iter().rposition(|o| matches!(o, Op::PutRoute(..))).unwrap();
+        assert!(last_put < first_del, "{roomy:?}");
     }
 
     #[test]
