@@ -5,7 +5,7 @@
 //! planned and written, by the agent's own code (`xnet::plan`, `xnet::datapath`), so the map writes
 //! under test are the agent's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::programs::Xdp;
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, UdpHeader};
@@ -388,7 +388,7 @@ fn egress_encapsulates_remote_traffic_byte_for_byte() {
     // Same flow, same port; different flows spread over ports.
     let (_, again) = dp.run(Program::TcEgress, &input);
     assert_eq!(again[SPORT], out[SPORT], "one flow keeps its source port");
-    let ports: std::collections::BTreeSet<_> = (1..=16u8)
+    let ports: BTreeSet<_> = (1..=16u8)
         .map(|host| dp.run(Program::TcEgress, &container_ping([10, 244, 2, host], 0, 8)).1[SPORT].to_vec())
         .collect();
     assert!(ports.len() > 1, "16 flows all got one source port: {ports:?}");
@@ -416,7 +416,7 @@ fn egress_source_port_follows_the_inner_ports_except_in_fragments() {
     };
     // scapy: Ether(dst=BRIDGE_MAC, src=CONTAINER_MAC)/IP(src="10.244.1.2", dst="10.244.2.7", flags="DF",
     //        id=0x1c46)/UDP(sport=sp, dport=5000)/Raw(bytes(32)); the same with TCP(sport=sp, dport=80)
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for sp in [40000u16, 40001, 40002, 51234] {
         let udp = UdpHeader { source_port: sp, destination_port: 5000, length: 40, checksum: 0 };
         let mut l4 = udp.to_bytes().to_vec();
@@ -1348,6 +1348,38 @@ fn decap_drops_untunnelled_traffic_to_containers_unless_from_a_direct_peer() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn decap_lets_untunnelled_traffic_in_from_the_networks_the_config_allows() {
+    // `[backend] untunnelled_from = ["198.18.0.8/29"]`: a router at 198.18.0.9 reaches containers.
+    let allowed: BTreeSet<Ipv4Network> = [net("198.18.0.8/29")].into();
+    // scapy: Ether()/IP(src="198.18.0.9", dst="10.244.1.5")/ICMP()
+    let from_router = untunnelled(STRANGER_IP, [10, 244, 1, 5]);
+    // scapy: Ether()/IP(src="198.18.0.17", dst="10.244.1.5")/ICMP() -- just outside the network
+    let from_outside = untunnelled([198, 18, 0, 17], [10, 244, 1, 5]);
+    // scapy: Ether()/IP(src="10.244.2.7", dst="10.244.1.5")/ICMP() -- a vxlan peer's container
+    let from_tunnel_peer = untunnelled([10, 244, 2, 7], [10, 244, 1, 5]);
+    let dropped = (Direction::Ingress, Outcome::DropUntunnelledNotDirectPeer);
+    let mut dp = Datapath::new(true);
+    for (program, _, shot) in DECAP {
+        dp.check("router, nothing allowed yet", program, &from_router, shot, dropped);
+    }
+    dp.dp.set_untunnelled_from(&allowed).expect("write UNTUNNELLED_FROM");
+    assert_eq!(dp.dp.maps().untunnelled_from().unwrap(), allowed);
+    for (program, pass, shot) in DECAP {
+        let out =
+            dp.check("router, allowed", program, &from_router, pass, (Direction::Ingress, Outcome::Passed));
+        assert_eq!(out, from_router, "{}: passed untouched", program.name());
+        dp.check("outside the allowed network", program, &from_outside, shot, dropped);
+        dp.check("a tunnel peer's container, untunnelled", program, &from_tunnel_peer, shot, dropped);
+    }
+    // Taken out of the config again: dropped again.
+    dp.dp.set_untunnelled_from(&BTreeSet::new()).expect("empty UNTUNNELLED_FROM");
+    assert!(dp.dp.maps().untunnelled_from().unwrap().is_empty());
+    for (program, _, shot) in DECAP {
+        dp.check("router, no longer allowed", program, &from_router, shot, dropped);
     }
 }
 

@@ -16,7 +16,7 @@ use xnet::{
 };
 use xnet_common::maps::{
     AGENT, Backend, CONFIG, CONTAINER_IFACES, ENDPOINTS, LOCAL_PORTS, PEER_SLOTS, PEERS, REMOTE_SUBNETS,
-    ROUTE_INDEX, ROUTE_INFO, STATS, Store,
+    ROUTE_INDEX, ROUTE_INFO, STATS, Store, UNTUNNELLED_FROM,
 };
 
 const MIB: u64 = 1 << 20;
@@ -103,6 +103,7 @@ fn a_hundred_peer_network_locks_under_16_mib() {
         ROUTE_INDEX,
         ROUTE_INFO,
         STATS,
+        UNTUNNELLED_FROM,
     ];
     let held = held_maps();
     let mut by_name = BTreeMap::new();

@@ -50,6 +50,13 @@ pub const CONTAINER_IFACES: &str = "CONTAINER_IFACES";
 /// How many container interfaces a config may name.
 pub const CONTAINER_IFACES_LEN: u32 = 16;
 
+/// LPM trie of source networks (key as in [`REMOTE_SUBNETS`], value unused) from which untunnelled
+/// traffic may reach this host's containers besides `direct` peers' subnets: the config's
+/// `[backend] untunnelled_from`, for networks whose routers send to containers directly.
+pub const UNTUNNELLED_FROM: &str = "UNTUNNELLED_FROM";
+/// How many networks `untunnelled_from` may list.
+pub const UNTUNNELLED_FROM_MAX: u32 = 256;
+
 /// Subnets a network may have for ROUTE_INDEX to cover it (e.g. /24s of a /8).
 pub const ROUTE_INDEX_LEN: u32 = 1 << 16;
 

@@ -23,7 +23,7 @@ use xnet_common::{
     maps::{
         AgentState, Backend, CONTAINER_IFACES_LEN, ContainerIface, Counter, DatapathConfig, ENDPOINTS_MAX,
         Endpoint, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot,
-        REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo,
+        REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, UNTUNNELLED_FROM_MAX,
     },
     stats::{Direction, Outcome, STATS_ENTRIES},
     wire::mac_bytes,
@@ -68,6 +68,12 @@ static PEER_SLOTS: Array<PeerSlot, { PEER_SLOTS_LEN as usize }> = Array::new();
 /// LOCAL_PORTS; see `deliver`).
 #[btf_map]
 static ENDPOINTS: LruHashMap<[u8; 4], Endpoint, { ENDPOINTS_MAX as usize }> = LruHashMap::new();
+
+/// Source networks whose untunnelled traffic may reach local containers (see
+/// `xnet_common::maps::UNTUNNELLED_FROM`); consulted only for packets that would otherwise be
+/// dropped as `untunnelled_not_direct_peer`.
+#[btf_map]
+static UNTUNNELLED_FROM: LpmTrie<[u8; 4], u8, { UNTUNNELLED_FROM_MAX as usize }> = LpmTrie::new();
 
 /// The agent's own record of this datapath (`xnet status`); not read by the programs, declared here
 /// so it is created, typed and pinned with the rest.

@@ -463,6 +463,7 @@ fn bring_up(
         let gateway = containers.gateway_mac().unwrap_or_default();
         dp.sync(wanted, &plan.datapath_config(gateway, wanted), &Scope::All, record.started_at())?;
         dp.maps_mut().set_agent_state(record)?;
+        dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
         if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
             tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");
         }

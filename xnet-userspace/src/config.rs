@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use xnet_common::maps::{Backend, CAPACITY_LIMIT, Capacity, IngressHook};
+use xnet_common::maps::{Backend, CAPACITY_LIMIT, Capacity, IngressHook, UNTUNNELLED_FROM_MAX};
 
 use crate::{
     cidr::{self, CidrError, Ipv4Network},
@@ -177,6 +177,9 @@ pub struct Config {
     /// from any source (networks whose routers send to containers directly); by default
     /// (`"direct-peers"`) only from the subnets of peers reached with the direct backend.
     pub untunnelled_open: bool,
+    /// `[backend] untunnelled_from`: source networks whose untunnelled traffic may also reach this
+    /// host's containers.
+    pub untunnelled_from: Vec<Ipv4Network>,
     /// On exit, leave the datapath attached and pinned.
     pub keep_datapath: bool,
     /// `[capacity]`: how many remote subnets and peers the maps hold.
@@ -238,6 +241,7 @@ struct RawBackend {
     fallback: Option<String>,
     ingress: Option<String>,
     untunnelled: Option<String>,
+    untunnelled_from: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +410,7 @@ impl Config {
                 ));
             }
         };
+        let untunnelled_from = untunnelled_from(&c, &raw.backend, untunnelled_open)?;
         let capacity = capacity(&c, &raw.capacity)?;
         let store = if raw.etcd.is_some() || etcd_on_command_line {
             for (present, key) in [
@@ -462,11 +467,44 @@ impl Config {
             docker_opts_file,
             ingress,
             untunnelled_open,
+            untunnelled_from,
             keep_datapath: overrides.keep_datapath,
             capacity,
             store,
         })
     }
+}
+
+/// `[backend] untunnelled_from`: networks, at most [`UNTUNNELLED_FROM_MAX`], each once.
+fn untunnelled_from(
+    c: &Checker<'_>,
+    raw: &RawBackend,
+    untunnelled_open: bool,
+) -> Result<Vec<Ipv4Network>, ConfigError> {
+    let Some(list) = &raw.untunnelled_from else { return Ok(Vec::new()) };
+    if untunnelled_open {
+        return Err(c.invalid(
+            "backend.untunnelled_from",
+            "is redundant with `untunnelled = \"any\"`, which accepts every source; remove one of them"
+                .into(),
+        ));
+    }
+    if list.len() > UNTUNNELLED_FROM_MAX as usize {
+        return Err(c.invalid(
+            "backend.untunnelled_from",
+            format!("lists {} networks; xnet takes at most {UNTUNNELLED_FROM_MAX}", list.len()),
+        ));
+    }
+    let mut nets: Vec<Ipv4Network> = Vec::with_capacity(list.len());
+    for (i, value) in list.iter().enumerate() {
+        let key = format!("backend.untunnelled_from[{i}]");
+        let net = c.net(&key, value)?;
+        if let Some(j) = nets.iter().position(|n| *n == net) {
+            return Err(c.invalid(&key, format!("= \"{net}\" is also backend.untunnelled_from[{j}]")));
+        }
+        nets.push(net);
+    }
+    Ok(nets)
 }
 
 /// `[capacity]`: the object's sizes unless set.
@@ -773,6 +811,33 @@ public_ip = "198.18.0.3"
         }
         let e = err(format!("{GOOD}[capacity]\nroute = 5\n"));
         assert!(e.contains("unknown field `route`"), "{e}");
+    }
+
+    #[test]
+    fn untunnelled_from_lists_networks() {
+        let with =
+            |list: &str| GOOD.replace("[backend]\n", &format!("[backend]\nuntunnelled_from = {list}\n"));
+        let c = parse(&with("[\"192.0.2.0/24\", \"203.0.113.7/32\"]")).unwrap();
+        assert_eq!(
+            c.untunnelled_from,
+            vec![cidr::parse("192.0.2.0/24").unwrap(), cidr::parse("203.0.113.7/32").unwrap()]
+        );
+        assert!(parse(GOOD).unwrap().untunnelled_from.is_empty());
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        let e = err(with("[\"192.0.2.1/24\"]"));
+        assert!(e.contains("`backend.untunnelled_from[0]` = \"192.0.2.1/24\" has host bits set"), "{e}");
+        let e = err(with("[\"192.0.2.0/24\", \"192.0.2.0/24\"]"));
+        assert!(
+            e.contains(
+                "`backend.untunnelled_from[1]` = \"192.0.2.0/24\" is also backend.untunnelled_from[0]"
+            ),
+            "{e}"
+        );
+        let e = err(with("[\"192.0.2.0/24\"]\nuntunnelled = \"any\""));
+        assert!(e.contains("`backend.untunnelled_from` is redundant with `untunnelled = \"any\"`"), "{e}");
+        let many: Vec<String> = (0..257).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+        let e = err(with(&format!("[{}]", many.join(", "))));
+        assert!(e.contains("lists 257 networks; xnet takes at most 256"), "{e}");
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub struct Status {
     pub routes: usize,
     /// Whether egress finds routes in ROUTE_INDEX (an array) instead of the LPM trie.
     pub route_index: bool,
+    /// Who may reach containers without a tunnel: "any", or "direct peers" and the networks of
+    /// `untunnelled_from`.
+    pub untunnelled: String,
     pub attachments: Vec<AttachmentRow>,
     pub container_ifaces: Vec<ContainerIfaceRow>,
     /// Every map's capacity and kernel memory.
@@ -202,6 +205,14 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
         peers,
         routes,
         route_index: config.route_index_on(),
+        untunnelled: if config.untunnelled_open() {
+            "any source".to_string()
+        } else {
+            std::iter::once("direct peers' subnets".to_string())
+                .chain(maps.untunnelled_from()?.iter().map(ToString::to_string))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         attachments: read_attachments(pin_dir),
         container_ifaces: maps
             .container_ifaces()?

@@ -415,6 +415,7 @@ mod tests {
             peers: 2,
             routes: 5,
             route_index: false,
+            untunnelled: "direct peers' subnets".into(),
             attachments: Vec::new(),
             container_ifaces: Vec::new(),
             maps: vec![

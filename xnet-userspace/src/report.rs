@@ -104,6 +104,7 @@ pub fn status(s: &Status, now: u64) -> String {
     let lookup = if s.route_index { "route index" } else { "LPM trie" };
     let _ = writeln!(out, "peers        {} ({} routes, looked up in the {lookup})", s.peers, s.routes);
     let _ = writeln!(out, "decap        {} (tunnel formats judged: {})", s.ingress, s.tunnel_formats);
+    let _ = writeln!(out, "untunnelled  to containers from {}", s.untunnelled);
     let containers: Vec<String> = s
         .container_ifaces
         .iter()

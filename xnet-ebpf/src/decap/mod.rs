@@ -3,6 +3,7 @@
 
 mod strip;
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     EbpfContext,
     programs::{TcContext, XdpContext},
@@ -12,9 +13,10 @@ use xnet_common::{
     maps::{SlotState, peer_slot},
     packet::Packet,
     stats::Outcome,
+    wire::ETH_LEN,
 };
 
-use crate::{CONFIG, PEER_SLOTS, PEERS, ptr};
+use crate::{CONFIG, PEER_SLOTS, PEERS, UNTUNNELLED_FROM, ptr};
 
 /// What decapsulation needs from a program type.
 pub trait IngressContext: EbpfContext {
@@ -65,6 +67,17 @@ fn is_peer(src: &[u8; 4]) -> bool {
     }
 }
 
+/// Whether the source of the untunnelled IPv4 packet `ctx` lies in a network the config allows to
+/// reach containers directly (`untunnelled_from`).
+#[inline(always)]
+fn untunnelled_allowed<C: IngressContext>(ctx: &C) -> bool {
+    // The IPv4 source address, bytes 12 to 15 of the header.
+    let Some([src]) = ctx.view().words::<1>(ETH_LEN + 12) else {
+        return false;
+    };
+    UNTUNNELLED_FROM.get(&Key::new(32, src.to_le_bytes())).is_some()
+}
+
 /// Decapsulates `ctx` if it is tunnelled traffic for us; returns what happened.
 #[inline(always)]
 pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
@@ -76,6 +89,9 @@ pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
     let decision = decap::classify(&ctx.view(), cfg, is_peer, route);
     match decision {
         DecapDecision::Pass => Outcome::Passed,
+        DecapDecision::Drop(Outcome::DropUntunnelledNotDirectPeer) if untunnelled_allowed(ctx) => {
+            Outcome::Passed
+        }
         DecapDecision::Drop(reason) => reason,
         DecapDecision::Decap(tunnel) => match ctx.strip_after_eth(tunnel.strip_len()) {
             Ok(()) => tunnel.outcome(),

@@ -4,7 +4,11 @@
 //! and value sizes and capacities are the eBPF object's own ([`declared`]): adding a map means
 //! declaring it in the programs and adding its accessor here.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use aya::{
     Ebpf,
@@ -14,7 +18,7 @@ use xnet_common::maps::{
     AGENT, AgentState, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
     DatapathConfig, ENDPOINTS, Endpoint, LOCAL_PORTS, LocalPort, LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN,
     PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo,
-    STATS,
+    STATS, UNTUNNELLED_FROM,
 };
 
 use super::{
@@ -81,6 +85,7 @@ pub struct Maps {
     peer_slots: Array<MapData, PeerSlot>,
     route_index: Array<MapData, RemoteSubnet>,
     container_ifaces: Array<MapData, ContainerIface>,
+    untunnelled_from: LpmTrie<MapData, [u8; 4], u8>,
 }
 
 fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -135,12 +140,13 @@ impl Maps {
             peer_slots: typed(&mut source, PEER_SLOTS)?,
             route_index: typed(&mut source, ROUTE_INDEX)?,
             container_ifaces: typed(&mut source, CONTAINER_IFACES)?,
+            untunnelled_from: typed(&mut source, UNTUNNELLED_FROM)?,
         })
     }
 
     /// Every map's capacity and kernel memory, sorted by name.
     pub fn memory(&self) -> Result<Vec<MapMemory>, DatapathError> {
-        let all: [(&'static str, &MapData); 11] = [
+        let all: [(&'static str, &MapData); 12] = [
             (AGENT, self.agent.map()),
             (CONFIG, self.config.map()),
             (CONTAINER_IFACES, self.container_ifaces.map()),
@@ -152,6 +158,7 @@ impl Maps {
             (ROUTE_INDEX, self.route_index.map()),
             (ROUTE_INFO, self.route_info.map()),
             (STATS, self.stats.map()),
+            (UNTUNNELLED_FROM, self.untunnelled_from.map()),
         ];
         all.into_iter()
             .map(|(name, data)| {
@@ -223,6 +230,26 @@ impl Maps {
             }
         }
         Ok(out)
+    }
+
+    /// UNTUNNELLED_FROM: the networks whose untunnelled traffic may reach containers.
+    pub fn untunnelled_from(&self) -> Result<BTreeSet<Ipv4Network>, DatapathError> {
+        let mut out = BTreeSet::new();
+        for key in self.untunnelled_from.keys() {
+            let key = key.map_err(failed(UNTUNNELLED_FROM))?;
+            if let Some(net) = cidr::network(Ipv4Addr::from(key.data()), key.prefix_len() as u8) {
+                out.insert(net);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_untunnelled_from(&mut self, net: &Ipv4Network) -> Result<(), DatapathError> {
+        self.untunnelled_from.insert(&lpm_key(net), 1, 0).map_err(failed(UNTUNNELLED_FROM))
+    }
+
+    pub fn del_untunnelled_from(&mut self, net: &Ipv4Network) -> Result<(), DatapathError> {
+        self.untunnelled_from.remove(&lpm_key(net)).map_err(failed(UNTUNNELLED_FROM))
     }
 
     /// PEERS, every peer.

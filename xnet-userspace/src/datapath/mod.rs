@@ -29,6 +29,7 @@ use self::{
     maps::Maps,
     sync::{Capacity, MapFull, Mirror, Scope, Wanted},
 };
+use crate::cidr::Ipv4Network;
 
 /// The compiled eBPF object (built by build.rs from `xnet-ebpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xnet"));
@@ -365,6 +366,19 @@ impl Datapath {
             self.maps.del_endpoint(&ip);
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes UNTUNNELLED_FROM hold exactly `nets` (new ones first, then the ones no longer
+    /// allowed).
+    pub fn set_untunnelled_from(&mut self, nets: &BTreeSet<Ipv4Network>) -> Result<(), DatapathError> {
+        let current = self.maps.untunnelled_from()?;
+        for net in nets.difference(&current) {
+            self.maps.put_untunnelled_from(net)?;
+        }
+        for net in current.difference(nets) {
+            self.maps.del_untunnelled_from(net)?;
+        }
+        Ok(())
     }
 
     /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an interface
