@@ -19,6 +19,8 @@ use crate::{
     mac::Mac,
 };
 
+mod peer_tables;
+
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnet";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/xnet/subnet.env";
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -316,10 +318,13 @@ impl Config {
 
     /// Validates config text with `overrides`; `path` names the file in messages.
     pub fn parse(path: &Path, text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        // The `[[peer]]` tables are parsed one at a time (see `peer_tables`), the rest as a whole.
+        let split = peer_tables::split(text);
+        let raw: RawConfig = toml::from_str(&split.rest).map_err(|e| ConfigError::Syntax {
             file: path.to_owned(),
-            message: e.message().to_string() + &line_of(text, e.span()),
+            message: e.message().to_string() + &line_of(&split.rest, e.span()),
         })?;
+        let peer_tables = PeerTables { text, bodies: &split.peers };
         let c = Checker { file: path };
         let etcd_on_command_line = !overrides.etcd_endpoints.is_empty();
 
@@ -416,7 +421,7 @@ impl Config {
             for (present, key) in [
                 (raw.network.is_some(), "network"),
                 (raw.subnet.is_some(), "subnet"),
-                (!raw.peers.is_empty(), "peer"),
+                (!raw.peers.is_empty() || !split.peers.is_empty(), "peer"),
                 (raw.backend.kind.is_some(), "backend.type"),
                 (raw.backend.vni.is_some(), "backend.vni"),
                 (raw.backend.port.is_some(), "backend.port"),
@@ -440,7 +445,7 @@ impl Config {
                         .into(),
                 });
             }
-            let overlay = static_overlay(&c, &raw, public_ip)?;
+            let overlay = static_overlay(&c, &raw, &peer_tables, public_ip)?;
             for (key, room) in [("capacity.routes", capacity.routes), ("capacity.peers", capacity.peers)] {
                 if overlay.peers.len() > room as usize {
                     return Err(c.invalid(
@@ -600,10 +605,29 @@ fn etcd_settings(
     Ok(settings)
 }
 
+/// The `[[peer]]` tables cut out of a config file's `text`, parsed one at a time.
+struct PeerTables<'a> {
+    text: &'a str,
+    bodies: &'a [std::ops::Range<usize>],
+}
+
+impl PeerTables<'_> {
+    /// Parses table `i` (the file's peer `i`).
+    fn parse(&self, c: &Checker<'_>, i: usize) -> Result<RawPeer, ConfigError> {
+        let body = self.bodies[i].clone();
+        toml::from_str(&self.text[body.clone()]).map_err(|e| ConfigError::Syntax {
+            file: c.file.to_owned(),
+            message: format!("peer[{i}]: {}", e.message())
+                + &line_of(self.text, e.span().map(|s| s.start + body.start..s.end + body.start)),
+        })
+    }
+}
+
 /// The network, subnet, tunnel and peers of a static config.
 fn static_overlay(
     c: &Checker<'_>,
     raw: &RawConfig,
+    tables: &PeerTables<'_>,
     public_ip: Option<Ipv4Addr>,
 ) -> Result<StaticOverlay, ConfigError> {
     let required = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
@@ -625,12 +649,29 @@ fn static_overlay(
     }
     let tunnel = tunnel(c, &raw.backend)?;
 
-    let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
+    if !raw.peers.is_empty() && !tables.bodies.is_empty() {
+        return Err(c.invalid(
+            "peer",
+            "is given both as [[peer]] tables and as an array; list the peers one way".into(),
+        ));
+    }
+    // Peers as an inline array, or (the usual way) as [[peer]] tables, parsed one at a time and
+    // dropped once checked: the file's text and the checked peers are all that stay in memory.
+    let count = raw.peers.len() + tables.bodies.len();
+    let mut peers: Vec<PeerConfig> = Vec::with_capacity(count);
     // Peers so far by first address (last address, index), and by public IP: the checks below
     // stay O(log n) per peer, so a config with 100k peers loads in well under a second.
     let mut by_start: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
-    let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(raw.peers.len());
-    for (i, p) in raw.peers.iter().enumerate() {
+    let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(count);
+    for i in 0..count {
+        let table;
+        let p = match raw.peers.get(i) {
+            Some(p) => p,
+            None => {
+                table = tables.parse(c, i)?;
+                &table
+            }
+        };
         let key = |k: &str| format!("peer[{i}].{k}");
         let psubnet = c.net(&key("subnet"), &p.subnet)?;
         if !cidr::contains(&network, &psubnet) {
@@ -838,6 +879,33 @@ public_ip = "198.18.0.3"
         let many: Vec<String> = (0..257).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
         let e = err(with(&format!("[{}]", many.join(", "))));
         assert!(e.contains("lists 257 networks; xnet takes at most 256"), "{e}");
+    }
+
+    #[test]
+    fn peer_tables_are_read_one_at_a_time_with_their_lines() {
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        let typo = GOOD.replace("public_ip = \"198.18.0.3\"", "public_ipp = \"198.18.0.3\"");
+        let line = typo.lines().position(|l| l.starts_with("public_ipp")).unwrap() + 1;
+        let e = err(typo);
+        assert!(
+            e.contains("peer[1]: unknown field `public_ipp`")
+                && e.contains(&format!("(line {line}: `public_ipp")),
+            "{e}"
+        );
+        let e = err(GOOD.replace("public_ip = \"198.18.0.3\"", ""));
+        assert!(e.contains("peer[1]: missing field `public_ip`"), "{e}");
+        // An inline array is read too; both ways at once is refused.
+        let inline = GOOD.split("[[peer]]").next().unwrap().replace(
+            "[backend]",
+            "peer = [{ subnet = \"10.244.2.0/24\", public_ip = \"198.18.0.2\" }]\n[backend]",
+        );
+        assert_eq!(overlay(&parse(&inline).unwrap()).peers.len(), 1);
+        let both = format!("{inline}\n[[peer]]\nsubnet = \"10.244.3.0/24\"\npublic_ip = \"198.18.0.3\"\n");
+        let e = err(both);
+        assert!(e.contains("`peer` is given both as [[peer]] tables and as an array"), "{e}");
+        // Settings after the peer tables still belong to the file.
+        let after = format!("{GOOD}\n[capacity]\npeers = 2\n");
+        assert_eq!(parse(&after).unwrap().capacity.peers, 2);
     }
 
     #[test]
