@@ -22,6 +22,7 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::{
+    icmp::TokenBucket,
     maps::{
         Backend, DatapathConfig, DatapathParams, Formats, Peer, PeerSlot, RemoteSubnet, SlotState, Store,
     },
@@ -233,6 +234,27 @@ impl Datapath {
         (result.return_value, out)
     }
 
+    /// Runs the XDP program on `input` with only its first `linear` bytes in the first buffer (the
+    /// rest in further ones, as a NIC that splits headers leaves them; the kernel takes the first
+    /// buffer's end from `xdp_md.data_end`); returns (verdict, output bytes).
+    fn run_xdp_split(&mut self, input: &[u8], linear: u32) -> (u32, Vec<u8>) {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&linear.to_ne_bytes());
+        let mut out = vec![0u8; input.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md[..]),
+            ..TestRunOptions::new()
+        };
+        let p: &mut Xdp = self.dp.program_mut(Program::XdpIngress).try_into().unwrap();
+        let result =
+            p.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN, {linear} bytes linear: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
     /// Runs `program` on `input` and checks the verdict, and that exactly `counted` moved by one
     /// packet of the input's length.
     fn check(
@@ -243,9 +265,35 @@ impl Datapath {
         verdict: u32,
         counted: (Direction, Outcome),
     ) -> Vec<u8> {
+        self.check_run(case, program.name(), input, verdict, counted, |dp| dp.run(program, input))
+    }
+
+    /// [`Datapath::check`] for a frame split across XDP buffers after `linear` bytes.
+    fn check_xdp_split(
+        &mut self,
+        case: &str,
+        input: &[u8],
+        linear: u32,
+        verdict: u32,
+        counted: (Direction, Outcome),
+    ) -> Vec<u8> {
+        self.check_run(case, Program::XdpIngress.name(), input, verdict, counted, |dp| {
+            dp.run_xdp_split(input, linear)
+        })
+    }
+
+    fn check_run(
+        &mut self,
+        case: &str,
+        program: &str,
+        input: &[u8],
+        verdict: u32,
+        counted: (Direction, Outcome),
+        run: impl FnOnce(&mut Self) -> (u32, Vec<u8>),
+    ) -> Vec<u8> {
         let before = self.counters();
-        let (got, out) = self.run(program, input);
-        assert_eq!(got, verdict, "{case}: verdict of {}", program.name());
+        let (got, out) = run(self);
+        assert_eq!(got, verdict, "{case}: verdict of {program}");
         let after = self.counters();
         for (key, (p1, b1)) in &after {
             let (p0, b0) = before[key];
@@ -502,15 +550,112 @@ fn egress_passes_what_is_not_for_a_remote_subnet() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
 }
 
+/// `frame` (Ethernet, then IPv4) without DF, its header checksum recomputed.
+fn without_df(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let mut ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    f[14..34].copy_from_slice(&ip.to_bytes());
+    f
+}
+
+/// The answer a router gives to `frame` (a container's, too big for the next hop): ICMP
+/// "fragmentation needed" with `mtu`, from the gateway 10.244.1.1 back to the frame's source and
+/// MAC, quoting its IPv4 header and 8 bytes. Built with etherparse.
+fn frag_needed(frame: &[u8], mtu: u16) -> Vec<u8> {
+    use etherparse::{Icmpv4Header, Icmpv4Type, icmpv4::DestUnreachableHeader};
+    let quoted = &frame[14..14 + 28];
+    let icmp = Icmpv4Header::with_checksum(
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }),
+        quoted,
+    );
+    let mut l4 = icmp.to_bytes().to_vec();
+    l4.extend_from_slice(quoted);
+    let sender: [u8; 4] = frame[26..30].try_into().unwrap();
+    let mut ip = Ipv4Header::new(l4.len() as u16, 64, IpNumber::ICMP, [10, 244, 1, 1], sender).unwrap();
+    // Internetwork control, fragments allowed: as Linux sends its ICMP errors.
+    ip.dscp = Ipv4Dscp::try_new(0xc0 >> 2).unwrap();
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut l3 = ip.to_bytes().to_vec();
+    l3.extend(l4);
+    let (dst, src): ([u8; 6], [u8; 6]) = (frame[6..12].try_into().unwrap(), frame[..6].try_into().unwrap());
+    ethernet(dst, src, 0x0800, &l3)
+}
+
 #[test]
-fn egress_drops_what_would_not_fit_the_underlay() {
+fn egress_answers_what_would_not_fit_the_underlay_with_frag_needed() {
     let mut dp = Datapath::new(true);
-    // 1500-byte IP packet: 1550 once encapsulated, over the 1500 MTU, and not GSO.
-    let big = container_ping([10, 244, 2, 7], 0, 1500 - 20 - 8);
-    dp.check("too big", Program::TcEgress, &big, TC_ACT_SHOT, (Direction::Egress, Outcome::DropTooBig));
-    // 1450 bytes fit exactly.
+    // A 1501-byte IP packet with DF, not GSO, to a container of each peer: over the 1500 MTU once
+    // encapsulated (even unencapsulated, for the direct peer). The answer names the MTU left inside
+    // that peer's tunnel.
+    // scapy: Ether(dst=BRIDGE_MAC, src=CONTAINER_MAC)/IP(src="10.244.1.2", dst="10.244.2.7",
+    //        flags="DF", id=0x1c46)/ICMP(id=0x1234, seq=1)/Raw(bytes(range(256))*6)[:1473]
+    for (n, mtu) in [(2, 1450), (3, 1472), (4, 1476), (5, 1500)] {
+        let big = container_ping([10, 244, n, 7], 0, 1501 - 28);
+        let out = dp.check(
+            &format!("too big for 10.244.{n}.0/24"),
+            Program::TcEgress,
+            &big,
+            TC_ACT_REDIRECT,
+            (Direction::Egress, Outcome::DropTooBigAnswered),
+        );
+        assert_eq!(hex(&out), hex(&frag_needed(&big, mtu)), "the answer to a packet for 10.244.{n}.7");
+        // What a sender's kernel reads in it.
+        let answer = etherparse::SlicedPacket::from_ethernet(&out).expect("the answer parses");
+        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = answer.transport else {
+            panic!("the answer is not ICMP: {answer:?}")
+        };
+        assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 4));
+        assert_eq!(u16::from_be_bytes(icmp.bytes5to8()[2..4].try_into().unwrap()), mtu, "next-hop MTU");
+        assert_eq!(icmp.icmp_type().calc_checksum(icmp.payload()), icmp.checksum(), "ICMP checksum");
+    }
+    // 1450 bytes fit the vxlan tunnel exactly.
     let fits = container_ping([10, 244, 2, 7], 0, 1450 - 20 - 8);
     dp.check("fits", Program::TcEgress, &fits, TC_ACT_REDIRECT, (Direction::Egress, Outcome::EncapVxlan));
+}
+
+#[test]
+fn egress_drops_what_would_not_fit_without_df_or_over_the_icmp_rate() {
+    let mut dp = Datapath::new(true);
+    let big = container_ping([10, 244, 2, 7], 0, 1500 - 28);
+    // Without DF a router would fragment: xnet does not, and drops it.
+    dp.check(
+        "too big without DF",
+        Program::TcEgress,
+        &without_df(&big),
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropTooBig),
+    );
+    // An ICMP error itself is never answered.
+    let mut error = big.clone();
+    error[34] = 3;
+    dp.check(
+        "an ICMP error",
+        Program::TcEgress,
+        &error,
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropTooBig),
+    );
+    // Every CPU's bucket empty, its clock far ahead: no credit for an answer.
+    dp.dp.maps_mut().set_icmp_limit(TokenBucket::new(0, u64::MAX / 2)).unwrap();
+    dp.check(
+        "over the rate limit",
+        Program::TcEgress,
+        &big,
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropTooBigRateLimited),
+    );
+    // Full again.
+    dp.dp.maps_mut().set_icmp_limit(TokenBucket::default()).unwrap();
+    dp.check(
+        "answered",
+        Program::TcEgress,
+        &big,
+        TC_ACT_REDIRECT,
+        (Direction::Egress, Outcome::DropTooBigAnswered),
+    );
 }
 
 #[test]
@@ -762,7 +907,7 @@ fn egress_direct_leaves_the_packet_as_it_is() {
     let out =
         dp.check("direct", Program::TcEgress, &input, TC_ACT_REDIRECT, (Direction::Egress, Outcome::Direct));
     assert_eq!(out, input, "direct routing sends the packet unchanged (the kernel sets the MACs)");
-    let big = container_ping([10, 244, 5, 7], 0, 1501 - 28);
+    let big = without_df(&container_ping([10, 244, 5, 7], 0, 1501 - 28));
     dp.check(
         "direct too big",
         Program::TcEgress,
@@ -1473,4 +1618,45 @@ fn decap_leaves_formats_this_host_does_not_use_untouched() {
             (Direction::Ingress, Outcome::DropInnerSourceNotPeer),
         );
     }
+}
+
+#[test]
+fn xdp_judges_headers_beyond_the_first_buffer_without_decapsulating() {
+    // BPF_PROG_TEST_RUN builds a multi-buffer XDP frame with a first buffer as short as asked, as a
+    // NIC that splits headers from payload leaves it. (It gives tc programs linear skbs only, so the
+    // tc side's bpf_skb_pull_data is covered by `xnet_common::packet::headers_to_pull`'s tests and
+    // the lab's real traffic, where the headers are linear already.)
+    let mut dp = Datapath::new(true);
+    let input = vxlan(PEER_IP, PORT, VNI, 51000, 0x0800, &inner_to_local(), 0);
+    // A known peer's tunnel packet with its UDP header beyond the first 40 bytes: cannot be
+    // stripped there, and is never passed on undecided.
+    dp.check_xdp_split(
+        "split vxlan",
+        &input,
+        40,
+        XDP_DROP,
+        (Direction::Ingress, Outcome::DropHeadersNotLinear),
+    );
+    // A stranger's: judged from the copy as any other.
+    let stranger = readdressed(&input, STRANGER_IP, LOCAL_IP);
+    dp.check_xdp_split(
+        "split vxlan from a stranger",
+        &stranger,
+        40,
+        XDP_DROP,
+        (Direction::Ingress, Outcome::DropUnknownPeer),
+    );
+    // Not a tunnel packet (another UDP port): untouched.
+    let mut other = input.clone();
+    other[36..38].copy_from_slice(&53u16.to_be_bytes());
+    dp.check_xdp_split("split DNS", &other, 40, XDP_PASS, (Direction::Ingress, Outcome::Passed));
+    // The headers all in the first buffer (the rest after them): decapsulated.
+    let out = dp.check_xdp_split(
+        "headers linear",
+        &input,
+        xnet_common::decap::HEADERS_LEN as u32,
+        XDP_PASS,
+        (Direction::Ingress, Outcome::DecapVxlan),
+    );
+    assert_eq!(hex(&out), hex(&ethernet(UNDERLAY_MAC, PEER_UNDERLAY_MAC, 0x0800, &inner_to_local())));
 }

@@ -16,6 +16,10 @@ pub const VXLAN_OFFSET: usize = OUTER_UDP_OFFSET + UDP_LEN;
 pub const INNER_ETH_OFFSET: usize = VXLAN_OFFSET + VXLAN_LEN;
 pub const INNER_IP_OFFSET: usize = INNER_ETH_OFFSET + ETH_LEN;
 pub const GRE_KEY_OFFSET: usize = OUTER_L4_OFFSET + 4;
+/// How far into a frame [`classify`] (and delivery after it) reads: the end of the inner IPv4
+/// header of a VXLAN frame, the longest encapsulation. The tc program pulls this much into the
+/// linear area first.
+pub const HEADERS_LEN: usize = INNER_IP_OFFSET + IPV4_LEN;
 
 /// The wire format of a tunnelled packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

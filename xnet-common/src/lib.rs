@@ -9,6 +9,7 @@
 pub mod csum;
 pub mod decap;
 pub mod egress;
+pub mod icmp;
 pub mod maps;
 pub mod outer;
 pub mod packet;

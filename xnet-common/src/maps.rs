@@ -18,6 +18,10 @@ pub const STATS: &str = "STATS";
 /// behind. Lets decapsulated packets go straight to the container instead of through the bridge.
 pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
 
+/// Per-CPU array of one [`crate::icmp::TokenBucket`]: the rate limit of the ICMP "fragmentation
+/// needed" answers egress sends (see [`crate::icmp`]).
+pub const ICMP_LIMIT: &str = "ICMP_LIMIT";
+
 /// Array of one [`AgentState`]: what the agent that set this datapath up knows about it. Read by
 /// `xnet status` and the metrics; the programs do not use it.
 pub const AGENT: &str = "AGENT";

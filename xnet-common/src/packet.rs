@@ -29,6 +29,16 @@ pub trait Packet {
     }
 }
 
+/// How many bytes to pull into the linear area of a packet of `len` bytes whose first `linear`
+/// are there, so that its first `need` bytes (or all, if it is shorter) can be read directly;
+/// `None` when they already can. NICs that split headers from payload leave less than the headers
+/// linear; the tc programs pull them in (`bpf_skb_pull_data`), XDP cannot.
+#[inline(always)]
+pub fn headers_to_pull(len: usize, linear: usize, need: usize) -> Option<usize> {
+    let want = if len < need { len } else { need };
+    (linear < want).then_some(want)
+}
+
 /// Host-side packets (tests, the agent's own tooling) are byte slices.
 impl Packet for [u8] {
     fn len(&self) -> usize {
@@ -48,3 +58,21 @@ unsafe impl Header for u8 {}
 // SAFETY: an array has its element's alignment (1, for a Header) and no padding between elements,
 // and accepts every bit pattern when its element does.
 unsafe impl<T: Header, const N: usize> Header for [T; N] {}
+
+#[cfg(test)]
+mod tests {
+    use super::headers_to_pull;
+
+    #[test]
+    fn only_headers_outside_the_linear_area_are_pulled() {
+        // A VXLAN frame of 1514 bytes whose NIC put 64 bytes in the linear area: pull 84.
+        assert_eq!(headers_to_pull(1514, 64, 84), Some(84));
+        // The headers are there already: nothing.
+        assert_eq!(headers_to_pull(1514, 84, 84), None);
+        assert_eq!(headers_to_pull(1514, 1514, 84), None);
+        // A frame shorter than the headers: all of it, if not all linear.
+        assert_eq!(headers_to_pull(60, 40, 84), Some(60));
+        assert_eq!(headers_to_pull(60, 60, 84), None);
+        assert_eq!(headers_to_pull(0, 0, 84), None);
+    }
+}

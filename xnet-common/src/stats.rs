@@ -66,7 +66,9 @@ pub enum Outcome {
     DropEncapFailed = 134,
     /// The kernel refused to shrink the packet when removing the outer headers.
     DropDecapFailed = 135,
-    /// The encapsulated packet would exceed the underlay MTU (and is not GSO).
+    /// The encapsulated packet would exceed the underlay MTU (and is not GSO), and cannot be
+    /// answered with ICMP "fragmentation needed" (no DF, IP options, a later fragment, an ICMP
+    /// error): xnet does not fragment.
     DropTooBig = 136,
     /// The agent has not configured the datapath (CONFIG is empty).
     DropNotConfigured = 137,
@@ -90,11 +92,22 @@ pub enum Outcome {
     /// Untunnelled traffic from the underlay for this host's container subnet whose source is not
     /// in the subnet of a peer this host reaches with the `direct` backend.
     DropUntunnelledNotDirectPeer = 146,
+    /// Container traffic too big for the tunnel (not GSO, DF set): dropped and answered with ICMP
+    /// "fragmentation needed" carrying the overlay MTU, as a router does.
+    DropTooBigAnswered = 147,
+    /// Like [`Outcome::DropTooBigAnswered`], but the answer was held back by the ICMP rate limit.
+    DropTooBigRateLimited = 148,
+    /// The route's peer address read as 0.0.0.0 (the route was being removed as the packet went
+    /// through): never encapsulated to it.
+    DropRouteWithdrawn = 149,
+    /// Tunnelled traffic from a known peer whose headers do not all lie in the first buffer of a
+    /// multi-buffer XDP frame: XDP cannot pull them together to strip them (tc ingress can).
+    DropHeadersNotLinear = 150,
 }
 
 impl Outcome {
     /// Every outcome, for listing counters.
-    pub const ALL: [Outcome; 27] = [
+    pub const ALL: [Outcome; 31] = [
         Outcome::Passed,
         Outcome::EncapVxlan,
         Outcome::DecapVxlan,
@@ -122,6 +135,10 @@ impl Outcome {
         Outcome::DropOuterNotLocal,
         Outcome::DropSourceNotLocal,
         Outcome::DropUntunnelledNotDirectPeer,
+        Outcome::DropTooBigAnswered,
+        Outcome::DropTooBigRateLimited,
+        Outcome::DropRouteWithdrawn,
+        Outcome::DropHeadersNotLinear,
     ];
 
     /// Whether this outcome can happen in `direction` (what the CLI and metrics list).
@@ -136,7 +153,10 @@ impl Outcome {
             | Self::DropEncapFailed
             | Self::DropTooBig
             | Self::DropNotConfigured
-            | Self::DropSourceNotLocal => direction == Direction::Egress,
+            | Self::DropSourceNotLocal
+            | Self::DropTooBigAnswered
+            | Self::DropTooBigRateLimited
+            | Self::DropRouteWithdrawn => direction == Direction::Egress,
             Self::DecapVxlan
             | Self::DecapUdp
             | Self::DecapGre
@@ -152,7 +172,8 @@ impl Outcome {
             | Self::DropBadOuterChecksum
             | Self::DropInnerSourceNotPeer
             | Self::DropOuterNotLocal
-            | Self::DropUntunnelledNotDirectPeer => direction == Direction::Ingress,
+            | Self::DropUntunnelledNotDirectPeer
+            | Self::DropHeadersNotLinear => direction == Direction::Ingress,
         }
     }
 
@@ -190,6 +211,10 @@ impl Outcome {
             Self::DropOuterNotLocal => "outer_not_local",
             Self::DropSourceNotLocal => "source_not_local",
             Self::DropUntunnelledNotDirectPeer => "untunnelled_not_direct_peer",
+            Self::DropTooBigAnswered => "too_big_answered",
+            Self::DropTooBigRateLimited => "too_big_rate_limited",
+            Self::DropRouteWithdrawn => "route_withdrawn",
+            Self::DropHeadersNotLinear => "headers_not_linear",
         }
     }
 }

@@ -8,6 +8,7 @@
 mod decap;
 mod deliver;
 mod encap;
+mod icmp;
 mod ptr;
 mod stats;
 
@@ -20,13 +21,15 @@ use aya_ebpf::{
 use deliver::Delivery;
 use xnet_common::{
     egress::{self, EgressDecision},
+    icmp::{QUOTED_LEN, TokenBucket},
     maps::{
         AgentState, Backend, CONTAINER_IFACES_LEN, ContainerIface, Counter, DatapathConfig, ENDPOINTS_MAX,
         Endpoint, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot,
         REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, UNTUNNELLED_FROM_MAX,
     },
+    packet::headers_to_pull,
     stats::{Direction, Outcome, STATS_ENTRIES},
-    wire::mac_bytes,
+    wire::{ETH_LEN, mac_bytes},
 };
 
 /// Flags of the hash maps the agent writes and the programs at most read: their entries are
@@ -47,6 +50,10 @@ static PEERS: HashMap<[u8; 4], Peer, { PEERS_MAX as usize }, NO_PREALLOC> = Hash
 /// This host's side of the tunnels; entry 0.
 #[btf_map]
 static CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+/// The rate limit of the ICMP answers to packets too big for the tunnel (see `icmp`).
+#[btf_map]
+static ICMP_LIMIT: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
 
 /// Packets and bytes by direction and outcome (see `xnet_common::stats`).
 #[btf_map]
@@ -116,6 +123,11 @@ pub fn xnet_tc_egress(ctx: TcContext) -> i32 {
 }
 
 fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
+    // What classify reads, and what a too-big answer quotes, into the linear area. A failed pull
+    // leaves the packet short there: classify then passes it to the kernel, as any runt.
+    if let Some(n) = headers_to_pull(ctx.len() as usize, ptr::tc_linear_len(ctx), ETH_LEN + QUOTED_LEN) {
+        let _ = ctx.pull_data(n as u32);
+    }
     let pkt = ptr::TcPacket(ctx);
     // A reference into the array map: the agent writes CONFIG as a whole value, and a packet that
     // races it sees the old or the new one.
@@ -140,26 +152,29 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     if cfg.underlay_ifindex() == 0 {
         return Err(Outcome::DropNotConfigured);
     }
-    let sent = match route.backend() {
-        Some(Backend::Vxlan) => {
+    // A backend number this program does not know (a newer agent?): never leak the packet.
+    let backend = route.backend().ok_or(Outcome::DropEncapFailed)?;
+    let overhead = encap::overhead(backend, cfg);
+    if icmp::too_big(ctx, cfg, overhead) {
+        return Ok(icmp::answer_too_big(ctx, cfg, overhead));
+    }
+    let sent = match backend {
+        Backend::Vxlan => {
             encap::vxlan::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapVxlan
         }
-        Some(Backend::Udp) => {
+        Backend::Udp => {
             encap::udp::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapUdp
         }
-        Some(Backend::Gre) => {
+        Backend::Gre => {
             encap::gre::encapsulate(ctx, cfg, route, tos)?;
             Outcome::EncapGre
         }
-        Some(Backend::Direct) => {
-            encap::check_fits(ctx, cfg, 0)?;
+        Backend::Direct => {
             let action = encap::redirect_to_underlay(cfg, Some(route.peer_ip()))?;
             return Ok((Outcome::Direct, action));
         }
-        // A backend number this program does not know (a newer agent?): never leak the packet.
-        None => return Err(Outcome::DropEncapFailed),
     };
     let action = encap::redirect_to_underlay(cfg, None)?;
     Ok((sent, action))
@@ -192,7 +207,14 @@ pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
 pub fn xnet_xdp_ingress(ctx: XdpContext) -> u32 {
     // SAFETY: ctx.ctx is the xdp_md this program was called with. The whole frame, all buffers.
     let len = unsafe { aya_ebpf::helpers::bpf_xdp_get_buff_len(ctx.ctx) } as u32;
-    let outcome = decap::run(&ctx);
+    // A NIC may leave part of the headers in a later buffer, where XDP cannot read them directly
+    // (no helper pulls them in; tc ingress can): judged from a copy, never decapsulated.
+    let linear = ctx.data_end() - ctx.data();
+    let outcome = if headers_to_pull(len as usize, linear, xnet_common::decap::HEADERS_LEN).is_some() {
+        decap::judge_split(&ctx, len as usize)
+    } else {
+        decap::run(&ctx)
+    };
     stats::count(Direction::Ingress, outcome, len);
     if outcome.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }

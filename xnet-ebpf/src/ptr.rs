@@ -89,6 +89,19 @@ pub fn gso_segs(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_segs }
 }
 
+/// The interface the program runs on (at tc ingress, the one the packet arrived on).
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: as for gso_segs.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// How many bytes of the packet are in the linear area, readable through `data`..`data_end`.
+#[inline(always)]
+pub fn tc_linear_len(ctx: &TcContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
 /// The interface the packet arrived on.
 #[inline(always)]
 pub fn ingress_ifindex(ctx: &TcContext) -> u32 {

@@ -6,12 +6,13 @@ mod strip;
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     EbpfContext,
+    helpers::bpf_xdp_load_bytes,
     programs::{TcContext, XdpContext},
 };
 use xnet_common::{
-    decap::{self, DecapDecision},
+    decap::{self, DecapDecision, HEADERS_LEN},
     maps::{SlotState, peer_slot},
-    packet::Packet,
+    packet::{Packet, headers_to_pull},
     stats::Outcome,
     wire::ETH_LEN,
 };
@@ -24,6 +25,9 @@ pub trait IngressContext: EbpfContext {
     where
         Self: 'a;
     fn view(&self) -> Self::View<'_>;
+    /// Brings the first [`HEADERS_LEN`] bytes into the linear area if they are not there (a NIC
+    /// that splits headers from payload), where the program type can.
+    fn pull_headers(&self);
     /// Removes `len` bytes right after the Ethernet header, keeping the outer Ethernet addresses
     /// (they name this host, so the stack accepts the frame as its own).
     fn strip_after_eth(&self, len: usize) -> Result<(), ()>;
@@ -33,6 +37,13 @@ impl IngressContext for TcContext {
     type View<'a> = ptr::TcPacket<'a>;
     fn view(&self) -> Self::View<'_> {
         ptr::TcPacket(self)
+    }
+    #[inline(always)]
+    fn pull_headers(&self) {
+        if let Some(n) = headers_to_pull(self.len() as usize, ptr::tc_linear_len(self), HEADERS_LEN) {
+            // On failure the headers stay short: classify drops the packet as truncated.
+            let _ = self.pull_data(n as u32);
+        }
     }
     #[inline(always)]
     fn strip_after_eth(&self, len: usize) -> Result<(), ()> {
@@ -45,6 +56,9 @@ impl IngressContext for XdpContext {
     fn view(&self) -> Self::View<'_> {
         ptr::XdpPacket(self)
     }
+    /// XDP has no helper for it (see [`judge_split`]).
+    #[inline(always)]
+    fn pull_headers(&self) {}
     #[inline(always)]
     fn strip_after_eth(&self, len: usize) -> Result<(), ()> {
         strip::xdp(self, len)
@@ -84,6 +98,7 @@ pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
     let Some(cfg) = CONFIG.get(0) else {
         return Outcome::Passed;
     };
+    ctx.pull_headers();
     // The routes egress takes: the owner of an inner source, or of an untunnelled packet's source.
     let route = |addr: &[u8; 4]| crate::route_of(Some(cfg), addr);
     let decision = decap::classify(&ctx.view(), cfg, is_peer, route);
@@ -97,5 +112,29 @@ pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
             Ok(()) => tunnel.outcome(),
             Err(()) => Outcome::DropDecapFailed,
         },
+    }
+}
+
+/// What [`run`] would decide for an XDP frame whose first buffer holds less than its first
+/// [`HEADERS_LEN`] bytes (`len`: the whole frame's length), judged from a copy of them: passed or
+/// dropped alike, but tunnel packets for a container are dropped as not linear, since the outer
+/// headers cannot be stripped across buffers.
+#[inline(never)]
+pub fn judge_split(ctx: &XdpContext, len: usize) -> Outcome {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Outcome::Passed;
+    };
+    let n = if len < HEADERS_LEN { len } else { HEADERS_LEN };
+    let mut copy = [0u8; HEADERS_LEN];
+    // SAFETY: ctx.ctx is this program's xdp_md; `copy` is writable for HEADERS_LEN >= n bytes.
+    let read = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, copy.as_mut_ptr().cast(), n as u32) };
+    if read != 0 {
+        return Outcome::DropTruncated;
+    }
+    let route = |addr: &[u8; 4]| crate::route_of(Some(cfg), addr);
+    match decap::classify(&copy[..n], cfg, is_peer, route) {
+        DecapDecision::Pass => Outcome::Passed,
+        DecapDecision::Drop(reason) => reason,
+        DecapDecision::Decap(_) => Outcome::DropHeadersNotLinear,
     }
 }

@@ -13,7 +13,7 @@ use xnet_common::{
     wire::{ETH_LEN, GRE_ENCAP_LEN, GRE_KEYED_ENCAP_LEN},
 };
 
-use super::{FIXED_GSO, check_fits, room_failed, write_outer};
+use super::{FIXED_GSO, room_failed, write_outer};
 
 #[inline(always)]
 pub fn encapsulate(
@@ -27,11 +27,9 @@ pub fn encapsulate(
     // Two arms with constant lengths, so every write is of a fixed size. The template's length
     // says whether it carries the key.
     if cfg.outer().gre.len as usize == GRE_KEYED_ENCAP_LEN {
-        check_fits(ctx, cfg, GRE_KEYED_ENCAP_LEN)?;
         ctx.adjust_room(GRE_KEYED_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(room_failed)?;
         write_outer::<GRE_KEYED_ENCAP_LEN>(ctx, &cfg.outer().gre.gre(&fill))
     } else {
-        check_fits(ctx, cfg, GRE_ENCAP_LEN)?;
         ctx.adjust_room(GRE_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(room_failed)?;
         write_outer::<GRE_ENCAP_LEN>(ctx, &cfg.outer().gre.gre(&fill))
     }

@@ -12,10 +12,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xnet_common::{
-    maps::DatapathConfig,
+    maps::{Backend, DatapathConfig},
     outer::TEMPLATE_WORDS,
     stats::Outcome,
-    wire::{self, ETH_LEN, IPPROTO_UDP, IPV4_FRAG_MF_LE, IPV4_FRAG_OFFSET_LE},
+    wire::{
+        self, ETH_LEN, GRE_ENCAP_LEN, GRE_KEYED_ENCAP_LEN, IPPROTO_UDP, IPV4_FRAG_MF_LE, IPV4_FRAG_OFFSET_LE,
+        UDP_ENCAP_LEN, VXLAN_ENCAP_LEN,
+    },
 };
 
 use crate::ptr;
@@ -40,17 +43,16 @@ pub fn room_failed<E>(_: E) -> Outcome {
     Outcome::DropEncapFailed
 }
 
-/// Refuses a packet that would not fit the underlay MTU with `overhead` more bytes, unless it is a
-/// GSO packet (segmented to fit later).
+/// The bytes of outer headers `backend` adds (the keyed GRE header when CONFIG says GRE is keyed).
 #[inline(always)]
-pub fn check_fits(ctx: &TcContext, cfg: &DatapathConfig, overhead: usize) -> Result<(), Outcome> {
-    let ip_len = ctx.len() as usize - ETH_LEN;
-    // The length first: gso_segs is a few dependent loads away (in the skb's shared info).
-    if (ip_len + overhead) as u32 > cfg.underlay_mtu() && ptr::gso_segs(ctx) <= 1 {
-        cold_path();
-        return Err(Outcome::DropTooBig);
+pub fn overhead(backend: Backend, cfg: &DatapathConfig) -> usize {
+    match backend {
+        Backend::Vxlan => VXLAN_ENCAP_LEN,
+        Backend::Udp => UDP_ENCAP_LEN,
+        Backend::Gre if cfg.outer().gre.len as usize == GRE_KEYED_ENCAP_LEN => GRE_KEYED_ENCAP_LEN,
+        Backend::Gre => GRE_ENCAP_LEN,
+        Backend::Direct => 0,
     }
-    Ok(())
 }
 
 /// The flow hash, for UDP source ports: the one the kernel already has (a TCP socket's), or one of

@@ -16,7 +16,7 @@ use xnet_common::{
     wire::{ETH_LEN, UDP_ENCAP_LEN},
 };
 
-use super::{FIXED_GSO, check_fits, room_failed, write_outer};
+use super::{FIXED_GSO, room_failed, write_outer};
 use crate::ptr;
 
 /// Where the inner TTL, protocol and header checksum sit: one word.
@@ -29,7 +29,6 @@ pub fn encapsulate(
     route: &RemoteSubnet,
     tos: u8,
 ) -> Result<(), Outcome> {
-    check_fits(ctx, cfg, UDP_ENCAP_LEN)?;
     let ttl_word = ptr::tc_read_u32(ctx, TTL_WORD).ok_or(Outcome::DropEncapFailed)?;
     if ttl_word & 0xff <= 1 {
         return Err(Outcome::DropTtlExceeded);

@@ -14,7 +14,7 @@ use xnet_common::{
     wire::{ETH_LEN, VXLAN_ENCAP_LEN},
 };
 
-use super::{FIXED_GSO, check_fits, encap_l2, flow_hash, room_failed, write_outer};
+use super::{FIXED_GSO, encap_l2, flow_hash, room_failed, write_outer};
 
 /// Inserts outer IPv4/UDP/VXLAN and the inner Ethernet header after the frame's Ethernet header.
 /// The kernel is told the layout, so a GSO packet stays whole and is segmented as a UDP tunnel
@@ -26,7 +26,6 @@ pub fn encapsulate(
     route: &RemoteSubnet,
     tos: u8,
 ) -> Result<(), Outcome> {
-    check_fits(ctx, cfg, VXLAN_ENCAP_LEN)?;
     let fill = Fill { peer_ip: route.peer_ip(), ip_len: ctx.len() as usize - ETH_LEN, tos };
     let flags = FIXED_GSO
         | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64

@@ -14,11 +14,12 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
+use xnet_common::icmp::TokenBucket;
 use xnet_common::maps::{
     AGENT, AgentState, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
-    DatapathConfig, ENDPOINTS, Endpoint, LOCAL_PORTS, LocalPort, LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN,
-    PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo,
-    STATS, UNTUNNELLED_FROM,
+    DatapathConfig, ENDPOINTS, Endpoint, ICMP_LIMIT, LOCAL_PORTS, LocalPort, LpmKeyIpv4, PEER_SLOTS,
+    PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO,
+    RemoteSubnet, RouteInfo, STATS, UNTUNNELLED_FROM,
 };
 
 use super::{
@@ -85,7 +86,10 @@ pub struct Maps {
     peer_slots: Array<MapData, PeerSlot>,
     route_index: Array<MapData, RemoteSubnet>,
     container_ifaces: Array<MapData, ContainerIface>,
-    untunnelled_from: LpmTrie<MapData, [u8; 4], u8>,
+    /// `None` when opened from the pins of an xnet that had no such map.
+    untunnelled_from: Option<LpmTrie<MapData, [u8; 4], u8>>,
+    /// `None` when opened from the pins of an xnet that had no such map.
+    icmp_limit: Option<PerCpuArray<MapData, TokenBucket>>,
 }
 
 fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -140,27 +144,30 @@ impl Maps {
             peer_slots: typed(&mut source, PEER_SLOTS)?,
             route_index: typed(&mut source, ROUTE_INDEX)?,
             container_ifaces: typed(&mut source, CONTAINER_IFACES)?,
-            untunnelled_from: typed(&mut source, UNTUNNELLED_FROM)?,
+            untunnelled_from: typed(&mut source, UNTUNNELLED_FROM).ok(),
+            icmp_limit: typed(&mut source, ICMP_LIMIT).ok(),
         })
     }
 
     /// Every map's capacity and kernel memory, sorted by name.
     pub fn memory(&self) -> Result<Vec<MapMemory>, DatapathError> {
-        let all: [(&'static str, &MapData); 12] = [
-            (AGENT, self.agent.map()),
-            (CONFIG, self.config.map()),
-            (CONTAINER_IFACES, self.container_ifaces.map()),
-            (ENDPOINTS, self.endpoints.map()),
-            (LOCAL_PORTS, self.local_ports.map()),
-            (PEER_SLOTS, self.peer_slots.map()),
-            (PEERS, self.peers.map()),
-            (REMOTE_SUBNETS, self.remote_subnets.map()),
-            (ROUTE_INDEX, self.route_index.map()),
-            (ROUTE_INFO, self.route_info.map()),
-            (STATS, self.stats.map()),
-            (UNTUNNELLED_FROM, self.untunnelled_from.map()),
+        let all: Vec<(&'static str, Option<&MapData>)> = vec![
+            (AGENT, Some(self.agent.map())),
+            (CONFIG, Some(self.config.map())),
+            (CONTAINER_IFACES, Some(self.container_ifaces.map())),
+            (ENDPOINTS, Some(self.endpoints.map())),
+            (ICMP_LIMIT, self.icmp_limit.as_ref().map(IterableMap::map)),
+            (LOCAL_PORTS, Some(self.local_ports.map())),
+            (PEER_SLOTS, Some(self.peer_slots.map())),
+            (PEERS, Some(self.peers.map())),
+            (REMOTE_SUBNETS, Some(self.remote_subnets.map())),
+            (ROUTE_INDEX, Some(self.route_index.map())),
+            (ROUTE_INFO, Some(self.route_info.map())),
+            (STATS, Some(self.stats.map())),
+            (UNTUNNELLED_FROM, self.untunnelled_from.as_ref().map(IterableMap::map)),
         ];
         all.into_iter()
+            .filter_map(|(name, data)| Some((name, data?)))
             .map(|(name, data)| {
                 let info = data.info().map_err(failed(name))?;
                 let memlock = memlock(data).ok_or(DatapathError::Map {
@@ -195,6 +202,21 @@ impl Maps {
     pub fn counter(&self, index: u32) -> Result<Counter, DatapathError> {
         let per_cpu = self.stats.get(&index, 0).map_err(failed(STATS))?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
+    }
+
+    /// Sets the ICMP rate limit's bucket of every CPU to `bucket` (ICMP_LIMIT).
+    pub fn set_icmp_limit(&mut self, bucket: TokenBucket) -> Result<(), DatapathError> {
+        let map = self.icmp_limit.as_mut().ok_or(DatapathError::Map {
+            map: ICMP_LIMIT,
+            detail: "not pinned by the xnet that set this datapath up".into(),
+        })?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            map: ICMP_LIMIT,
+            detail: format!("cannot count the CPUs: {e}"),
+        })?;
+        let values = aya::maps::PerCpuValues::try_from(vec![bucket; cpus])
+            .map_err(|e| DatapathError::Map { map: ICMP_LIMIT, detail: e.to_string() })?;
+        map.set(0, values, 0).map_err(failed(ICMP_LIMIT))
     }
 
     /// REMOTE_SUBNETS, every route.
@@ -235,7 +257,8 @@ impl Maps {
     /// UNTUNNELLED_FROM: the networks whose untunnelled traffic may reach containers.
     pub fn untunnelled_from(&self) -> Result<BTreeSet<Ipv4Network>, DatapathError> {
         let mut out = BTreeSet::new();
-        for key in self.untunnelled_from.keys() {
+        let Some(map) = &self.untunnelled_from else { return Ok(out) };
+        for key in map.keys() {
             let key = key.map_err(failed(UNTUNNELLED_FROM))?;
             if let Some(net) = cidr::network(Ipv4Addr::from(key.data()), key.prefix_len() as u8) {
                 out.insert(net);
@@ -244,12 +267,19 @@ impl Maps {
         Ok(out)
     }
 
+    fn untunnelled_from_mut(&mut self) -> Result<&mut LpmTrie<MapData, [u8; 4], u8>, DatapathError> {
+        self.untunnelled_from.as_mut().ok_or(DatapathError::Map {
+            map: UNTUNNELLED_FROM,
+            detail: "not pinned by the xnet that set this datapath up".into(),
+        })
+    }
+
     pub fn put_untunnelled_from(&mut self, net: &Ipv4Network) -> Result<(), DatapathError> {
-        self.untunnelled_from.insert(&lpm_key(net), 1, 0).map_err(failed(UNTUNNELLED_FROM))
+        self.untunnelled_from_mut()?.insert(&lpm_key(net), 1, 0).map_err(failed(UNTUNNELLED_FROM))
     }
 
     pub fn del_untunnelled_from(&mut self, net: &Ipv4Network) -> Result<(), DatapathError> {
-        self.untunnelled_from.remove(&lpm_key(net)).map_err(failed(UNTUNNELLED_FROM))
+        self.untunnelled_from_mut()?.remove(&lpm_key(net)).map_err(failed(UNTUNNELLED_FROM))
     }
 
     /// PEERS, every peer.
