@@ -494,3 +494,44 @@ fn delivery_shortcuts_of_a_removed_container_are_forgotten() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Runs `ping -c 1 -M do -s <size>` (DF set, no fragmenting) from container `from` to `to`;
+/// returns whether it was answered, and what ping printed.
+fn ping_df(lab: &Lab, from: (usize, usize), to: Ipv4Addr, size: usize) -> (bool, String) {
+    let out = lab
+        .container(from)
+        .ns
+        .command("ping")
+        .args(["-c", "1", "-W", "2", "-M", "do", "-s", &size.to_string(), &to.to_string()])
+        .output()
+        .expect("run ping");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_container_with_too_big_an_mtu_learns_the_overlay_mtu_from_icmp() {
+    let lab = Lab::start(LabSpec { hosts: 2, ..LabSpec::default() });
+    // Host 1's containers at the underlay's MTU, as if nobody gave them XNET_MTU: a 1500-byte
+    // packet leaves the container whole and meets the egress program.
+    lab.set_container_mtu(1, 1500);
+    let (from, to) = ((1, 1), (2, 1));
+    let dst = lab.container(to).ip;
+    let (answered, text) = ping_df(&lab, from, dst, 1472);
+    assert!(!answered, "a 1500-byte DF packet cannot cross a 1450 overlay:\n{text}");
+    let gateway = lab.host(1).bridge_ip;
+    assert!(
+        text.contains(&format!("From {gateway}")) && text.contains("Frag needed and DF set (mtu = 1450)"),
+        "the sender is told the overlay MTU by the gateway:\n{text}"
+    );
+    let (answers, _) = lab.counter(1, "egress", "too_big_answered");
+    assert_eq!(answers, 1, "one answer counted");
+    // The sender's kernel remembers it for that destination: the next one is refused locally.
+    let (answered, text) = ping_df(&lab, from, dst, 1472);
+    assert!(!answered && text.contains("mtu=1450"), "the path MTU is learned:\n{text}");
+    assert_eq!(lab.counter(1, "egress", "too_big_answered").0, 1, "refused before leaving the container");
+    // What fits the overlay crosses it.
+    let (answered, text) = ping_df(&lab, from, dst, 1422);
+    assert!(answered, "a 1450-byte DF ping crosses the overlay:\n{text}");
+    assert_eq!(lab.counter(1, "egress", "too_big_rate_limited").0, 0);
+}
