@@ -1062,21 +1062,70 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
         let ns_ip = |args: &[&str]| xnet_lab::netns::run_ok(std::process::Command::new("ip").args(args));
         ns_ip(&["neigh", "del", "10.244.1.5", "dev", "xb0"]);
         assert_eq!(bench.run(Program::TcIngress, &input).0, TC_ACT_REDIRECT, "from ENDPOINTS");
-        // The program never checks an entry's age; the agent's tick keeps a young one whose
-        // container is still behind its port...
+        // The agent's tick keeps a young one whose container is still behind its port.
         let ports = BTreeMap::from([(CMAC, port)]);
         bench.expire_endpoints(&ports);
         assert_eq!(bench.endpoints().len(), 1, "young and in place: kept");
+        // An entry older than its lifetime is not used, agent or no agent: the program asks the
+        // kernel again. No neighbour now (the container is gone), so the stack gets the packet,
+        // and the program removes the dead entry.
         bench.age_endpoints();
-        assert_eq!(bench.run(Program::TcIngress, &input).0, TC_ACT_REDIRECT, "old, still used");
-        // ... and removes an old one; the next packet resolves again: no neighbour now, so the
-        // stack gets the packet.
-        bench.expire_endpoints(&ports);
-        assert!(bench.endpoints().is_empty(), "old: removed");
         let (verdict, out) = bench.run(Program::TcIngress, &input);
-        assert_eq!(verdict, TC_ACT_OK, "resolved again, and the kernel no longer knows the container");
+        assert_eq!(verdict, TC_ACT_OK, "an aged entry is not used; the kernel no longer knows the container");
         assert_eq!(&out[14..], inner, "handed to the stack decapsulated and otherwise untouched");
+        assert!(bench.endpoints().is_empty(), "the aged entry of a container that is gone: removed");
+        // The container back: resolved and remembered afresh.
+        let cmac = CMAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        ns_ip(&["neigh", "replace", "10.244.1.5", "lladdr", &cmac, "dev", "xb0", "nud", "permanent"]);
+        assert_eq!(bench.run(Program::TcIngress, &input).0, TC_ACT_REDIRECT, "resolved again");
+        let fresh = bench.endpoints();
+        assert_eq!(fresh.len(), 1, "{fresh:?}");
+        assert!(!fresh[0].1.is_stale(xnet::clock::monotonic_coarse_ns()), "a fresh timestamp");
+        // The agent's tick removes an old entry too.
+        bench.age_endpoints();
+        bench.expire_endpoints(&ports);
+        assert!(bench.endpoints().is_empty(), "old: removed by the agent");
     });
+}
+
+#[test]
+fn a_route_withdrawn_mid_flight_never_sends_to_0_0_0_0() {
+    let mut dp = Datapath::new(true);
+    let input = container_ping([10, 244, 2, 7], 0, 8);
+    // A ROUTE_INDEX entry as a packet may see it while the agent zeroes it: the backend still
+    // there, the peer address already 0.0.0.0. Dropped, never encapsulated to 0.0.0.0.
+    let torn = RemoteSubnet::new([0; 4], PEER_VTEP, Backend::Vxlan);
+    dp.write(Op::PutIndex(2, torn));
+    dp.check(
+        "torn index entry",
+        Program::TcEgress,
+        &input,
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropRouteWithdrawn),
+    );
+    // The direct backend too (it would ask the kernel for the neighbour 0.0.0.0).
+    dp.write(Op::PutIndex(5, RemoteSubnet::new([0; 4], PEER_VTEP, Backend::Direct)));
+    dp.check(
+        "torn direct entry",
+        Program::TcEgress,
+        &container_ping([10, 244, 5, 7], 0, 8),
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropRouteWithdrawn),
+    );
+    // The entry all zero, as the agent leaves it: no route, the packet is not overlay traffic.
+    dp.write(Op::PutIndex(2, RemoteSubnet::default()));
+    let out = dp.check("removed", Program::TcEgress, &input, TC_ACT_OK, (Direction::Egress, Outcome::Passed));
+    assert_eq!(out, input, "untouched");
+    // The same in the LPM trie (the index switched off).
+    let mut dp = Datapath::with_lookup(true, None, Lookup::Trie);
+    dp.write(Op::PutRoute(net("10.244.2.0/24"), torn));
+    dp.check(
+        "torn trie entry",
+        Program::TcEgress,
+        &input,
+        TC_ACT_SHOT,
+        (Direction::Egress, Outcome::DropRouteWithdrawn),
+    );
 }
 
 #[test]

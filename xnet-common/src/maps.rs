@@ -31,9 +31,11 @@ pub const ROUTE_INFO: &str = "ROUTE_INFO";
 
 /// LRU hash: a local container's IPv4 address -> [`Endpoint`], where decapsulated packets for it
 /// were last delivered. Filled by the ingress program from `bpf_fib_lookup` and LOCAL_PORTS, so
-/// most packets skip both (and read no clock). The agent removes, every second, the entries
-/// resolved more than [`ENDPOINT_MAX_AGE_NS`] ago and those whose container left its bridge port;
-/// the next packet resolves them again.
+/// most packets skip both (and read only the coarse clock). The program does not use an entry
+/// resolved [`ENDPOINT_MAX_AGE_NS`] ago or more: it resolves again, and removes the entry when the
+/// container is gone, so a deleted container's entry dies with its age even while no agent runs.
+/// The agent also removes, every second, the old entries and those whose container left its bridge
+/// port.
 pub const ENDPOINTS: &str = "ENDPOINTS";
 
 /// Array of [`PeerSlot`], indexed by [`peer_slot`] of a peer's public IPv4: the peer check on every
@@ -836,8 +838,9 @@ impl Endpoint {
         self.resolved_at
     }
 
-    /// Whether the agent should remove this entry at `now` (CLOCK_MONOTONIC_COARSE, ns): resolved
-    /// [`ENDPOINT_MAX_AGE_NS`] ago or more.
+    /// Whether this entry is too old to use at `now` (CLOCK_MONOTONIC_COARSE, ns): resolved
+    /// [`ENDPOINT_MAX_AGE_NS`] ago or more. The program then resolves again; the agent removes it.
+    #[inline(always)]
     pub fn is_stale(&self, now: u64) -> bool {
         now.saturating_sub(self.resolved_at) >= ENDPOINT_MAX_AGE_NS
     }

@@ -35,8 +35,9 @@ pub enum Delivery {
 type Ipv4Words = [u32; 5];
 
 /// Redirects the (already decapsulated) packet into its container when the kernel can tell where
-/// that is: from ENDPOINTS (the agent expires its entries), else from the kernel's tables (and the
-/// answer is remembered).
+/// that is: from ENDPOINTS while the entry is younger than `ENDPOINT_MAX_AGE_NS` (the programs
+/// age the entries themselves, so an entry outlives neither its container nor a stopped agent by
+/// more than that), else from the kernel's tables (and the answer is remembered).
 #[inline(always)]
 pub fn to_container(ctx: &TcContext) -> Delivery {
     let Some(ip) = ptr::tc_read_words::<5>(ctx, ETH_LEN) else {
@@ -46,17 +47,27 @@ pub fn to_container(ctx: &TcContext) -> Delivery {
         return Delivery::ToStack;
     }
     let dst = ip[4].to_le_bytes();
+    // SAFETY: plain helper call without arguments (the coarse clock: a few ns).
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
-    let endpoint = match unsafe { ENDPOINTS.get(dst) }.copied() {
-        Some(e) => e,
-        None => match resolve(ctx, &ip) {
+    let cached = unsafe { ENDPOINTS.get(dst) }.copied();
+    let endpoint = match cached {
+        Some(e) if !e.is_stale(now) => e,
+        // Unknown, or resolved too long ago: ask the kernel again (and overwrite the entry).
+        _ => match resolve(ctx, &ip, now) {
             Some(e) => {
                 // A full map evicts its least recently used entry; a failed insert only costs the
                 // next packet another lookup.
                 let _ = ENDPOINTS.insert(dst, e, 0);
                 e
             }
-            None => return Delivery::ToStack,
+            None => {
+                // The container is gone (or not resolvable now): its old entry goes too.
+                if cached.is_some() {
+                    let _ = ENDPOINTS.remove(dst);
+                }
+                return Delivery::ToStack;
+            }
         },
     };
     rewrite_and_redirect(ctx, &endpoint, ip[2])
@@ -65,7 +76,7 @@ pub fn to_container(ctx: &TcContext) -> Delivery {
 /// Asks the kernel where the inner destination is: the bridge port behind which it sits and the
 /// MACs to use; `None` when the stack should handle the packet. Reads only.
 #[inline(always)]
-fn resolve(ctx: &TcContext, ip: &Ipv4Words) -> Option<Endpoint> {
+fn resolve(ctx: &TcContext, ip: &Ipv4Words, now: u64) -> Option<Endpoint> {
     // SAFETY: bpf_fib_lookup is plain data (integers and unions of integers); zero is valid.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -83,8 +94,6 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Words) -> Option<Endpoint> {
     }
     // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
     let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
-    // SAFETY: plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     Some(Endpoint::new(port.ifindex(), fib.dmac, fib.smac, now))
 }
 

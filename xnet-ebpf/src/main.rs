@@ -129,13 +129,17 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
         let _ = ctx.pull_data(n as u32);
     }
     let pkt = ptr::TcPacket(ctx);
-    // A reference into the array map: the agent writes CONFIG as a whole value, and a packet that
-    // races it sees the old or the new one.
-    let cfg = CONFIG.get(0);
+    // A copy, not a reference into the array map: the agent's write is copied in place while
+    // programs run, so a reference could show a field of the new CONFIG and the next of the old,
+    // or change across the helper calls below. The packet works from one snapshot.
+    let snapshot = CONFIG.get(0).copied();
+    let cfg = snapshot.as_ref();
     let gateway = cfg.map(DatapathConfig::gateway_mac_word).unwrap_or_default();
     let decision = egress::classify(
         &pkt,
-        |dst| route_of(cfg, dst),
+        // The route copied too (its peer address is read before bpf_skb_adjust_room, its VTEP MAC
+        // after).
+        |dst| route_of(cfg, dst).copied(),
         |mac| {
             // SAFETY: only whether an entry exists is read; no reference into the map is kept.
             mac != gateway && unsafe { LOCAL_PORTS.get(mac_bytes(mac)) }.is_some()
@@ -144,6 +148,11 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
         |src| cfg.is_none_or(|c| c.is_local(src)),
     );
     let (route, tos) = match decision {
+        // An address the agent never writes: the route was being removed (zeroed) as this packet
+        // read it. Never sent to 0.0.0.0.
+        EgressDecision::Encapsulate { route, .. } if route.peer_ip() == [0; 4] => {
+            return Err(Outcome::DropRouteWithdrawn);
+        }
         EgressDecision::Encapsulate { route, tos } => (route, tos),
         EgressDecision::Pass => return Ok((Outcome::Passed, TC_ACT_OK)),
         EgressDecision::Drop(reason) => return Err(reason),
@@ -160,15 +169,15 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
     }
     let sent = match backend {
         Backend::Vxlan => {
-            encap::vxlan::encapsulate(ctx, cfg, route, tos)?;
+            encap::vxlan::encapsulate(ctx, cfg, &route, tos)?;
             Outcome::EncapVxlan
         }
         Backend::Udp => {
-            encap::udp::encapsulate(ctx, cfg, route, tos)?;
+            encap::udp::encapsulate(ctx, cfg, &route, tos)?;
             Outcome::EncapUdp
         }
         Backend::Gre => {
-            encap::gre::encapsulate(ctx, cfg, route, tos)?;
+            encap::gre::encapsulate(ctx, cfg, &route, tos)?;
             Outcome::EncapGre
         }
         Backend::Direct => {

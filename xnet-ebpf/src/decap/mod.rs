@@ -95,9 +95,11 @@ fn untunnelled_allowed<C: IngressContext>(ctx: &C) -> bool {
 /// Decapsulates `ctx` if it is tunnelled traffic for us; returns what happened.
 #[inline(always)]
 pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
-    let Some(cfg) = CONFIG.get(0) else {
+    // A copy: one snapshot of CONFIG for the whole packet (see `egress_packet`).
+    let Some(cfg) = CONFIG.get(0).copied() else {
         return Outcome::Passed;
     };
+    let cfg = &cfg;
     ctx.pull_headers();
     // The routes egress takes: the owner of an inner source, or of an untunnelled packet's source.
     let route = |addr: &[u8; 4]| crate::route_of(Some(cfg), addr);
@@ -121,9 +123,10 @@ pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
 /// headers cannot be stripped across buffers.
 #[inline(never)]
 pub fn judge_split(ctx: &XdpContext, len: usize) -> Outcome {
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = CONFIG.get(0).copied() else {
         return Outcome::Passed;
     };
+    let cfg = &cfg;
     let n = if len < HEADERS_LEN { len } else { HEADERS_LEN };
     let mut copy = [0u8; HEADERS_LEN];
     // SAFETY: ctx.ctx is this program's xdp_md; `copy` is writable for HEADERS_LEN >= n bytes.
