@@ -18,6 +18,11 @@ pub const STATS: &str = "STATS";
 /// behind. Lets decapsulated packets go straight to the container instead of through the bridge.
 pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
 
+/// Array of one [`LocalPortsLimit`]: the bridge ports whose container MACs the agent left out of
+/// LOCAL_PORTS at its last sync, for being over the cap. Read by `xnet status` and the metrics;
+/// the programs do not use it.
+pub const LOCAL_PORTS_LIMIT: &str = "LOCAL_PORTS_LIMIT";
+
 /// Per-CPU array of one [`crate::icmp::TokenBucket`]: the rate limit of the ICMP "fragmentation
 /// needed" answers egress sends (see [`crate::icmp`]).
 pub const ICMP_LIMIT: &str = "ICMP_LIMIT";
@@ -793,6 +798,34 @@ impl LocalPort {
     }
 }
 
+/// Value of [`LOCAL_PORTS_LIMIT`]. All zero: nothing left out (or no agent recorded it yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LocalPortsLimit {
+    /// The most container MACs one bridge port may have in LOCAL_PORTS.
+    per_port: u32,
+    /// Bridge ports that claim more.
+    ports_over: u32,
+    /// Their container MACs left out of LOCAL_PORTS.
+    refused_macs: u64,
+}
+
+impl LocalPortsLimit {
+    /// `ports_over` ports over the cap of `per_port` MACs, `refused_macs` MACs left out.
+    pub const fn new(per_port: u32, ports_over: u32, refused_macs: u64) -> Self {
+        Self { per_port, ports_over, refused_macs }
+    }
+    pub fn per_port(&self) -> u32 {
+        self.per_port
+    }
+    pub fn ports_over(&self) -> u32 {
+        self.ports_over
+    }
+    pub fn refused_macs(&self) -> u64 {
+        self.refused_macs
+    }
+}
+
 /// Value of [`ENDPOINTS`]: how to hand a packet to a local container.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1084,6 +1117,7 @@ const _: () = {
     assert!(size_of::<RouteInfo>() == 16);
     assert!(size_of::<Endpoint>() == 24);
     assert!(size_of::<PeerSlot>() == 8);
+    assert!(size_of::<LocalPortsLimit>() == 16);
     // Read as words by the accessors above.
     assert!(core::mem::offset_of!(RemoteSubnet, vtep_mac) == 4);
     assert!(core::mem::offset_of!(DatapathConfig, gateway_mac) == 40);
@@ -1111,6 +1145,8 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     // SAFETY: #[repr(C)] one u32.
     unsafe impl aya::Pod for LocalPort {}
+    // SAFETY: #[repr(C)] two u32 and a u64: 16 bytes, no padding (asserted).
+    unsafe impl aya::Pod for LocalPortsLimit {}
     // SAFETY: #[repr(C)] integers in an order that leaves no gap (size asserted).
     unsafe impl aya::Pod for AgentState {}
     // SAFETY: #[repr(C)] a byte, [u8; 7] and a u64: 16 bytes, no gap (asserted).

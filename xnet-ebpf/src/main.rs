@@ -24,8 +24,8 @@ use xnet_common::{
     icmp::{QUOTED_LEN, TokenBucket},
     maps::{
         AgentState, Backend, CONTAINER_IFACES_LEN, ContainerIface, Counter, DatapathConfig, ENDPOINTS_MAX,
-        Endpoint, LOCAL_PORTS_MAX, LocalPort, LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot,
-        REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, UNTUNNELLED_FROM_MAX,
+        Endpoint, LOCAL_PORTS_MAX, LocalPort, LocalPortsLimit, LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer,
+        PeerSlot, REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, UNTUNNELLED_FROM_MAX,
     },
     packet::headers_to_pull,
     stats::{Direction, Outcome, STATS_ENTRIES},
@@ -91,6 +91,10 @@ static AGENT: Array<AgentState, 1> = Array::new();
 /// the programs.
 #[btf_map]
 static CONTAINER_IFACES: Array<ContainerIface, { CONTAINER_IFACES_LEN as usize }> = Array::new();
+
+/// Bridge ports over the agent's cap of container MACs (`xnet status`); not read by the programs.
+#[btf_map]
+static LOCAL_PORTS_LIMIT: Array<LocalPortsLimit, 1> = Array::new();
 
 /// Where each remote subnet came from and since when (`xnet routes`); not read by the programs.
 #[btf_map]

@@ -154,6 +154,11 @@ pub struct Status {
     pub untunnelled: String,
     pub attachments: Vec<AttachmentRow>,
     pub container_ifaces: Vec<ContainerIfaceRow>,
+    /// The most container MACs one bridge port may have in LOCAL_PORTS, the ports that claim more
+    /// and their MACs left out, at the agent's last sync.
+    pub local_ports_cap: u32,
+    pub ports_over_cap: u32,
+    pub refused_macs: u64,
     /// Every map's capacity and kernel memory.
     pub maps: Vec<MapRow>,
 }
@@ -178,7 +183,11 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
     let config = maps.config()?;
     let peers = maps.peers()?.len();
     let routes = maps.routes()?.len();
+    let limit = maps.local_ports_limit()?;
     Ok(Status {
+        local_ports_cap: limit.per_port(),
+        ports_over_cap: limit.ports_over(),
+        refused_macs: limit.refused_macs(),
         pin_dir: pin_dir.into(),
         agent_pid: agent.pid(),
         agent_running: agent.pid() != 0 && Path::new("/proc").join(agent.pid().to_string()).exists(),

@@ -195,6 +195,12 @@ impl Collector for Snapshot {
         )?;
         gauge(
             &mut encoder,
+            "xnet_local_ports_refused_macs",
+            "Container MACs left out of LOCAL_PORTS at the last sync: their bridge port claims more than the cap.",
+            s.refused_macs,
+        )?;
+        gauge(
+            &mut encoder,
             "xnet_last_reconcile_timestamp_seconds",
             "When the datapath maps were last made to match the store (Unix time).",
             s.last_reconcile,
@@ -418,6 +424,9 @@ mod tests {
             untunnelled: "direct peers' subnets".into(),
             attachments: Vec::new(),
             container_ifaces: Vec::new(),
+            local_ports_cap: 256,
+            ports_over_cap: 1,
+            refused_macs: 69_745,
             maps: vec![
                 MapRow { name: "PEERS", max_entries: 65_536, memlock: 1_052_032 },
                 MapRow { name: "REMOTE_SUBNETS", max_entries: 65_536, memlock: 4_096 },
@@ -462,6 +471,9 @@ mod tests {
              # HELP xnet_store_invalid_entries Store entries (leases) skipped as malformed at the last reconcile.\n\
              # TYPE xnet_store_invalid_entries gauge\n\
              xnet_store_invalid_entries 3\n\
+             # HELP xnet_local_ports_refused_macs Container MACs left out of LOCAL_PORTS at the last sync: their bridge port claims more than the cap.\n\
+             # TYPE xnet_local_ports_refused_macs gauge\n\
+             xnet_local_ports_refused_macs 69745\n\
              # HELP xnet_last_reconcile_timestamp_seconds When the datapath maps were last made to match the store (Unix time).\n\
              # TYPE xnet_last_reconcile_timestamp_seconds gauge\n\
              xnet_last_reconcile_timestamp_seconds 1700000100\n\

@@ -93,6 +93,13 @@ pub fn status(s: &Status, now: u64) -> String {
         let _ =
             writeln!(out, "skipped      {} malformed store entries (see the agent log)", s.invalid_entries);
     }
+    if s.refused_macs > 0 {
+        let _ = writeln!(
+            out,
+            "local ports  {} container MACs left out: {} bridge port(s) claim more than {} each (see the agent log)",
+            s.refused_macs, s.ports_over_cap, s.local_ports_cap
+        );
+    }
     let _ = writeln!(out, "lease        {lease}");
     let key = s.gre_key.map_or("none".to_string(), |k| k.to_string());
     let _ = writeln!(

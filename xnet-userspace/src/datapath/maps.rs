@@ -17,9 +17,9 @@ use aya::{
 use xnet_common::icmp::TokenBucket;
 use xnet_common::maps::{
     AGENT, AgentState, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
-    DatapathConfig, ENDPOINTS, Endpoint, ICMP_LIMIT, LOCAL_PORTS, LocalPort, LpmKeyIpv4, PEER_SLOTS,
-    PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO,
-    RemoteSubnet, RouteInfo, STATS, UNTUNNELLED_FROM,
+    DatapathConfig, ENDPOINTS, Endpoint, ICMP_LIMIT, LOCAL_PORTS, LOCAL_PORTS_LIMIT, LocalPort,
+    LocalPortsLimit, LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS,
+    ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo, STATS, UNTUNNELLED_FROM,
 };
 
 use super::{
@@ -90,6 +90,8 @@ pub struct Maps {
     untunnelled_from: Option<LpmTrie<MapData, [u8; 4], u8>>,
     /// `None` when opened from the pins of an xnet that had no such map.
     icmp_limit: Option<PerCpuArray<MapData, TokenBucket>>,
+    /// `None` likewise.
+    local_ports_limit: Option<Array<MapData, LocalPortsLimit>>,
 }
 
 fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -146,6 +148,7 @@ impl Maps {
             container_ifaces: typed(&mut source, CONTAINER_IFACES)?,
             untunnelled_from: typed(&mut source, UNTUNNELLED_FROM).ok(),
             icmp_limit: typed(&mut source, ICMP_LIMIT).ok(),
+            local_ports_limit: typed(&mut source, LOCAL_PORTS_LIMIT).ok(),
         })
     }
 
@@ -158,6 +161,7 @@ impl Maps {
             (ENDPOINTS, Some(self.endpoints.map())),
             (ICMP_LIMIT, self.icmp_limit.as_ref().map(IterableMap::map)),
             (LOCAL_PORTS, Some(self.local_ports.map())),
+            (LOCAL_PORTS_LIMIT, self.local_ports_limit.as_ref().map(IterableMap::map)),
             (PEER_SLOTS, Some(self.peer_slots.map())),
             (PEERS, Some(self.peers.map())),
             (REMOTE_SUBNETS, Some(self.remote_subnets.map())),
@@ -202,6 +206,23 @@ impl Maps {
     pub fn counter(&self, index: u32) -> Result<Counter, DatapathError> {
         let per_cpu = self.stats.get(&index, 0).map_err(failed(STATS))?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
+    }
+
+    /// LOCAL_PORTS_LIMIT: the bridge ports over the cap of container MACs at the agent's last sync
+    /// (all zero from an xnet that did not record it).
+    pub fn local_ports_limit(&self) -> Result<LocalPortsLimit, DatapathError> {
+        match &self.local_ports_limit {
+            Some(map) => map.get(&0, 0).map_err(failed(LOCAL_PORTS_LIMIT)),
+            None => Ok(LocalPortsLimit::default()),
+        }
+    }
+
+    pub fn set_local_ports_limit(&mut self, limit: &LocalPortsLimit) -> Result<(), DatapathError> {
+        let map = self.local_ports_limit.as_mut().ok_or(DatapathError::Map {
+            map: LOCAL_PORTS_LIMIT,
+            detail: "not pinned by the xnet that set this datapath up".into(),
+        })?;
+        map.set(0, limit, 0).map_err(failed(LOCAL_PORTS_LIMIT))
     }
 
     /// Sets the ICMP rate limit's bucket of every CPU to `bucket` (ICMP_LIMIT).

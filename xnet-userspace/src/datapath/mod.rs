@@ -10,6 +10,7 @@
 //! While those pins exist the datapath keeps forwarding, with or without an agent.
 
 pub mod links;
+pub mod local_ports;
 pub mod maps;
 pub mod sync;
 
@@ -23,7 +24,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
 };
-use xnet_common::maps::{DatapathConfig, Endpoint, IngressHook};
+use xnet_common::maps::{DatapathConfig, Endpoint, IngressHook, LocalPortsLimit};
 
 use self::{
     maps::Maps,
@@ -185,6 +186,10 @@ pub struct Datapath {
     capacity: Capacity,
     /// Bridge ports the egress program is attached to, name -> ifindex at the time.
     ports: BTreeMap<String, u32>,
+    /// Bridge ports over [`local_ports::PER_PORT_MAX`], already logged.
+    ports_over_cap: BTreeSet<u32>,
+    /// LOCAL_PORTS_LIMIT as last written by this run.
+    local_ports_limit: Option<LocalPortsLimit>,
 }
 
 impl Datapath {
@@ -217,6 +222,8 @@ impl Datapath {
             attached: BTreeSet::new(),
             ports: BTreeMap::new(),
             capacity,
+            ports_over_cap: BTreeSet::new(),
+            local_ports_limit: None,
         })
     }
 
@@ -338,11 +345,14 @@ impl Datapath {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Makes LOCAL_PORTS hold exactly `ports` (container MAC -> bridge port ifindex), and removes
-    /// the ENDPOINTS entries whose container left its port or that are older than
-    /// [`xnet_common::maps::ENDPOINT_MAX_AGE_NS`] at `now` (CLOCK_MONOTONIC_COARSE): the programs
-    /// never check their age (that would be a clock read per packet). An entry that cannot be
-    /// written does not stop the others; the first error is returned after.
+    /// Makes LOCAL_PORTS hold `ports` (container MAC -> bridge port ifindex), at most
+    /// [`local_ports::PER_PORT_MAX`] MACs a port, and removes the ENDPOINTS entries whose container
+    /// left its port (or was left out) or that are older than
+    /// [`xnet_common::maps::ENDPOINT_MAX_AGE_NS`] at `now` (CLOCK_MONOTONIC_COARSE; the programs
+    /// do not use those either). Expiry and removals come first, so a full map never stops them;
+    /// an entry that cannot be written does not stop the others, and the first error is returned
+    /// after. A port over the cap is logged once (until it is back under) and recorded in
+    /// LOCAL_PORTS_LIMIT for `xnet status` and the metrics.
     pub fn sync_local_ports(
         &mut self,
         ports: &BTreeMap<[u8; 6], u32>,
@@ -350,20 +360,43 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let mut first_error = None;
         let current = self.maps.local_ports()?;
-        for (mac, ifindex) in ports {
-            if current.get(mac) != Some(ifindex)
-                && let Err(e) = self.maps.put_local_port(*mac, *ifindex)
-            {
-                first_error.get_or_insert(e);
-            }
+        let plan = local_ports::plan(&current, ports, local_ports::PER_PORT_MAX);
+        for ip in stale_endpoints(self.maps.endpoints().into_iter(), &plan.kept, now) {
+            self.maps.del_endpoint(&ip);
         }
-        for mac in current.keys().filter(|m| !ports.contains_key(*m)) {
+        for mac in &plan.remove {
             if let Err(e) = self.maps.del_local_port(mac) {
                 first_error.get_or_insert(e);
             }
         }
-        for ip in stale_endpoints(self.maps.endpoints().into_iter(), ports, now) {
-            self.maps.del_endpoint(&ip);
+        for (mac, ifindex) in &plan.put {
+            if let Err(e) = self.maps.put_local_port(*mac, *ifindex) {
+                first_error.get_or_insert(e);
+            }
+        }
+        for (port, refused) in &plan.refused {
+            if self.ports_over_cap.insert(*port) {
+                tracing::warn!(
+                    ifindex = port,
+                    macs = refused + local_ports::PER_PORT_MAX,
+                    cap = local_ports::PER_PORT_MAX,
+                    "a bridge port claims more container MACs than the cap; the rest are not delivered to directly (a container flooding source MACs?)"
+                );
+            }
+        }
+        self.ports_over_cap.retain(|p| plan.refused.contains_key(p));
+        let limit = LocalPortsLimit::new(
+            local_ports::PER_PORT_MAX as u32,
+            plan.refused.len() as u32,
+            plan.refused.values().sum::<usize>() as u64,
+        );
+        if self.local_ports_limit != Some(limit) {
+            match self.maps.set_local_ports_limit(&limit) {
+                Ok(()) => self.local_ports_limit = Some(limit),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
