@@ -11,7 +11,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_fib_lookup},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect_peer},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer},
     programs::TcContext,
 };
 use xnet_common::{csum, maps::Endpoint, wire::ETH_LEN};
@@ -47,8 +47,7 @@ pub fn to_container(ctx: &TcContext) -> Delivery {
         return Delivery::ToStack;
     }
     let dst = ip[4].to_le_bytes();
-    // SAFETY: plain helper call without arguments (the coarse clock: a few ns).
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::coarse_ns();
     // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
     let cached = unsafe { ENDPOINTS.get(dst) }.copied();
     let endpoint = match cached {

@@ -5,6 +5,7 @@
 // Packet stores of whole words (see `ptr::tc_write_words`): BPF inline assembly is unstable.
 #![feature(asm_experimental_arch)]
 
+mod clock;
 mod decap;
 mod deliver;
 mod encap;
