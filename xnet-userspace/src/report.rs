@@ -155,3 +155,56 @@ fn size(bytes: u64) -> String {
         format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, path::PathBuf};
+
+    use super::*;
+
+    fn status(ports_over_cap: u32, refused_macs: u64) -> Status {
+        Status {
+            pin_dir: PathBuf::from("/sys/fs/bpf/xnet"),
+            agent_pid: 42,
+            agent_running: true,
+            agent_started_at: 1_700_000_000,
+            store: "file",
+            store_up: true,
+            invalid_entries: 0,
+            last_reconcile: 1_700_000_100,
+            lease_expiry: None,
+            overlay_mtu: 1450,
+            ingress: "tc",
+            backend: "vxlan",
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            vni: 1,
+            vxlan_port: 8472,
+            udp_port: 8285,
+            gre_key: None,
+            tunnel_formats: "vxlan",
+            peers: 2,
+            routes: 5,
+            route_index: false,
+            untunnelled: "direct peers' subnets".into(),
+            attachments: Vec::new(),
+            container_ifaces: Vec::new(),
+            local_ports_cap: 256,
+            ports_over_cap,
+            refused_macs,
+            maps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn status_names_container_macs_left_out_only_when_there_are_some() {
+        let text = super::status(&status(1, 69_744), 1_700_000_200);
+        let line = text.lines().find(|l| l.starts_with("local ports")).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            line,
+            "local ports  69744 container MACs left out: 1 bridge port(s) claim more than 256 each (see the agent log)"
+        );
+        let calm = super::status(&status(0, 0), 1_700_000_200);
+        assert!(!calm.contains("local ports"), "{calm}");
+    }
+}
