@@ -534,4 +534,23 @@ fn a_container_with_too_big_an_mtu_learns_the_overlay_mtu_from_icmp() {
     let (answered, text) = ping_df(&lab, from, dst, 1422);
     assert!(answered, "a 1450-byte DF ping crosses the overlay:\n{text}");
     assert_eq!(lab.counter(1, "egress", "too_big_rate_limited").0, 0);
+
+    // UDP with DF from a socket (a veth offloads checksums by default, so the packet may reach the
+    // egress program with its UDP checksum still to be filled in): the answer built over it is
+    // accepted all the same and sets the socket's path MTU.
+    let other = lab.container((2, 2)).ip;
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO\n\
+         s.connect(('{other}', 9))\n\
+         s.send(b'x' * 1472)\n\
+         time.sleep(0.5)\n\
+         print(s.getsockopt(socket.IPPROTO_IP, 14))  # IP_MTU\n"
+    );
+    let out =
+        lab.container(from).ns.command("/usr/bin/python3").args(["-c", &script]).output().expect("python3");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.trim(), "1450", "the UDP socket's path MTU after the answer:\n{text}");
+    assert_eq!(lab.counter(1, "egress", "too_big_answered").0, 2, "the UDP packet was answered");
 }
