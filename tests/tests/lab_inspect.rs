@@ -146,7 +146,7 @@ fn counters_metrics_routes_and_status_agree_with_the_traffic() {
     let maps = status["maps"].as_array().unwrap();
     let map =
         |name: &str| maps.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name}: {status}"));
-    assert_eq!(maps.len(), 12, "{status}");
+    assert_eq!(maps.len(), 15, "{status}");
     for name in ["REMOTE_SUBNETS", "ROUTE_INFO", "PEERS"] {
         assert_eq!(map(name)["max_entries"].as_u64(), Some(65_536), "{name}");
     }

@@ -15,8 +15,9 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::maps::{
-    AGENT, Backend, CONFIG, CONTAINER_IFACES, ENDPOINTS, LOCAL_PORTS, PEER_SLOTS, PEERS, REMOTE_SUBNETS,
-    ROUTE_INDEX, ROUTE_INFO, STATS, Store, UNTUNNELLED_FROM,
+    AGENT, Backend, COARSE_CLOCK, CONFIG, CONTAINER_IFACES, ENDPOINTS, ICMP_LIMIT, LOCAL_PORTS,
+    LOCAL_PORTS_LIMIT, PEER_SLOTS, PEERS, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INFO, STATS, Store,
+    UNTUNNELLED_FROM,
 };
 
 const MIB: u64 = 1 << 20;
@@ -93,10 +94,13 @@ fn a_hundred_peer_network_locks_under_16_mib() {
 
     let names = [
         AGENT,
+        COARSE_CLOCK,
         CONFIG,
         CONTAINER_IFACES,
         ENDPOINTS,
+        ICMP_LIMIT,
         LOCAL_PORTS,
+        LOCAL_PORTS_LIMIT,
         PEER_SLOTS,
         PEERS,
         REMOTE_SUBNETS,

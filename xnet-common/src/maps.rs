@@ -65,6 +65,9 @@ pub const CONTAINER_IFACES_LEN: u32 = 16;
 /// traffic may reach this host's containers besides `direct` peers' subnets: the config's
 /// `[backend] untunnelled_from`, for networks whose routers send to containers directly.
 pub const UNTUNNELLED_FROM: &str = "UNTUNNELLED_FROM";
+/// Per-CPU array of one entry, the programs' own: the last coarse clock reading and the jiffies it
+/// was made at (two u64). Listed here for `xnet status`'s map memory; nothing else reads it.
+pub const COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// How many networks `untunnelled_from` may list.
 pub const UNTUNNELLED_FROM_MAX: u32 = 256;
 

@@ -142,7 +142,7 @@ pub fn status(s: &Status, now: u64) -> String {
     let total: u64 = s.maps.iter().map(|m| m.memlock).sum();
     let _ = writeln!(out, "maps         {} of kernel memory; room for", size(total));
     for m in &s.maps {
-        let _ = writeln!(out, "  {:<16} {:>9} entries {:>10}", m.name, m.max_entries, size(m.memlock));
+        let _ = writeln!(out, "  {:<18} {:>9} entries {:>10}", m.name, m.max_entries, size(m.memlock));
     }
     out
 }

@@ -16,7 +16,7 @@ use aya::{
 };
 use xnet_common::icmp::TokenBucket;
 use xnet_common::maps::{
-    AGENT, AgentState, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
+    AGENT, AgentState, COARSE_CLOCK, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
     DatapathConfig, ENDPOINTS, Endpoint, ICMP_LIMIT, LOCAL_PORTS, LOCAL_PORTS_LIMIT, LocalPort,
     LocalPortsLimit, LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS,
     ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo, STATS, UNTUNNELLED_FROM,
@@ -88,6 +88,8 @@ pub struct Maps {
     container_ifaces: Array<MapData, ContainerIface>,
     /// `None` when opened from the pins of an xnet that had no such map.
     untunnelled_from: Option<LpmTrie<MapData, [u8; 4], u8>>,
+    /// The programs' clock cache (jiffies and ns per CPU), only for its memory; `None` as above.
+    coarse_clock: Option<PerCpuArray<MapData, [u64; 2]>>,
     /// `None` when opened from the pins of an xnet that had no such map.
     icmp_limit: Option<PerCpuArray<MapData, TokenBucket>>,
     /// `None` likewise.
@@ -147,6 +149,7 @@ impl Maps {
             route_index: typed(&mut source, ROUTE_INDEX)?,
             container_ifaces: typed(&mut source, CONTAINER_IFACES)?,
             untunnelled_from: typed(&mut source, UNTUNNELLED_FROM).ok(),
+            coarse_clock: typed(&mut source, COARSE_CLOCK).ok(),
             icmp_limit: typed(&mut source, ICMP_LIMIT).ok(),
             local_ports_limit: typed(&mut source, LOCAL_PORTS_LIMIT).ok(),
         })
@@ -156,6 +159,7 @@ impl Maps {
     pub fn memory(&self) -> Result<Vec<MapMemory>, DatapathError> {
         let all: Vec<(&'static str, Option<&MapData>)> = vec![
             (AGENT, Some(self.agent.map())),
+            (COARSE_CLOCK, self.coarse_clock.as_ref().map(IterableMap::map)),
             (CONFIG, Some(self.config.map())),
             (CONTAINER_IFACES, Some(self.container_ifaces.map())),
             (ENDPOINTS, Some(self.endpoints.map())),
