@@ -960,6 +960,13 @@ pub struct AgentState {
     invalid_entries: u32,
     /// Unix seconds when this host's subnet lease expires; 0 when there is no lease (static file).
     lease_expiry: u64,
+    /// 1 when this host's subnet lease was lost: it expired and another host (`lease_holder`) or
+    /// nobody holds the subnet now; the agent no longer advertises it.
+    lease_lost: u8,
+    reserved: [u8; 3],
+    /// Public IP (network order) of the host that holds this host's subnet since it was lost;
+    /// zero when nobody does (or it is not lost).
+    lease_holder: [u8; 4],
 }
 
 impl AgentState {
@@ -986,6 +993,9 @@ impl AgentState {
             backend: backend as u8,
             invalid_entries: 0,
             lease_expiry: 0,
+            lease_lost: 0,
+            reserved: [0; 3],
+            lease_holder: [0; 4],
         }
     }
 
@@ -1038,6 +1048,16 @@ impl AgentState {
     }
     pub fn set_lease_expiry(&mut self, at: Option<u64>) {
         self.lease_expiry = at.unwrap_or(0);
+    }
+    /// Whether this host's subnet lease was lost, and the public IP (network order) of the host
+    /// that holds the subnet now, if any.
+    pub fn lease_lost(&self) -> Option<Option<[u8; 4]>> {
+        (self.lease_lost == 1).then_some((self.lease_holder != [0; 4]).then_some(self.lease_holder))
+    }
+    /// Records the lease as lost (to `holder`, or to nobody yet) or, with `None`, as held.
+    pub fn set_lease_lost(&mut self, lost: Option<Option<[u8; 4]>>) {
+        self.lease_lost = u8::from(lost.is_some());
+        self.lease_holder = lost.flatten().unwrap_or([0; 4]);
     }
 }
 
@@ -1116,7 +1136,7 @@ const _: () = {
     assert!(size_of::<DatapathConfig>() == 64 + 3 * 64);
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<LocalPort>() == 4);
-    assert!(size_of::<AgentState>() == 40);
+    assert!(size_of::<AgentState>() == 48);
     assert!(size_of::<RouteInfo>() == 16);
     assert!(size_of::<Endpoint>() == 24);
     assert!(size_of::<PeerSlot>() == 8);
@@ -1343,5 +1363,15 @@ mod tests {
         assert_eq!((a.store_up, a.store, a.ingress, a.backend), (1, 1, 2, 2), "the numbers bpftool shows");
         a.set_lease_expiry(None);
         assert_eq!((a.lease_expiry(), a.lease_expiry), (None, 0));
+        assert_eq!(a.lease_lost(), None);
+        a.set_lease_lost(Some(Some([198, 18, 0, 9])));
+        assert_eq!(
+            (a.lease_lost(), a.lease_lost, a.lease_holder),
+            (Some(Some([198, 18, 0, 9])), 1, [198, 18, 0, 9])
+        );
+        a.set_lease_lost(Some(None));
+        assert_eq!(a.lease_lost(), Some(None));
+        a.set_lease_lost(None);
+        assert_eq!((a.lease_lost(), a.lease_lost, a.lease_holder), (None, 0, [0; 4]));
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     metrics,
     netlink::Netlink,
     plan::{HostFacts, Plan},
-    store::{Identity, Store, StoreEvent, etcd::remembered_subnet},
+    store::{Identity, LeaseState, Store, StoreEvent, etcd::remembered_subnet},
     subnet_env::{self, SubnetEnv},
     systemd,
 };
@@ -302,6 +302,16 @@ impl Agent {
                 if let Some(t) = lease_expiry {
                     self.record.set_lease_expiry(Some(t));
                 }
+                self.write_record();
+            }
+            // The datapath is left as it is either way: the containers keep their addresses.
+            StoreEvent::Lease(LeaseState::Held { expiry }) => {
+                self.record.set_lease_lost(None);
+                self.record.set_lease_expiry(Some(expiry));
+                self.write_record();
+            }
+            StoreEvent::Lease(LeaseState::Lost { holder }) => {
+                self.record.set_lease_lost(Some(holder.map(|ip| ip.octets())));
                 self.write_record();
             }
         }

@@ -133,6 +133,12 @@ pub struct Status {
     pub last_reconcile: u64,
     /// Unix seconds; `None` without a lease (static file).
     pub lease_expiry: Option<u64>,
+    /// This host's subnet (as the datapath has it).
+    pub subnet: String,
+    /// Whether this host's subnet lease was lost to another host (it no longer advertises it).
+    pub lease_lost: bool,
+    /// The host that holds this host's subnet since it was lost, if one does.
+    pub lease_holder: Option<Ipv4Addr>,
     pub overlay_mtu: u32,
     pub ingress: &'static str,
     /// `[backend] type`.
@@ -172,6 +178,11 @@ pub struct MapRow {
     pub memlock: u64,
 }
 
+/// `a.b.c.d/len` of a subnet and netmask in network order.
+fn subnet_of(subnet: [u8; 4], netmask: [u8; 4]) -> String {
+    format!("{}/{}", Ipv4Addr::from(subnet), u32::from_be_bytes(netmask).leading_ones())
+}
+
 /// Everything `xnet status` shows, for the datapath pinned under `pin_dir`.
 pub fn read_status(pin_dir: &Path) -> Result<Status, InspectError> {
     status(&Maps::open(pin_dir)?, pin_dir)
@@ -197,6 +208,9 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
         invalid_entries: agent.invalid_entries(),
         last_reconcile: agent.last_reconcile(),
         lease_expiry: agent.lease_expiry(),
+        subnet: subnet_of(config.local_subnet(), config.local_netmask()),
+        lease_lost: agent.lease_lost().is_some(),
+        lease_holder: agent.lease_lost().flatten().map(Ipv4Addr::from),
         overlay_mtu: agent.overlay_mtu(),
         ingress: match agent.ingress() {
             Some(IngressHook::Xdp) => "xdp",

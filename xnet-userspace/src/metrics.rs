@@ -212,6 +212,12 @@ impl Collector for Snapshot {
                 "Seconds until this host's subnet lease expires.",
                 expiry.saturating_sub(self.now),
             )?;
+            gauge(
+                &mut encoder,
+                "xnet_lease_lost",
+                "1 when this host's subnet lease expired and another host holds the subnet now.",
+                u64::from(s.lease_lost),
+            )?;
         }
         gauge(
             &mut encoder,
@@ -408,6 +414,9 @@ mod tests {
             invalid_entries: 3,
             last_reconcile: 1_700_000_100,
             lease_expiry,
+            subnet: "10.244.1.0/24".into(),
+            lease_lost: false,
+            lease_holder: None,
             overlay_mtu: 1450,
             ingress: "tc",
             backend: "vxlan",
@@ -480,6 +489,9 @@ mod tests {
              # HELP xnet_lease_seconds_left Seconds until this host's subnet lease expires.\n\
              # TYPE xnet_lease_seconds_left gauge\n\
              xnet_lease_seconds_left 90\n\
+             # HELP xnet_lease_lost 1 when this host's subnet lease expired and another host holds the subnet now.\n\
+             # TYPE xnet_lease_lost gauge\n\
+             xnet_lease_lost 0\n\
              # HELP xnet_agent_start_time_seconds When the agent started (Unix time).\n\
              # TYPE xnet_agent_start_time_seconds gauge\n\
              xnet_agent_start_time_seconds 1700000000\n\
@@ -513,6 +525,11 @@ mod tests {
         assert!(!out.contains("xnet_lease_seconds_left"), "{out}");
         let out = encode(&[], &status(Some(NOW - 5)), NOW, Format::PrometheusText);
         assert!(out.contains("\nxnet_lease_seconds_left 0\n"), "{out}");
+        assert!(out.contains("\nxnet_lease_lost 0\n"), "{out}");
+        let mut lost = status(Some(NOW - 5));
+        (lost.lease_lost, lost.lease_holder) = (true, Some(Ipv4Addr::new(198, 18, 0, 9)));
+        let out = encode(&[], &lost, NOW, Format::PrometheusText);
+        assert!(out.contains("\nxnet_lease_lost 1\n"), "{out}");
         assert!(out.contains("# TYPE xnet_packets_total counter\n"), "{out}");
     }
 

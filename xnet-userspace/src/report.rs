@@ -75,9 +75,17 @@ pub fn status(s: &Status, now: u64) -> String {
     } else {
         format!("not running (last agent pid {}); the datapath keeps forwarding", s.agent_pid)
     };
-    let lease = match s.lease_expiry {
-        Some(t) => format!("expires {} (in {})", utc(t), ago(t.saturating_sub(now))),
-        None => "none (static file)".to_string(),
+    let lease = match (s.lease_lost, s.lease_expiry) {
+        (true, _) => format!(
+            "LOST: {} now held by {}; not advertised (see the agent log)",
+            s.subnet,
+            s.lease_holder.map_or("a key that names no host".to_string(), |ip| ip.to_string())
+        ),
+        (false, Some(t)) if t <= now => {
+            format!("EXPIRED {} ({} ago, the store out of reach) for {}", utc(t), ago(now - t), s.subnet)
+        }
+        (false, Some(t)) => format!("expires {} (in {}) for {}", utc(t), ago(t - now), s.subnet),
+        (false, None) => "none (static file)".to_string(),
     };
     let _ = writeln!(out, "pin dir      {}", s.pin_dir.display());
     let _ = writeln!(out, "agent        {agent}");

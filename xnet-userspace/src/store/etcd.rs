@@ -8,8 +8,8 @@
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
 };
 use tokio::sync::mpsc;
 use xnet_common::maps::Backend;
@@ -20,7 +20,7 @@ use crate::{
     config::EtcdSettings,
     mac::Mac,
     store::{
-        Identity, Overlay, StoreEvent,
+        Identity, LeaseState, Overlay, StoreEvent,
         flannel::{self, Lease, NetworkConfig, SchemaError},
         leases::{LeaseTable, PeerDelta},
     },
@@ -61,6 +61,19 @@ pub struct Held {
     pub lease_id: i64,
     /// Seconds left on the etcd lease when it was granted or last renewed.
     pub ttl: i64,
+    /// etcd's create revision of the lease's key as this host wrote it: a key at the same subnet
+    /// with another create revision was created anew, by another host.
+    pub created: i64,
+}
+
+/// What [`EtcdClient::retake`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retake {
+    /// The subnet was free (or still carried this host's public IP): it is held again, with a
+    /// new etcd lease.
+    Taken(Held),
+    /// Another host holds it (`None`: a key that names no host).
+    HeldBy(Option<Ipv4Addr>),
 }
 
 /// One key under `<prefix>/subnets/`: its lease, or why it is not one.
@@ -172,7 +185,8 @@ impl EtcdClient {
         let grant = self.client.lease_grant(ttl, None).await.map_err(|e| self.fail(e))?;
         let (lease_id, ttl) = (grant.id(), grant.ttl());
         let list = self.leases(cfg).await?;
-        let leases: Vec<Lease> = list.entries.into_iter().filter_map(|e| e.parsed.ok()).collect();
+        let leases: Vec<(Lease, i64)> =
+            list.entries.into_iter().filter_map(|e| e.parsed.ok().map(|l| (l, e.created))).collect();
         let lease_for = |subnet: Ipv4Network| Lease {
             subnet,
             public_ip: me.public_ip,
@@ -180,17 +194,25 @@ impl EtcdClient {
             vtep_mac: Some(me.vtep_mac),
             vni: Some(me.vni),
         };
-        // Ours already (a restart): keep the subnet, attach it to the new etcd lease.
-        if let Some(old) = leases.iter().find(|l| l.public_ip == me.public_ip && cfg.allows(&l.subnet)) {
+        // Ours already (a restart): keep the subnet, attach it to the new etcd lease, unless the key
+        // was created anew (by another host) since it was listed.
+        if let Some((old, created)) =
+            leases.iter().find(|(l, _)| l.public_ip == me.public_ip && cfg.allows(&l.subnet))
+        {
             let lease = lease_for(old.subnet);
             let key = flannel::lease_key(&self.settings.prefix, &lease.subnet);
-            self.client
-                .put(key, lease.to_json(), Some(PutOptions::new().with_lease(lease_id)))
-                .await
-                .map_err(|e| self.fail(e))?;
-            return Ok(Held { lease, lease_id, ttl });
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, *created)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    lease.to_json(),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                )]);
+            if self.client.txn(txn).await.map_err(|e| self.fail(e))?.succeeded() {
+                return Ok(Held { lease, lease_id, ttl, created: *created });
+            }
         }
-        let taken: std::collections::BTreeSet<Ipv4Network> = leases.iter().map(|l| l.subnet).collect();
+        let taken: std::collections::BTreeSet<Ipv4Network> = leases.iter().map(|(l, _)| l.subnet).collect();
         let candidates = hint.filter(|h| cfg.allows(h)).into_iter().chain(cfg.candidates());
         for subnet in candidates {
             if taken.contains(&subnet) {
@@ -202,23 +224,87 @@ impl EtcdClient {
                 Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([
                     TxnOp::put(key.as_str(), lease.to_json(), Some(PutOptions::new().with_lease(lease_id))),
                 ]);
-            if self.client.txn(txn).await.map_err(|e| self.fail(e))?.succeeded() {
-                return Ok(Held { lease, lease_id, ttl });
+            let resp = self.client.txn(txn).await.map_err(|e| self.fail(e))?;
+            if resp.succeeded() {
+                let created = resp.header().map_or(0, |h| h.revision());
+                return Ok(Held { lease, lease_id, ttl, created });
             }
         }
         let _ = self.client.lease_revoke(lease_id).await;
         Err(StoreError::Exhausted { network: cfg.network, min: cfg.subnet_min, max: cfg.subnet_max })
     }
 
-    /// Writes `held`'s lease value again, attached to its etcd lease (after someone deleted or
-    /// overwrote it).
-    pub async fn restore(&mut self, held: &Held) -> Result<(), StoreError> {
+    /// Writes `held`'s lease value again, attached to its etcd lease, after someone overwrote it
+    /// in place; only while the key is the one this host created (never over a key another host
+    /// created since). False when it is not.
+    pub async fn restore(&mut self, held: &Held) -> Result<bool, StoreError> {
         let key = flannel::lease_key(&self.settings.prefix, &held.lease.subnet);
-        self.client
-            .put(key, held.lease.to_json(), Some(PutOptions::new().with_lease(held.lease_id)))
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, held.created)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                held.lease.to_json(),
+                Some(PutOptions::new().with_lease(held.lease_id)),
+            )]);
+        Ok(self.client.txn(txn).await.map_err(|e| self.fail(e))?.succeeded())
+    }
+
+    /// Takes `held`'s subnet again with a new etcd lease (after the old one expired, or the key
+    /// was deleted): only if its key does not exist, or still carries this host's public IP.
+    /// Another host's lease is never overwritten: then it answers who holds the subnet.
+    pub async fn retake(&mut self, held: &Held) -> Result<Retake, StoreError> {
+        let key = flannel::lease_key(&self.settings.prefix, &held.lease.subnet);
+        let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
+        let grant = self.client.lease_grant(ttl, None).await.map_err(|e| self.fail(e))?;
+        let (lease_id, ttl) = (grant.id(), grant.ttl());
+        let put =
+            || TxnOp::put(key.as_str(), held.lease.to_json(), Some(PutOptions::new().with_lease(lease_id)));
+        let result = async {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([put()])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let resp = self.client.txn(txn).await.map_err(|e| self.fail(e))?;
+            let revision = resp.header().map_or(0, |h| h.revision());
+            if resp.succeeded() {
+                return Ok(Retake::Taken(Held {
+                    lease: held.lease.clone(),
+                    lease_id,
+                    ttl,
+                    created: revision,
+                }));
+            }
+            let found = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                    let text = String::from_utf8_lossy(kv.value()).into_owned();
+                    let ip = Lease::parse(&key, held.lease.subnet, &text).ok().map(|l| l.public_ip);
+                    (ip, kv.create_revision())
+                }),
+                _ => None,
+            });
+            match found {
+                // Written with this host's address by someone else (no host takes another's
+                // address): this host's still, unless it changes meanwhile.
+                Some((Some(ip), created)) if ip == held.lease.public_ip => {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, created)])
+                        .and_then([put()]);
+                    if self.client.txn(txn).await.map_err(|e| self.fail(e))?.succeeded() {
+                        Ok(Retake::Taken(Held { lease: held.lease.clone(), lease_id, ttl, created }))
+                    } else {
+                        Ok(Retake::HeldBy(None))
+                    }
+                }
+                Some((ip, _)) => Ok(Retake::HeldBy(ip)),
+                // Deleted between the compare and the get: free; the next attempt takes it.
+                None => Ok(Retake::HeldBy(None)),
+            }
+        }
+        .await;
+        if !matches!(result, Ok(Retake::Taken(_))) {
+            let _ = self.client.lease_revoke(lease_id).await;
+        }
+        result
     }
 
     /// Renews the etcd lease; returns the seconds it now has left (0: it expired or was revoked).
@@ -257,6 +343,10 @@ pub fn parse_lease(prefix: &str, cfg: &NetworkConfig, key: &str, value: &[u8]) -
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The longest wait between two listings while etcd is out of reach: a listing that fails costs
+/// etcd nothing, and every host should be back in step within seconds of etcd returning.
+const MAX_RELIST_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The next delay of a retry loop: doubling from half a second up to 30 s.
 fn backoff(previous: Duration) -> Duration {
@@ -313,8 +403,14 @@ pub async fn run(
 struct Task {
     client: EtcdClient,
     net: NetworkConfig,
-    me: Me,
     held: Held,
+    /// Unix seconds when the etcd lease was granted or last renewed (as sent: etcd counts the TTL
+    /// from a moment no earlier, so this host never believes in its lease longer than etcd does).
+    renewed_at: u64,
+    /// Set when this host's subnet went to another host (`None`: to a key that names no host).
+    lost: Option<Option<Ipv4Addr>>,
+    /// Lease events to send before the next event.
+    lease_events: Vec<StoreEvent>,
     table: LeaseTable,
     revision: i64,
 }
@@ -342,11 +438,12 @@ impl Task {
         // Leasing and the first listing are retried like the config: etcd may blink, and a full
         // range may free up when stale leases expire.
         let mut delay = Duration::from_millis(250);
-        let (held, list) = loop {
+        let (held, list, renewed_at) = loop {
+            let granted_at = unix_now();
             let attempt = async {
                 let held = client.acquire(&net, &me, hint).await?;
                 let list = client.leases(&net).await?;
-                Ok::<_, StoreError>((held, list))
+                Ok::<_, StoreError>((held, list, granted_at))
             };
             match attempt.await {
                 Ok(ok) => break ok,
@@ -357,11 +454,20 @@ impl Task {
         };
         tracing::info!(subnet = %held.lease.subnet, lease_id = held.lease_id, ttl = held.ttl, "leased");
         let table = table_of(&held, &list);
-        Some(Self { client, net, me, held, table, revision: list.revision })
+        Some(Self {
+            client,
+            net,
+            held,
+            renewed_at,
+            lost: None,
+            lease_events: Vec::new(),
+            table,
+            revision: list.revision,
+        })
     }
 
     fn lease_expiry(&self) -> u64 {
-        unix_now() + self.held.ttl.max(0) as u64
+        self.renewed_at + self.held.ttl.max(0) as u64
     }
 
     /// Follows the leases and keeps this host's own alive, until `events` is closed.
@@ -409,7 +515,7 @@ impl Task {
                             delta.set.extend(change.set);
                             delta.removed.extend(change.removed);
                         }
-                        if let Err(e) = self.keep_my_lease().await {
+                        if let Err(e) = self.check_my_lease().await {
                             tracing::warn!(error = %e, "cannot restore this host's lease; retrying");
                         }
                         Some(StoreEvent::Changed { delta, invalid: self.table.invalid() })
@@ -441,17 +547,23 @@ impl Task {
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "etcd still unreachable");
-                            retry_delay = backoff(retry_delay);
+                            retry_delay = backoff(retry_delay).min(MAX_RELIST_BACKOFF);
                             retry_at = Some(tokio::time::Instant::now() + retry_delay);
                             Some(StoreEvent::Health { up: false, lease_expiry: None })
                         }
                     }
                 }
             };
+            for lease_event in std::mem::take(&mut self.lease_events) {
+                if events.send(lease_event).await.is_err() {
+                    return;
+                }
+            }
             let Some(event) = event else { continue };
             let now_up = !matches!(event, StoreEvent::Health { up: false, .. });
             if now_up && !up {
-                let health = StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) };
+                let expiry = self.lost.is_none().then(|| self.lease_expiry());
+                let health = StoreEvent::Health { up: true, lease_expiry: expiry };
                 if events.send(health).await.is_err() {
                     return;
                 }
@@ -468,47 +580,120 @@ impl Task {
         let list = self.client.leases(&self.net).await?;
         self.table = table_of(&self.held, &list);
         self.revision = list.revision;
-        self.keep_my_lease().await?;
+        self.check_my_lease().await?;
         Ok(self.table.peers().cloned().collect())
     }
 
-    /// Our subnet is ours while our etcd lease lives: if its key was deleted or overwritten, put it
-    /// back (the other hosts route by it), naming what was there.
-    async fn keep_my_lease(&mut self) -> Result<(), StoreError> {
-        let mine = &self.held.lease;
-        let found = self.table.at_my_subnet().map(|l| l.public_ip);
-        if found == Some(mine.public_ip) {
-            return Ok(());
+    /// Our subnet is ours while our etcd lease lives. Checks what etcd holds at its key: overwritten
+    /// in place (the key this host created), it is written back; deleted, it is taken again (a new
+    /// etcd lease if the old one is gone); created anew by another host (after our lease expired),
+    /// it is lost: never overwritten. While lost, a subnet that becomes free is taken back.
+    async fn check_my_lease(&mut self) -> Result<(), StoreError> {
+        let mine = &self.held;
+        let found = self.table.at_my_subnet().map(|(l, created)| (l.public_ip, created));
+        match (self.lost, found) {
+            (None, Some((ip, _))) if ip == mine.lease.public_ip => Ok(()),
+            (None, Some((ip, created))) if created == mine.created => {
+                tracing::error!(
+                    subnet = %mine.lease.subnet,
+                    found = %ip,
+                    "this host's lease was deleted or overwritten in etcd; restoring it"
+                );
+                if self.client.restore(&self.held).await? { Ok(()) } else { self.retake().await }
+            }
+            (None, None) => {
+                tracing::warn!(
+                    subnet = %mine.lease.subnet,
+                    "this host's lease is gone from etcd (it expired while etcd was out of reach, or was deleted); taking the subnet again if it is free"
+                );
+                self.retake().await
+            }
+            (None, Some((ip, _))) => {
+                self.lose(Some(ip)).await;
+                Ok(())
+            }
+            (Some(_), None) => {
+                tracing::info!(subnet = %mine.lease.subnet, "this host's lost subnet is free again; taking it back");
+                self.retake().await
+            }
+            (Some(_), Some((ip, _))) if ip == mine.lease.public_ip => self.retake().await,
+            (Some(_), Some((ip, _))) => {
+                self.lose(Some(ip)).await;
+                Ok(())
+            }
         }
-        tracing::error!(
-            subnet = %mine.subnet,
-            found = found.map_or("nothing".to_string(), |ip| ip.to_string()),
-            "this host's lease was deleted or overwritten in etcd; restoring it"
-        );
-        self.client.restore(&self.held).await
     }
 
-    /// Renews this host's lease; takes the same subnet again if the lease was lost.
+    /// Takes this host's subnet again with a new etcd lease if it is free; otherwise it is lost.
+    async fn retake(&mut self) -> Result<(), StoreError> {
+        let granted_at = unix_now();
+        match self.client.retake(&self.held).await? {
+            Retake::Taken(held) => {
+                let old = std::mem::replace(&mut self.held, held);
+                self.renewed_at = granted_at;
+                if old.lease_id != 0 {
+                    // Holds no key of ours any more, if it still lives.
+                    let _ = self.client.release(old.lease_id).await;
+                }
+                let was_lost = self.lost.take().is_some();
+                tracing::warn!(
+                    subnet = %self.held.lease.subnet,
+                    lease_id = self.held.lease_id,
+                    "{}",
+                    if was_lost {
+                        "took this host's subnet back (it was free again); advertising it again"
+                    } else {
+                        "leased this host's subnet again under a new etcd lease; the datapath was not touched"
+                    }
+                );
+                self.lease_events.push(StoreEvent::Lease(LeaseState::Held { expiry: self.lease_expiry() }));
+            }
+            Retake::HeldBy(holder) => self.lose(holder).await,
+        }
+        Ok(())
+    }
+
+    /// Records that another host (`holder`) holds this host's subnet now: never overwrite its
+    /// lease, stop advertising the subnet, say so once.
+    async fn lose(&mut self, holder: Option<Ipv4Addr>) {
+        if self.lost == Some(holder) {
+            return;
+        }
+        tracing::error!(
+            subnet = %self.held.lease.subnet,
+            holder = holder.map_or("a key that names no host".to_string(), |ip| ip.to_string()),
+            "LEASE LOST: this host's subnet lease expired and another host holds the subnet now; not advertising it, never overwriting the other host's lease. Local containers keep forwarding among themselves, remote hosts no longer reach them. Stop the agent, remove the subnet file and restart it (and the containers) to lease another subnet"
+        );
+        if self.held.lease_id != 0 {
+            // It holds no key any more, if it still lives.
+            let _ = self.client.release(self.held.lease_id).await;
+            self.held.lease_id = 0;
+        }
+        self.lost = Some(holder);
+        self.lease_events.push(StoreEvent::Lease(LeaseState::Lost { holder }));
+    }
+
+    /// Renews this host's lease; takes the same subnet again if the lease expired and the subnet
+    /// is free, and (while lost) as soon as it is free again.
     async fn renew(&mut self) -> Option<StoreEvent> {
+        if self.lost.is_some() {
+            return match self.retake().await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot check whether the lost subnet is free");
+                    Some(StoreEvent::Health { up: false, lease_expiry: None })
+                }
+            };
+        }
+        let sent = unix_now();
         match self.client.renew(self.held.lease_id).await {
             Ok(0) => {
-                // Revoked or expired behind our back: take the same subnet again if it is free;
-                // never move the containers to another one silently.
-                tracing::warn!(subnet = %self.held.lease.subnet, "our lease is gone; taking the subnet again");
-                match self.client.acquire(&self.net, &self.me, Some(self.held.lease.subnet)).await {
-                    Ok(h) if h.lease.subnet == self.held.lease.subnet => {
-                        self.held = h;
-                        Some(StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) })
-                    }
-                    Ok(other) => {
-                        tracing::error!(
-                            subnet = %self.held.lease.subnet,
-                            offered = %other.lease.subnet,
-                            "our subnet was taken by another host; keeping it for the running containers, not moving them; restart the agent to pick a new subnet"
-                        );
-                        let _ = self.client.release(other.lease_id).await;
-                        None
-                    }
+                // Expired (etcd was out of reach longer than the TTL) or revoked behind our back:
+                // take the same subnet again if it is free; never move the containers silently.
+                tracing::warn!(subnet = %self.held.lease.subnet, "this host's lease expired or was revoked; taking the subnet again if it is free");
+                self.held.lease_id = 0;
+                match self.retake().await {
+                    Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot lease the subnet again; retrying");
                         Some(StoreEvent::Health { up: false, lease_expiry: None })
@@ -517,6 +702,7 @@ impl Task {
             }
             Ok(ttl) => {
                 self.held.ttl = ttl;
+                self.renewed_at = sent;
                 Some(StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) })
             }
             Err(e) => {

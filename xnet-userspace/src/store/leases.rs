@@ -92,9 +92,10 @@ impl LeaseTable {
         (self.malformed.len() + self.refused.len()) as u32
     }
 
-    /// The lease at this host's subnet, if any (to notice it was deleted or overwritten).
-    pub fn at_my_subnet(&self) -> Option<&Lease> {
-        self.leases.get(&slot(&self.my_subnet)).map(|e| &e.lease)
+    /// The lease at this host's subnet and its create revision, if any (to notice it was deleted,
+    /// overwritten, or created anew by another host).
+    pub fn at_my_subnet(&self) -> Option<(&Lease, i64)> {
+        self.leases.get(&slot(&self.my_subnet)).map(|e| (&e.lease, e.created))
     }
 
     /// A key was written: `parsed` is its value as parsed (or why not), `created` its create

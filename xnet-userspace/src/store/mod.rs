@@ -50,6 +50,19 @@ pub enum StoreEvent {
     Resync { peers: Vec<PeerConfig>, invalid: u32 },
     /// The store became reachable or unreachable, or this host's lease was renewed.
     Health { up: bool, lease_expiry: Option<u64> },
+    /// This host's lease was lost to another host, or taken again (the same subnet) after it
+    /// expired or was lost.
+    Lease(LeaseState),
+}
+
+/// Whether this host holds its subnet in a leasing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held until `expiry` (Unix seconds) unless renewed.
+    Held { expiry: u64 },
+    /// Expired and taken by `holder` (or by a key that names no host), which this host never
+    /// overwrites: it no longer advertises the subnet.
+    Lost { holder: Option<Ipv4Addr> },
 }
 
 /// A running store.
