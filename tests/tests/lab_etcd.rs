@@ -178,12 +178,12 @@ fn traffic_survives_an_etcd_outage_and_changes_are_reconciled_after() {
         "no reply lost during the outage: {summary}"
     );
     // Host 1 cut off from etcd while a host joins; it catches up when it can reach etcd again.
-    lab.host(1).ns.ip(&["route", "add", "blackhole", &format!("{}/32", xnet_lab::lab::ETCD_IP)]);
+    lab.cut_off_from_etcd(1);
     let (key, value) = fake_lease(90);
     lab.etcd[0].put(&key, &value);
     std::thread::sleep(Duration::from_secs(3));
     assert!(!routes(&lab, 1).contains(&"10.244.90.0/24".to_string()), "partitioned: cannot know yet");
-    lab.host(1).ns.ip(&["route", "del", "blackhole", &format!("{}/32", xnet_lab::lab::ETCD_IP)]);
+    lab.reconnect_to_etcd(1);
     let took = wait_for(Duration::from_secs(45), "host 1 reconciles after the partition", || {
         routes(&lab, 1).contains(&"10.244.90.0/24".to_string())
     });

@@ -438,6 +438,53 @@ impl Lab {
         stop_child(child)
     }
 
+    /// Kills host `i`'s agent with SIGKILL (a crash: no teardown, the pinned datapath stays) and
+    /// reaps it.
+    pub fn kill_agent(&mut self, i: usize) -> ExitStatus {
+        let mut child = self.hosts[i - 1].agent.take().expect("agent running");
+        child.kill().expect("SIGKILL the agent");
+        child.wait().expect("wait")
+    }
+
+    /// Cuts host `i` off from etcd, both ways, with firewall rules inside its namespace only (a
+    /// route alone would still let an established watch receive): connections stall as on a real
+    /// partition. The rules go with the namespace.
+    pub fn cut_off_from_etcd(&self, i: usize) {
+        self.etcd_rules(i, "-I");
+    }
+
+    /// Undoes [`Lab::cut_off_from_etcd`].
+    pub fn reconnect_to_etcd(&self, i: usize) {
+        self.etcd_rules(i, "-D");
+    }
+
+    fn etcd_rules(&self, i: usize, action: &str) {
+        let hosts = self.etcd.iter().map(|e| {
+            let rest = e.endpoint.split_once("://").map_or(e.endpoint.as_str(), |(_, r)| r);
+            rest.split(':').next().unwrap_or(rest).to_string()
+        });
+        for member in hosts {
+            for (chain, side) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                run_ok(
+                    self.host(i)
+                        .ns
+                        .command("iptables")
+                        .args(["-w", action, chain, side, &member, "-j", "DROP"]),
+                );
+            }
+        }
+    }
+
+    /// Deletes container `c` of host `h` (its bridge port and its namespace), as `docker rm`
+    /// would. Only a host's last container: the others keep their names and ports.
+    pub fn delete_container(&mut self, (h, c): (usize, usize)) {
+        let host = &mut self.hosts[h - 1];
+        assert_eq!(c, host.containers.len(), "only the last container of host {h} can be deleted");
+        host.ns.ip(&["link", "del", &format!("vc{c}")]);
+        // Its namespace goes with it (Netns::drop).
+        host.containers.pop();
+    }
+
     /// Runs `xnet args...` to completion inside host `i`'s namespace (the agent's own view of the
     /// host), e.g. a second `run` or `stats`.
     pub fn xnet(&self, i: usize, args: &[&str]) -> std::process::Output {
@@ -911,12 +958,12 @@ fn is_bpffs(path: &str) -> bool {
 }
 
 /// FNV-1a, to compare what was sent with what arrived.
-struct Fnv(u64);
+pub(crate) struct Fnv(pub(crate) u64);
 impl Fnv {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Fnv(0xcbf29ce484222325)
     }
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         for b in data {
             self.0 = (self.0 ^ *b as u64).wrapping_mul(0x100000001b3);
         }

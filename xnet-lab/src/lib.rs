@@ -8,3 +8,4 @@ pub mod etcd;
 pub mod lab;
 pub mod netns;
 pub mod progcost;
+pub mod traffic;
