@@ -129,6 +129,14 @@ impl EtcdClient {
         Ok(Self { client, settings })
     }
 
+    /// `key` changed while this host was writing it: the caller tries again.
+    fn raced(&self, key: &str) -> StoreError {
+        StoreError::Etcd {
+            endpoints: self.settings.endpoints.join(","),
+            error: format!("{key} changed while it was being written; trying again"),
+        }
+    }
+
     fn fail(&self, e: etcd_client::Error) -> StoreError {
         StoreError::Etcd { endpoints: self.settings.endpoints.join(","), error: e.to_string() }
     }
@@ -292,12 +300,12 @@ impl EtcdClient {
                     if self.client.txn(txn).await.map_err(|e| self.fail(e))?.succeeded() {
                         Ok(Retake::Taken(Held { lease: held.lease.clone(), lease_id, ttl, created }))
                     } else {
-                        Ok(Retake::HeldBy(None))
+                        Err(self.raced(&key))
                     }
                 }
                 Some((ip, _)) => Ok(Retake::HeldBy(ip)),
-                // Deleted between the compare and the get: free; the next attempt takes it.
-                None => Ok(Retake::HeldBy(None)),
+                // The get runs in the transaction that found the key: not reached.
+                None => Err(self.raced(&key)),
             }
         }
         .await;

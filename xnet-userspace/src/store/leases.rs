@@ -340,6 +340,26 @@ mod tests {
     }
 
     #[test]
+    fn this_hosts_key_is_told_apart_by_its_create_revision() {
+        let mut t = table();
+        assert_eq!(t.at_my_subnet(), None);
+        t.put(&key("10.244.1.0/24"), Ok(lease("10.244.1.0/24", "198.18.0.1")), 6);
+        assert_eq!(
+            t.at_my_subnet().map(|(l, c)| (l.public_ip.to_string(), c)),
+            Some(("198.18.0.1".into(), 6))
+        );
+        // Deleted (expired) and created anew by another host: a new create revision, not a peer.
+        t.delete(&key("10.244.1.0/24"));
+        assert_eq!(t.at_my_subnet(), None);
+        assert!(t.put(&key("10.244.1.0/24"), Ok(lease("10.244.1.0/24", "198.18.0.3")), 9).is_empty());
+        assert_eq!(
+            t.at_my_subnet().map(|(l, c)| (l.public_ip.to_string(), c)),
+            Some(("198.18.0.3".into(), 9))
+        );
+        assert_eq!((subnets(&t).len(), t.invalid()), (0, 1), "refused: it claims this host's subnet");
+    }
+
+    #[test]
     fn the_older_of_two_overlapping_leases_wins_until_it_goes() {
         let mut t = table();
         t.put(&key("10.244.2.0/24"), Ok(lease("10.244.2.0/24", "198.18.0.2")), 5);
