@@ -208,9 +208,9 @@ fn etcd_out_of_reach_longer_than_the_lease_ttl() {
         "etcd down 12 s (TTL 5 s): leases renewed {took:?} after etcd returned; ping every 50 ms: {} sent, {} received, lost {:?}, longest gap {:?}",
         pings.sent, pings.received, pings.lost, pings.longest_gap
     );
-    assert!(pings.lost.is_empty() && pings.received > 300, "forwarding went on: {pings:?}");
+    assert!(pings.lost.is_empty() && pings.received > 200, "forwarding went on: {pings:?}");
     let again = lease_in_etcd(&lab, h1).expect("host 1's lease");
-    assert_eq!(again.0, "198.18.0.1", "the same subnet for the same host");
+    assert_eq!(again, first, "etcd kept the lease (same host, etcd lease and key) and host 1 renewed it");
 
     // 2. Host 1 alone cut off for 12 s: its lease expires in etcd and host 2 drops its route
     // (etcd says host 1 is gone). Nobody takes the subnet: when host 1 can reach etcd again it
@@ -372,18 +372,17 @@ fn a_lease_taken_by_another_host_during_a_partition_is_never_overwritten() {
     let doubled: Vec<&Sample> = samples.iter().filter(|s| s.owners().len() > 1).collect();
     let owned_by =
         |ip: &str| samples.iter().filter(|s| s.owners().iter().any(|o| o.to_string() == ip)).count();
-    let gap: Vec<&Sample> = samples.iter().filter(|s| s.owners().is_empty()).collect();
-    let gap_time = gap.first().zip(gap.last()).map(|(a, b)| b.at - a.at).unwrap_or_default();
+    let nobody = samples.iter().filter(|s| s.owners().is_empty()).count();
     eprintln!(
         "lease takeover drill (TTL 5 s, host 1 cut off 15 s): lease expired in etcd {expired_after:?} after the cut; \
-         {} samples every 50 ms over {:?}: {} with two owners, {} owned by host 1, {} by host 3, {} by nobody (over {gap_time:?}); \
+         {} samples every 50 ms over {:?}: {} with two owners, {} owned by host 1, {} by host 3, {} by nobody (the handover); \
          converged {converged:?} after the partition healed",
         samples.len(),
         samples.last().unwrap().at - samples[0].at,
         doubled.len(),
         owned_by("198.18.0.1"),
         owned_by("198.18.0.3"),
-        gap.len()
+        nobody
     );
     assert!(doubled.is_empty(), "a subnet forwarded to two hosts at once: {:?}", doubled.first());
     assert!(owned_by("198.18.0.1") > 0 && owned_by("198.18.0.3") > 0, "the drill saw both owners");
