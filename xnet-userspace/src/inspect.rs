@@ -169,6 +169,47 @@ pub struct Status {
     pub maps: Vec<MapRow>,
 }
 
+#[cfg(test)]
+impl Status {
+    /// A file-store host with two peers, for the renderers' tests to vary.
+    pub(crate) fn example() -> Self {
+        Status {
+            pin_dir: PathBuf::from("/sys/fs/bpf/xnet"),
+            agent_pid: 42,
+            agent_running: true,
+            agent_started_at: 1_700_000_000,
+            store: "file",
+            store_up: true,
+            invalid_entries: 0,
+            last_reconcile: 1_700_000_100,
+            lease_expiry: None,
+            subnet: "10.244.1.0/24".into(),
+            lease_lost: false,
+            lease_holder: None,
+            overlay_mtu: 1450,
+            ingress: "tc",
+            backend: "vxlan",
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            vni: 1,
+            vxlan_port: 8472,
+            udp_port: 8285,
+            gre_key: None,
+            tunnel_formats: "vxlan",
+            peers: 2,
+            routes: 5,
+            route_index: false,
+            untunnelled: "direct peers' subnets".into(),
+            attachments: Vec::new(),
+            container_ifaces: Vec::new(),
+            local_ports_cap: 256,
+            ports_over_cap: 0,
+            refused_macs: 0,
+            maps: Vec::new(),
+        }
+    }
+}
+
 /// One map in `xnet status`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MapRow {

@@ -166,53 +166,49 @@ fn size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, path::PathBuf};
+    use std::net::Ipv4Addr;
 
     use super::*;
 
-    fn status(ports_over_cap: u32, refused_macs: u64) -> Status {
-        Status {
-            pin_dir: PathBuf::from("/sys/fs/bpf/xnet"),
-            agent_pid: 42,
-            agent_running: true,
-            agent_started_at: 1_700_000_000,
-            store: "file",
-            store_up: true,
-            invalid_entries: 0,
-            last_reconcile: 1_700_000_100,
-            lease_expiry: None,
-            overlay_mtu: 1450,
-            ingress: "tc",
-            backend: "vxlan",
-            public_ip: Ipv4Addr::new(192, 0, 2, 1),
-            vtep_mac: "02:00:00:00:00:01".into(),
-            vni: 1,
-            vxlan_port: 8472,
-            udp_port: 8285,
-            gre_key: None,
-            tunnel_formats: "vxlan",
-            peers: 2,
-            routes: 5,
-            route_index: false,
-            untunnelled: "direct peers' subnets".into(),
-            attachments: Vec::new(),
-            container_ifaces: Vec::new(),
-            local_ports_cap: 256,
-            ports_over_cap,
-            refused_macs,
-            maps: Vec::new(),
-        }
+    const NOW: u64 = 1_700_000_200;
+
+    fn lease_line(s: &Status, now: u64) -> String {
+        status(s, now).lines().find(|l| l.starts_with("lease ")).expect("a lease line").to_string()
+    }
+
+    #[test]
+    fn the_lease_line_says_held_expired_or_lost() {
+        let etcd = |lease_expiry: Option<u64>, lost: Option<Option<Ipv4Addr>>| Status {
+            store: "etcd",
+            lease_expiry,
+            lease_lost: lost.is_some(),
+            lease_holder: lost.flatten(),
+            ..Status::example()
+        };
+        assert_eq!(
+            lease_line(&etcd(Some(NOW + 90), None), NOW),
+            "lease        expires 2023-11-14T22:18:10Z (in 1m30s) for 10.244.1.0/24"
+        );
+        let expired = lease_line(&etcd(Some(NOW - 7), None), NOW);
+        assert!(expired.starts_with("lease        EXPIRED "), "{expired}");
+        assert_eq!(
+            lease_line(&etcd(Some(NOW - 7), Some(Some(Ipv4Addr::new(198, 18, 0, 9)))), NOW),
+            "lease        LOST: 10.244.1.0/24 now held by 198.18.0.9; not advertised (see the agent log)"
+        );
+        assert!(lease_line(&etcd(Some(NOW - 7), Some(None)), NOW).contains("now held by a key that names no host"));
+        assert_eq!(lease_line(&etcd(None, None), NOW), "lease        none (static file)");
     }
 
     #[test]
     fn status_names_container_macs_left_out_only_when_there_are_some() {
-        let text = super::status(&status(1, 69_744), 1_700_000_200);
+        let flooded = Status { ports_over_cap: 1, refused_macs: 69_744, ..Status::example() };
+        let text = status(&flooded, NOW);
         let line = text.lines().find(|l| l.starts_with("local ports")).unwrap_or_else(|| panic!("{text}"));
         assert_eq!(
             line,
             "local ports  69744 container MACs left out: 1 bridge port(s) claim more than 256 each (see the agent log)"
         );
-        let calm = super::status(&status(0, 0), 1_700_000_200);
+        let calm = status(&Status { ports_over_cap: 0, refused_macs: 0, ..Status::example() }, NOW);
         assert!(!calm.contains("local ports"), "{calm}");
     }
 }
