@@ -258,7 +258,8 @@ impl EtcdClient {
     }
 
     /// Takes `held`'s subnet again with a new etcd lease (after the old one expired, or the key
-    /// was deleted): only if its key does not exist, or still carries this host's public IP.
+    /// was deleted): only if its key does not exist, still carries this host's public IP, or is
+    /// still the key this host created (overwritten in place).
     /// Another host's lease is never overwritten: then it answers who holds the subnet.
     pub async fn retake(&mut self, held: &Held) -> Result<Retake, StoreError> {
         let key = flannel::lease_key(&self.settings.prefix, &held.lease.subnet);
@@ -292,8 +293,9 @@ impl EtcdClient {
             });
             match found {
                 // Written with this host's address by someone else (no host takes another's
-                // address): this host's still, unless it changes meanwhile.
-                Some((Some(ip), created)) if ip == held.lease.public_ip => {
+                // address), or the key this host created, overwritten in place: this host's still,
+                // unless it changes meanwhile.
+                Some((ip, created)) if ip == Some(held.lease.public_ip) || created == held.created => {
                     let txn = Txn::new()
                         .when([Compare::create_revision(key.as_str(), CompareOp::Equal, created)])
                         .and_then([put()]);
@@ -670,7 +672,7 @@ impl Task {
         tracing::error!(
             subnet = %self.held.lease.subnet,
             holder = holder.map_or("a key that names no host".to_string(), |ip| ip.to_string()),
-            "LEASE LOST: this host's subnet lease expired and another host holds the subnet now; not advertising it, never overwriting the other host's lease. Local containers keep forwarding among themselves, remote hosts no longer reach them. Stop the agent, remove the subnet file and restart it (and the containers) to lease another subnet"
+            "LEASE LOST: this host's subnet lease expired or was deleted, and another host holds the subnet now; not advertising it, never overwriting the other host's lease. Local containers keep forwarding among themselves, remote hosts no longer reach them. Stop the agent, remove the subnet file and restart it (and the containers) to lease another subnet"
         );
         if self.held.lease_id != 0 {
             // It holds no key any more, if it still lives.
@@ -711,6 +713,11 @@ impl Task {
             Ok(ttl) => {
                 self.held.ttl = ttl;
                 self.renewed_at = sent;
+                // A key that could not be restored at the watch event that showed it gone is
+                // tried again here (nothing is written when it is as it should be).
+                if let Err(e) = self.check_my_lease().await {
+                    tracing::warn!(error = %e, "cannot restore this host's lease; retrying");
+                }
                 Some(StoreEvent::Health { up: true, lease_expiry: Some(self.lease_expiry()) })
             }
             Err(e) => {
