@@ -363,29 +363,8 @@ fn a_lease_taken_by_another_host_during_a_partition_is_never_overwritten() {
     });
     // A few more seconds: host 1 must not write over host 3's lease, ever.
     std::thread::sleep(Duration::from_secs(4));
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
     let after = lease_in_etcd(&lab, S).expect("host 3's lease");
     assert_eq!(after, taken, "host 3's lease untouched (value, etcd lease and create revision)");
-
-    // Never two owners at once.
-    let doubled: Vec<&Sample> = samples.iter().filter(|s| s.owners().len() > 1).collect();
-    let owned_by =
-        |ip: &str| samples.iter().filter(|s| s.owners().iter().any(|o| o.to_string() == ip)).count();
-    let nobody = samples.iter().filter(|s| s.owners().is_empty()).count();
-    eprintln!(
-        "lease takeover drill (TTL 5 s, host 1 cut off 15 s): lease expired in etcd {expired_after:?} after the cut; \
-         {} samples every 50 ms over {:?}: {} with two owners, {} owned by host 1, {} by host 3, {} by nobody (the handover); \
-         converged {converged:?} after the partition healed",
-        samples.len(),
-        samples.last().unwrap().at - samples[0].at,
-        doubled.len(),
-        owned_by("198.18.0.1"),
-        owned_by("198.18.0.3"),
-        nobody
-    );
-    assert!(doubled.is_empty(), "a subnet forwarded to two hosts at once: {:?}", doubled.first());
-    assert!(owned_by("198.18.0.1") > 0 && owned_by("198.18.0.3") > 0, "the drill saw both owners");
 
     // Said loudly: log, status, metric.
     assert!(lab.log(1).contains("LEASE LOST"), "{}", lab.log(1));
@@ -402,4 +381,51 @@ fn a_lease_taken_by_another_host_during_a_partition_is_never_overwritten() {
     let s1 = status(&lab, 1);
     assert!(s1["agent_running"] == true && s1["store_up"] == true, "{s1}");
     assert!(lab.ping((2, 1), new_home), "host 2 still reaches the new owner");
+
+    // Host 3 leaves; once its lease expires the subnet is free and host 1 takes it back by itself.
+    lab.stop_agent(3);
+    let left = Instant::now();
+    let back = wait_for(Duration::from_secs(15), "host 1 takes its subnet back", || {
+        let s1 = status(&lab, 1);
+        s1["lease_lost"] == false
+            && lease_in_etcd(&lab, S).is_some_and(|l| l.0 == "198.18.0.1")
+            && routes(&lab, 2).get(S).is_some_and(|p| p == "198.18.0.1")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+    assert!(lab.log(1).contains("took this host's subnet back"), "{}", lab.log(1));
+    let metrics = lab.http_get(1, xnet_lab::lab::METRICS_ADDR, "/metrics");
+    assert!(metrics.lines().any(|l| l == "xnet_lease_lost 0"), "{metrics}");
+    assert!(lab.ping((2, 1), lab.container((1, 1)).ip), "host 2 reaches host 1's container again");
+
+    // Never two owners at once, and the owners in turn: host 1, host 3, host 1 again.
+    let doubled: Vec<&Sample> = samples.iter().filter(|s| s.owners().len() > 1).collect();
+    let owned_by =
+        |ip: &str| samples.iter().filter(|s| s.owners().iter().any(|o| o.to_string() == ip)).count();
+    let nobody = samples.iter().filter(|s| s.owners().is_empty()).count();
+    let mut turns: Vec<String> = Vec::new();
+    for s in &samples {
+        let now = s.owners().iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(",");
+        let now = if now.is_empty() { "nobody".to_string() } else { now };
+        if turns.last() != Some(&now) {
+            turns.push(now);
+        }
+    }
+    eprintln!(
+        "lease takeover drill (TTL 5 s, host 1 cut off 15 s): lease expired in etcd {expired_after:?} after the cut; \
+         {} samples every 50 ms over {:?}: {} with two owners, {} owned by host 1, {} by host 3, {} by nobody; \
+         owners in turn {turns:?}; converged {converged:?} after the partition healed; \
+         host 1 took its subnet back {back:?} after host 3 left ({:?} since)",
+        samples.len(),
+        samples.last().unwrap().at - samples[0].at,
+        doubled.len(),
+        owned_by("198.18.0.1"),
+        owned_by("198.18.0.3"),
+        nobody,
+        left.elapsed()
+    );
+    assert!(doubled.is_empty(), "a subnet forwarded to two hosts at once: {:?}", doubled.first());
+    let turns: Vec<&str> = turns.iter().map(String::as_str).filter(|t| *t != "nobody").collect();
+    assert_eq!(turns, ["198.18.0.1", "198.18.0.3", "198.18.0.1"], "the owners in turn");
 }
