@@ -1,6 +1,6 @@
 //! Failure drills on the lab, each measured: the agent killed with SIGKILL under traffic; etcd out
 //! of reach for longer than the lease TTL; a host's lease expired and taken by another host while
-//! that host was cut off from etcd.
+//! that host was cut off from etcd, then given back. Run with `--nocapture` for the figures.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
