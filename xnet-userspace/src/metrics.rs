@@ -405,41 +405,15 @@ mod tests {
 
     fn status(lease_expiry: Option<u64>) -> Status {
         Status {
-            pin_dir: PathBuf::from("/sys/fs/bpf/xnet"),
-            agent_pid: 42,
-            agent_running: true,
-            agent_started_at: 1_700_000_000,
-            store: "file",
-            store_up: true,
             invalid_entries: 3,
-            last_reconcile: 1_700_000_100,
             lease_expiry,
-            subnet: "10.244.1.0/24".into(),
-            lease_lost: false,
-            lease_holder: None,
-            overlay_mtu: 1450,
-            ingress: "tc",
-            backend: "vxlan",
-            public_ip: Ipv4Addr::new(192, 0, 2, 1),
-            vtep_mac: "02:00:00:00:00:01".into(),
-            vni: 1,
-            vxlan_port: 8472,
-            udp_port: 8285,
-            gre_key: None,
-            tunnel_formats: "vxlan",
-            peers: 2,
-            routes: 5,
-            route_index: false,
-            untunnelled: "direct peers' subnets".into(),
-            attachments: Vec::new(),
-            container_ifaces: Vec::new(),
-            local_ports_cap: 256,
             ports_over_cap: 1,
             refused_macs: 69_745,
             maps: vec![
                 MapRow { name: "PEERS", max_entries: 65_536, memlock: 1_052_032 },
                 MapRow { name: "REMOTE_SUBNETS", max_entries: 65_536, memlock: 4_096 },
             ],
+            ..Status::example()
         }
     }
 

@@ -195,7 +195,10 @@ mod tests {
             lease_line(&etcd(Some(NOW - 7), Some(Some(Ipv4Addr::new(198, 18, 0, 9)))), NOW),
             "lease        LOST: 10.244.1.0/24 now held by 198.18.0.9; not advertised (see the agent log)"
         );
-        assert!(lease_line(&etcd(Some(NOW - 7), Some(None)), NOW).contains("now held by a key that names no host"));
+        assert!(
+            lease_line(&etcd(Some(NOW - 7), Some(None)), NOW)
+                .contains("now held by a key that names no host")
+        );
         assert_eq!(lease_line(&etcd(None, None), NOW), "lease        none (static file)");
     }
 
