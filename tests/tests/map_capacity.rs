@@ -10,10 +10,11 @@ use xnet::{
     config::{PeerConfig, Tunnel},
     datapath::{Datapath, DatapathError, remove_all, sync::Scope},
     mac::Mac,
-    plan::{HostFacts, Plan},
+    plan::Plan,
     store::Overlay,
 };
 use xnet_common::maps::{Backend, Capacity, PEERS, REMOTE_SUBNETS, ROUTE_INFO, Store};
+use xnet_lab::fixture::host_facts;
 
 fn net(s: &str) -> Ipv4Network {
     cidr::parse(s).unwrap()
@@ -37,25 +38,9 @@ fn peers(n: u32) -> Vec<PeerConfig> {
 
 /// Syncs `peers` into `dp` as the agent does for a static file.
 fn sync(dp: &mut Datapath, peers: &[PeerConfig]) -> Result<usize, DatapathError> {
-    let facts = HostFacts {
-        underlay_index: 1,
-        underlay_mtu: 1500,
-        underlay_nets: vec![net("198.18.0.0/24")],
-        underlay_virtual: false,
-        public_ip: [198, 18, 0, 1].into(),
-        public_ip_on_host: true,
-        untunnelled_open: false,
-        vtep_mac: Mac([2, 0, 198, 18, 0, 1]),
-    };
-    let tunnel = Tunnel {
-        kind: Backend::Vxlan,
-        vni: 1,
-        vxlan_port: 8472,
-        udp_port: 8285,
-        gre_key: None,
-        fallback: Backend::Vxlan,
-    };
-    let overlay = Overlay { network: net("10.0.0.0/8"), subnet: net("10.0.0.0/25"), tunnel };
+    let facts = host_facts([198, 18, 0, 1].into(), "198.18.0.0/24");
+    let overlay =
+        Overlay { network: net("10.0.0.0/8"), subnet: net("10.0.0.0/25"), tunnel: Tunnel::default() };
     let plan = Plan::new(facts, overlay, None, peers).expect("plan");
     let wanted = plan.wanted(Store::File, peers);
     let config = plan.datapath_config([2, 0x42, 10, 0, 0, 1], &wanted);

@@ -11,7 +11,7 @@ use xnet::{
     config::{PeerConfig, Tunnel},
     datapath::{self, sync::Scope},
     mac::Mac,
-    plan::{HostFacts, Plan},
+    plan::Plan,
     store::Overlay,
 };
 use xnet_common::maps::{
@@ -19,6 +19,7 @@ use xnet_common::maps::{
     LOCAL_PORTS_LIMIT, PEER_SLOTS, PEERS, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INFO, STATS, Store,
     UNTUNNELLED_FROM,
 };
+use xnet_lab::fixture::host_facts;
 
 const MIB: u64 = 1 << 20;
 
@@ -65,24 +66,8 @@ fn a_hundred_peer_network_locks_under_16_mib() {
             backend: Some(Backend::Vxlan),
         })
         .collect();
-    let facts = HostFacts {
-        underlay_index: 1,
-        underlay_mtu: 1500,
-        underlay_nets: vec![net("198.18.0.0/16")],
-        underlay_virtual: false,
-        public_ip: [198, 18, 0, 1].into(),
-        public_ip_on_host: true,
-        untunnelled_open: false,
-        vtep_mac: Mac([2, 0, 198, 18, 0, 1]),
-    };
-    let tunnel = Tunnel {
-        kind: Backend::Vxlan,
-        vni: 1,
-        vxlan_port: 8472,
-        udp_port: 8285,
-        gre_key: None,
-        fallback: Backend::Vxlan,
-    };
+    let facts = host_facts([198, 18, 0, 1].into(), "198.18.0.0/16");
+    let tunnel = Tunnel::default();
     let overlay = Overlay { network: net("10.244.0.0/16"), subnet: net("10.244.1.0/24"), tunnel };
     let plan = Plan::new(facts, overlay, None, &peers).expect("plan");
     let wanted = plan.wanted(Store::File, &peers);

@@ -5,6 +5,7 @@ pub mod cni;
 pub mod decoder;
 pub mod docker;
 pub mod etcd;
+pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod progcost;

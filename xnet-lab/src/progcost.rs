@@ -15,7 +15,7 @@ use xnet::{
         sync::{RouteIndexSpec, Scope, Wanted},
     },
     mac::Mac,
-    plan::{HostFacts, Plan},
+    plan::Plan,
     store::Overlay,
 };
 use xnet_common::{
@@ -109,16 +109,7 @@ impl Bench {
     pub fn new() -> Bench {
         let dp = Datapath::load_unpinned().unwrap_or_else(|e| panic!("load the programs: {e} ({e:?})"));
         let local = Ipv4Addr::new(198, 18, 0, 1);
-        let facts = HostFacts {
-            underlay_index: 1,
-            underlay_mtu: 1500,
-            underlay_nets: vec![cidr::parse("198.18.0.0/24").expect("network")],
-            underlay_virtual: false,
-            public_ip: local,
-            public_ip_on_host: true,
-            untunnelled_open: false,
-            vtep_mac: Mac::from_ipv4(local),
-        };
+        let facts = crate::fixture::host_facts(local, "198.18.0.0/24");
         let overlay = Overlay {
             network: cidr::parse("10.244.0.0/16").expect("network"),
             subnet: cidr::parse("10.244.1.0/24").expect("subnet"),
