@@ -64,6 +64,7 @@ fn a_hundred_peer_network_locks_under_16_mib() {
             public_ip: [198, 18, 1, n].into(),
             vtep_mac: Mac([2, 0, 198, 18, 1, n]),
             backend: Some(Backend::Vxlan),
+            protocol: None,
         })
         .collect();
     let facts = host_facts([198, 18, 0, 1].into(), "198.18.0.0/16");

@@ -900,6 +900,8 @@ pub enum Store {
     File = 1,
     /// etcd, in flannel's schema.
     Etcd = 2,
+    /// A routing daemon's routes in the kernel (FRR, BIRD).
+    Routes = 3,
 }
 
 impl Store {
@@ -907,6 +909,7 @@ impl Store {
         match v {
             1 => Some(Self::File),
             2 => Some(Self::Etcd),
+            3 => Some(Self::Routes),
             _ => None,
         }
     }
@@ -914,6 +917,7 @@ impl Store {
         match self {
             Self::File => "file",
             Self::Etcd => "etcd",
+            Self::Routes => "routes",
         }
     }
 }
@@ -1067,7 +1071,10 @@ impl AgentState {
 pub struct RouteInfo {
     /// A [`Store`] number.
     source: u8,
-    reserved: [u8; 7],
+    /// For [`Store::Routes`]: the kernel route protocol (`RTPROT_*`, e.g. 188 for OSPF) the route
+    /// was learned with; 0 otherwise.
+    protocol: u8,
+    reserved: [u8; 6],
     /// Unix seconds: when the route was first installed.
     added_at: u64,
 }
@@ -1075,7 +1082,18 @@ pub struct RouteInfo {
 impl RouteInfo {
     /// A route from `source`, first installed at `added_at` (Unix seconds).
     pub const fn new(source: Store, added_at: u64) -> Self {
-        Self { source: source as u8, reserved: [0; 7], added_at }
+        Self { source: source as u8, protocol: 0, reserved: [0; 6], added_at }
+    }
+
+    /// The same, learned with the kernel route protocol `protocol`.
+    pub const fn with_protocol(self, protocol: u8) -> Self {
+        Self { protocol, ..self }
+    }
+
+    /// The kernel route protocol the route was learned with; 0 when it was not learned from
+    /// kernel routes.
+    pub fn protocol(&self) -> u8 {
+        self.protocol
     }
 
     /// Where the route came from; `None` for a number this code does not know.
@@ -1328,6 +1346,9 @@ mod tests {
             [&[2u8, 0, 0, 0, 0, 0, 0, 0][..], &1_700_000_000u64.to_ne_bytes()].concat()
         );
         assert_eq!((info.source(), info.added_at()), (Some(Store::Etcd), 1_700_000_000));
+        let learned = RouteInfo::new(Store::Routes, 5).with_protocol(188);
+        assert_eq!(&bytes_of(&learned)[..8], &[3u8, 188, 0, 0, 0, 0, 0, 0][..]);
+        assert_eq!((learned.source(), learned.protocol(), info.protocol()), (Some(Store::Routes), 188, 0));
         assert_eq!(LocalPort::new(7).ifindex(), 7);
         let e = Endpoint::new(7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS);
         assert_eq!(

@@ -76,7 +76,7 @@ const PEERS: [(u8, Backend); 4] =
 
 /// The peer at `ip` (VTEP MAC 2:0 and its address) owning `subnet`, sent to with `backend`.
 fn peer(subnet: cidr::Ipv4Network, ip: Ipv4Addr, backend: Backend) -> PeerConfig {
-    PeerConfig { subnet, public_ip: ip, vtep_mac: Mac::from_ipv4(ip), backend: Some(backend) }
+    PeerConfig { subnet, public_ip: ip, vtep_mac: Mac::from_ipv4(ip), backend: Some(backend), protocol: None }
 }
 
 /// A route index shape that no route of [`Bench`] fits (hosts with /25 subnets): the agent then

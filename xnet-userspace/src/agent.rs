@@ -30,7 +30,7 @@ use crate::{
     metrics,
     netlink::Netlink,
     plan::{HostFacts, Plan},
-    store::{Identity, LeaseState, Store, StoreEvent, etcd::remembered_subnet},
+    store::{Identity, LeaseState, Store, StoreEvent, etcd::remembered_subnet, kernel_routes::HostLink},
     subnet_env::{self, SubnetEnv},
     systemd,
 };
@@ -87,8 +87,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (netlink, mut host_events) = Netlink::connect().await?;
 
     let vtep_mac = config.vtep_mac.unwrap_or_else(|| Mac::from_ipv4(public_ip));
-    let mut store =
-        Store::start(&config.store, Identity { public_ip, vtep_mac }, remembered_subnet(&config.subnet_file));
+    let link =
+        HostLink { underlay_index: underlay.index, underlay_nets: underlay.ipv4_nets.clone(), public_ip };
+    let mut store = Store::start(
+        &config.store,
+        Identity { public_ip, vtep_mac },
+        link,
+        remembered_subnet(&config.subnet_file),
+    );
     let (overlay, peers, invalid, lease_expiry) = loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("stopped before the store answered; nothing was set up"); return Ok(()); }
@@ -482,6 +488,7 @@ fn bring_up(
             network: plan.overlay.network,
             subnet: plan.overlay.subnet,
             overlay_mtu: plan.overlay_mtu,
+            announce: matches!(&config.store, crate::config::StoreConfig::Routes(r) if r.announce),
         })?;
         dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
         dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// The etcd key prefix (default /coreos.com/network, flannel's).
     #[arg(long, value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// Learn the peers from the routes a routing daemon (FRR, BIRD) installs in the kernel, with
+    /// the `[routes]` defaults when the config has no `[routes]` section.
+    #[arg(long, conflicts_with_all = ["etcd_endpoints", "etcd_prefix"])]
+    pub routes: bool,
     /// Where to write subnet.env (XNET_*/FLANNEL_* NETWORK, SUBNET, MTU, IPMASQ); overrides
     /// `subnet_file` in the config (default /run/xnet/subnet.env).
     #[arg(long, value_name = "FILE")]
@@ -89,6 +93,7 @@ impl RunArgs {
         Overrides {
             etcd_endpoints: self.etcd_endpoints.clone(),
             etcd_prefix: self.etcd_prefix.clone(),
+            routes: self.routes,
             subnet_file: self.subnet_file.clone(),
             keep_datapath: self.keep_datapath,
         }

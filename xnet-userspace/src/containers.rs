@@ -54,7 +54,7 @@ impl Containers {
                 self.names.contains(name) || self.ports.contains_key(name) || is_ours(*index)
             }
             HostEvent::Fdb { bridge, .. } => is_ours(*bridge),
-            HostEvent::Address { .. } => false,
+            HostEvent::Address { .. } | HostEvent::Route { .. } => false,
             HostEvent::Resync => true,
         }
     }

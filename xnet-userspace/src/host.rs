@@ -298,6 +298,10 @@ pub struct HostPlan<'a> {
     pub network: Ipv4Network,
     pub subnet: Ipv4Network,
     pub overlay_mtu: u32,
+    /// Announce the subnet to a routing daemon: the blackhole route for it carries
+    /// [`crate::config::ANNOUNCE_PROTOCOL`] instead of `static`, a protocol the daemon can
+    /// redistribute without per-host configuration (it goes with the route on stop).
+    pub announce: bool,
 }
 
 /// Applies `plan`:
@@ -308,7 +312,8 @@ pub struct HostPlan<'a> {
 /// - a route for the whole overlay network through it, with that address as the source: the host
 ///   reaches remote containers (encapsulated), and overlay traffic never leaks out of the default
 ///   route unencapsulated;
-/// - a blackhole route for this host's own subnet, behind the container bridge's route.
+/// - a blackhole route for this host's own subnet, behind the container bridge's route (the
+///   announcement of the subnet, with `announce`).
 pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     write_sysctl("net.ipv4.ip_forward", "1")?;
     let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
@@ -342,9 +347,11 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
         format!("route {net} dev {HOST_DEVICE} src {address}"),
     )?;
     let own = plan.subnet.to_string();
+    let protocol =
+        if plan.announce { crate::config::ANNOUNCE_PROTOCOL.to_string() } else { "static".to_string() };
     ip(
-        &["route", "replace", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC, "proto", "static"],
-        format!("blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC}"),
+        &["route", "replace", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC, "proto", &protocol],
+        format!("blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC} proto {protocol}"),
     )?;
     Ok(())
 }

@@ -65,8 +65,12 @@ pub struct RouteRow {
     /// GRE key, for gre routes that use one.
     pub key: Option<u32>,
     pub vtep_mac: String,
-    /// "file" (static config) or "etcd"; "unknown" when the agent recorded nothing.
+    /// "file" (static config), "etcd" or "routes" (a routing daemon's); "unknown" when the agent
+    /// recorded nothing.
     pub source: &'static str,
+    /// For "routes": the kernel route protocol the route was learned with ("ospf", "bgp",
+    /// "bird"...).
+    pub protocol: Option<String>,
     /// Seconds since the route was first installed.
     pub age_seconds: Option<u64>,
 }
@@ -94,6 +98,9 @@ pub fn routes(maps: &Maps, now: u64) -> Result<Vec<RouteRow>, InspectError> {
             key: gre_key.filter(|_| backend == Some(Backend::Gre)),
             vtep_mac: Mac(route.vtep_mac()).to_string(),
             source: meta.and_then(RouteInfo::source).map_or("unknown", Store::name),
+            protocol: meta
+                .filter(|m| m.source() == Some(Store::Routes) && m.protocol() != 0)
+                .map(|m| crate::config::route_protocol_name(m.protocol())),
             age_seconds: meta.map(|m| now.saturating_sub(m.added_at())),
         });
     }

@@ -1,5 +1,6 @@
-//! The host's links, bridge ports and bridge forwarding databases, read from rtnetlink: dumps on
-//! request, and the kernel's change notifications as a stream of [`HostEvent`]s.
+//! The host's links, bridge ports, bridge forwarding databases and IPv4 routes, read from
+//! rtnetlink: dumps on request, and the kernel's change notifications as a stream of
+//! [`HostEvent`]s.
 //!
 //! Two sockets: one answers dumps, the other only listens to the multicast groups. A dump answer
 //! is paced by the reader, so it cannot overflow; events can (when the agent does not read them in
@@ -16,6 +17,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{self, LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{NeighbourAttribute, NeighbourMessage},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
 };
 use netlink_sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{Handle, MulticastGroup};
@@ -27,8 +29,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// room for a few thousand notifications while the agent is busy.
 pub const EVENT_QUEUE_BYTES: usize = 4 << 20;
 
-/// The multicast groups the event socket joins.
+/// The multicast groups the agent's event socket joins.
 const GROUPS: [MulticastGroup; 3] = [MulticastGroup::Link, MulticastGroup::Neigh, MulticastGroup::Ipv4Ifaddr];
+/// The multicast group a routes store's event socket joins.
+const ROUTE_GROUPS: [MulticastGroup; 1] = [MulticastGroup::Ipv4Route];
 
 /// One rtnetlink connection: dumps on request (the events arrive on the [`HostEvents`] that
 /// [`Netlink::connect`] returns with it).
@@ -55,6 +59,8 @@ pub enum HostEvent {
     Fdb { bridge: u32, port: u32, mac: [u8; 6], present: bool },
     /// An IPv4 address was added to or removed from the link `index`.
     Address { index: u32 },
+    /// An IPv4 route was added or replaced (`present`), or deleted.
+    Route { route: KernelRoute, present: bool },
     /// Events were lost (the kernel's queue for the event socket overflowed, or a notification
     /// could not be parsed): everything known from earlier dumps and events may be stale, and must
     /// be dumped again.
@@ -78,6 +84,77 @@ pub struct LinkInfo {
     /// The driver kind from `IFLA_LINKINFO` ("bridge", "veth", "vxlan"...); `None` for physical
     /// devices and loopback.
     pub kind: Option<String>,
+}
+
+/// An IPv4 route as the kernel describes it: what a routes store needs to judge it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub destination: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub table: u32,
+    /// `rtm_protocol`: who installed it (`RTPROT_*`: 188 ospf, 186 bgp, 12 bird...).
+    pub protocol: u8,
+    /// A plain unicast route (not blackhole, unreachable, local, broadcast...).
+    pub unicast: bool,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The outgoing interface.
+    pub oif: Option<u32>,
+    /// The metric (`RTA_PRIORITY`).
+    pub priority: u32,
+    /// `onlink`: the gateway is reached on `oif` whatever the interface's addresses.
+    pub onlink: bool,
+    /// The route has several next hops (`RTA_MULTIPATH`); `gateway`, `oif` and `onlink` are the
+    /// first one's.
+    pub multipath: bool,
+    /// A route with a type of service or a source prefix: not a plain destination route.
+    pub qualified: bool,
+}
+
+impl KernelRoute {
+    /// The route a route message describes; `None` for one that is not IPv4.
+    pub fn of(message: &RouteMessage) -> Option<KernelRoute> {
+        let h = &message.header;
+        if h.address_family != AddressFamily::Inet {
+            return None;
+        }
+        let mut route = KernelRoute {
+            destination: std::net::Ipv4Addr::UNSPECIFIED,
+            prefix: h.destination_prefix_length,
+            table: u32::from(h.table),
+            protocol: h.protocol.into(),
+            unicast: h.kind == RouteType::Unicast,
+            gateway: None,
+            oif: None,
+            priority: 0,
+            onlink: h.flags.contains(RouteFlags::Onlink),
+            multipath: false,
+            qualified: h.tos != 0 || h.source_prefix_length != 0,
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => route.destination = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
+                RouteAttribute::Oif(i) => route.oif = Some(*i),
+                RouteAttribute::Priority(p) => route.priority = *p,
+                RouteAttribute::Table(t) => route.table = *t,
+                RouteAttribute::MultiPath(hops) => {
+                    route.multipath = hops.len() > 1;
+                    if let Some(first) = hops.first() {
+                        route.oif = Some(first.interface_index);
+                        route.onlink |=
+                            first.flags.contains(netlink_packet_route::route::RouteNextHopFlags::Onlink);
+                        for a in &first.attributes {
+                            if let RouteAttribute::Gateway(RouteAddress::Inet(g)) = a {
+                                route.gateway = Some(*g);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(route)
+    }
 }
 
 /// A failed rtnetlink operation.
@@ -120,6 +197,20 @@ impl Netlink {
     /// `net.core.rmem_max` unless the process has `CAP_NET_ADMIN`). A queue smaller than one
     /// notification (a few KiB) loses them all.
     pub async fn connect_with_event_queue(bytes: usize) -> Result<(Netlink, HostEvents), NetlinkError> {
+        Self::connect_to(&GROUPS, bytes).await
+    }
+
+    /// A connection whose events are the kernel's IPv4 route notifications only (a routes store's
+    /// own), with an event queue of [`EVENT_QUEUE_BYTES`].
+    pub async fn connect_routes() -> Result<(Netlink, HostEvents), NetlinkError> {
+        Self::connect_to(&ROUTE_GROUPS, EVENT_QUEUE_BYTES).await
+    }
+
+    /// A connection whose event socket joins `groups`.
+    async fn connect_to(
+        groups: &[MulticastGroup],
+        bytes: usize,
+    ) -> Result<(Netlink, HostEvents), NetlinkError> {
         let (requests, handle, unsolicited) = rtnetlink::new_connection()
             .map_err(|error| NetlinkError::Socket { doing: "opening the rtnetlink request socket", error })?;
         // The request socket joins no group: nothing unsolicited arrives there.
@@ -133,9 +224,9 @@ impl Netlink {
         let socket = events.socket_mut().socket_mut();
         set_receive_queue(socket, bytes)
             .map_err(|error| NetlinkError::Socket { doing: "sizing the rtnetlink event queue", error })?;
-        let groups = GROUPS.iter().fold(0u32, |all, &g| all | 1 << (g as u32 - 1));
+        let groups = groups.iter().fold(0u32, |all, &g| all | 1 << (g as u32 - 1));
         socket.bind(&SocketAddr::new(0, groups)).map_err(|error| NetlinkError::Socket {
-            doing: "subscribing to link, neighbour and IPv4 address notifications",
+            doing: "subscribing to rtnetlink notifications",
             error,
         })?;
         tokio::spawn(events);
@@ -167,6 +258,16 @@ impl Netlink {
     /// All the links of the network namespace.
     pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
         self.dump_links(|| "dumping the links".to_string()).await
+    }
+
+    /// Every IPv4 route of every table.
+    pub async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+        let mut request = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+        // Every table, not only main: a dump with table 0 (RT_TABLE_UNSPEC) lists them all.
+        request.header.table = 0;
+        let answer = self.handle.route().get(request).execute();
+        let messages = collect(|| "dumping the IPv4 routes".to_string(), answer).await?;
+        Ok(messages.iter().filter_map(KernelRoute::of).collect())
     }
 
     /// The ports of the bridge `bridge` (an ifindex): name -> ifindex. Empty if it has none, or if
@@ -293,6 +394,12 @@ pub fn host_event(message: &RouteNetlinkMessage) -> Option<HostEvent> {
             if a.header.family == AddressFamily::Inet =>
         {
             Some(HostEvent::Address { index: a.header.index })
+        }
+        RouteNetlinkMessage::NewRoute(r) => {
+            KernelRoute::of(r).map(|route| HostEvent::Route { route, present: true })
+        }
+        RouteNetlinkMessage::DelRoute(r) => {
+            KernelRoute::of(r).map(|route| HostEvent::Route { route, present: false })
         }
         _ => None,
     }
@@ -619,6 +726,47 @@ mod tests {
         );
         a.header.family = AddressFamily::Inet6;
         assert_eq!(host_event(&RouteNetlinkMessage::NewAddress(a)), None);
+    }
+
+    #[test]
+    fn route_messages_become_route_events() {
+        use netlink_packet_route::route::{RouteHeader, RouteProtocol};
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = 24;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Ospf;
+        m.header.kind = RouteType::Unicast;
+        m.header.flags = RouteFlags::Onlink;
+        m.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet([10, 244, 2, 0].into())),
+            RouteAttribute::Gateway(RouteAddress::Inet([198, 18, 0, 2].into())),
+            RouteAttribute::Oif(7),
+            RouteAttribute::Priority(20),
+        ];
+        let route = KernelRoute {
+            destination: [10, 244, 2, 0].into(),
+            prefix: 24,
+            table: 254,
+            protocol: 188,
+            unicast: true,
+            gateway: Some([198, 18, 0, 2].into()),
+            oif: Some(7),
+            priority: 20,
+            onlink: true,
+            multipath: false,
+            qualified: false,
+        };
+        let new = RouteNetlinkMessage::NewRoute(m.clone());
+        assert_eq!(event_of(wire(new)), Some(HostEvent::Route { route: route.clone(), present: true }));
+        let del = RouteNetlinkMessage::DelRoute(m.clone());
+        assert_eq!(host_event(&del), Some(HostEvent::Route { route: route.clone(), present: false }));
+        // A table number above 255 travels in RTA_TABLE.
+        m.attributes.push(RouteAttribute::Table(1000));
+        m.header.kind = RouteType::BlackHole;
+        assert_eq!(KernelRoute::of(&m).map(|r| (r.table, r.unicast)), Some((1000, false)));
+        m.header.address_family = AddressFamily::Inet6;
+        assert_eq!(KernelRoute::of(&m), None, "IPv6 is not followed");
     }
 
     /// `message` as the event socket reads it off the wire.

@@ -118,6 +118,9 @@ impl Plan {
     pub fn set_peer(&self, wanted: &mut Wanted, peer: &PeerConfig) {
         let (route, entry) = self.entries(peer);
         wanted.set(peer.subnet, route, peer.public_ip.octets(), entry);
+        if let Some(protocol) = peer.protocol {
+            wanted.set_protocol(peer.subnet, protocol);
+        }
     }
 
     /// The routes and peers for `peers`, from `source`.
@@ -214,6 +217,7 @@ mod tests {
             public_ip,
             vtep_mac: Mac::from_ipv4(public_ip),
             backend,
+            protocol: None,
         }
     }
 

@@ -47,21 +47,25 @@ fn si(v: f64) -> String {
 
 pub fn routes(rows: &[RouteRow]) -> String {
     let mut out = format!(
-        "{:<18} {:<15} {:<8} {:>10} {:<17} {:<7} {:>8}\n",
+        "{:<18} {:<15} {:<8} {:>10} {:<17} {:<12} {:>8}\n",
         "SUBNET", "PEER", "BACKEND", "VNI/KEY", "VTEP MAC", "SOURCE", "AGE"
     );
     for r in rows {
         let age = r.age_seconds.map_or("-".to_string(), ago);
         let id = r.vni.or(r.key).map_or("-".to_string(), |v| v.to_string());
+        let source = match &r.protocol {
+            Some(p) => format!("{} ({p})", r.source),
+            None => r.source.to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<18} {:<15} {:<8} {:>10} {:<17} {:<7} {:>8}",
+            "{:<18} {:<15} {:<8} {:>10} {:<17} {:<12} {:>8}",
             r.subnet,
             r.peer.to_string(),
             r.backend,
             id,
             r.vtep_mac,
-            r.source,
+            source,
             age
         );
     }
@@ -85,6 +89,7 @@ pub fn status(s: &Status, now: u64) -> String {
             format!("EXPIRED {} ({} ago, the store out of reach) for {}", utc(t), ago(now - t), s.subnet)
         }
         (false, Some(t)) => format!("expires {} (in {}) for {}", utc(t), ago(t - now), s.subnet),
+        (false, None) if s.store == "routes" => "none (routing daemon)".to_string(),
         (false, None) => "none (static file)".to_string(),
     };
     let _ = writeln!(out, "pin dir      {}", s.pin_dir.display());

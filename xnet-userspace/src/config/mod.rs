@@ -96,6 +96,9 @@ pub struct PeerConfig {
     pub vtep_mac: Mac,
     /// Overrides the tunnel's `kind` for this peer.
     pub backend: Option<Backend>,
+    /// The kernel route protocol (`RTPROT_*`) the route to `subnet` was learned with, when it
+    /// comes from a routing daemon's routes (see [`RoutesSettings`]).
+    pub protocol: Option<u8>,
 }
 
 /// The overlay as the static file describes it: everything a store yields, known up front.
@@ -138,6 +141,64 @@ impl EtcdSettings {
     }
 }
 
+/// What to do with a learned route whose next hop is a router rather than the host that owns the
+/// subnet (`[routes] behind_router`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BehindRouter {
+    /// Leave it to the kernel's route and the fabric, which learned the route too: no datapath
+    /// route, the packet leaves as it is.
+    Fabric,
+    /// Encapsulate to the host that originated the route, when the daemon names it as the
+    /// route's gateway (an `onlink` route to an address off the underlay's segment).
+    Encapsulate,
+}
+
+/// The kernel route protocols of routing daemons, by the names `ip route` shows: what
+/// `[routes] protocols` accepts, and its default.
+pub const ROUTE_PROTOCOLS: &[(&str, u8)] = &[
+    ("zebra", 11),
+    ("bird", 12),
+    ("babel", 42),
+    ("bgp", 186),
+    ("isis", 187),
+    ("ospf", 188),
+    ("rip", 189),
+    ("eigrp", 192),
+];
+
+/// The name of kernel route protocol `number`, as `ip route` shows it.
+pub fn route_protocol_name(number: u8) -> String {
+    const OTHERS: &[(&str, u8)] = &[("redirect", 1), ("kernel", 2), ("boot", 3), ("static", 4), ("dhcp", 16)];
+    ROUTE_PROTOCOLS
+        .iter()
+        .chain(OTHERS)
+        .find(|(_, n)| *n == number)
+        .map_or_else(|| number.to_string(), |(name, _)| name.to_string())
+}
+
+/// The kernel route protocol of the route with which xnet announces this host's subnet
+/// (a blackhole route, behind the container bridge's): a routing daemon exports it without
+/// per-host configuration, and the routes store never learns it back.
+pub const ANNOUNCE_PROTOCOL: u8 = 44;
+
+/// Where a routing daemon's routes are and which of them to learn (`[routes]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutesSettings {
+    pub network: Ipv4Network,
+    pub subnet: Ipv4Network,
+    pub tunnel: Tunnel,
+    /// The kernel route protocols (`RTPROT_*`) learned from.
+    pub protocols: Vec<u8>,
+    /// The routing table the daemon installs its routes in (254: main).
+    pub table: u32,
+    pub behind_router: BehindRouter,
+    /// Gateways that are routers, not hosts of the overlay: routes through them are "behind a
+    /// router" although the gateway is on the underlay's segment.
+    pub routers: Vec<Ipv4Addr>,
+    /// Announce this host's subnet with a route of [`ANNOUNCE_PROTOCOL`].
+    pub announce: bool,
+}
+
 /// Where the network, this host's subnet and the peers come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -145,6 +206,8 @@ pub enum StoreConfig {
     File(StaticOverlay),
     /// etcd, in flannel's schema.
     Etcd(EtcdSettings),
+    /// The routes a routing daemon installs in the kernel.
+    Routes(RoutesSettings),
 }
 
 /// What the command line may override (`xnet run` flags).
@@ -152,6 +215,8 @@ pub enum StoreConfig {
 pub struct Overrides {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: Option<String>,
+    /// `--routes`: the routes store, with `[routes]`'s defaults if the file has no `[routes]`.
+    pub routes: bool,
     pub subnet_file: Option<PathBuf>,
     pub keep_datapath: bool,
 }
@@ -209,6 +274,7 @@ struct RawConfig {
     etcd: Option<RawEtcd>,
     #[serde(default)]
     capacity: RawCapacity,
+    routes: Option<RawRoutes>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +282,16 @@ struct RawConfig {
 struct RawCapacity {
     routes: Option<i64>,
     peers: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    protocols: Option<Vec<String>>,
+    table: Option<toml::Value>,
+    behind_router: Option<String>,
+    routers: Option<Vec<String>>,
+    announce: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -417,7 +493,31 @@ impl Config {
         };
         let untunnelled_from = untunnelled_from(&c, &raw.backend, untunnelled_open)?;
         let capacity = capacity(&c, &raw.capacity)?;
-        let store = if raw.etcd.is_some() || etcd_on_command_line {
+        let routes_wanted = raw.routes.is_some() || overrides.routes;
+        if routes_wanted && (raw.etcd.is_some() || etcd_on_command_line) {
+            return Err(c.invalid(
+                "routes",
+                "and an etcd store exclude each other; keep [routes] (or --routes) or [etcd] (or --etcd-endpoints)"
+                    .into(),
+            ));
+        }
+        let store = if routes_wanted {
+            if !raw.peers.is_empty() || !split.peers.is_empty() {
+                return Err(c.invalid(
+                    "peer",
+                    "comes from the routing daemon's routes when [routes] is set; remove the [[peer]] entries"
+                        .into(),
+                ));
+            }
+            if overrides.etcd_prefix.is_some() {
+                return Err(ConfigError::Flag {
+                    flag: "--etcd-prefix",
+                    message: "applies only with an etcd store, not with [routes]".into(),
+                });
+            }
+            let o = static_overlay(&c, &raw, &peer_tables, public_ip)?;
+            StoreConfig::Routes(routes_settings(&c, raw.routes.as_ref(), o)?)
+        } else if raw.etcd.is_some() || etcd_on_command_line {
             for (present, key) in [
                 (raw.network.is_some(), "network"),
                 (raw.subnet.is_some(), "subnet"),
@@ -623,6 +723,84 @@ impl PeerTables<'_> {
     }
 }
 
+/// `[routes]` (all defaults when absent) over the network, subnet and tunnel of `o`.
+fn routes_settings(
+    c: &Checker<'_>,
+    raw: Option<&RawRoutes>,
+    o: StaticOverlay,
+) -> Result<RoutesSettings, ConfigError> {
+    let default = RawRoutes::default();
+    let raw = raw.unwrap_or(&default);
+    let protocols = match &raw.protocols {
+        None => ROUTE_PROTOCOLS.iter().map(|(_, n)| *n).collect(),
+        Some(list) if list.is_empty() => {
+            return Err(c.invalid(
+                "routes.protocols",
+                "is empty; name the protocols of the daemon's routes, e.g. [\"ospf\"] or [\"bird\"]".into(),
+            ));
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, name) in list.iter().enumerate() {
+                let number = ROUTE_PROTOCOLS
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, p)| *p)
+                    .or_else(|| name.parse::<u8>().ok().filter(|p| *p > 4 && *p != ANNOUNCE_PROTOCOL));
+                let Some(number) = number else {
+                    let names: Vec<&str> = ROUTE_PROTOCOLS.iter().map(|(n, _)| *n).collect();
+                    return Err(c.invalid(
+                        &format!("routes.protocols[{i}]"),
+                        format!(
+                            "= \"{name}\" is not a routing daemon's route protocol; use one of {} or a number from 5 to 255 (not {ANNOUNCE_PROTOCOL}, xnet's own)",
+                            names.join(", ")
+                        ),
+                    ));
+                };
+                if !out.contains(&number) {
+                    out.push(number);
+                }
+            }
+            out
+        }
+    };
+    let table = match &raw.table {
+        None => 254,
+        Some(toml::Value::String(s)) if s == "main" => 254,
+        Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) && *n != 255 => *n as u32,
+        Some(v) => {
+            return Err(c.invalid(
+                "routes.table",
+                format!("= {v} is not a routing table; use \"main\" or a table number such as 254 (not 255, local)"),
+            ));
+        }
+    };
+    let behind_router = match raw.behind_router.as_deref() {
+        None | Some("fabric") => BehindRouter::Fabric,
+        Some("encapsulate") => BehindRouter::Encapsulate,
+        Some(other) => {
+            return Err(c.invalid(
+                "routes.behind_router",
+                format!("= \"{other}\" must be \"fabric\" (the default) or \"encapsulate\""),
+            ));
+        }
+    };
+    let mut routers = Vec::new();
+    for (i, r) in raw.routers.iter().flatten().enumerate() {
+        routers.push(c.ip(&format!("routes.routers[{i}]"), r)?);
+    }
+    Ok(RoutesSettings {
+        network: o.network,
+        subnet: o.subnet,
+        tunnel: o.tunnel,
+        protocols,
+        table,
+        behind_router,
+        routers,
+        announce: raw.announce.unwrap_or(true),
+    })
+}
+
 /// The network, subnet, tunnel and peers of a static config.
 fn static_overlay(
     c: &Checker<'_>,
@@ -716,7 +894,13 @@ fn static_overlay(
         }
         by_start.insert(start, (end, i));
         by_ip.insert(pip, i);
-        peers.push(PeerConfig { subnet: psubnet, public_ip: pip, vtep_mac: pmac, backend: pbackend });
+        peers.push(PeerConfig {
+            subnet: psubnet,
+            public_ip: pip,
+            vtep_mac: pmac,
+            backend: pbackend,
+            protocol: None,
+        });
     }
     Ok(StaticOverlay { network, subnet, tunnel, peers })
 }
@@ -822,6 +1006,72 @@ public_ip = "198.18.0.3"
         match &c.store {
             StoreConfig::File(o) => o,
             StoreConfig::Etcd(_) => panic!("expected a static overlay, got etcd"),
+            StoreConfig::Routes(_) => panic!("expected a static overlay, got routes"),
+        }
+    }
+
+    #[test]
+    fn routes_mode_learns_the_peers_from_the_daemon() {
+        let local = "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\niface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n";
+        let routes = |c: Config| match c.store {
+            StoreConfig::Routes(r) => r,
+            other => panic!("expected the routes store, got {other:?}"),
+        };
+        let r = routes(parse(&format!("{local}[backend]\ntype = \"direct\"\n[routes]\n")).unwrap());
+        assert_eq!(
+            r.protocols,
+            ROUTE_PROTOCOLS.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            "every daemon's"
+        );
+        assert_eq!(
+            (r.table, r.behind_router, r.announce, r.routers.len()),
+            (254, BehindRouter::Fabric, true, 0)
+        );
+        assert_eq!((r.subnet.to_string(), r.tunnel.kind), ("10.244.1.0/24".to_string(), Backend::Direct));
+        let r = routes(
+            parse(&format!(
+                "{local}[routes]\nprotocols = [\"ospf\", \"bird\", \"200\", \"ospf\"]\ntable = 100\nbehind_router = \"encapsulate\"\nrouters = [\"198.18.0.254\"]\nannounce = false\n"
+            ))
+            .unwrap(),
+        );
+        assert_eq!(
+            (r.protocols, r.table, r.behind_router, r.announce),
+            (vec![188, 12, 200], 100, BehindRouter::Encapsulate, false)
+        );
+        assert_eq!(r.routers, ["198.18.0.254".parse::<Ipv4Addr>().unwrap()]);
+        let flag = Overrides { routes: true, ..Default::default() };
+        let on_cli = Config::parse(Path::new("/etc/xnet/xnet.toml"), local, &flag).unwrap();
+        assert_eq!(routes(on_cli).table, 254, "--routes: the defaults");
+        for (text, expected) in [
+            (
+                format!("{local}[routes]\nprotocols = [\"kernel\"]\n"),
+                "`routes.protocols[0]` = \"kernel\" is not",
+            ),
+            (format!("{local}[routes]\nprotocols = [\"44\"]\n"), "`routes.protocols[0]`"),
+            (format!("{local}[routes]\nprotocols = []\n"), "`routes.protocols` is empty"),
+            (format!("{local}[routes]\ntable = \"local\"\n"), "`routes.table`"),
+            (format!("{local}[routes]\ntable = 255\n"), "`routes.table`"),
+            (format!("{local}[routes]\nbehind_router = \"tunnel\"\n"), "`routes.behind_router`"),
+            (format!("{local}[routes]\nrouters = [\"r1\"]\n"), "`routes.routers[0]`"),
+            (format!("{local}[routes]\nprotcols = [\"ospf\"]\n"), "unknown field `protcols`"),
+            (
+                format!("{local}[routes]\n[etcd]\nendpoints = [\"http://e:2379\"]\n"),
+                "`routes` and an etcd store",
+            ),
+            (
+                format!(
+                    "{local}[routes]\n[[peer]]\nsubnet = \"10.244.2.0/24\"\npublic_ip = \"198.18.0.2\"\n"
+                ),
+                "`peer` comes from the routing daemon",
+            ),
+            (
+                "iface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n[routes]\n".to_string(),
+                "`network` is missing",
+            ),
+        ] {
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(e.contains(expected), "{text}: {e}");
+            assert!(e.contains("/etc/xnet/xnet.toml") && e.lines().count() == 1, "{e}");
         }
     }
 
@@ -941,7 +1191,7 @@ public_ip = "198.18.0.3"
         let local = "iface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n";
         let etcd = |c: Config| match c.store {
             StoreConfig::Etcd(e) => e,
-            StoreConfig::File(_) => panic!("expected etcd"),
+            other => panic!("expected etcd, got {other:?}"),
         };
         let c = parse(&format!("{local}[etcd]\nendpoints = [\"http://198.18.0.254:2379\"]\nprefix = \"/x/net/\"\nlease_ttl = 60\n")).unwrap();
         let e = etcd(c);
@@ -951,6 +1201,7 @@ public_ip = "198.18.0.3"
             etcd_prefix: Some("/other/".into()),
             subnet_file: Some("/run/x/subnet.env".into()),
             keep_datapath: true,
+            routes: false,
         };
         let path = Path::new("/etc/xnet/xnet.toml");
         let on_cli = Config::parse(path, local, &flags).unwrap();

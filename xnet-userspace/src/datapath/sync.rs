@@ -80,6 +80,8 @@ pub struct Wanted {
     source: Store,
     index: RouteIndexSpec,
     routes: BTreeMap<Ipv4Network, RemoteSubnet>,
+    /// The kernel route protocol of routes learned from a routing daemon (ROUTE_INFO records it).
+    protocols: BTreeMap<Ipv4Network, u8>,
     /// Which peer each route leads to, and how many routes lead to each peer.
     route_peer: BTreeMap<Ipv4Network, [u8; 4]>,
     peer_routes: BTreeMap<[u8; 4], usize>,
@@ -101,6 +103,7 @@ impl Wanted {
             source,
             index,
             routes: BTreeMap::new(),
+            protocols: BTreeMap::new(),
             route_peer: BTreeMap::new(),
             peer_routes: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -137,11 +140,27 @@ impl Wanted {
         self.touched_peers.insert(ip);
     }
 
+    /// Records that the route of `subnet` (set just before) was learned with the kernel route
+    /// protocol `protocol`.
+    pub fn set_protocol(&mut self, subnet: Ipv4Network, protocol: u8) {
+        if self.routes.contains_key(&subnet) {
+            self.protocols.insert(subnet, protocol);
+            self.touched_routes.insert(subnet);
+        }
+    }
+
+    /// What ROUTE_INFO should say about the route of `net`, were it first installed at `now`.
+    fn info(&self, net: &Ipv4Network, now: u64) -> RouteInfo {
+        let info = RouteInfo::new(self.source, now);
+        self.protocols.get(net).map_or(info, |p| info.with_protocol(*p))
+    }
+
     /// Removes the route of `subnet` (and its peer, if no other route leads there).
     pub fn remove(&mut self, subnet: &Ipv4Network) {
         let Some(route) = self.routes.remove(subnet) else {
             return;
         };
+        self.protocols.remove(subnet);
         self.by_backend[backend_slot(&route)] -= 1;
         self.touched_routes.insert(*subnet);
         if !self.index.fits(subnet) {
@@ -411,8 +430,17 @@ pub fn diff(
         if current.routes.get(net) != Some(route) {
             ops.push(Op::PutRoute(*net, *route));
         }
-        if current.route_info.get(net).and_then(RouteInfo::source) != Some(wanted.source) {
-            ops.push(Op::PutRouteInfo(*net, RouteInfo::new(wanted.source, now)));
+        let info = wanted.info(net, now);
+        let recorded = current.route_info.get(net);
+        if recorded.map(|i| (i.source(), i.protocol())) != Some((info.source(), info.protocol())) {
+            // A route that moves keeps its first installation time.
+            let info = match recorded {
+                Some(r) if r.source() == info.source() => {
+                    RouteInfo::new(wanted.source, r.added_at()).with_protocol(info.protocol())
+                }
+                _ => info,
+            };
+            ops.push(Op::PutRouteInfo(*net, info));
         }
     }
 
@@ -509,6 +537,28 @@ mod tests {
             m.apply(op);
         }
         assert_eq!((m.peers.len(), m.slots.len(), m.index[&2].peer_ip()), (1, 1, b));
+    }
+
+    #[test]
+    fn learned_routes_record_their_protocol_and_keep_their_age_when_it_changes() {
+        let cfg = DatapathConfig::default();
+        let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::Routes, spec()));
+        let n = net("10.244.2.0/24");
+        set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
+        w.set_protocol(n, 188);
+        sync(&mut m, &mut w, &cfg, Scope::All);
+        let info = m.route_info[&n];
+        assert_eq!((info.source(), info.protocol(), info.added_at()), (Some(Store::Routes), 188, 100));
+        // Learned again with another protocol (BGP took over), later: same first install time.
+        set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
+        w.set_protocol(n, 186);
+        let scope = w.take_changes();
+        let ops = diff(&m, &w, &cfg, &scope, 150, Capacity::default()).unwrap();
+        assert!(
+            ops.contains(&Op::PutRouteInfo(n, RouteInfo::new(Store::Routes, 100).with_protocol(186))),
+            "{ops:?}"
+        );
+        assert!(!ops.iter().any(|o| matches!(o, Op::DelRoute(_))), "no flush");
     }
 
     #[test]

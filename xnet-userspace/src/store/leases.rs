@@ -235,6 +235,7 @@ impl LeaseTable {
                         vtep_mac: lease.vtep_mac.unwrap_or_else(|| Mac::from_ipv4(lease.public_ip)),
                         // Send each peer what it says it receives (a flannel host speaks only its backend).
                         backend: Some(lease.backend),
+                        protocol: None,
                     })
                 }
                 Some(Some(reason)) if reason.is_empty() => {

@@ -5,10 +5,14 @@
 //!
 //! - the static file ([`crate::config::StaticOverlay`]): everything is known at once;
 //! - etcd in flannel's schema ([`etcd`]): a task that leases a subnet, keeps the lease alive and
-//!   turns the other hosts' leases ([`leases`], validated like the file's peers) into events.
+//!   turns the other hosts' leases ([`leases`], validated like the file's peers) into events;
+//! - a routing daemon's routes in the kernel ([`daemon`]): a task that follows the kernel's
+//!   routes and turns the daemon's ([`kernel_routes`]) into events.
 
+pub mod daemon;
 pub mod etcd;
 pub mod flannel;
+pub mod kernel_routes;
 pub mod leases;
 
 use std::net::Ipv4Addr;
@@ -20,7 +24,7 @@ use crate::{
     cidr::Ipv4Network,
     config::{PeerConfig, StoreConfig, Tunnel},
     mac::Mac,
-    store::leases::PeerDelta,
+    store::{kernel_routes::HostLink, leases::PeerDelta},
 };
 
 /// This host as a store describes it to the others (its lease).
@@ -79,9 +83,9 @@ enum Source {
 }
 
 impl Store {
-    /// Starts the store `config` names, for this host (`me`); `hint`: the subnet this host had
-    /// before, which a leasing store offers it again if it is free.
-    pub fn start(config: &StoreConfig, me: Identity, hint: Option<Ipv4Network>) -> Self {
+    /// Starts the store `config` names, for this host (`me`, on the underlay `link`); `hint`: the
+    /// subnet this host had before, which a leasing store offers it again if it is free.
+    pub fn start(config: &StoreConfig, me: Identity, link: HostLink, hint: Option<Ipv4Network>) -> Self {
         match config {
             StoreConfig::File(o) => Self {
                 kind: maps::Store::File,
@@ -96,6 +100,11 @@ impl Store {
                 let (tx, events) = mpsc::channel(1024);
                 let task = tokio::spawn(etcd::run(settings.clone(), me, hint, tx));
                 Self { kind: maps::Store::Etcd, source: Source::Task { events, task } }
+            }
+            StoreConfig::Routes(settings) => {
+                let (tx, events) = mpsc::channel(1024);
+                let task = tokio::spawn(daemon::run(settings.clone(), link, tx));
+                Self { kind: maps::Store::Routes, source: Source::Task { events, task } }
             }
         }
     }
