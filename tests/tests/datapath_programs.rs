@@ -59,7 +59,13 @@ fn net(s: &str) -> Ipv4Network {
 
 /// A peer at `ip` owning `subnet`, asking for `backend`; every peer's VTEP MAC is [`PEER_VTEP`].
 fn peer(subnet: &str, ip: [u8; 4], backend: Backend) -> PeerConfig {
-    PeerConfig { subnet: net(subnet), public_ip: ip.into(), vtep_mac: Mac(PEER_VTEP), backend: Some(backend), protocol: None }
+    PeerConfig {
+        subnet: net(subnet),
+        public_ip: ip.into(),
+        vtep_mac: Mac(PEER_VTEP),
+        backend: Some(backend),
+        protocol: None,
+    }
 }
 
 /// What the agent plans for host 198.18.0.1 (10.244.1.0/24 of 10.244.0.0/16, its underlay on

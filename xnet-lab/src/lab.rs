@@ -57,6 +57,26 @@ pub struct LabSpec {
     /// Whether the lab creates that bridge and its containers. Without it the hosts start with
     /// no container interface at all (as on a first boot, before dockerd or the first pod).
     pub container_bridge: bool,
+    /// Give every agent the routes store (`[routes]`, no peers in its file): the peers come from
+    /// a routing daemon the test starts ([`Lab::start_frr`], [`Lab::start_bird`]).
+    pub routes: Option<RoutesSpec>,
+    /// Hosts (1-based) on a second underlay segment, [`SEGMENT_B`], behind a router namespace
+    /// that joins it to the first one ([`ROUTER_IPS`]). Every host has a route to the other
+    /// segment through the router.
+    pub second_segment: Vec<usize>,
+}
+
+/// `[routes]` (and what goes with it) of every agent of a lab.
+#[derive(Clone, Debug)]
+pub struct RoutesSpec {
+    /// `protocols`, as TOML, e.g. `["ospf"]`.
+    pub protocols: &'static str,
+    /// `behind_router`: "fabric" or "encapsulate".
+    pub behind_router: &'static str,
+    /// List the router's two addresses in `routers`.
+    pub routers: bool,
+    /// `[backend] untunnelled = "any"`: the fabric delivers to containers untunnelled.
+    pub untunnelled_any: bool,
 }
 
 impl Default for LabSpec {
@@ -78,6 +98,8 @@ impl Default for LabSpec {
             lease_ttl: 30,
             container_iface: "docker0",
             container_bridge: true,
+            routes: None,
+            second_segment: Vec::new(),
         }
     }
 }
@@ -89,6 +111,10 @@ pub const ETCD_IP: &str = "198.18.0.254";
 pub const ETCD_CONFIG_KEY: &str = "/coreos.com/network/config";
 /// Where a 3-member etcd cluster listens (in the switch namespace).
 pub const ETCD_CLUSTER_IPS: [&str; 3] = ["198.18.0.251", "198.18.0.252", "198.18.0.253"];
+/// The second underlay segment (see [`LabSpec::second_segment`]); the first is 198.18.0.0/24.
+pub const SEGMENT_B: &str = "198.18.1.0/24";
+/// The router's addresses on the first and the second segment.
+pub const ROUTER_IPS: [&str; 2] = ["198.18.0.254", "198.18.1.254"];
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const VXLAN_OVERHEAD: u32 = xnet_common::wire::VXLAN_MTU_OVERHEAD;
 
@@ -115,6 +141,16 @@ pub struct Host {
     agent: Option<Child>,
     /// The flannel-udp-style relay of [`Lab::setup_udp_relay`], if started.
     relay: Option<Child>,
+    /// The routing daemons of [`Lab::start_frr`] and [`Lab::start_bird`], if started.
+    pub frr: Option<crate::frr::Frr>,
+    pub bird: Option<crate::bird::Bird>,
+}
+
+/// The router namespace of [`LabSpec::second_segment`] and its daemons.
+pub struct Router {
+    pub ns: Netns,
+    pub frr: Option<crate::frr::Frr>,
+    pub bird: Option<crate::bird::Bird>,
 }
 
 pub struct Lab {
@@ -126,6 +162,8 @@ pub struct Lab {
     /// With [`LabSpec::etcd`]: the members.
     pub etcd: Vec<crate::etcd::Etcd>,
     pub switch: Netns,
+    /// With [`LabSpec::second_segment`]: the router between the segments.
+    pub router: Option<Router>,
 }
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -191,9 +229,14 @@ impl Lab {
             hosts: Vec::new(),
             etcd: Vec::new(),
             switch,
+            router: None,
         };
         lab.switch.ip(&["link", "add", "br0", "type", "bridge"]);
         lab.switch.ip(&["link", "set", "br0", "up"]);
+        if !spec.second_segment.is_empty() {
+            assert!(!spec.etcd, "the lab's etcd and router would both take {}", ROUTER_IPS[0]);
+            lab.router = Some(lab.build_router());
+        }
         if spec.etcd {
             let ips: Vec<&str> =
                 if spec.etcd_members > 1 { ETCD_CLUSTER_IPS.to_vec() } else { vec![ETCD_IP] };
@@ -231,9 +274,57 @@ impl Lab {
         lab
     }
 
+    /// The router namespace: `r0` on the first segment's bridge, `r1` on the second's (br1),
+    /// forwarding between them.
+    fn build_router(&self) -> Router {
+        let ns = Netns::create(&format!("{}-rt", self.id));
+        self.switch.ip(&["link", "add", "br1", "type", "bridge"]);
+        self.switch.ip(&["link", "set", "br1", "up"]);
+        for (k, (bridge, ip)) in [("br0", ROUTER_IPS[0]), ("br1", ROUTER_IPS[1])].into_iter().enumerate() {
+            let (inner, outer) = (format!("r{k}"), format!("rt{k}"));
+            run_ok(Command::new("ip").args([
+                "link",
+                "add",
+                "name",
+                &inner,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "netns",
+                &self.switch.name,
+            ]));
+            self.switch.ip(&["link", "set", &outer, "master", bridge, "up"]);
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inner]);
+            ns.ip(&["link", "set", &inner, "up"]);
+        }
+        sysctl(&ns, "net.ipv4.ip_forward", "1");
+        Router { ns, frr: None, bird: None }
+    }
+
+    /// Whether host `i` is on the second segment.
+    pub fn on_second_segment(&self, i: usize) -> bool {
+        self.spec.second_segment.contains(&i)
+    }
+
+    /// Builds host `i` (1-based) after the others and writes its config: a host that joins later.
+    /// Its agent and daemons are the caller's to start.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len() + 1;
+        let host = self.build_host(i);
+        self.hosts.push(host);
+        self.spec.hosts = self.hosts.len();
+        self.write_config(i);
+        i
+    }
+
     fn build_host(&self, i: usize) -> Host {
         let ns = Netns::create(&format!("{}-h{i}", self.id));
         let port = format!("h{i}");
+        let second = self.on_second_segment(i);
         run_ok(Command::new("ip").args([
             "link",
             "add",
@@ -249,10 +340,16 @@ impl Lab {
             "netns",
             &self.switch.name,
         ]));
-        self.switch.ip(&["link", "set", &port, "master", "br0", "up"]);
-        let public_ip = Ipv4Addr::new(198, 18, 0, i as u8);
+        self.switch.ip(&["link", "set", &port, "master", if second { "br1" } else { "br0" }, "up"]);
+        let public_ip = Ipv4Addr::new(198, 18, u8::from(second), i as u8);
         ns.ip(&["addr", "add", &format!("{public_ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
+        if self.router.is_some() {
+            // The underlay's own route to the other segment (a routing daemon may learn it too).
+            let (other, via) =
+                if second { ("198.18.0.0/24", ROUTER_IPS[1]) } else { (SEGMENT_B, ROUTER_IPS[0]) };
+            ns.ip(&["route", "add", other, "via", via, "metric", "500"]);
+        }
         let bridge_ip = Ipv4Addr::new(10, 244, i as u8, 1);
         let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
         let mut containers = Vec::new();
@@ -291,12 +388,102 @@ impl Lab {
             subnet_file: self.dir.join(format!("h{i}.subnet.env")),
             agent: None,
             relay: None,
+            frr: None,
+            bird: None,
         }
     }
 
-    /// The config file of host `i` (1-based): every other host is a peer.
+    /// Starts FRR (zebra + ospfd) on host `i`: OSPF on its segment, xnet's announcement
+    /// redistributed.
+    pub fn start_frr(&mut self, i: usize) {
+        let h = self.host(i);
+        let segment = if self.on_second_segment(i) { SEGMENT_B } else { "198.18.0.0/24" };
+        let conf = crate::frr::OspfConfig {
+            router_id: &h.public_ip.to_string(),
+            networks: &[segment],
+            overlay: Some(self.spec.network),
+        }
+        .render();
+        let frr = crate::frr::Frr::start_ospf(&h.ns, &self.dir.join(format!("h{i}-frr")), &conf);
+        self.hosts[i - 1].frr = Some(frr);
+    }
+
+    /// Stops host `i`'s FRR (zebra removes the routes it installed).
+    pub fn stop_frr(&mut self, i: usize) {
+        if let Some(mut frr) = self.hosts[i - 1].frr.take() {
+            frr.stop();
+        }
+    }
+
+    /// Starts FRR on the router: OSPF on both segments.
+    pub fn start_router_frr(&mut self) {
+        let router = self.router.as_mut().expect("a lab with a second segment");
+        let conf = crate::frr::OspfConfig {
+            router_id: ROUTER_IPS[0],
+            networks: &["198.18.0.0/24", SEGMENT_B],
+            overlay: None,
+        }
+        .render();
+        router.frr = Some(crate::frr::Frr::start_ospf(&router.ns, &self.dir.join("router-frr"), &conf));
+    }
+
+    /// Starts BIRD on host `i`: iBGP to the router's reflector (see [`crate::bird::host_bgp_config`]).
+    pub fn start_bird(&mut self, i: usize) {
+        let h = self.host(i);
+        let reflector = if self.on_second_segment(i) { ROUTER_IPS[1] } else { ROUTER_IPS[0] };
+        let conf = crate::bird::host_bgp_config(&h.public_ip.to_string(), reflector, self.spec.network);
+        let bird = crate::bird::Bird::start(&h.ns, &self.dir.join(format!("h{i}-bird")), &conf);
+        self.hosts[i - 1].bird = Some(bird);
+    }
+
+    /// Starts BIRD on the router: a BGP route reflector for every host.
+    pub fn start_router_bird(&mut self) {
+        let clients: Vec<String> = self.hosts.iter().map(|h| h.public_ip.to_string()).collect();
+        let router = self.router.as_mut().expect("a lab with a second segment");
+        let conf = crate::bird::reflector_config(ROUTER_IPS[0], &clients);
+        router.bird = Some(crate::bird::Bird::start(&router.ns, &self.dir.join("router-bird"), &conf));
+    }
+
+    /// The routes in host `i`'s datapath (`xnet routes`).
+    pub fn routes(&self, i: usize) -> Vec<inspect::RouteRow> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        inspect::read_routes(&self.host(i).pin_dir, now).unwrap_or_default()
+    }
+
+    /// The config file of host `i` (1-based): every other host is a peer (or, with
+    /// [`LabSpec::routes`], the routes store).
     pub fn config_text(&self, i: usize) -> String {
         let h = self.host(i);
+        if let Some(r) = &self.spec.routes {
+            let metrics = if self.spec.metrics {
+                format!("metrics_addr = \"{METRICS_ADDR}\"\n")
+            } else {
+                String::new()
+            };
+            let untunnelled = if r.untunnelled_any { "untunnelled = \"any\"\n" } else { "" };
+            let routers = if r.routers {
+                format!("routers = [\"{}\", \"{}\"]\n", ROUTER_IPS[0], ROUTER_IPS[1])
+            } else {
+                String::new()
+            };
+            return format!(
+                "network = \"{}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
+                 container_ifaces = [\"{}\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
+                 [backend]\ntype = \"{}\"\ningress = \"{}\"\n{untunnelled}\n[routes]\nprotocols = {}\n\
+                 behind_router = \"{}\"\n{routers}",
+                self.spec.network,
+                h.subnet,
+                h.public_ip,
+                self.spec.container_iface,
+                h.pin_dir.display(),
+                h.subnet_file.display(),
+                self.spec.backend,
+                self.spec.ingress,
+                r.protocols,
+                r.behind_router,
+            );
+        }
         if self.spec.etcd {
             let metrics = if self.spec.metrics {
                 format!("metrics_addr = \"{METRICS_ADDR}\"\n")
@@ -901,7 +1088,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(r) = &mut self.router {
+            r.frr.take();
+            r.bird.take();
+        }
         for h in &mut self.hosts {
+            h.frr.take();
+            h.bird.take();
             if let Some(child) = h.agent.take() {
                 stop_child(child);
             }
@@ -914,6 +1107,7 @@ impl Drop for Lab {
         }
         // Namespaces go with the fields (Netns::drop); their interfaces and attachments with them.
         self.hosts.clear();
+        self.router.take();
         self.etcd.clear();
         let _ = fs::remove_dir_all(&self.pin_root);
         if std::env::var_os("XNET_LAB_KEEP_LOGS").is_none() {
@@ -933,7 +1127,8 @@ fn sysctl(ns: &Netns, key: &str, value: &str) {
     run_ok(ns.command("sysctl").args(["-q", "-w", &format!("{key}={value}")]));
 }
 
-fn stop_child(mut child: Child) -> ExitStatus {
+/// Stops `child` with SIGTERM (SIGKILL after 10 s) and reaps it.
+pub fn stop_child(mut child: Child) -> ExitStatus {
     // SAFETY: kill(2) on a child we own and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);

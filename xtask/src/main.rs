@@ -91,7 +91,13 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "containernetworking-plugins",
     "iptables",
+    // Routing daemons for the routes store's lab tests; the lab runs its own per namespace.
+    "frr",
+    "bird2",
 ];
+/// The system services that `frr` and `bird2` install and Debian starts on install: the lab runs
+/// its own daemons in its namespaces, and a system-wide one would touch the machine's routes.
+const DAEMON_SERVICES: &[(&str, &str)] = &[("frr", "frr"), ("bird2", "bird")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Cargo's selection of the host crates: the whole workspace, the integration tests (xnet-tests)
 /// included although they are not a default member, but not the eBPF programs, which build for
@@ -266,7 +272,27 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for (package, service) in DAEMON_SERVICES {
+        if missing.contains(package) {
+            stop_system_service(service);
+        }
+    }
     Ok(())
+}
+
+/// Stops and disables the system service `service` that a package install may have started
+/// (systemd, or the init script where there is no systemd). Nothing to do is not an error.
+fn stop_system_service(service: &str) {
+    let quiet = |c: &mut Command| {
+        let _ = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+    };
+    if Path::new("/run/systemd/system").exists() {
+        quiet(privileged("systemctl").args(["disable", "--now", service]));
+    } else if Path::new("/etc/init.d").join(service).exists() {
+        quiet(privileged(&format!("/etc/init.d/{service}")).arg("stop"));
+        quiet(privileged("update-rc.d").args([service, "disable"]));
+    }
+    eprintln!("    {service}: system service stopped and disabled (the lab runs its own daemons)");
 }
 
 fn rust_src() -> anyhow::Result<()> {
