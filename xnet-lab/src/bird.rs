@@ -40,6 +40,7 @@ protocol kernel {{
     }};
     export filter {{
       if source = RTS_BGP && net ~ [ {overlay}{{17,30}} ] then {{
+        ifname = "eth0";
         onlink = true;
         gw = bgp_next_hop;
         accept;
