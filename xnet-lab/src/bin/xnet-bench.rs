@@ -40,8 +40,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, kernel_vxlan,
-    /// udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp, xnet_gre, xnet_direct); plain is always
-    /// measured.
+    /// udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp, xnet_gre, xnet_direct,
+    /// xnet_routes_direct); plain is always measured.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Where to write bench.md, bench.json and bench.svg.
@@ -64,10 +64,13 @@ enum Mode {
     /// namespace (through the agent's host device `xnet0`), the server in the container on host 2.
     /// TCP with 1 stream only (and its CPU time), compared with [`Mode::Xnet`] of the same backend.
     XnetFromHost(&'static str),
+    /// xnet with the direct backend and the routes store: the peers learned from FRR (zebra +
+    /// ospfd) in every host, none listed in the files.
+    XnetRoutes,
 }
 
 impl Mode {
-    const ALL: [Mode; 9] = [
+    const ALL: [Mode; 10] = [
         Mode::Plain,
         Mode::PlainVxlanMtu,
         Mode::KernelVxlan,
@@ -77,6 +80,7 @@ impl Mode {
         Mode::Xnet("udp"),
         Mode::Xnet("gre"),
         Mode::Xnet("direct"),
+        Mode::XnetRoutes,
     ];
     fn name(self) -> String {
         match self {
@@ -86,6 +90,7 @@ impl Mode {
             Mode::UdpRelay => "TUN + userspace UDP relay (flannel udp design, re-implemented)".into(),
             Mode::Xnet(b) => format!("xnet {b}"),
             Mode::XnetFromHost(b) => format!("xnet {b}, host to remote container (TCP 1 stream only)"),
+            Mode::XnetRoutes => "xnet direct, routes from a routing daemon (FRR, OSPF)".into(),
         }
     }
     fn short(self) -> String {
@@ -96,6 +101,7 @@ impl Mode {
             Mode::UdpRelay => "udp relay".into(),
             Mode::Xnet(b) => format!("xnet {b}"),
             Mode::XnetFromHost(b) => format!("xnet {b} host"),
+            Mode::XnetRoutes => "xnet routes".into(),
         }
     }
     fn key(self) -> String {
@@ -106,6 +112,7 @@ impl Mode {
             Mode::UdpRelay => "udp_relay".into(),
             Mode::Xnet(b) => format!("xnet_{b}"),
             Mode::XnetFromHost(b) => format!("xnet_{b}_host"),
+            Mode::XnetRoutes => "xnet_routes_direct".into(),
         }
     }
     /// Whether only TCP with 1 stream (and its CPU time) is measured; the other figures of its
@@ -228,13 +235,21 @@ fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
 fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
     let backend = match mode {
         Mode::Xnet(b) | Mode::XnetFromHost(b) => b,
+        Mode::XnetRoutes => "direct",
         _ => "vxlan",
     };
+    let routes = (mode == Mode::XnetRoutes).then_some(xnet_lab::lab::RoutesSpec {
+        protocols: "[\"ospf\"]",
+        behind_router: "fabric",
+        routers: false,
+        untunnelled_any: false,
+    });
     let spec = LabSpec {
         hosts: 2,
         containers_per_host: 1,
-        start_agents: matches!(mode, Mode::Xnet(_) | Mode::XnetFromHost(_)),
+        start_agents: matches!(mode, Mode::Xnet(_) | Mode::XnetFromHost(_) | Mode::XnetRoutes),
         backend,
+        routes,
         ..LabSpec::default()
     };
     let mut lab = Lab::start(spec);
@@ -249,6 +264,14 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
         Mode::KernelVxlan => lab.setup_kernel_vxlan(1, 8472),
         Mode::UdpRelay => lab.setup_udp_relay(),
         Mode::Xnet(_) => {}
+        Mode::XnetRoutes => {
+            for i in 1..=2 {
+                lab.start_frr(i);
+            }
+            xnet_lab::lab::wait_for(Duration::from_secs(90), "the hosts learn each other over OSPF", || {
+                (1..=2).all(|i| lab.routes(i).len() == 1)
+            });
+        }
         Mode::XnetFromHost(_) => {
             assert!(lab.ping_from_host(1, lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
             return measure_from_host(&lab, seconds);
