@@ -127,6 +127,8 @@ fn ospf_hosts_learn_each_other_join_leave_and_reach_a_host_behind_the_router() {
     });
     pings(&lab, four, 1);
     pings(&lab, 2, four);
+    let text = lab.xnet(1, &["routes", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    eprintln!("xnet routes on host 1:\n{}", String::from_utf8_lossy(&text.stdout));
 
     // A host behind the router: the kernel's route through the router, no datapath route.
     let five = lab.add_host();
