@@ -108,6 +108,12 @@ fn ospf_hosts_learn_each_other_join_leave_and_reach_a_host_behind_the_router() {
         "{}",
         kernel_route(&lab, 1, &subnet(2))
     );
+    // The host's own traffic takes xnet0 all the same (its rule), so it arrives from the host's
+    // overlay address, sent by the datapath.
+    let (direct_before, _) = lab.counter(1, "egress", "direct");
+    let (_, seen_from) = lab.tcp_from_host(1, (2, 1), 100_000);
+    assert_eq!(seen_from, std::net::Ipv4Addr::new(10, 244, 1, 0), "host 1 -> container on host 2");
+    assert!(lab.counter(1, "egress", "direct").0 > direct_before, "host 1's own traffic went direct");
 
     // A fourth host joins.
     let four = lab.add_host();
@@ -153,6 +159,10 @@ fn ospf_hosts_learn_each_other_join_leave_and_reach_a_host_behind_the_router() {
     assert!(!has_route(&lab, five, &subnet(1)), "{:?}", routes(&lab, five));
     assert_eq!(lab.counter(1, "egress", "direct").0, direct_before, "nothing for host 5 went direct");
     assert!(lab.counter(1, "egress", "passed").0 > passed_before, "the kernel routed it");
+    assert!(
+        lab.ping_from_host(1, lab.container((five, 1)).ip),
+        "host 1 reaches host 5's container through the fabric"
+    );
 
     // Host 2's daemon stops: its subnet leaves every other map.
     let stopped = Instant::now();

@@ -489,6 +489,7 @@ fn bring_up(
             subnet: plan.overlay.subnet,
             overlay_mtu: plan.overlay_mtu,
             announce: matches!(&config.store, crate::config::StoreConfig::Routes(r) if r.announce),
+            host_table: matches!(&config.store, crate::config::StoreConfig::Routes(_)),
         })?;
         dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
         dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;

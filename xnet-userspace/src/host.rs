@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     cidr::{self, Ipv4Network},
+    config::HOST_TABLE,
     mac::Mac,
 };
 
@@ -302,6 +303,10 @@ pub struct HostPlan<'a> {
     /// [`crate::config::ANNOUNCE_PROTOCOL`] instead of `static`, a protocol the daemon can
     /// redistribute without per-host configuration (it goes with the route on stop).
     pub announce: bool,
+    /// Send this host's own traffic for the overlay through the host device whatever the main
+    /// table holds for it (a routing daemon's more specific routes): a rule for locally
+    /// generated packets and a table of its own ([`HOST_TABLE`]).
+    pub host_table: bool,
 }
 
 /// Applies `plan`:
@@ -313,7 +318,13 @@ pub struct HostPlan<'a> {
 ///   reaches remote containers (encapsulated), and overlay traffic never leaks out of the default
 ///   route unencapsulated;
 /// - a blackhole route for this host's own subnet, behind the container bridge's route (the
-///   announcement of the subnet, with `announce`).
+///   announcement of the subnet, with `announce`);
+/// - with `host_table`: the overlay route in [`HOST_TABLE`] too (with a `throw` for this host's
+///   own subnet) and a rule that sends locally generated packets for the overlay there: a daemon's
+///   route in the main table, more specific, would otherwise take them out untunnelled. What the
+///   egress program does not send (no datapath route: left to the fabric) re-enters the stack at
+///   the device's other end, which shares the device's MAC (the frames' destination) and accepts
+///   their local source address (`accept_local`), and is routed by the main table.
 pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     write_sysctl("net.ipv4.ip_forward", "1")?;
     let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
@@ -347,6 +358,47 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
         format!("route {net} dev {HOST_DEVICE} src {address}"),
     )?;
     let own = plan.subnet.to_string();
+    if plan.host_table {
+        let table = HOST_TABLE.to_string();
+        ip(
+            &[
+                "route",
+                "replace",
+                &net,
+                "dev",
+                HOST_DEVICE,
+                "src",
+                &address,
+                "proto",
+                "static",
+                "table",
+                &table,
+            ],
+            format!("route {net} dev {HOST_DEVICE} in table {table}"),
+        )?;
+        ip(
+            &["route", "replace", "throw", &own, "proto", "static", "table", &table],
+            format!("route throw {own} in table {table}"),
+        )?;
+        // One rule of this priority: an earlier agent's (another network) goes first.
+        while ip(&["rule", "del", "pref", &table], String::new()).is_ok() {}
+        ip(
+            &["rule", "add", "to", &net, "iif", "lo", "lookup", &table, "pref", &table],
+            format!("rule to {net} iif lo lookup {table}"),
+        )?;
+        // Frames from the host device are addressed to its own MAC: the other end takes that MAC
+        // too, so what the egress program passes is the stack's to route, not another host's.
+        let mac = Interface::find(HOST_DEVICE, "host device")?.mac.to_string();
+        ip(
+            &["link", "set", HOST_DEVICE_PEER, "address", &mac],
+            format!("MAC {mac} on {HOST_DEVICE_PEER}"),
+        )?;
+        write_sysctl(&format!("net.ipv4.conf.{HOST_DEVICE_PEER}.accept_local"), "1")?;
+        let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
+        if rp("all")? == "1" || rp(HOST_DEVICE_PEER)? == "1" {
+            write_sysctl(&format!("net.ipv4.conf.{HOST_DEVICE_PEER}.rp_filter"), "2")?;
+        }
+    }
     let protocol =
         if plan.announce { crate::config::ANNOUNCE_PROTOCOL.to_string() } else { "static".to_string() };
     ip(
@@ -369,6 +421,7 @@ pub fn set_container_mtu(iface: &Interface, overlay_mtu: u32) -> Result<(), Host
 /// Removes the host device (its address and the overlay route go with it), if there is one;
 /// returns whether there was (`xnet cleanup`).
 pub fn remove_host_device() -> bool {
+    remove_host_table();
     if ifindex(HOST_DEVICE).is_none() {
         return false;
     }
@@ -381,8 +434,16 @@ pub fn remove_host_device() -> bool {
     }
 }
 
+/// Removes the rule and the routes of [`HOST_TABLE`], if any.
+fn remove_host_table() {
+    let table = HOST_TABLE.to_string();
+    while ip(&["rule", "del", "pref", &table], String::new()).is_ok() {}
+    let _ = ip(&["route", "flush", "table", &table], String::new());
+}
+
 /// Removes what [`apply`] added (on a normal stop): the routes and the host device.
 pub fn remove(network: Ipv4Network, subnet: Ipv4Network) {
+    remove_host_table();
     let net = network.to_string();
     let own = subnet.to_string();
     let steps: [(&[&str], String); 3] = [

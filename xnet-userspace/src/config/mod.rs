@@ -181,6 +181,11 @@ pub fn route_protocol_name(number: u8) -> String {
 /// per-host configuration, and the routes store never learns it back.
 pub const ANNOUNCE_PROTOCOL: u8 = 44;
 
+/// The routing table (and the priority of the rule that points to it) that sends this host's own
+/// overlay traffic through the host device when a routing daemon's routes are in the main table
+/// (see [`crate::host::apply`]).
+pub const HOST_TABLE: u32 = 4243;
+
 /// Where a routing daemon's routes are and which of them to learn (`[routes]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutesSettings {
@@ -767,11 +772,18 @@ fn routes_settings(
     let table = match &raw.table {
         None => 254,
         Some(toml::Value::String(s)) if s == "main" => 254,
-        Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) && *n != 255 => *n as u32,
+        Some(toml::Value::Integer(n))
+            if (1..=i64::from(u32::MAX)).contains(n) && *n != 255 && *n != i64::from(HOST_TABLE) =>
+        {
+            *n as u32
+        }
         Some(v) => {
             return Err(c.invalid(
                 "routes.table",
-                format!("= {v} is not a routing table; use \"main\" or a table number such as 254 (not 255, local)"),
+                format!(
+                    "= {v} is not a routing daemon's table; use \"main\" or a table number such as 254 (not 255, local, nor {}, xnet's own)",
+                    HOST_TABLE
+                ),
             ));
         }
     };
@@ -1051,6 +1063,7 @@ public_ip = "198.18.0.3"
             (format!("{local}[routes]\nprotocols = []\n"), "`routes.protocols` is empty"),
             (format!("{local}[routes]\ntable = \"local\"\n"), "`routes.table`"),
             (format!("{local}[routes]\ntable = 255\n"), "`routes.table`"),
+            (format!("{local}[routes]\ntable = 4243\n"), "xnet's own"),
             (format!("{local}[routes]\nbehind_router = \"tunnel\"\n"), "`routes.behind_router`"),
             (format!("{local}[routes]\nrouters = [\"r1\"]\n"), "`routes.routers[0]`"),
             (format!("{local}[routes]\nprotcols = [\"ospf\"]\n"), "unknown field `protcols`"),
