@@ -231,6 +231,11 @@ fn bgp_routes_from_bird_encapsulate_to_the_host_behind_the_router() {
     assert!(lab.counter(1, "egress", "encap_vxlan").0 > encap_before, "host 1 encapsulated to host 3");
     assert!(lab.counter(3, "ingress", "decap_vxlan").0 > decap_before, "host 3 decapsulated");
     assert!(lab.counter(1, "egress", "direct").0 > direct_before, "host 1 reached host 2 directly");
+    // Full-size segments fit the tunnel: the MTU left room for the encapsulation from the start.
+    let env = std::fs::read_to_string(&lab.host(1).subnet_file).unwrap();
+    assert!(env.contains("XNET_MTU=1450"), "{env}");
+    lab.tcp_transfer((1, 1), (3, 1), 2_000_000);
+    lab.tcp_transfer((3, 1), (2, 1), 2_000_000);
     let text = lab.xnet(1, &["routes", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
     eprintln!("xnet routes on host 1:\n{}", String::from_utf8_lossy(&text.stdout));
 }

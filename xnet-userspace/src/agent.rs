@@ -19,7 +19,7 @@ use xnet_common::maps::{AgentState, ContainerIface, IfaceState};
 
 use crate::{
     clock::{monotonic_coarse_ns, unix_now},
-    config::Config,
+    config::{BehindRouter, Config, StoreConfig},
     containers::Containers,
     datapath::{
         self, Datapath, Program,
@@ -115,8 +115,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vtep_mac,
         untunnelled_open: config.untunnelled_open,
     };
-    let plan = Plan::new(facts, overlay, config.ingress, &peers)
+    let mut plan = Plan::new(facts, overlay, config.ingress, &peers)
         .with_context(|| format!("interface {}", underlay.name))?;
+    if let StoreConfig::Routes(r) = &config.store
+        && r.behind_router == BehindRouter::Encapsulate
+    {
+        plan = plan.with_off_segment_peers().with_context(|| format!("interface {}", underlay.name))?;
+    }
     for p in &peers {
         let asked = p.backend.unwrap_or(plan.overlay.tunnel.kind);
         if asked != plan.backend_for(p) {
@@ -488,8 +493,8 @@ fn bring_up(
             network: plan.overlay.network,
             subnet: plan.overlay.subnet,
             overlay_mtu: plan.overlay_mtu,
-            announce: matches!(&config.store, crate::config::StoreConfig::Routes(r) if r.announce),
-            host_table: matches!(&config.store, crate::config::StoreConfig::Routes(_)),
+            announce: matches!(&config.store, StoreConfig::Routes(r) if r.announce),
+            host_table: matches!(&config.store, StoreConfig::Routes(_)),
         })?;
         dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
         dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;

@@ -389,10 +389,7 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
         // Frames from the host device are addressed to its own MAC: the other end takes that MAC
         // too, so what the egress program passes is the stack's to route, not another host's.
         let mac = Interface::find(HOST_DEVICE, "host device")?.mac.to_string();
-        ip(
-            &["link", "set", HOST_DEVICE_PEER, "address", &mac],
-            format!("MAC {mac} on {HOST_DEVICE_PEER}"),
-        )?;
+        ip(&["link", "set", HOST_DEVICE_PEER, "address", &mac], format!("MAC {mac} on {HOST_DEVICE_PEER}"))?;
         write_sysctl(&format!("net.ipv4.conf.{HOST_DEVICE_PEER}.accept_local"), "1")?;
         let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
         if rp("all")? == "1" || rp(HOST_DEVICE_PEER)? == "1" {

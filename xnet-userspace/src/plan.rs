@@ -87,6 +87,19 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The same plan, with room in the MTU for peers off the underlay's segment that appear later
+    /// (a routes store that encapsulates to hosts behind routers): with `direct`, the fallback's
+    /// headers count from the start.
+    pub fn with_off_segment_peers(mut self) -> Result<Self, PlanError> {
+        let tunnel = &self.overlay.tunnel;
+        let overhead = tunnel.overhead(self.sends_with(tunnel.kind, false));
+        let mtu = self.facts.underlay_mtu;
+        let room =
+            mtu.checked_sub(overhead).filter(|m| *m >= 68).ok_or(PlanError::MtuTooSmall { mtu, overhead })?;
+        self.overlay_mtu = self.overlay_mtu.min(room);
+        Ok(self)
+    }
+
     /// Whether `ip` is on the underlay's segment (reachable without a router).
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
         self.facts.underlay_nets.iter().any(|n| n.contains(ip))
@@ -231,6 +244,10 @@ mod tests {
         assert_eq!(plan.overlay_mtu, 1450, "the fallback's headers count");
         let adjacent = Plan::new(facts(true), overlay(Backend::Direct), None, &peers[..1]).unwrap();
         assert_eq!(adjacent.overlay_mtu, 1500, "every peer on the segment: no overhead");
+        let later = adjacent.clone().with_off_segment_peers().unwrap();
+        assert_eq!(later.overlay_mtu, 1450, "room for the fallback of peers that come later");
+        let gre = Plan::new(facts(true), overlay(Backend::Gre), None, &[]).unwrap();
+        assert_eq!(gre.clone().with_off_segment_peers().unwrap().overlay_mtu, gre.overlay_mtu);
         let gre = Plan::new(facts(false), overlay(Backend::Gre), Some(IngressHook::Tc), &[]).unwrap();
         assert_eq!((gre.ingress, gre.overlay_mtu), (IngressHook::Tc, 1476));
         let mixed = [peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Vxlan))];
