@@ -31,6 +31,7 @@ fn peers(n: u32) -> Vec<PeerConfig> {
                 public_ip: ip.into(),
                 vtep_mac: Mac::from_ipv4(ip.into()),
                 backend: Some(Backend::Vxlan),
+                protocol: None,
             }
         })
         .collect()
