@@ -384,7 +384,15 @@ fn takeover_survives_a_recreated_container_bridge() {
 
 #[test]
 fn bpftool_prints_every_map_with_named_fields() {
-    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    let mut lab =
+        Lab::start(LabSpec { hosts: 2, containers_per_host: 1, start_agents: false, ..LabSpec::default() });
+    // Host 1 lets one network in untunnelled, so that UNTUNNELLED_FROM has an entry to print too.
+    let config =
+        lab.config_text(1).replace("[backend]\n", "[backend]\nuntunnelled_from = [\"192.0.2.0/24\"]\n");
+    std::fs::write(&lab.host(1).config_path, config).unwrap();
+    lab.write_config(2);
+    lab.start_agent(1, &[]);
+    lab.start_agent(2, &[]);
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
     let dump = |map: &str| -> serde_json::Value {
         let path = lab.host(1).pin_dir.join(map);
@@ -424,6 +432,9 @@ fn bpftool_prints_every_map_with_named_fields() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let ports = dump("LOCAL_PORTS");
     assert!(ports[0]["formatted"]["value"]["ifindex"].as_u64().unwrap() > 0, "{ports}");
+    let allowed = dump("UNTUNNELLED_FROM");
+    assert_eq!(allowed[0]["formatted"]["key"]["prefix_len"], 24, "{allowed}");
+    assert_eq!(allowed[0]["formatted"]["key"]["data"], serde_json::json!([192, 0, 2, 0]), "{allowed}");
     // Every map the datapath pins is covered above.
     for map in xnet::datapath::maps::declared() {
         assert!(!dump(&map.name).as_array().unwrap().is_empty(), "{} dumped empty", map.name);

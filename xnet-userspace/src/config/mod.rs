@@ -8,7 +8,6 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use serde::Deserialize;
@@ -19,7 +18,16 @@ use crate::{
     mac::Mac,
 };
 
+mod etcd;
 mod peer_tables;
+mod routes;
+
+pub use etcd::EtcdSettings;
+use etcd::{RawEtcd, etcd_settings};
+pub use routes::{
+    ANNOUNCE_PROTOCOL, BehindRouter, HOST_TABLE, ROUTE_PROTOCOLS, RoutesSettings, route_protocol_name,
+};
+use routes::{RawRoutes, routes_settings};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnet";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/xnet/subnet.env";
@@ -110,100 +118,6 @@ pub struct StaticOverlay {
     pub peers: Vec<PeerConfig>,
 }
 
-/// Where etcd is and how to talk to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    /// TTL of this host's subnet lease (flannel: 24 h); renewed well before it runs out.
-    pub lease_ttl: Duration,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// PEM files for https:// endpoints: the CA that signed etcd's certificate, and this host's
-    /// client certificate and key (when etcd asks for one).
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
-
-impl EtcdSettings {
-    pub fn new(endpoints: Vec<String>) -> Self {
-        Self {
-            endpoints,
-            prefix: DEFAULT_ETCD_PREFIX.into(),
-            lease_ttl: Duration::from_secs(24 * 3600),
-            username: None,
-            password: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-        }
-    }
-}
-
-/// What to do with a learned route whose next hop is a router rather than the host that owns the
-/// subnet (`[routes] behind_router`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BehindRouter {
-    /// Leave it to the kernel's route and the fabric, which learned the route too: no datapath
-    /// route, the packet leaves as it is.
-    Fabric,
-    /// Encapsulate to the host that originated the route, when the daemon names it as the
-    /// route's gateway (an `onlink` route to an address off the underlay's segment).
-    Encapsulate,
-}
-
-/// The kernel route protocols of routing daemons, by the names `ip route` shows: what
-/// `[routes] protocols` accepts, and its default.
-pub const ROUTE_PROTOCOLS: &[(&str, u8)] = &[
-    ("zebra", 11),
-    ("bird", 12),
-    ("babel", 42),
-    ("bgp", 186),
-    ("isis", 187),
-    ("ospf", 188),
-    ("rip", 189),
-    ("eigrp", 192),
-];
-
-/// The name of kernel route protocol `number`, as `ip route` shows it.
-pub fn route_protocol_name(number: u8) -> String {
-    const OTHERS: &[(&str, u8)] = &[("redirect", 1), ("kernel", 2), ("boot", 3), ("static", 4), ("dhcp", 16)];
-    ROUTE_PROTOCOLS
-        .iter()
-        .chain(OTHERS)
-        .find(|(_, n)| *n == number)
-        .map_or_else(|| number.to_string(), |(name, _)| name.to_string())
-}
-
-/// The kernel route protocol of the route with which xnet announces this host's subnet
-/// (a blackhole route, behind the container bridge's): a routing daemon exports it without
-/// per-host configuration, and the routes store never learns it back.
-pub const ANNOUNCE_PROTOCOL: u8 = 44;
-
-/// The routing table (and the priority of the rule that points to it) that sends this host's own
-/// overlay traffic through the host device when a routing daemon's routes are in the main table
-/// (see [`crate::host::apply`]).
-pub const HOST_TABLE: u32 = 4243;
-
-/// Where a routing daemon's routes are and which of them to learn (`[routes]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoutesSettings {
-    pub network: Ipv4Network,
-    pub subnet: Ipv4Network,
-    pub tunnel: Tunnel,
-    /// The kernel route protocols (`RTPROT_*`) learned from.
-    pub protocols: Vec<u8>,
-    /// The routing table the daemon installs its routes in (254: main).
-    pub table: u32,
-    pub behind_router: BehindRouter,
-    /// Gateways that are routers, not hosts of the overlay: routes through them are "behind a
-    /// router" although the gateway is on the underlay's segment.
-    pub routers: Vec<Ipv4Addr>,
-    /// Announce this host's subnet with a route of [`ANNOUNCE_PROTOCOL`].
-    pub announce: bool,
-}
-
 /// Where the network, this host's subnet and the peers come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -287,30 +201,6 @@ struct RawConfig {
 struct RawCapacity {
     routes: Option<i64>,
     peers: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRoutes {
-    protocols: Option<Vec<String>>,
-    table: Option<toml::Value>,
-    behind_router: Option<String>,
-    routers: Option<Vec<String>>,
-    announce: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEtcd {
-    endpoints: Vec<String>,
-    prefix: Option<String>,
-    /// Seconds.
-    lease_ttl: Option<i64>,
-    username: Option<String>,
-    password: Option<String>,
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -635,81 +525,6 @@ fn capacity(c: &Checker<'_>, raw: &RawCapacity) -> Result<Capacity, ConfigError>
     Ok(capacity)
 }
 
-/// `[etcd]` with the command line's endpoints and prefix over it.
-fn etcd_settings(
-    c: &Checker<'_>,
-    raw: Option<&RawEtcd>,
-    overrides: &Overrides,
-) -> Result<EtcdSettings, ConfigError> {
-    let tls = raw.is_some_and(|e| e.ca_file.is_some());
-    let scheme_ok = |u: &String| u.starts_with("http://") || (tls && u.starts_with("https://"));
-    let mut settings = EtcdSettings::new(Vec::new());
-    if let Some(e) = raw {
-        if (e.endpoints.is_empty() && overrides.etcd_endpoints.is_empty())
-            || !e.endpoints.iter().all(scheme_ok)
-        {
-            return Err(c.invalid(
-                "etcd.endpoints",
-                "must list http:// URLs such as [\"http://127.0.0.1:2379\"], or https:// ones with `ca_file` set"
-                    .into(),
-            ));
-        }
-        for (key, path) in
-            [("etcd.ca_file", &e.ca_file), ("etcd.cert_file", &e.cert_file), ("etcd.key_file", &e.key_file)]
-        {
-            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
-                return Err(c.invalid(key, "must be an absolute path to a PEM file".into()));
-            }
-        }
-        if e.cert_file.is_some() != e.key_file.is_some() {
-            return Err(
-                c.invalid("etcd.cert_file", "and `etcd.key_file` go together; set both or neither".into())
-            );
-        }
-        settings.endpoints = e.endpoints.clone();
-        if let Some(prefix) = &e.prefix {
-            if !prefix.starts_with('/') {
-                return Err(c.invalid("etcd.prefix", format!("= \"{prefix}\" must start with /")));
-            }
-            settings.prefix = prefix.trim_end_matches('/').to_string();
-        }
-        if let Some(ttl) = e.lease_ttl {
-            if ttl < 1 {
-                return Err(
-                    c.invalid("etcd.lease_ttl", format!("= {ttl} must be a positive number of seconds"))
-                );
-            }
-            settings.lease_ttl = Duration::from_secs(ttl as u64);
-        }
-        settings.username = e.username.clone();
-        settings.password = e.password.clone();
-        settings.ca_file = e.ca_file.clone();
-        settings.cert_file = e.cert_file.clone();
-        settings.key_file = e.key_file.clone();
-    }
-    if !overrides.etcd_endpoints.is_empty() {
-        if let Some(bad) = overrides.etcd_endpoints.iter().find(|u| !scheme_ok(u)) {
-            return Err(ConfigError::Flag {
-                flag: "--etcd-endpoints",
-                message: format!(
-                    "{bad:?} is not an http:// URL such as http://127.0.0.1:2379 (https:// needs `ca_file` in [etcd])"
-                ),
-            });
-        }
-        settings.endpoints = overrides.etcd_endpoints.clone();
-    }
-    if let Some(prefix) = &overrides.etcd_prefix {
-        if !prefix.starts_with('/') {
-            return Err(ConfigError::Flag {
-                flag: "--etcd-prefix",
-                message: format!("\"{prefix}\" must start with /"),
-            });
-        }
-        settings.prefix = prefix.trim_end_matches('/').to_string();
-    }
-    Ok(settings)
-}
-
 /// The `[[peer]]` tables cut out of a config file's `text`, parsed one at a time.
 struct PeerTables<'a> {
     text: &'a str,
@@ -726,91 +541,6 @@ impl PeerTables<'_> {
                 + &line_of(self.text, e.span().map(|s| s.start + body.start..s.end + body.start)),
         })
     }
-}
-
-/// `[routes]` (all defaults when absent) over the network, subnet and tunnel of `o`.
-fn routes_settings(
-    c: &Checker<'_>,
-    raw: Option<&RawRoutes>,
-    o: StaticOverlay,
-) -> Result<RoutesSettings, ConfigError> {
-    let default = RawRoutes::default();
-    let raw = raw.unwrap_or(&default);
-    let protocols = match &raw.protocols {
-        None => ROUTE_PROTOCOLS.iter().map(|(_, n)| *n).collect(),
-        Some(list) if list.is_empty() => {
-            return Err(c.invalid(
-                "routes.protocols",
-                "is empty; name the protocols of the daemon's routes, e.g. [\"ospf\"] or [\"bird\"]".into(),
-            ));
-        }
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, name) in list.iter().enumerate() {
-                let number = ROUTE_PROTOCOLS
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, p)| *p)
-                    .or_else(|| name.parse::<u8>().ok().filter(|p| *p > 4 && *p != ANNOUNCE_PROTOCOL));
-                let Some(number) = number else {
-                    let names: Vec<&str> = ROUTE_PROTOCOLS.iter().map(|(n, _)| *n).collect();
-                    return Err(c.invalid(
-                        &format!("routes.protocols[{i}]"),
-                        format!(
-                            "= \"{name}\" is not a routing daemon's route protocol; use one of {} or a number from 5 to 255 (not {ANNOUNCE_PROTOCOL}, xnet's own)",
-                            names.join(", ")
-                        ),
-                    ));
-                };
-                if !out.contains(&number) {
-                    out.push(number);
-                }
-            }
-            out
-        }
-    };
-    let table = match &raw.table {
-        None => 254,
-        Some(toml::Value::String(s)) if s == "main" => 254,
-        Some(toml::Value::Integer(n))
-            if (1..=i64::from(u32::MAX)).contains(n) && *n != 255 && *n != i64::from(HOST_TABLE) =>
-        {
-            *n as u32
-        }
-        Some(v) => {
-            return Err(c.invalid(
-                "routes.table",
-                format!(
-                    "= {v} is not a routing daemon's table; use \"main\" or a table number such as 254 (not 255, local, nor {}, xnet's own)",
-                    HOST_TABLE
-                ),
-            ));
-        }
-    };
-    let behind_router = match raw.behind_router.as_deref() {
-        None | Some("fabric") => BehindRouter::Fabric,
-        Some("encapsulate") => BehindRouter::Encapsulate,
-        Some(other) => {
-            return Err(c.invalid(
-                "routes.behind_router",
-                format!("= \"{other}\" must be \"fabric\" (the default) or \"encapsulate\""),
-            ));
-        }
-    };
-    let mut routers = Vec::new();
-    for (i, r) in raw.routers.iter().flatten().enumerate() {
-        routers.push(c.ip(&format!("routes.routers[{i}]"), r)?);
-    }
-    Ok(RoutesSettings {
-        network: o.network,
-        subnet: o.subnet,
-        tunnel: o.tunnel,
-        protocols,
-        table,
-        behind_router,
-        routers,
-        announce: raw.announce.unwrap_or(true),
-    })
 }
 
 /// The network, subnet, tunnel and peers of a static config.
@@ -1019,72 +749,6 @@ public_ip = "198.18.0.3"
             StoreConfig::File(o) => o,
             StoreConfig::Etcd(_) => panic!("expected a static overlay, got etcd"),
             StoreConfig::Routes(_) => panic!("expected a static overlay, got routes"),
-        }
-    }
-
-    #[test]
-    fn routes_mode_learns_the_peers_from_the_daemon() {
-        let local = "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\niface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n";
-        let routes = |c: Config| match c.store {
-            StoreConfig::Routes(r) => r,
-            other => panic!("expected the routes store, got {other:?}"),
-        };
-        let r = routes(parse(&format!("{local}[backend]\ntype = \"direct\"\n[routes]\n")).unwrap());
-        assert_eq!(
-            r.protocols,
-            ROUTE_PROTOCOLS.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-            "every daemon's"
-        );
-        assert_eq!(
-            (r.table, r.behind_router, r.announce, r.routers.len()),
-            (254, BehindRouter::Fabric, true, 0)
-        );
-        assert_eq!((r.subnet.to_string(), r.tunnel.kind), ("10.244.1.0/24".to_string(), Backend::Direct));
-        let r = routes(
-            parse(&format!(
-                "{local}[routes]\nprotocols = [\"ospf\", \"bird\", \"200\", \"ospf\"]\ntable = 100\nbehind_router = \"encapsulate\"\nrouters = [\"198.18.0.254\"]\nannounce = false\n"
-            ))
-            .unwrap(),
-        );
-        assert_eq!(
-            (r.protocols, r.table, r.behind_router, r.announce),
-            (vec![188, 12, 200], 100, BehindRouter::Encapsulate, false)
-        );
-        assert_eq!(r.routers, ["198.18.0.254".parse::<Ipv4Addr>().unwrap()]);
-        let flag = Overrides { routes: true, ..Default::default() };
-        let on_cli = Config::parse(Path::new("/etc/xnet/xnet.toml"), local, &flag).unwrap();
-        assert_eq!(routes(on_cli).table, 254, "--routes: the defaults");
-        for (text, expected) in [
-            (
-                format!("{local}[routes]\nprotocols = [\"kernel\"]\n"),
-                "`routes.protocols[0]` = \"kernel\" is not",
-            ),
-            (format!("{local}[routes]\nprotocols = [\"44\"]\n"), "`routes.protocols[0]`"),
-            (format!("{local}[routes]\nprotocols = []\n"), "`routes.protocols` is empty"),
-            (format!("{local}[routes]\ntable = \"local\"\n"), "`routes.table`"),
-            (format!("{local}[routes]\ntable = 255\n"), "`routes.table`"),
-            (format!("{local}[routes]\ntable = 4243\n"), "xnet's own"),
-            (format!("{local}[routes]\nbehind_router = \"tunnel\"\n"), "`routes.behind_router`"),
-            (format!("{local}[routes]\nrouters = [\"r1\"]\n"), "`routes.routers[0]`"),
-            (format!("{local}[routes]\nprotcols = [\"ospf\"]\n"), "unknown field `protcols`"),
-            (
-                format!("{local}[routes]\n[etcd]\nendpoints = [\"http://e:2379\"]\n"),
-                "`routes` and an etcd store",
-            ),
-            (
-                format!(
-                    "{local}[routes]\n[[peer]]\nsubnet = \"10.244.2.0/24\"\npublic_ip = \"198.18.0.2\"\n"
-                ),
-                "`peer` comes from the routing daemon",
-            ),
-            (
-                "iface = \"eth0\"\ncontainer_ifaces = [\"docker0\"]\n[routes]\n".to_string(),
-                "`network` is missing",
-            ),
-        ] {
-            let e = parse(&text).expect_err(&text).to_string();
-            assert!(e.contains(expected), "{text}: {e}");
-            assert!(e.contains("/etc/xnet/xnet.toml") && e.lines().count() == 1, "{e}");
         }
     }
 
