@@ -84,7 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let _lock = host::lock_pin_dir(&config.pin_dir)?;
-    let (netlink, mut host_events) = Netlink::connect().await?;
+    let (mut netlink, mut host_events) = Netlink::connect().await?;
 
     let vtep_mac = config.vtep_mac.unwrap_or_else(|| Mac::from_ipv4(public_ip));
     let link =
@@ -198,8 +198,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A refresh (or what it leads to) that failed is tried again a second later, event or not.
     const REFRESH_RETRY: Duration = Duration::from_secs(1);
     let mut refresh_at: Option<Instant> = first_refresh_failed.then(|| Instant::now() + REFRESH_RETRY);
-    let mut events_ended = false;
+    // When the netlink event stream ends, a new connection is made (now, then every second until
+    // one works), and the container interfaces are read again in full.
+    const RECONNECT_RETRY: Duration = Duration::from_secs(1);
+    let mut reconnect_at: Option<Instant> = None;
     loop {
+        let reconnect = async {
+            match reconnect_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let retry = async {
             match agent.sync_retry {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -216,12 +225,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = int.recv() => { tracing::info!("SIGINT"); break; }
             event = store.next() => agent.on_store(event),
-            event = host_events.next(), if !events_ended => match event {
+            event = host_events.next(), if reconnect_at.is_none() => match event {
                 Some(e) if agent.containers.concerns(&e) => { refresh_at.get_or_insert(Instant::now() + SETTLE_EVENTS); }
                 Some(_) => {}
                 None => {
-                    tracing::error!("the netlink event stream ended; container ports are no longer followed");
-                    events_ended = true;
+                    tracing::error!("the netlink event stream ended; connecting again");
+                    reconnect_at = Some(Instant::now());
+                }
+            },
+            _ = reconnect => match Netlink::connect().await {
+                Ok((n, events)) => {
+                    tracing::info!("netlink connected again; reading the container interfaces anew");
+                    (netlink, host_events) = (n, events);
+                    reconnect_at = None;
+                    refresh_at = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot connect to netlink; container ports are not followed meanwhile");
+                    reconnect_at = Some(Instant::now() + RECONNECT_RETRY);
                 }
             },
             _ = refresh => {
