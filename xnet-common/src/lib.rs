@@ -11,10 +11,19 @@ pub mod decap;
 pub mod egress;
 pub mod icmp;
 pub mod maps;
+#[cfg(any(test, feature = "mutate"))]
+pub mod mutate;
+#[cfg(any(test, feature = "mutate"))]
+pub mod oracle;
 pub mod outer;
 pub mod packet;
 pub mod stats;
 pub mod wire;
 
+#[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(any(test, feature = "mutate"))]
+extern crate alloc;
 #[cfg(test)]
 extern crate std;

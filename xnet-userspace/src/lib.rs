@@ -24,3 +24,6 @@ pub mod report;
 pub mod store;
 pub mod subnet_env;
 pub mod systemd;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_checks;

@@ -59,6 +59,17 @@ enum Cmd {
         #[arg(long)]
         modes: Option<String>,
     },
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of the packet classifiers and the
+    /// config, network-config and lease parsers; prints the executions per target. Installs
+    /// cargo-fuzz if missing. (The fixed-seed slice runs in `test`.)
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all of them).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(FUZZ_TARGETS))]
+        target: Option<String>,
+    },
     /// Format and lint checks, then every test: unit, BPF_PROG_TEST_RUN and lab tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -99,6 +110,18 @@ const APT_PACKAGES: &[&str] = &[
 /// its own daemons in its namespaces, and a system-wide one would touch the machine's routes.
 const DAEMON_SERVICES: &[(&str, &str)] = &[("frr", "frr"), ("bird2", "bird")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The fuzz targets in fuzz/ (fuzz/Cargo.toml), each with its libFuzzer dictionary in fuzz/dicts.
+const FUZZ_TARGETS: [&str; 5] =
+    ["decap_classify", "egress_classify", "config_parse", "network_config_parse", "lease_parse"];
+
+fn fuzz_dictionary(target: &str) -> &'static str {
+    match target {
+        "decap_classify" | "egress_classify" => "frames.dict",
+        "config_parse" => "toml.dict",
+        "network_config_parse" => "json.dict",
+        _ => "lease.dict",
+    }
+}
 /// Cargo's selection of the host crates: the whole workspace, the integration tests (xnet-tests)
 /// included although they are not a default member, but not the eBPF programs, which build for
 /// bpfel-unknown-none (and are checked apart).
@@ -153,6 +176,39 @@ fn main() -> anyhow::Result<()> {
                 .context("running the benchmark")?;
             if !status.success() {
                 bail!("the benchmark failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Fuzz { seconds, target } => {
+            setup()?;
+            cargo_fuzz()?;
+            let targets: Vec<&str> = match &target {
+                Some(t) => vec![t.as_str()],
+                None => FUZZ_TARGETS.to_vec(),
+            };
+            let mut results = Vec::new();
+            for t in targets {
+                step(&format!("fuzz {t} for {seconds} s"));
+                results.push((t, fuzz(&root, t, seconds)?));
+            }
+            eprintln!("\n{:<22} {:>14} {:>9} {:>10}  result", "target", "executions", "seconds", "exec/s");
+            let mut failed = Vec::new();
+            for (t, r) in &results {
+                eprintln!(
+                    "{t:<22} {:>14} {:>9} {:>10}  {}",
+                    r.executions,
+                    r.seconds,
+                    r.executions / r.seconds.max(1),
+                    if r.ok { "ok" } else { "FAILED (see fuzz/artifacts)" }
+                );
+                if !r.ok {
+                    failed.push(*t);
+                }
+            }
+            let total: u64 = results.iter().map(|(_, r)| r.executions).sum();
+            eprintln!("{:<22} {total:>14}", "total");
+            if !failed.is_empty() {
+                bail!("fuzzing found failures in {}", failed.join(", "));
             }
             Ok(())
         }
@@ -350,6 +406,76 @@ fn bpf_linker() -> anyhow::Result<()> {
         bail!("building bpf-linker failed ({status})");
     }
     Ok(())
+}
+
+/// cargo-fuzz, the libFuzzer driver (its targets build with the nightly toolchain).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success()).unwrap_or(false)
+    {
+        eprintln!("    cargo-fuzz: present");
+        return Ok(());
+    }
+    eprintln!("    cargo-fuzz: installing (about a minute)");
+    cargo(&["install", "cargo-fuzz", "--locked"])
+}
+
+/// What one target's run did.
+struct FuzzRun {
+    executions: u64,
+    seconds: u64,
+    /// No crash, no failed check, no timeout or out-of-memory.
+    ok: bool,
+}
+
+/// Runs fuzz target `target` for `seconds` from its committed seeds (fuzz/seeds/<target>), growing
+/// its corpus in fuzz/corpus/<target>; libFuzzer's progress lines are shown, its final statistics
+/// read.
+fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<FuzzRun> {
+    use std::io::{BufRead as _, BufReader};
+    let corpus = root.join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    let dict = root.join("fuzz/dicts").join(fuzz_dictionary(target));
+    // Debug assertions on (`-a`): an arithmetic overflow is a finding too. No sanitizer: the code
+    // under test is safe Rust but for the packet view's header cast, whose bounds the checks
+    // cover, and AddressSanitizer would halve the executions.
+    let mut child = Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", "--sanitizer", "none", "--debug-assertions", target])
+        .arg(&corpus)
+        .arg(root.join("fuzz/seeds").join(target))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-dict={}", dict.display()))
+        .arg("-print_final_stats=1")
+        .current_dir(root)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo fuzz")?;
+    let mut executions = None;
+    let mut elapsed = seconds;
+    // From a failed check on, everything: the panic message and the failing input.
+    let mut failing = false;
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
+        let line = line?;
+        // `stat::number_of_executed_units: 123456`, and `Done 123456 runs in 60 second(s)`.
+        if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+            executions = n.trim().parse().ok();
+        }
+        if let Some(rest) = line.strip_prefix("Done ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(runs), Some(secs)) = (words.next(), words.nth(2)) {
+                executions = executions.or(runs.parse().ok());
+                elapsed = secs.parse().unwrap_or(elapsed);
+            }
+        }
+        let shown =
+            ["pulse", "DONE", "Done", "ERROR", "panicked", "SUMMARY", "Test unit written", "INFO: Loaded"];
+        failing |= line.contains("panicked") || line.contains("ERROR: libFuzzer");
+        if failing || line.starts_with("error") || shown.iter().any(|s| line.contains(s)) {
+            eprintln!("    {line}");
+        }
+    }
+    let status = child.wait()?;
+    Ok(FuzzRun { executions: executions.unwrap_or(0), seconds: elapsed, ok: status.success() })
 }
 
 fn bpffs() -> anyhow::Result<()> {
