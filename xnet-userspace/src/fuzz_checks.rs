@@ -10,7 +10,7 @@ use std::path::Path;
 use xnet_common::maps::Backend;
 
 use crate::cidr::{self, Ipv4Network};
-use crate::config::{Config, ConfigError, Overrides, StoreConfig};
+use crate::config::{Config, ConfigError, MAX_VNI, Overrides, StoreConfig};
 use crate::store::flannel::{Lease, NetworkConfig, lease_key, parse_lease_key};
 
 /// The lease prefix the lease checks use (flannel's default).
@@ -53,7 +53,8 @@ pub fn check_config(text: &str) -> bool {
 }
 
 /// `<prefix>/config`: accepted, its subnet length and range lie inside the network and its first
-/// candidate subnets are ones it allows; refused, the error names the key.
+/// candidate subnets are ones it allows, its VNI is one of 24 bits; refused, the error names the
+/// key.
 pub fn check_network_config(text: &str) -> bool {
     match NetworkConfig::parse(NETWORK_CONFIG_KEY, text) {
         Ok(c) => {
@@ -64,6 +65,7 @@ pub fn check_network_config(text: &str) -> bool {
             );
             assert!(c.network.contains(c.subnet_min) && c.network.contains(c.subnet_max), "{text}");
             assert!(c.subnet_min <= c.subnet_max, "{text}");
+            assert!((1..=MAX_VNI).contains(&c.vni), "VNI {}:\n{text}", c.vni);
             for subnet in c.candidates().take(3) {
                 assert!(c.allows(&subnet), "candidate {subnet} not allowed:\n{text}");
             }
@@ -76,7 +78,8 @@ pub fn check_network_config(text: &str) -> bool {
     }
 }
 
-/// A lease value for 10.244.5.0/24: accepted, what xnet writes back for it parses to the same, in
+/// A lease value for 10.244.5.0/24: accepted, its VNI (if any) is one of 24 bits, and what xnet
+/// writes back for it parses to the same, in
 /// the fields flannel's format has for the backend (the VTEP MAC and VNI of vxlan only, written
 /// with VNI 1 if none was given; the other backends carry no data); refused, the error names the
 /// key.
@@ -85,6 +88,7 @@ pub fn check_lease(text: &str) -> bool {
     let key = lease_key(PREFIX, &subnet);
     match Lease::parse(&key, subnet, text) {
         Ok(l) => {
+            assert!(l.vni.is_none_or(|v| (1..=MAX_VNI).contains(&v)), "VNI {:?}:\n{text}", l.vni);
             let again = Lease::parse(&key, subnet, &l.to_json()).unwrap_or_else(|e| panic!("{e}:\n{text}"));
             let (vtep_mac, vni) = match l.backend {
                 Backend::Vxlan => (l.vtep_mac, Some(l.vni.unwrap_or(1))),

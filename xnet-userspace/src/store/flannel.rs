@@ -13,7 +13,7 @@ use xnet_common::maps::Backend;
 
 use crate::{
     cidr::{self, Ipv4Network},
-    config::{DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT, Tunnel},
+    config::{DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT, MAX_VNI, Tunnel},
     mac::Mac,
 };
 
@@ -152,9 +152,12 @@ impl NetworkConfig {
                 },
             }
         };
-        let vni = num("VNI", (1 << 24) - 1)?.unwrap_or(1) as u32;
-        let port = num("Port", 65535)?.filter(|p| *p != 0).map(|p| p as u16);
-        let gre_key = num("Key", u32::MAX as u64)?.map(|k| k as u32);
+        let vni = match backend.and_then(|b| field(b, "VNI")) {
+            None | Some(Value::Null) => 1,
+            Some(v) => vni(v).ok_or_else(|| err(&bk("VNI"), vni_range(v)))?,
+        };
+        let port = num("Port", u16::MAX.into())?.filter(|p| *p != 0).and_then(|p| u16::try_from(p).ok());
+        let gre_key = num("Key", u32::MAX.into())?.and_then(|k| u32::try_from(k).ok());
         Ok(NetworkConfig {
             network,
             subnet_len,
@@ -202,6 +205,16 @@ impl NetworkConfig {
             fallback: Backend::Vxlan,
         }
     }
+}
+
+/// A VXLAN network identifier: a whole number of 24 bits, 0 excluded (flannel's default is 1).
+fn vni(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| (1..=MAX_VNI).contains(n))
+}
+
+/// What is wrong with a VNI that [`vni`] refuses.
+fn vni_range(v: &Value) -> String {
+    format!("= {v} is not a VXLAN network identifier; it must be a number from 1 to {MAX_VNI}")
 }
 
 /// `<prefix>/subnets/10.244.1.0-24`.
@@ -254,7 +267,10 @@ impl Lease {
             Some(m) => Some(m.parse::<Mac>().map_err(|e| err(&format!("{key}: BackendData.VtepMAC"), e))?),
             None => None,
         };
-        let vni = data.and_then(|d| field(d, "VNI")).and_then(Value::as_u64).map(|v| v as u32);
+        let vni = match data.and_then(|d| field(d, "VNI")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(vni(v).ok_or_else(|| err(&format!("{key}: BackendData.VNI"), vni_range(v)))?),
+        };
         if backend == Backend::Vxlan && vtep_mac.is_none() {
             return Err(err(&format!("{key}: BackendData.VtepMAC"), "is missing; a vxlan lease needs it"));
         }
@@ -329,10 +345,46 @@ mod tests {
             ),
             (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}"#, "Backend.Type"),
             (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": "one"}}"#, "Backend.VNI"),
+            // A VNI is 24 bits, and 0 names none.
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}"#,
+                "Backend.VNI: = 16777216 is not a VXLAN network identifier; it must be a number from 1 to 16777215",
+            ),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}"#, "Backend.VNI: = 0"),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}"#, "Backend.VNI: = -1"),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 65536}}"#, "Backend.Port"),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "gre", "Key": 4294967296}}"#, "Backend.Key"),
         ];
         for (text, expected) in cases {
             let e = NetworkConfig::parse(KEY, text).expect_err(text).to_string();
             assert!(e.starts_with(KEY) && e.contains(expected), "{text}: {e}");
+        }
+        let widest = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777215}}"#;
+        assert_eq!(NetworkConfig::parse(KEY, widest).unwrap().vni, 16_777_215);
+    }
+
+    #[test]
+    fn a_lease_vni_must_fit_24_bits() {
+        let subnet = cidr::parse("10.244.5.0/24").unwrap();
+        let key = lease_key(DEFAULT_PREFIX, &subnet);
+        let lease = |vni: &str| {
+            let text = format!(
+                r#"{{"PublicIP":"198.18.0.7","BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"3e:5b:26:8a:45:0b"}}}}"#
+            );
+            Lease::parse(&key, subnet, &text)
+        };
+        assert_eq!(lease("16777215").unwrap().vni, Some(16_777_215));
+        assert_eq!(lease("null").unwrap().vni, None);
+        // 2^32 + 1 used to come out as VNI 1 (cut to 32 bits), 2^24 + 1 as a VNI no packet can
+        // carry.
+        for vni in ["4294967297", "16777217", "0", "-1", "1.5", "\"1\""] {
+            let e = lease(vni).expect_err(vni).to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "{key}: BackendData.VNI: = {vni} is not a VXLAN network identifier; it must be a number from 1 to 16777215"
+                )
+            );
         }
     }
 
