@@ -217,6 +217,9 @@ fn main() -> anyhow::Result<()> {
             require_root("the tests create network namespaces and load eBPF programs")?;
             step("cargo fmt --check");
             cargo(&["fmt", "--all", "--check"])?;
+            // fuzz/ is a workspace of its own (nightly): rustfmt needs no build to check it.
+            let fuzz_manifest = root.join("fuzz/Cargo.toml");
+            cargo(&["fmt", "--all", "--check", "--manifest-path", &fuzz_manifest.to_string_lossy()])?;
             step("cargo clippy (host crates)");
             cargo(&[&["clippy"], HOST_CRATES, &["--all-targets", "--", "-D", "warnings"]].concat())?;
             step("cargo clippy (eBPF crate, bpfel-unknown-none)");
