@@ -454,11 +454,17 @@ fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<FuzzRun> {
         .spawn()
         .context("running cargo fuzz")?;
     let mut executions = None;
-    let mut elapsed = seconds;
+    // libFuzzer's own count when it finishes ("Done"), else the time since it started ("INFO:
+    // Seed:", after the build): a failure stops it early.
+    let mut elapsed = None;
+    let mut started = None;
     // From a failed check on, everything: the panic message and the failing input.
     let mut failing = false;
     for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
         let line = line?;
+        if line.starts_with("INFO: Seed:") {
+            started = Some(std::time::Instant::now());
+        }
         // `stat::number_of_executed_units: 123456`, and `Done 123456 runs in 60 second(s)`.
         if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
             executions = n.trim().parse().ok();
@@ -467,7 +473,7 @@ fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<FuzzRun> {
             let mut words = rest.split_whitespace();
             if let (Some(runs), Some(secs)) = (words.next(), words.nth(2)) {
                 executions = executions.or(runs.parse().ok());
-                elapsed = secs.parse().unwrap_or(elapsed);
+                elapsed = secs.parse().ok();
             }
         }
         let shown =
@@ -478,7 +484,8 @@ fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<FuzzRun> {
         }
     }
     let status = child.wait()?;
-    Ok(FuzzRun { executions: executions.unwrap_or(0), seconds: elapsed, ok: status.success() })
+    let seconds = elapsed.or(started.map(|t| t.elapsed().as_secs())).unwrap_or(0);
+    Ok(FuzzRun { executions: executions.unwrap_or(0), seconds, ok: status.success() })
 }
 
 fn bpffs() -> anyhow::Result<()> {
