@@ -95,12 +95,18 @@ impl NetworkConfig {
                     network.prefix() + 2
                 }
             }
-            Some(n) if n > 30 || (n as u8) < network.prefix() => {
+            // Longer than the network's prefix: the first subnet is never leased (flannel's rule), so
+            // a network of one subnet has none to lease.
+            Some(n) if n > 30 || n <= u64::from(network.prefix()) => {
                 return Err(err(
                     &k("SubnetLen"),
-                    format!("= {n} must be between the network's prefix /{} and 30", network.prefix()),
+                    format!(
+                        "= {n} must be longer than the network's prefix /{} (the first subnet is never leased) and at most 30",
+                        network.prefix()
+                    ),
                 ));
             }
+            // At most 30, checked above.
             Some(n) => n as u8,
         };
         let size = 1u32 << (32 - subnet_len);
@@ -335,6 +341,10 @@ mod tests {
             (r#"{"Network": "10.244.0.0/33"}"#, "Network"),
             (r#"{"Network": "10.244.0.0/29"}"#, "too small"),
             (r#"{"Network": "10.244.0.0/16", "SubnetLen": 8}"#, "SubnetLen: = 8"),
+            // One subnet, the first, which is never leased. At 0.0.0.0 the default SubnetMax
+            // underflowed (found by cargo xtask fuzz, network_config_parse).
+            (r#"{"Network": "10.244.0.0/16", "SubnetLen": 16}"#, "SubnetLen: = 16 must be longer than"),
+            (r#"{"Network": "0.0.0.0/8", "SubnetLen": 8, "ui": {}}"#, "SubnetLen: = 8 must be longer than"),
             (
                 r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.245.0.0"}"#,
                 "SubnetMin: = 10.245.0.0 is not in Network",
