@@ -273,3 +273,54 @@ fn the_agent_waits_for_the_network_config_and_defends_its_lease() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     assert!(agent.wait().unwrap().success());
 }
+
+#[test]
+fn more_leases_than_the_maps_hold_are_refused_whole_and_said() {
+    let mut lab = Lab::start(LabSpec {
+        hosts: 2,
+        containers_per_host: 1,
+        etcd: true,
+        start_agents: false,
+        ..LabSpec::default()
+    });
+    // Host 1's maps hold one remote subnet: host 2's.
+    let config = lab.config_text(1) + "\n[capacity]\nroutes = 1\n";
+    std::fs::write(&lab.host(1).config_path, config).unwrap();
+    lab.write_config(2);
+    lab.start_agent(2, &[]);
+    lab.start_agent(1, &[]);
+    wait_for(Duration::from_secs(10), "host 1 routes to host 2", || routes(&lab, 1) == ["10.244.2.0/24"]);
+    let status = |lab: &Lab| -> Value {
+        let out = lab.xnet(1, &["status", "--json", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(status(&lab)["full_map"], Value::Null);
+
+    // A third host's lease: two remote subnets wanted, room for one.
+    let (key, value) = fake_lease(90);
+    lab.etcd[0].put(&key, &value);
+    wait_for(Duration::from_secs(10), "host 1 says its maps are full", || {
+        status(&lab)["full_map"] == "REMOTE_SUBNETS"
+    });
+    let s = status(&lab);
+    assert!(s["refused_syncs"].as_u64().unwrap() >= 1 && s["store_up"] == false, "{s}");
+    assert_eq!(routes(&lab, 1), ["10.244.2.0/24"], "the last state that fit stays");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "and keeps forwarding");
+    let text = lab.xnet(1, &["status", "--pin-dir", lab.host(1).pin_dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("maps full    REMOTE_SUBNETS has no room"), "{text}");
+    assert!(
+        lab.log(1).contains("map REMOTE_SUBNETS holds at most 1 entries, but 2 are wanted"),
+        "{}",
+        lab.log(1)
+    );
+
+    // The lease goes: room again, the store up, the count kept.
+    lab.etcd[0].writer().delete(&key);
+    wait_for(Duration::from_secs(10), "host 1 recovers", || {
+        let s = status(&lab);
+        s["full_map"] == Value::Null && s["store_up"] == true
+    });
+    assert!(status(&lab)["refused_syncs"].as_u64().unwrap() >= 1);
+    assert_eq!(routes(&lab, 1), ["10.244.2.0/24"]);
+}

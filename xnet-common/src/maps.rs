@@ -967,10 +967,16 @@ pub struct AgentState {
     /// 1 when this host's subnet lease was lost: it expired and another host (`lease_holder`) or
     /// nobody holds the subnet now; the agent no longer advertises it.
     lease_lost: u8,
-    reserved: [u8; 3],
+    /// Which map refused the last sync for want of room: 0 none, 1 REMOTE_SUBNETS (with
+    /// ROUTE_INFO), 2 PEERS.
+    full_map: u8,
+    reserved: [u8; 2],
     /// Public IP (network order) of the host that holds this host's subnet since it was lost;
     /// zero when nobody does (or it is not lost).
     lease_holder: [u8; 4],
+    /// Syncs refused whole for want of room since the agent started.
+    refused_syncs: u32,
+    reserved2: [u8; 4],
 }
 
 impl AgentState {
@@ -998,8 +1004,11 @@ impl AgentState {
             invalid_entries: 0,
             lease_expiry: 0,
             lease_lost: 0,
-            reserved: [0; 3],
+            full_map: 0,
+            reserved: [0; 2],
             lease_holder: [0; 4],
+            refused_syncs: 0,
+            reserved2: [0; 4],
         }
     }
 
@@ -1062,6 +1071,30 @@ impl AgentState {
     pub fn set_lease_lost(&mut self, lost: Option<Option<[u8; 4]>>) {
         self.lease_lost = u8::from(lost.is_some());
         self.lease_holder = lost.flatten().unwrap_or([0; 4]);
+    }
+    /// The map ([`REMOTE_SUBNETS`] or [`PEERS`]) that refused the last sync for want of room, if
+    /// it was refused so.
+    pub fn full_map(&self) -> Option<&'static str> {
+        match self.full_map {
+            1 => Some(REMOTE_SUBNETS),
+            2 => Some(PEERS),
+            _ => None,
+        }
+    }
+    /// Records how the last sync went: refused for want of room in `map` (counted), or not.
+    pub fn set_full_map(&mut self, map: Option<&str>) {
+        self.full_map = match map {
+            Some(REMOTE_SUBNETS) => 1,
+            Some(PEERS) => 2,
+            _ => 0,
+        };
+        if self.full_map != 0 {
+            self.refused_syncs = self.refused_syncs.saturating_add(1);
+        }
+    }
+    /// Syncs refused whole for want of room since the agent started.
+    pub fn refused_syncs(&self) -> u32 {
+        self.refused_syncs
     }
 }
 
@@ -1154,7 +1187,7 @@ const _: () = {
     assert!(size_of::<DatapathConfig>() == 64 + 3 * 64);
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<LocalPort>() == 4);
-    assert!(size_of::<AgentState>() == 48);
+    assert!(size_of::<AgentState>() == 56);
     assert!(size_of::<RouteInfo>() == 16);
     assert!(size_of::<Endpoint>() == 24);
     assert!(size_of::<PeerSlot>() == 8);

@@ -22,7 +22,7 @@ use crate::{
     config::{BehindRouter, Config, StoreConfig},
     containers::Containers,
     datapath::{
-        self, Datapath, Program,
+        self, Datapath, DatapathError, Program,
         sync::{Scope, Wanted},
     },
     host::{self, HostPlan, Interface},
@@ -355,12 +355,13 @@ impl Agent {
         // After a failure the mirror is exact but the changes of the failed sync were consumed:
         // compare everything until a sync works again.
         let scope = if self.sync_ok { scope } else { Scope::All };
-        let result = self
-            .datapath
-            .sync(&self.wanted, &config, &scope, unix_now())
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        self.settle(Step::Sync, result);
+        let result = self.datapath.sync(&self.wanted, &config, &scope, unix_now());
+        let full = match &result {
+            Err(DatapathError::Full(f)) => Some(f.map),
+            _ => None,
+        };
+        self.record.set_full_map(full);
+        self.settle(Step::Sync, result.map(|_| ()).map_err(|e| e.to_string()));
     }
 
     fn gateway_mac(&self) -> [u8; 6] {

@@ -174,6 +174,10 @@ pub struct Status {
     pub refused_macs: u64,
     /// Every map's capacity and kernel memory.
     pub maps: Vec<MapRow>,
+    /// The map that refused the agent's last sync for want of room, if one did.
+    pub full_map: Option<&'static str>,
+    /// Syncs refused whole for want of room since the agent started.
+    pub refused_syncs: u32,
 }
 
 #[cfg(test)]
@@ -213,6 +217,8 @@ impl Status {
             ports_over_cap: 0,
             refused_macs: 0,
             maps: Vec::new(),
+            full_map: None,
+            refused_syncs: 0,
         }
     }
 }
@@ -303,6 +309,8 @@ pub fn status(maps: &Maps, pin_dir: &Path) -> Result<Status, InspectError> {
             .into_iter()
             .map(|m| MapRow { name: m.name, max_entries: m.max_entries, memlock: m.memlock })
             .collect(),
+        full_map: agent.full_map(),
+        refused_syncs: agent.refused_syncs(),
     })
 }
 

@@ -199,6 +199,12 @@ impl Collector for Snapshot {
             "Container MACs left out of LOCAL_PORTS at the last sync: their bridge port claims more than the cap.",
             s.refused_macs,
         )?;
+        ConstCounter::new(u64::from(s.refused_syncs)).encode(encoder.encode_descriptor(
+            "xnet_syncs_refused",
+            "Syncs of the datapath maps refused whole because a map had no room (see `[capacity]`).",
+            None,
+            MetricType::Counter,
+        )?)?;
         gauge(
             &mut encoder,
             "xnet_last_reconcile_timestamp_seconds",
@@ -457,6 +463,9 @@ mod tests {
              # HELP xnet_local_ports_refused_macs Container MACs left out of LOCAL_PORTS at the last sync: their bridge port claims more than the cap.\n\
              # TYPE xnet_local_ports_refused_macs gauge\n\
              xnet_local_ports_refused_macs 69745\n\
+             # HELP xnet_syncs_refused_total Syncs of the datapath maps refused whole because a map had no room (see `[capacity]`).\n\
+             # TYPE xnet_syncs_refused_total counter\n\
+             xnet_syncs_refused_total 0\n\
              # HELP xnet_last_reconcile_timestamp_seconds When the datapath maps were last made to match the store (Unix time).\n\
              # TYPE xnet_last_reconcile_timestamp_seconds gauge\n\
              xnet_last_reconcile_timestamp_seconds 1700000100\n\

@@ -113,6 +113,13 @@ pub fn status(s: &Status, now: u64) -> String {
             s.refused_macs, s.ports_over_cap, s.local_ports_cap
         );
     }
+    if let Some(map) = s.full_map {
+        let _ = writeln!(
+            out,
+            "maps full    {map} has no room for what the store holds: the maps keep the last state that fit ({} syncs refused); raise `[capacity]`",
+            s.refused_syncs
+        );
+    }
     let _ = writeln!(out, "lease        {lease}");
     let key = s.gre_key.map_or("none".to_string(), |k| k.to_string());
     let _ = writeln!(
@@ -205,6 +212,20 @@ mod tests {
                 .contains("now held by a key that names no host")
         );
         assert_eq!(lease_line(&etcd(None, None), NOW), "lease        none (static file)");
+    }
+
+    #[test]
+    fn status_says_when_a_map_is_full_and_only_then() {
+        let full = Status { full_map: Some("REMOTE_SUBNETS"), refused_syncs: 3, ..Status::example() };
+        let text = status(&full, NOW);
+        let line = text.lines().find(|l| l.starts_with("maps full")).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            line,
+            "maps full    REMOTE_SUBNETS has no room for what the store holds: the maps keep the last state that fit (3 syncs refused); raise `[capacity]`"
+        );
+        // Room again: the count stays (a counter), the line goes.
+        let text = status(&Status { refused_syncs: 3, ..Status::example() }, NOW);
+        assert!(!text.contains("maps full"), "{text}");
     }
 
     #[test]
