@@ -475,7 +475,8 @@ fn agent_with_many_peers(peers: u32) -> (f64, f64) {
         ..LabSpec::default()
     });
     let mut config = lab.config_text(1);
-    let _ = write!(config, "\n[capacity]\nroutes = {peers}\npeers = {peers}\n");
+    // Room for the lab's own peer (host 2) too.
+    let _ = write!(config, "\n[capacity]\nroutes = {room}\npeers = {room}\n", room = peers + 1);
     for p in 0..peers {
         // /26 subnets from 10.0.0.0 (below the lab's 10.244.x), public IPs from 100.64.0.1.
         let subnet = std::net::Ipv4Addr::from(0x0a00_0000u32 + p * 64);
