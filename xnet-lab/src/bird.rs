@@ -121,7 +121,7 @@ impl Bird {
 
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
-            crate::lab::stop_child(child);
+            crate::netns::stop_child(child);
         }
     }
 }

@@ -120,7 +120,7 @@ impl Frr {
     /// Stops the daemons (ospfd, then zebra, which removes its routes from the kernel).
     pub fn stop(&mut self) {
         while let Some((_, child)) = self.children.pop() {
-            crate::lab::stop_child(child);
+            crate::netns::stop_child(child);
         }
     }
 }

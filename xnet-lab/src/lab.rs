@@ -22,7 +22,7 @@ use std::{
 
 use xnet::inspect::{self, CounterRow};
 
-use crate::netns::{Netns, run_ok};
+use crate::netns::{Netns, run_ok, stop_child};
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -1125,23 +1125,6 @@ fn sibling_bin(name: &str) -> PathBuf {
 
 fn sysctl(ns: &Netns, key: &str, value: &str) {
     run_ok(ns.command("sysctl").args(["-q", "-w", &format!("{key}={value}")]));
-}
-
-/// Stops `child` with SIGTERM (SIGKILL after 10 s) and reaps it.
-pub fn stop_child(mut child: Child) -> ExitStatus {
-    // SAFETY: kill(2) on a child we own and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn is_bpffs(path: &str) -> bool {

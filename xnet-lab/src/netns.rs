@@ -5,7 +5,8 @@ use std::{
     io,
     os::{fd::AsRawFd, unix::process::CommandExt as _},
     path::PathBuf,
-    process::{Command, Output},
+    process::{Child, Command, ExitStatus, Output},
+    time::{Duration, Instant},
 };
 
 /// A named network namespace (`ip netns add`), deleted on drop.
@@ -92,4 +93,21 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Stops `child` with SIGTERM (SIGKILL after 10 s) and reaps it.
+pub fn stop_child(mut child: Child) -> ExitStatus {
+    // SAFETY: kill(2) on a child we own and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
