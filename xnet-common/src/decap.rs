@@ -271,7 +271,12 @@ mod tests {
     }
 
     fn cfg_using(formats: Formats) -> DatapathConfig {
-        DatapathConfig::new(&DatapathParams {
+        DatapathConfig::new(&params(formats))
+    }
+
+    /// Host 198.18.0.1 with 10.244.1.0/24, VNI 1, the default ports, judging `formats`.
+    fn params(formats: Formats) -> DatapathParams {
+        DatapathParams {
             local_ip: [198, 18, 0, 1],
             local_subnet: [10, 244, 1, 0],
             local_netmask: [255, 255, 255, 0],
@@ -281,7 +286,7 @@ mod tests {
             local_ip_on_host: true,
             formats,
             ..Default::default()
-        })
+        }
     }
 
     /// A VXLAN frame from PEER carrying an inner IPv4 packet from 10.244.2.2 (PEER's subnet) to
@@ -494,18 +499,7 @@ mod tests {
         let f = to_outer_dst(vxlan_frame(1, 8472, [10, 244, 1, 5]), [10, 244, 1, 7]);
         assert_eq!(decide(&f), DecapDecision::Drop(Outcome::DropOuterNotLocal));
         // `untunnelled = "any"`: routers may send to containers directly; tunnels are still judged.
-        let open = DatapathConfig::new(&DatapathParams {
-            local_ip: [198, 18, 0, 1],
-            local_subnet: [10, 244, 1, 0],
-            local_netmask: [255, 255, 255, 0],
-            vni: 1,
-            vxlan_port: 8472,
-            udp_port: 8285,
-            local_ip_on_host: true,
-            formats: Formats::ALL,
-            untunnelled_open: true,
-            ..Default::default()
-        });
+        let open = DatapathConfig::new(&DatapathParams { untunnelled_open: true, ..params(Formats::ALL) });
         assert!(open.untunnelled_open() && !c.untunnelled_open());
         let from_router = plain([192, 168, 0, 1], [10, 244, 1, 5], 6);
         assert_eq!(classify(&from_router[..], &open, known, owner), DecapDecision::Pass);
