@@ -452,15 +452,22 @@ impl Lab {
     }
 
     /// The config file of host `i` (1-based): every other host is a peer (or, with
-    /// [`LabSpec::routes`], the routes store).
+    /// [`LabSpec::routes`], the routes store; with [`LabSpec::etcd`], etcd).
     pub fn config_text(&self, i: usize) -> String {
         let h = self.host(i);
+        // What every store has: this host's own settings.
+        let metrics =
+            if self.spec.metrics { format!("metrics_addr = \"{METRICS_ADDR}\"\n") } else { String::new() };
+        let local = format!(
+            "iface = \"eth0\"\npublic_ip = \"{}\"\ncontainer_ifaces = [\"{}\"]\npin_dir = \"{}\"\n\
+             subnet_file = \"{}\"\n{metrics}",
+            h.public_ip,
+            self.spec.container_iface,
+            h.pin_dir.display(),
+            h.subnet_file.display(),
+        );
+        let overlay = format!("network = \"{}\"\nsubnet = \"{}\"\n", self.spec.network, h.subnet);
         if let Some(r) = &self.spec.routes {
-            let metrics = if self.spec.metrics {
-                format!("metrics_addr = \"{METRICS_ADDR}\"\n")
-            } else {
-                String::new()
-            };
             let untunnelled = if r.untunnelled_any { "untunnelled = \"any\"\n" } else { "" };
             let routers = if r.routers {
                 format!("routers = [\"{}\", \"{}\"]\n", ROUTER_IPS[0], ROUTER_IPS[1])
@@ -468,43 +475,19 @@ impl Lab {
                 String::new()
             };
             return format!(
-                "network = \"{}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
-                 container_ifaces = [\"{}\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
-                 [backend]\ntype = \"{}\"\ningress = \"{}\"\n{untunnelled}\n[routes]\nprotocols = {}\n\
-                 behind_router = \"{}\"\n{routers}",
-                self.spec.network,
-                h.subnet,
-                h.public_ip,
-                self.spec.container_iface,
-                h.pin_dir.display(),
-                h.subnet_file.display(),
-                self.spec.backend,
-                self.spec.ingress,
-                r.protocols,
-                r.behind_router,
+                "{overlay}{local}\n[backend]\ntype = \"{}\"\ningress = \"{}\"\n{untunnelled}\n[routes]\n\
+                 protocols = {}\nbehind_router = \"{}\"\n{routers}",
+                self.spec.backend, self.spec.ingress, r.protocols, r.behind_router,
             );
         }
         if self.spec.etcd {
-            let metrics = if self.spec.metrics {
-                format!("metrics_addr = \"{METRICS_ADDR}\"\n")
-            } else {
-                String::new()
-            };
             return format!(
-                "iface = \"eth0\"\npublic_ip = \"{}\"\ncontainer_ifaces = [\"{}\"]\npin_dir = \"{}\"\n\
-                 subnet_file = \"{}\"\n{metrics}\n[backend]\ningress = \"{}\"\n\n[etcd]\n\
-                 endpoints = [{}]\nlease_ttl = {}\n",
-                h.public_ip,
-                self.spec.container_iface,
-                h.pin_dir.display(),
-                h.subnet_file.display(),
+                "{local}\n[backend]\ningress = \"{}\"\n\n[etcd]\nendpoints = [{}]\nlease_ttl = {}\n",
                 self.spec.ingress,
                 self.etcd.iter().map(|e| format!("\"{}\"", e.endpoint)).collect::<Vec<_>>().join(", "),
                 self.spec.lease_ttl
             );
         }
-        let metrics =
-            if self.spec.metrics { format!("metrics_addr = \"{METRICS_ADDR}\"\n") } else { String::new() };
         let backend = self.spec.host_backends.get(i - 1).copied().unwrap_or(self.spec.backend);
         // `port` is the VXLAN port here; it applies where VXLAN is the format or direct's fallback.
         let port = if matches!(backend, "vxlan" | "direct") {
@@ -514,17 +497,8 @@ impl Lab {
         };
         let key = self.spec.gre_key.map_or(String::new(), |k| format!("key = {k}\n"));
         let mut s = format!(
-            "network = \"{}\"\nsubnet = \"{}\"\niface = \"eth0\"\npublic_ip = \"{}\"\n\
-             container_ifaces = [\"{}\"]\npin_dir = \"{}\"\nsubnet_file = \"{}\"\n{metrics}\n\
-             [backend]\ntype = \"{backend}\"\nvni = {}\n{port}{key}ingress = \"{}\"\n",
-            self.spec.network,
-            h.subnet,
-            h.public_ip,
-            self.spec.container_iface,
-            h.pin_dir.display(),
-            h.subnet_file.display(),
-            self.spec.vni,
-            self.spec.ingress
+            "{overlay}{local}\n[backend]\ntype = \"{backend}\"\nvni = {}\n{port}{key}ingress = \"{}\"\n",
+            self.spec.vni, self.spec.ingress
         );
         for p in self.hosts.iter().filter(|p| p.index != i) {
             s += &format!("\n[[peer]]\nsubnet = \"{}\"\npublic_ip = \"{}\"\n", p.subnet, p.public_ip);
