@@ -18,7 +18,7 @@ use xnet::{
         sync::{Op, RouteIndexSpec, Scope, Wanted},
     },
     mac::Mac,
-    plan::{HostFacts, Plan},
+    plan::Plan,
     store::Overlay,
 };
 use xnet_common::{
@@ -28,6 +28,7 @@ use xnet_common::{
     },
     stats::{Direction, Outcome, index},
 };
+use xnet_lab::fixture::host_facts;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -76,16 +77,8 @@ fn plan(gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
 
 /// Like [`plan`], for a host whose own backend is `kind`.
 fn plan_for(kind: Backend, gre_key: Option<u32>, peers: &[PeerConfig]) -> Plan {
-    let facts = HostFacts {
-        underlay_index: 1,
-        underlay_mtu: UNDERLAY_MTU,
-        underlay_nets: vec![net("198.18.0.0/24")],
-        underlay_virtual: false,
-        public_ip: LOCAL_IP.into(),
-        public_ip_on_host: true,
-        untunnelled_open: false,
-        vtep_mac: Mac(LOCAL_VTEP),
-    };
+    // The fixture's VTEP MAC, from the public IP, is LOCAL_VTEP; its underlay MTU UNDERLAY_MTU.
+    let facts = host_facts(LOCAL_IP.into(), "198.18.0.0/24");
     let tunnel =
         Tunnel { kind, vni: VNI, vxlan_port: PORT, udp_port: UDP_PORT, gre_key, fallback: Backend::Vxlan };
     let overlay = Overlay { network: net("10.244.0.0/16"), subnet: net("10.244.1.0/24"), tunnel };

@@ -42,13 +42,13 @@ use xnet_common::{
     stats::{Direction, Outcome, index},
     wire::{ETH_LEN, GRE_ENCAP_LEN, GRE_KEYED_ENCAP_LEN, UDP_ENCAP_LEN, VXLAN_ENCAP_LEN, mac_bytes},
 };
+use xnet_lab::fixture::host_facts;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const UNDERLAY_MTU: u32 = 1500;
 const PEER_VTEP: [u8; 6] = [0x02, 0x00, 0xc6, 0x12, 0x00, 0x02];
 
 /// One host the frames run on: its own backend (and, for `direct`, its fallback), the backends of
@@ -210,14 +210,8 @@ impl Bench {
             })
             .collect();
         let facts = HostFacts {
-            underlay_index: 1,
-            underlay_mtu: UNDERLAY_MTU,
-            underlay_nets: vec![net("198.18.0.0/24")],
-            underlay_virtual: false,
-            public_ip: LOCAL_IP.into(),
-            public_ip_on_host: true,
-            vtep_mac: Mac([0x02, 0x00, 0xc6, 0x12, 0x00, 0x01]),
             untunnelled_open: setup.untunnelled_open,
+            ..host_facts(LOCAL_IP.into(), "198.18.0.0/24")
         };
         let tunnel = Tunnel {
             kind: setup.own,
