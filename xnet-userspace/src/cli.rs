@@ -19,14 +19,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: set up the datapath (peers from the config file or from etcd) and keep it
-    /// until SIGINT/SIGTERM.
+    /// Run the agent: set up the datapath (peers from the config file, from etcd or from a routing
+    /// daemon's routes) and keep it until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Show the datapath's packet and byte counters (works while the agent is stopped).
     Stats(StatsArgs),
     /// List the remote subnets and how each is reached (works while the agent is stopped).
     Routes(ShowArgs),
-    /// Show the attachments, the agent, the store and the MTU (works while the agent is stopped).
+    /// Show the attachments, the agent, the store, the lease, the MTU and the maps' capacity and
+    /// memory (works while the agent is stopped).
     Status(ShowArgs),
     /// Detach every xnet program and remove every pin under the pin directory.
     Cleanup(PinDirArg),
@@ -34,8 +35,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The config file (TOML; see README): this host's settings, and either its peers or where
-    /// etcd is.
+    /// The config file (TOML; see README): this host's settings, and its peers, where etcd is, or
+    /// which routes of a routing daemon to learn (`[routes]`).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// On exit, leave the datapath attached and its pins in place: traffic keeps flowing and the
