@@ -11,4 +11,6 @@ pub mod frr;
 pub mod lab;
 pub mod netns;
 pub mod progcost;
+pub mod stats;
+pub mod targets;
 pub mod traffic;
