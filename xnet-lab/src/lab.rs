@@ -169,8 +169,6 @@ pub struct Lab {
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static PORT_COUNTER: AtomicU16 = AtomicU16::new(0);
 
-/// Whether iperf3 runs pinned, client on CPU 0 and server on CPU 1 (see [`Lab::iperf3_run`]):
-/// when there are two CPUs to pin to.
 /// Waits up to `limit` for `cond` (checked every 5 ms); returns how long it took. Panics naming
 /// `what` when the time runs out.
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
@@ -182,8 +180,20 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> 
     start.elapsed()
 }
 
+/// Whether iperf3 runs pinned, client on CPU 0 and server on CPU 1 (see [`Lab::iperf3_run`]):
+/// when there are two CPUs to pin to.
 pub fn iperf3_pinned() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
+/// Where iperf3's client and server run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On CPUs of their own (client on CPU 0, server on CPU 1) when there are two; see
+    /// [`iperf3_pinned`].
+    Apart,
+    /// Wherever the scheduler puts them.
+    Scheduler,
 }
 
 /// The `xnet` binary under test: `$XNET_BIN`, or `xnet` next to (or above) the running executable
@@ -893,21 +903,40 @@ impl Lab {
     }
 
     /// TCP throughput from container `from` to container `to` with iperf3 (`streams` parallel
-    /// streams for `seconds`), in bit/s as the receiver counted it.
+    /// streams for `seconds`), in bit/s as the receiver counted it; client and server on CPUs of
+    /// their own where there are two ([`Placement::Apart`]).
     pub fn iperf3(&self, from: (usize, usize), to: (usize, usize), seconds: u32, streams: u32) -> f64 {
+        self.iperf3_placed(from, to, seconds, streams, Placement::Apart)
+    }
+
+    /// [`Lab::iperf3`] with the client and server placed as `placement` says.
+    pub fn iperf3_placed(
+        &self,
+        from: (usize, usize),
+        to: (usize, usize),
+        seconds: u32,
+        streams: u32,
+        placement: Placement,
+    ) -> f64 {
         let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
         let client = &self.container(from).ns;
-        self.iperf3_run(client, &format!("{from:?}"), to, &args, |v| {
+        self.iperf3_run(client, &format!("{from:?}"), to, &args, placement, |v| {
             v["end"]["sum_received"]["bits_per_second"].as_f64()
         })
     }
 
     /// TCP throughput with one stream for `seconds` from host `from`'s own network stack (through
     /// xnet0) to container `to`, in bit/s as the receiver counted it.
-    pub fn iperf3_from_host(&self, from: usize, to: (usize, usize), seconds: u32) -> f64 {
+    pub fn iperf3_from_host(
+        &self,
+        from: usize,
+        to: (usize, usize),
+        seconds: u32,
+        placement: Placement,
+    ) -> f64 {
         let args = ["-t", &seconds.to_string(), "-P", "1"].map(str::to_string);
         let client = &self.host(from).ns;
-        self.iperf3_run(client, &format!("host {from}"), to, &args, |v| {
+        self.iperf3_run(client, &format!("host {from}"), to, &args, placement, |v| {
             v["end"]["sum_received"]["bits_per_second"].as_f64()
         })
     }
@@ -916,7 +945,7 @@ impl Lab {
     /// for `seconds`: datagrams per second that arrived.
     pub fn udp_rate(&self, from: (usize, usize), to: (usize, usize), seconds: u32) -> f64 {
         let args = ["-u", "-l", "64", "-b", "0", "-t", &seconds.to_string()].map(str::to_string);
-        self.iperf3_run(&self.container(from).ns, &format!("{from:?}"), to, &args, |v| {
+        self.iperf3_run(&self.container(from).ns, &format!("{from:?}"), to, &args, Placement::Apart, |v| {
             let sum = &v["end"]["sum"];
             Some((sum["packets"].as_f64()? - sum["lost_packets"].as_f64()?) / sum["seconds"].as_f64()?)
         })
@@ -927,18 +956,21 @@ impl Lab {
     /// reads the figure out of the client's JSON. The client is retried while the server starts
     /// (iperf3 reports a refused connection in its JSON, with exit status 0).
     ///
-    /// On a machine with two or more CPUs the client runs on CPU 0 and the server on CPU 1
-    /// (`iperf3 -A 0,1`). Left to the scheduler, the two sometimes share a CPU for a whole run:
-    /// on a 2-CPU machine that cost plain routing 14% and xnet 16% of one stream's throughput,
-    /// the kernel's vxlan nothing, so unpinned runs compare placements as much as datapaths.
+    /// With [`Placement::Apart`] on a machine with two or more CPUs, the client runs on CPU 0 and
+    /// the server on CPU 1 (`iperf3 -A 0,1`). Left to the scheduler, the two sometimes share a CPU
+    /// for a whole run: on a 2-CPU machine that cost plain routing 14% and xnet 16% of one
+    /// stream's throughput, the kernel's vxlan nothing, so unpinned runs compare placements as
+    /// much as datapaths.
     fn iperf3_run(
         &self,
         client: &Netns,
         from: &str,
         to: (usize, usize),
         client_args: &[String],
+        placement: Placement,
         result: impl Fn(&serde_json::Value) -> Option<f64>,
     ) -> f64 {
+        let pinned = placement == Placement::Apart && iperf3_pinned();
         let port = (20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000).to_string();
         let mut server = self
             .container(to)
@@ -956,7 +988,7 @@ impl Lab {
             let o = client
                 .command("iperf3")
                 .args(["-c", &dst, "-p", &port, "-J"])
-                .args(if iperf3_pinned() { &["-A", "0,1"][..] } else { &[] })
+                .args(if pinned { &["-A", "0,1"][..] } else { &[] })
                 .args(client_args)
                 .output()
                 .expect("run iperf3 client");

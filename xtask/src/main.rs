@@ -46,13 +46,17 @@ enum Cmd {
     /// Measure xnet against plain routing, the kernel's vxlan and a flannel-udp-style relay on the
     /// lab; per-packet program cost; scale. Writes target/bench/bench.{md,json,svg}.
     Bench {
-        /// Runs per mode.
-        #[arg(long, default_value_t = 3)]
+        /// Runs per mode (rounds, each taking every mode once in a rotated order).
+        #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// In how many of the rounds the 64-byte UDP rate and the ping-pong latency are measured
+        /// too.
+        #[arg(long, default_value_t = 3)]
+        udp_runs: usize,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// A short version: one 1-second run per mode (about half a minute).
+        /// A short version: one 1-second run per mode (about a minute).
         #[arg(long)]
         quick: bool,
         /// Only these traffic modes, comma-separated (see bench.json; plain routing always runs).
@@ -162,12 +166,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { runs, seconds, quick, modes } => {
+        Cmd::Bench { runs, udp_runs, seconds, quick, modes } => {
             setup()?;
             require_root("the benchmark creates network namespaces and loads eBPF programs")?;
             cargo(&["build", "--release", "-p", "xnet-userspace", "-p", "xnet-lab", "--bins"])?;
             let status = Command::new(root.join("target/release/xnet-bench"))
                 .args(["--runs", &runs.to_string(), "--seconds", &seconds.to_string()])
+                .args(["--udp-runs", &udp_runs.to_string()])
                 .args(quick.then_some("--quick"))
                 .args(modes.iter().flat_map(|m| ["--modes", m.as_str()]))
                 .args(["--out".as_ref(), root.join("target/bench").as_os_str()])

@@ -1,16 +1,18 @@
 //! `cargo xtask bench`: xnet against plain routing and the other overlays, on the lab (two simulated
 //! hosts, one container each), every mode in the same run and alternated run by run on fresh labs.
 //!
-//! - Traffic, container to container: TCP with 1 and 4 streams, 64-byte UDP packets delivered,
-//!   UDP ping-pong latency, CPU time per GB moved. And host to remote container (a host's own
-//!   network stack through the agent's host device `xnet0`): TCP with 1 stream and its CPU time,
-//!   against container to container over the same backend.
+//! - Traffic, container to container: TCP with 1 stream (iperf3's client and server pinned apart,
+//!   and left to the scheduler) and 4 streams, 64-byte UDP packets delivered, UDP ping-pong
+//!   latency, CPU time per GB moved. And host to remote container (a host's own network stack
+//!   through the agent's host device `xnet0`): TCP with 1 stream and its CPU time, against
+//!   container to container over the same backend. Rounds take every mode once, each round in a
+//!   rotated order; every figure is reported as the median with its spread over the runs.
 //! - Per-packet cost of every program through BPF_PROG_TEST_RUN, raw and net of the harness.
 //! - Scale: lookup cost as the LPM map grows to its capacity (65,536 subnets); the agent loading
 //!   100,000 peers; 1000 leases written to etcd reaching the maps.
 //!
 //! Results go to target/bench/: bench.md, bench.json and bench.svg. Ratios are against references
-//! measured in the same run.
+//! measured in the same run; bench.md ends with the project's targets, each met or not.
 
 use std::{
     fmt::Write as _,
@@ -24,19 +26,25 @@ use serde_json::{Value, json};
 use xnet::datapath::Program;
 use xnet_common::maps::{Backend, RemoteSubnet};
 use xnet_lab::{
-    lab::{Lab, LabSpec, UNDERLAY_MTU, VXLAN_OVERHEAD},
+    lab::{Lab, LabSpec, Placement, UNDERLAY_MTU, VXLAN_OVERHEAD},
     progcost::{Bench, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
+    stats::{Summary, round_order},
+    targets::{Goal, Measured, Target},
 };
 
 #[derive(Parser)]
 struct Args {
-    /// Runs per mode.
-    #[arg(long, default_value_t = 3)]
+    /// Runs per mode (rounds, each taking every mode once) of the TCP figures.
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// In how many of the rounds (the first ones) the 64-byte UDP rate and the ping-pong latency
+    /// are measured too (at most --runs).
+    #[arg(long, default_value_t = 3)]
+    udp_runs: usize,
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// A short version: one run of 1 s per mode, fewer samples elsewhere (about half a minute).
+    /// A short version: one run of 1 s per mode, fewer samples elsewhere (about a minute).
     #[arg(long)]
     quick: bool,
     /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, kernel_vxlan,
@@ -115,17 +123,20 @@ impl Mode {
             Mode::XnetRoutes => "xnet_routes_direct".into(),
         }
     }
-    /// Whether only TCP with 1 stream (and its CPU time) is measured; the other figures of its
-    /// [`Sample`]s are NaN.
+    /// Whether only TCP with 1 stream (pinned and unpinned, and its CPU time) is measured; the
+    /// other figures of its [`Sample`]s are NaN.
     fn tcp1_only(self) -> bool {
         matches!(self, Mode::XnetFromHost(_))
     }
 }
 
-/// One run of one mode; NaN where the mode does not measure a figure.
+/// One run of one mode; NaN where the mode (or the round) does not measure a figure.
 #[derive(Clone, Copy)]
 struct Sample {
+    /// iperf3's client and server pinned apart (see [`Placement::Apart`]).
     tcp1: f64,
+    /// iperf3's client and server left to the scheduler.
+    tcp1_unpinned: f64,
     tcp4: f64,
     udp_pps: f64,
     rtt_p50: f64,
@@ -136,6 +147,7 @@ struct Sample {
 impl Sample {
     const NOT_MEASURED: Sample = Sample {
         tcp1: f64::NAN,
+        tcp1_unpinned: f64::NAN,
         tcp4: f64::NAN,
         udp_pps: f64::NAN,
         rtt_p50: f64::NAN,
@@ -146,8 +158,9 @@ impl Sample {
 
 type Metric = fn(&Sample) -> f64;
 
-const METRICS: [(&str, Metric); 6] = [
+const METRICS: [(&str, Metric); 7] = [
     ("tcp_1_stream_bps", |s| s.tcp1),
+    ("tcp_1_stream_unpinned_bps", |s| s.tcp1_unpinned),
     ("tcp_4_streams_bps", |s| s.tcp4),
     ("udp_64b_pps", |s| s.udp_pps),
     ("rtt_p50_us", |s| s.rtt_p50),
@@ -171,21 +184,6 @@ impl Progress {
     }
 }
 
-/// The median of the measured values (NaN, not measured, is left out); NaN if there are none.
-fn median(v: Vec<f64>) -> f64 {
-    let mut v: Vec<f64> = v.into_iter().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-fn spread(v: &[f64]) -> (f64, f64) {
-    (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(f64::MIN, f64::max))
-}
-
 /// Busy CPU time of the whole machine so far, in seconds (/proc/stat: user, nice, system, irq,
 /// softirq, steal). Both lab hosts share the machine, so this is what a transfer costs in all.
 fn busy_cpu_seconds() -> f64 {
@@ -203,36 +201,38 @@ fn busy_cpu_seconds() -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-fn measure(lab: &Lab, seconds: u32, pings: usize) -> Sample {
+/// Container to container. With `udp` false, the 64-byte UDP rate and the ping-pong are left out
+/// (NaN).
+fn measure(lab: &Lab, seconds: u32, pings: usize, udp: bool) -> Sample {
     let (a, b) = ((1, 1), (2, 1));
     let cpu0 = busy_cpu_seconds();
     let tcp1 = lab.iperf3(a, b, seconds, 1);
     let cpu = busy_cpu_seconds() - cpu0;
     let gb = tcp1 * seconds as f64 / 8.0 / 1e9;
+    let tcp1_unpinned = lab.iperf3_placed(a, b, seconds, 1, Placement::Scheduler);
     let tcp4 = lab.iperf3(a, b, seconds, 4);
-    let udp_pps = lab.udp_rate(a, b, seconds);
-    let rtts = lab.udp_ping_pong(a, b, pings);
-    Sample {
-        tcp1,
-        tcp4,
-        udp_pps,
-        rtt_p50: rtts[rtts.len() / 2],
-        rtt_p99: rtts[rtts.len() * 99 / 100],
-        cpu_s_per_gb: cpu / gb,
+    let mut sample = Sample { tcp1, tcp1_unpinned, tcp4, cpu_s_per_gb: cpu / gb, ..Sample::NOT_MEASURED };
+    if udp {
+        sample.udp_pps = lab.udp_rate(a, b, seconds);
+        let rtts = lab.udp_ping_pong(a, b, pings);
+        sample.rtt_p50 = rtts[rtts.len() / 2];
+        sample.rtt_p99 = rtts[rtts.len() * 99 / 100];
     }
+    sample
 }
 
 /// Host to remote container: TCP with 1 stream from host 1's own network stack to the container on
-/// host 2, and the CPU time it cost.
+/// host 2 (pinned and unpinned), and the CPU time the pinned run cost.
 fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
     let cpu0 = busy_cpu_seconds();
-    let tcp1 = lab.iperf3_from_host(1, (2, 1), seconds);
+    let tcp1 = lab.iperf3_from_host(1, (2, 1), seconds, Placement::Apart);
     let cpu = busy_cpu_seconds() - cpu0;
     let gb = tcp1 * seconds as f64 / 8.0 / 1e9;
-    Sample { tcp1, cpu_s_per_gb: cpu / gb, ..Sample::NOT_MEASURED }
+    let tcp1_unpinned = lab.iperf3_from_host(1, (2, 1), seconds, Placement::Scheduler);
+    Sample { tcp1, tcp1_unpinned, cpu_s_per_gb: cpu / gb, ..Sample::NOT_MEASURED }
 }
 
-fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
+fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     let backend = match mode {
         Mode::Xnet(b) | Mode::XnetFromHost(b) => b,
         Mode::XnetRoutes => "direct",
@@ -278,12 +278,8 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize) -> Sample {
         }
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
-    measure(&lab, seconds, pings)
+    measure(&lab, seconds, pings, udp)
 }
-
-/// What the project asks of the host's way into the overlay: TCP with 1 stream from a host to a
-/// remote container at least this fraction of container to container over the same backend.
-const HOST_TO_CONTAINER_TARGET: f64 = 0.9;
 
 /// One row of the per-packet table.
 struct Cost {
@@ -572,16 +568,49 @@ fn machine() -> Value {
     })
 }
 
-/// Each mode against plain routing: TCP 1 stream, TCP 4 streams, 64-byte UDP rate, and latency as
-/// plain's p50 over the mode's (higher is better everywhere).
-fn chart(path: &std::path::Path, rows: &[(Mode, [f64; 4])]) -> Result<(), Box<dyn std::error::Error>> {
+/// One bar of the chart: a mode's median over plain routing's, and its runs' range over the same.
+type Bar = Option<(f64, f64, f64)>;
+
+/// The chart's series: label, colour, and the figure (TCP and UDP: higher is better; latency is
+/// turned into plain's p50 over the mode's, so that higher is better there too).
+const SERIES: [(&str, plotters::style::RGBColor, Metric, bool); 5] = [
+    ("TCP, 1 stream, pinned", plotters::style::BLUE, |s| s.tcp1, false),
+    ("TCP, 1 stream, unpinned", plotters::style::RGBColor(120, 120, 255), |s| s.tcp1_unpinned, false),
+    ("TCP, 4 streams", plotters::style::CYAN, |s| s.tcp4, false),
+    ("UDP 64 B packets", plotters::style::GREEN, |s| s.udp_pps, false),
+    ("latency (p50)", plotters::style::RED, |s| s.rtt_p50, true),
+];
+
+/// A mode's bars against plain routing, one per [`SERIES`]; `None` where the mode does not
+/// measure the figure.
+fn bars(samples: &[Sample], plain: &[Sample]) -> Vec<Bar> {
+    SERIES
+        .iter()
+        .map(|(_, _, f, inverted)| {
+            let m = summary(samples, *f)?;
+            let p = summary(plain, *f)?.median;
+            Some(if *inverted {
+                (p / m.median, p / m.max, p / m.min)
+            } else {
+                (m.median / p, m.min / p, m.max / p)
+            })
+        })
+        .collect()
+}
+
+/// Each mode against plain routing, one bar per [`SERIES`] with a whisker over the range of its
+/// runs (1.0 = plain routing's median).
+fn chart(path: &std::path::Path, rows: &[(Mode, Vec<Bar>)]) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
+    let root = SVGBackend::new(path, (1300, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let top = rows.iter().flat_map(|(_, r)| r.iter().copied()).fold(1.2, f64::max) * 1.3;
+    let top = rows.iter().flat_map(|(_, r)| r.iter().flatten().map(|b| b.2)).fold(1.2, f64::max) * 1.3;
     let n = rows.len();
     let mut chart = ChartBuilder::on(&root)
-        .caption("xnet against plain routing (1.0 = plain routing; higher is better)", ("sans-serif", 22))
+        .caption(
+            "xnet against plain routing (1.0 = plain routing; higher is better; whiskers: range of the runs)",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -601,23 +630,21 @@ fn chart(path: &std::path::Path, rows: &[(Mode, [f64; 4])]) -> Result<(), Box<dy
         })
         .y_desc("ratio to plain routing")
         .draw()?;
-    let series = [
-        ("TCP, 1 stream", BLUE),
-        ("TCP, 4 streams", CYAN),
-        ("UDP 64 B packets", GREEN),
-        ("latency (p50)", RED),
-    ];
-    for (k, (label, color)) in series.into_iter().enumerate() {
+    let width = 0.8 / SERIES.len() as f64;
+    for (k, (label, color, ..)) in SERIES.into_iter().enumerate() {
+        let x0 = move |i: usize| i as f64 + 0.1 + k as f64 * width;
         // A mode that does not measure a figure has no bar for it.
-        let bars =
-            rows.iter().enumerate().filter(move |(_, (_, r))| r[k].is_finite()).map(move |(i, (_, r))| {
-                let x0 = i as f64 + 0.1 + k as f64 * 0.2;
-                Rectangle::new([(x0, 0.0), (x0 + 0.18, r[k])], color.filled())
-            });
+        let measured = move || rows.iter().enumerate().filter_map(move |(i, (_, r))| r[k].map(|b| (i, b)));
         chart
-            .draw_series(bars)?
+            .draw_series(measured().map(|(i, (median, ..))| {
+                Rectangle::new([(x0(i), 0.0), (x0(i) + width * 0.9, median)], color.filled())
+            }))?
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(measured().filter(|(_, (_, lo, hi))| hi > lo).map(|(i, (_, lo, hi))| {
+            let mid = x0(i) + width * 0.45;
+            PathElement::new(vec![(mid, lo), (mid, hi)], BLACK.stroke_width(1))
+        }))?;
     }
     chart.draw_series(LineSeries::new([(0.0, 1.0), (n as f64, 1.0)], BLACK.stroke_width(1)))?;
     chart
@@ -630,6 +657,124 @@ fn chart(path: &std::path::Path, rows: &[(Mode, [f64; 4])]) -> Result<(), Box<dy
     Ok(())
 }
 
+/// A figure over a mode's runs; `None` if no run measured it.
+fn summary(samples: &[Sample], f: Metric) -> Option<Summary> {
+    Summary::of(&samples.iter().map(f).collect::<Vec<_>>())
+}
+
+/// A table cell: the median with its range and spread, then `ratio` (against plain routing)
+/// when given; `-` when not measured.
+fn cell(s: Option<Summary>, scale: f64, decimals: usize, ratio: Option<f64>) -> String {
+    let Some(s) = s else { return "-".into() };
+    let mut c = s.scaled(scale).describe(decimals);
+    if let Some(r) = ratio {
+        let _ = write!(c, " {r:.2}x");
+    }
+    c
+}
+
+/// The traffic targets: TCP ratios between modes, from the same run.
+fn traffic_targets(results: &[(Mode, Vec<Sample>)]) -> Vec<Target> {
+    let of = |mode: Mode, f: Metric| results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f));
+    let ratio =
+        |what: String, goal: Goal, max_spread: Option<f64>, num: Mode, den: Mode, f: Metric, unit: &str| {
+            let (scale, decimals) = if unit == "Gbit/s" { (1e-9, 2) } else { (1.0, 2) };
+            let measured = match (of(num, f), of(den, f)) {
+                (Some(n), Some(d)) => {
+                    Some(Measured::ratio((&num.short(), &n), (&den.short(), &d), scale, decimals, unit))
+                }
+                _ => None,
+            };
+            Target { what, goal, unit: "x", max_spread, measured }
+        };
+    let tcp1: Metric = |s| s.tcp1;
+    let tcp1_unpinned: Metric = |s| s.tcp1_unpinned;
+    let vxlan = Mode::Xnet("vxlan");
+    let mut targets = vec![
+        ratio(
+            "TCP 1 stream, unpinned: xnet vxlan over kernel vxlan".into(),
+            Goal::AtLeast(1.4),
+            None,
+            vxlan,
+            Mode::KernelVxlan,
+            tcp1_unpinned,
+            "Gbit/s",
+        ),
+        ratio(
+            "TCP 1 stream, pinned: xnet vxlan over plain routing at MTU 1450".into(),
+            Goal::AtLeast(1.15),
+            None,
+            vxlan,
+            Mode::PlainVxlanMtu,
+            tcp1,
+            "Gbit/s",
+        ),
+        ratio(
+            "TCP 1 stream, unpinned: xnet vxlan over plain routing at MTU 1450".into(),
+            Goal::AtLeast(1.15),
+            None,
+            vxlan,
+            Mode::PlainVxlanMtu,
+            tcp1_unpinned,
+            "Gbit/s",
+        ),
+    ];
+    for backend in ["vxlan", "udp", "gre", "direct"] {
+        targets.push(ratio(
+            format!("TCP 4 streams: xnet {backend} over plain routing"),
+            Goal::AtLeast(1.0),
+            Some(0.15),
+            Mode::Xnet(backend),
+            Mode::Plain,
+            |s| s.tcp4,
+            "Gbit/s",
+        ));
+    }
+    targets.push(ratio(
+        "CPU seconds per GB moved (TCP 1 stream, pinned): xnet vxlan over plain routing".into(),
+        Goal::AtMost(0.7),
+        None,
+        vxlan,
+        Mode::Plain,
+        |s| s.cpu_s_per_gb,
+        "s/GB",
+    ));
+    targets.push(ratio(
+        "TCP 1 stream, pinned: host to remote container over container to container (xnet vxlan)".into(),
+        Goal::AtLeast(0.9),
+        None,
+        Mode::XnetFromHost("vxlan"),
+        vxlan,
+        tcp1,
+        "Gbit/s",
+    ));
+    targets
+}
+
+/// The per-packet target: tc decapsulation (vxlan) with delivery into the container, net of the
+/// harness.
+fn decap_target(costs: &[Cost], prog_runs: usize) -> Target {
+    let measured = costs
+        .iter()
+        .find(|c| c.program == "xnet_tc_ingress" && c.packet.starts_with("decap vxlan"))
+        .map(|c| {
+            Measured::single(
+                c.raw - c.harness,
+                format!(
+                    "{:.0} ns less the harness's {:.0}, means of the middle 80% of {prog_runs} runs",
+                    c.raw, c.harness
+                ),
+            )
+        });
+    Target {
+        what: "tc decapsulation (vxlan) with delivery into the container, net".into(),
+        goal: Goal::AtMost(85.0),
+        unit: "ns",
+        max_spread: None,
+        measured,
+    }
+}
+
 fn main() {
     let mut args = Args::parse();
     let pings = if args.quick { 1000 } else { 5000 };
@@ -638,45 +783,50 @@ fn main() {
         args.runs = 1;
         args.seconds = 1;
     }
+    args.udp_runs = args.udp_runs.clamp(1, args.runs.max(1));
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| *m == Mode::Plain || args.modes.is_empty() || args.modes.contains(&m.key()))
         .collect();
     let mut progress = Progress { started: Instant::now(), done: 0, total: args.runs * modes.len() + 4 };
     eprintln!(
-        "xnet bench: {} modes x {} runs of {} s, then per-packet costs and scale; results in {}",
+        "xnet bench: {} modes x {} rounds of {} s per figure (UDP and latency in the first {}), modes in rotated \
+         order; then per-packet costs and scale; results in {}",
         modes.len(),
         args.runs,
         args.seconds,
+        args.udp_runs,
         args.out.display()
     );
 
     let mut results: Vec<(Mode, Vec<Sample>)> = modes.iter().map(|m| (*m, Vec::new())).collect();
-    for run in 1..=args.runs {
-        for (mode, samples) in results.iter_mut() {
-            let s = run_mode(*mode, args.seconds, pings);
-            if mode.tcp1_only() {
-                progress.step(&format!(
-                    "run {run}/{}: {:<14} tcp {:>6.2} Gbit/s, {:.2} cpu-s/GB",
-                    args.runs,
-                    mode.short(),
-                    s.tcp1 / 1e9,
-                    s.cpu_s_per_gb
-                ));
-                samples.push(s);
-                continue;
-            }
-            progress.step(&format!(
-                "run {run}/{}: {:<14} tcp {:>6.2} / x4 {:>6.2} Gbit/s, udp64 {:>4.0} kpps, rtt p50 {:>5.1} p99 {:>5.1} us, {:.2} cpu-s/GB",
+    for round in 0..args.runs {
+        let run = round + 1;
+        for i in round_order(results.len(), round) {
+            let (mode, samples) = &mut results[i];
+            let s = run_mode(*mode, args.seconds, pings, round < args.udp_runs);
+            let mut line = format!(
+                "run {run}/{}: {:<14} tcp {:>6.2} unpinned {:>6.2}",
                 args.runs,
                 mode.short(),
                 s.tcp1 / 1e9,
-                s.tcp4 / 1e9,
-                s.udp_pps / 1e3,
-                s.rtt_p50,
-                s.rtt_p99,
-                s.cpu_s_per_gb
-            ));
+                s.tcp1_unpinned / 1e9,
+            );
+            if !mode.tcp1_only() {
+                let _ = write!(line, " / x4 {:>6.2}", s.tcp4 / 1e9);
+            }
+            let _ = write!(line, " Gbit/s");
+            if !s.udp_pps.is_nan() {
+                let _ = write!(
+                    line,
+                    ", udp64 {:>4.0} kpps, rtt p50 {:>5.1} p99 {:>5.1} us",
+                    s.udp_pps / 1e3,
+                    s.rtt_p50,
+                    s.rtt_p99
+                );
+            }
+            let _ = write!(line, ", {:.2} cpu-s/GB", s.cpu_s_per_gb);
+            progress.step(&line);
             samples.push(s);
         }
     }
@@ -695,27 +845,44 @@ fn main() {
     let leases = 1000;
     let lease_s = leases_to_maps(leases);
     progress.step(&format!("{leases} etcd leases in the maps after {:.0} ms", lease_s * 1e3));
+    let scale = xnet_lab::targets::ScaleFigures {
+        static_peers: peers,
+        static_ready_s: load_s,
+        static_peak_rss_mib: load_mib,
+        // The scale step does not measure an agent following etcd with 10,000 leases yet.
+        etcd_leases: None,
+    };
 
     // Report.
-    let med = |samples: &[Sample], f: Metric| median(samples.iter().map(f).collect());
-    let of = |mode: Mode, f: Metric| results.iter().find(|r| r.0 == mode).map(|r| med(&r.1, f));
-    let plain = |f: Metric| of(Mode::Plain, f).expect("plain routing is always measured");
+    let plain_samples =
+        &results.iter().find(|r| r.0 == Mode::Plain).expect("plain routing is always measured").1;
+    let plain = |f: Metric| summary(plain_samples, f).map_or(f64::NAN, |s| s.median);
     let machine = machine();
     let mut md = String::new();
     let _ = writeln!(
         md,
         "Run {}, kernel {}, {} CPUs ({}). Two lab hosts (network namespaces joined by a veth underlay, MTU {UNDERLAY_MTU}), \
-         one container each; medians of {} runs (spread in brackets), iperf3 {} s ({}TCP congestion control {}), UDP ping-pong {pings} x 64 B.\n\
+         one container each. {} round(s), each taking every mode once on a fresh lab, each round in a rotated order; \
+         iperf3 {} s (TCP congestion control {}); the 64-byte UDP rate and a UDP ping-pong ({pings} x 64 B) in the \
+         first {} round(s). Every figure is the median of its runs, then in brackets the lowest..highest run and the \
+         spread, (highest - lowest) / median.\n\
+         TCP 1 stream \"pinned\": {}; \"unpinned\": both left to the scheduler. TCP 4 streams pinned as the 1 stream; \
+         CPU time per GB over the pinned 1-stream run.\n\
          Container MTU: plain routing {UNDERLAY_MTU}; kernel vxlan {}; the TUN relay 1472; xnet what the agent computes \
-         (vxlan 1450, udp 1472, gre 1476, direct 1500). Ratios are against plain routing in the same run.\n",
+         (vxlan 1450, udp 1472, gre 1476, direct 1500). Ratios are of medians, against plain routing in the same run (RTT: below 1.00x is quicker).\n",
         machine["date"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),
         machine["cpus"],
         machine["cpu_model"].as_str().unwrap_or("?"),
         args.runs,
         args.seconds,
-        if xnet_lab::lab::iperf3_pinned() { "client on CPU 0, server on CPU 1, " } else { "" },
         machine["tcp_congestion_control"].as_str().unwrap_or("?"),
+        args.udp_runs,
+        if xnet_lab::lab::iperf3_pinned() {
+            "iperf3's client on CPU 0, its server on CPU 1"
+        } else {
+            "(one CPU: nothing to pin to, the same as unpinned)"
+        },
         UNDERLAY_MTU - VXLAN_OVERHEAD,
     );
     if modes.iter().any(|m| m.tcp1_only()) {
@@ -728,77 +895,37 @@ fn main() {
     }
     let _ = writeln!(
         md,
-        "| mode | TCP 1 stream, Gbit/s | TCP 4 streams | UDP 64 B, kpps delivered | RTT p50 / p99, us | CPU s per GB |"
+        "| mode | TCP 1 stream, pinned, Gbit/s | TCP 1 stream, unpinned, Gbit/s | TCP 4 streams, Gbit/s | \
+         UDP 64 B, kpps delivered | RTT p50, us | RTT p99, us | CPU s per GB |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut chart_rows = Vec::new();
     for (m, samples) in &results {
-        let v = |f: Metric| med(samples, f);
-        let (lo, hi) = spread(&samples.iter().map(|s| s.tcp1).collect::<Vec<_>>());
-        if m.tcp1_only() {
-            let _ = writeln!(
-                md,
-                "| {} | {:.2} ({:.2}..{:.2}) {:.2}x | - | - | - | {:.2} |",
-                m.name(),
-                v(|s| s.tcp1) / 1e9,
-                lo / 1e9,
-                hi / 1e9,
-                v(|s| s.tcp1) / plain(|s| s.tcp1),
-                v(|s| s.cpu_s_per_gb),
-            );
-            chart_rows.push((*m, [v(|s| s.tcp1) / plain(|s| s.tcp1), f64::NAN, f64::NAN, f64::NAN]));
-            continue;
-        }
+        let s = |f: Metric| summary(samples, f);
+        let vs_plain = |f: Metric| s(f).map(|x| x.median / plain(f));
         let _ = writeln!(
             md,
-            "| {} | {:.2} ({:.2}..{:.2}) {:.2}x | {:.2} {:.2}x | {:.0} {:.2}x | {:.1} / {:.1} ({:.2}x) | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             m.name(),
-            v(|s| s.tcp1) / 1e9,
-            lo / 1e9,
-            hi / 1e9,
-            v(|s| s.tcp1) / plain(|s| s.tcp1),
-            v(|s| s.tcp4) / 1e9,
-            v(|s| s.tcp4) / plain(|s| s.tcp4),
-            v(|s| s.udp_pps) / 1e3,
-            v(|s| s.udp_pps) / plain(|s| s.udp_pps),
-            v(|s| s.rtt_p50),
-            v(|s| s.rtt_p99),
-            v(|s| s.rtt_p50) / plain(|s| s.rtt_p50),
-            v(|s| s.cpu_s_per_gb),
+            cell(s(|s| s.tcp1), 1e-9, 2, vs_plain(|s| s.tcp1)),
+            cell(s(|s| s.tcp1_unpinned), 1e-9, 2, vs_plain(|s| s.tcp1_unpinned)),
+            cell(s(|s| s.tcp4), 1e-9, 2, vs_plain(|s| s.tcp4)),
+            cell(s(|s| s.udp_pps), 1e-3, 0, vs_plain(|s| s.udp_pps)),
+            cell(s(|s| s.rtt_p50), 1.0, 1, vs_plain(|s| s.rtt_p50)),
+            cell(s(|s| s.rtt_p99), 1.0, 1, None),
+            cell(s(|s| s.cpu_s_per_gb), 1.0, 2, None),
         );
-        chart_rows.push((
-            *m,
-            [
-                v(|s| s.tcp1) / plain(|s| s.tcp1),
-                v(|s| s.tcp4) / plain(|s| s.tcp4),
-                v(|s| s.udp_pps) / plain(|s| s.udp_pps),
-                plain(|s| s.rtt_p50) / v(|s| s.rtt_p50),
-            ],
-        ));
+        chart_rows.push((*m, bars(samples, plain_samples)));
     }
-    if let (Some(x), Some(k)) = (of(Mode::Xnet("vxlan"), |s| s.tcp1), of(Mode::KernelVxlan, |s| s.tcp1)) {
-        let _ = write!(md, "\nxnet vxlan, TCP 1 stream: {:.2}x the kernel's vxlan", x / k);
-        if let Some(p) = of(Mode::PlainVxlanMtu, |s| s.tcp1) {
-            let _ = write!(md, ", {:.2}x plain routing at the same MTU", x / p);
-        }
-        let _ = writeln!(md, ".");
-    }
-    let host_ratio = match (of(Mode::XnetFromHost("vxlan"), |s| s.tcp1), of(Mode::Xnet("vxlan"), |s| s.tcp1))
-    {
-        (Some(h), Some(c)) => {
-            let ratio = h / c;
-            let _ = writeln!(
-                md,
-                "\nxnet vxlan, host to remote container, TCP 1 stream: {:.2} Gbit/s, {ratio:.2}x container to \
-                 container ({:.2} Gbit/s); target >= {HOST_TO_CONTAINER_TARGET:.1}x: {}.",
-                h / 1e9,
-                c / 1e9,
-                if ratio >= HOST_TO_CONTAINER_TARGET { "met" } else { "NOT met" }
-            );
-            Some(ratio)
-        }
-        _ => None,
-    };
+    let mut targets = traffic_targets(&results);
+    targets.push(decap_target(&costs, prog_runs));
+    targets.extend(scale.targets());
+    let _ = writeln!(
+        md,
+        "\nTargets, from this run. A ratio is of the two medians; in brackets the lowest and highest ratio any run \
+         of the one and any run of the other give, and the larger of the two figures' spreads.\n"
+    );
+    let _ = write!(md, "{}", xnet_lab::targets::markdown(&targets));
     let _ = writeln!(
         md,
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
@@ -843,10 +970,11 @@ fn main() {
         "machine": machine,
         "seconds": args.seconds,
         "runs": args.runs,
+        "udp_runs": args.udp_runs,
         "modes": results
             .iter()
             .map(|(m, samples)| {
-                // Only the figures the mode measures.
+                // Only the figures the mode (and the round) measures.
                 let runs: Vec<Value> = samples
                     .iter()
                     .map(|s| {
@@ -858,18 +986,28 @@ fn main() {
                             .into()
                     })
                     .collect();
-                (m.key(), json!({ "name": m.name(), "runs": runs }))
+                // Median, lowest, highest and relative spread of every figure measured.
+                let summaries: serde_json::Map<_, _> = METRICS
+                    .iter()
+                    .filter_map(|(k, f)| {
+                        let s = summary(samples, *f)?;
+                        Some((
+                            k.to_string(),
+                            json!({
+                                "median": s.median, "min": s.min, "max": s.max,
+                                "relative_spread": s.relative_spread(), "runs": s.runs,
+                            }),
+                        ))
+                    })
+                    .collect();
+                (m.key(), json!({ "name": m.name(), "runs": runs, "summary": summaries }))
             })
             .collect::<serde_json::Map<_, _>>(),
+        "targets": targets.iter().map(Target::to_json).collect::<Vec<_>>(),
         "per_packet_ns": costs
             .iter()
             .map(|c| json!({ "program": c.program, "packet": c.packet, "raw": c.raw, "harness": c.harness, "net": c.raw - c.harness }))
             .collect::<Vec<_>>(),
-        // TCP 1 stream, host to remote container over container to container (xnet vxlan), when
-        // both were measured.
-        "host_to_container": {
-            "tcp_1_stream_ratio": host_ratio, "target": HOST_TO_CONTAINER_TARGET,
-        },
         "lookup_ns_by_subnets": lookups.iter().map(|(s, ns)| json!({ "subnets": s, "ns": ns })).collect::<Vec<_>>(),
         "scale": {
             "agent_peers": peers, "agent_ready_seconds": load_s, "agent_peak_rss_mib": load_mib,
