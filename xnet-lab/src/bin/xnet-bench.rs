@@ -287,6 +287,14 @@ struct Cost {
     packet: String,
     raw: f64,
     harness: f64,
+    /// Net cost (raw less harness) in each of the 20 rounds, see [`rotated`].
+    net_by_round: Summary,
+}
+
+impl Cost {
+    fn new(program: &'static str, packet: String, m: RowMeans) -> Cost {
+        Cost { program, packet, raw: m.raw, harness: m.harness, net_by_round: m.net_by_round }
+    }
 }
 
 /// Every program on every kind of packet, in a namespace where decapsulated packets can be
@@ -358,7 +366,7 @@ fn measure_costs(bench: &Bench, runs: usize, inputs: Vec<(Program, String, Vec<u
     inputs
         .into_iter()
         .zip(means)
-        .map(|((program, packet, _), (raw, harness))| Cost { program: program.name(), packet, raw, harness })
+        .map(|((program, packet, _), m)| Cost::new(program.name(), packet, m))
         .collect()
 }
 
@@ -368,25 +376,44 @@ type Sampler<'a> = Box<dyn FnMut(usize) -> Vec<f64> + 'a>;
 /// Untimed runs of every program before measuring: caches, branch predictors and the JIT image warm.
 const WARM_UP_RUNS: usize = 1000;
 
+/// One row's cost: trimmed means of all its samples, and its net cost round by round.
+struct RowMeans {
+    raw: f64,
+    harness: f64,
+    net_by_round: Summary,
+}
+
 /// Trimmed means of `runs` samples of each row's program and of its harness. Everything first runs
 /// [`WARM_UP_RUNS`] times untimed; then the rows take turns in 20 rounds, program and harness
 /// alternating within each row's turn. A disturbance of the machine (another guest, the kernel
 /// still tearing down the traffic labs' namespaces, a frequency change) so weighs on every row and
-/// its harness alike, instead of on whichever row happened to run at the time.
-fn rotated(runs: usize, mut rows: Vec<(Sampler<'_>, Sampler<'_>)>) -> Vec<(f64, f64)> {
+/// its harness alike, instead of on whichever row happened to run at the time. The net cost of each
+/// round (trimmed means of its slice) gives the row's spread.
+fn rotated(runs: usize, mut rows: Vec<(Sampler<'_>, Sampler<'_>)>) -> Vec<RowMeans> {
     for (program, harness) in &mut rows {
         program(WARM_UP_RUNS);
         harness(WARM_UP_RUNS);
     }
     let slice = runs.div_ceil(20);
     let mut samples = vec![(Vec::with_capacity(runs), Vec::with_capacity(runs)); rows.len()];
+    let mut net_by_round = vec![Vec::with_capacity(20); rows.len()];
     for _ in 0..20 {
-        for ((program, harness), (a, b)) in rows.iter_mut().zip(&mut samples) {
-            a.extend(program(slice));
-            b.extend(harness(slice));
+        for (((program, harness), (a, b)), net) in rows.iter_mut().zip(&mut samples).zip(&mut net_by_round) {
+            let (p, h) = (program(slice), harness(slice));
+            net.push(trimmed_mean(p.clone()) - trimmed_mean(h.clone()));
+            a.extend(p);
+            b.extend(h);
         }
     }
-    samples.into_iter().map(|(a, b)| (trimmed_mean(a), trimmed_mean(b))).collect()
+    samples
+        .into_iter()
+        .zip(net_by_round)
+        .map(|((a, b), net)| RowMeans {
+            raw: trimmed_mean(a),
+            harness: trimmed_mean(b),
+            net_by_round: Summary::of(&net).expect("20 rounds"),
+        })
+        .collect()
 }
 
 /// What the unavoidable parts alone cost, net of the harness: the floor under every tunnelled
@@ -430,12 +457,7 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
         floors
             .iter()
             .zip(means)
-            .map(|((program, packet, ..), (raw, harness))| Cost {
-                program,
-                packet: packet.to_string(),
-                raw,
-                harness,
-            })
+            .map(|((program, packet, ..), m)| Cost::new(program, packet.to_string(), m))
             .collect()
     })
 }
@@ -758,13 +780,18 @@ fn decap_target(costs: &[Cost], prog_runs: usize) -> Target {
         .iter()
         .find(|c| c.program == "xnet_tc_ingress" && c.packet.starts_with("decap vxlan"))
         .map(|c| {
-            Measured::single(
-                c.raw - c.harness,
-                format!(
-                    "{:.0} ns less the harness's {:.0}, means of the middle 80% of {prog_runs} runs",
+            let net = c.raw - c.harness;
+            let r = &c.net_by_round;
+            Measured {
+                value: net,
+                range: Some((r.min, r.max)),
+                spread: Some((r.max - r.min) / net),
+                detail: format!(
+                    "{:.0} ns less the harness's {:.0}, means of the middle 80% of {prog_runs} runs; in brackets \
+                     the lowest and highest of the 20 rounds alone",
                     c.raw, c.harness
                 ),
-            )
+            }
         });
     Target {
         what: "tc decapsulation (vxlan) with delivery into the container, net".into(),
@@ -933,21 +960,24 @@ fn main() {
          each run is single; its clock advances in 10 ns steps, which the mean of many runs resolves. \
          After {WARM_UP_RUNS} untimed runs of each, the rows take turns in 20 rounds; \"net\" subtracts what the \
          same run of a two-instruction program costs (the harness), measured alternately with each row. \
+         \"Net by round\": the lowest and highest net cost of the 20 rounds alone. \
          The last rows are programs that do only what an encapsulation, and a tc decapsulation that \
          delivers into the container, cannot do without (kernel helpers; finding the container): the \
          floor under each.\n"
     );
-    let _ = writeln!(md, "| program | packet | ns | harness | net ns |");
-    let _ = writeln!(md, "|---|---|---:|---:|---:|");
+    let _ = writeln!(md, "| program | packet | ns | harness | net ns | net by round |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
     for c in &costs {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0}..{:.0} |",
             c.program,
             c.packet,
             c.raw,
             c.harness,
-            c.raw - c.harness
+            c.raw - c.harness,
+            c.net_by_round.min,
+            c.net_by_round.max,
         );
     }
     let _ = writeln!(md, "\nEgress (vxlan encap) cost as REMOTE_SUBNETS grows\n");
@@ -1006,7 +1036,10 @@ fn main() {
         "targets": targets.iter().map(Target::to_json).collect::<Vec<_>>(),
         "per_packet_ns": costs
             .iter()
-            .map(|c| json!({ "program": c.program, "packet": c.packet, "raw": c.raw, "harness": c.harness, "net": c.raw - c.harness }))
+            .map(|c| json!({
+                "program": c.program, "packet": c.packet, "raw": c.raw, "harness": c.harness, "net": c.raw - c.harness,
+                "net_by_round": { "min": c.net_by_round.min, "max": c.net_by_round.max, "median": c.net_by_round.median },
+            }))
             .collect::<Vec<_>>(),
         "lookup_ns_by_subnets": lookups.iter().map(|(s, ns)| json!({ "subnets": s, "ns": ns })).collect::<Vec<_>>(),
         "scale": {
