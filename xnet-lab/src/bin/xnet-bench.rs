@@ -810,7 +810,11 @@ fn main() {
         args.runs = 1;
         args.seconds = 1;
     }
-    args.udp_runs = args.udp_runs.clamp(1, args.runs.max(1));
+    if args.runs == 0 {
+        eprintln!("xnet-bench: --runs 0 measures nothing; give at least 1 (the default is 5)");
+        std::process::exit(2);
+    }
+    args.udp_runs = args.udp_runs.clamp(1, args.runs);
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| *m == Mode::Plain || args.modes.is_empty() || args.modes.contains(&m.key()))
