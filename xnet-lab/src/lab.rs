@@ -822,6 +822,35 @@ impl Lab {
         }
     }
 
+    /// One veth pair straight from container `a` to container `b` (`floor0` in each, MTU
+    /// [`UNDERLAY_MTU`]), with a /32 route each way, so their traffic crosses no host at all: no
+    /// bridge, no routing, no second veth, no tunnel. What two containers cost each other on this
+    /// kernel with nothing in between, the floor under every way of joining them. For labs started
+    /// without agents.
+    pub fn setup_direct_veth(&self, a: (usize, usize), b: (usize, usize)) {
+        let (ca, cb) = (self.container(a), self.container(b));
+        let mtu = UNDERLAY_MTU.to_string();
+        ca.ns.ip(&[
+            "link",
+            "add",
+            "floor0",
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "floor0",
+            "netns",
+            &cb.ns.name,
+        ]);
+        for (from, to) in [(ca, cb), (cb, ca)] {
+            from.ns.ip(&["link", "set", "floor0", "mtu", &mtu, "up"]);
+            let (dst, src) = (format!("{}/32", to.ip), from.ip.to_string());
+            from.ns.ip(&["route", "replace", &dst, "dev", "floor0", "src", &src]);
+        }
+    }
+
     /// flannel's udp backend design on every host, through `xnet-udp-relay` (a re-implementation
     /// that lives next to the bench binaries): a TUN device `flannel0` holding the overlay network,
     /// a userspace relay per host, container MTU 1472. For labs started without agents.

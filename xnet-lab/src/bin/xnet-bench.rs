@@ -64,6 +64,10 @@ enum Mode {
     /// reach if its tunnel cost nothing.
     PlainVxlanMtu,
     KernelVxlan,
+    /// No overlay and no host in between: one veth pair straight from container to container
+    /// (MTU 1500). What the two containers cost each other on this kernel with nothing in their
+    /// way: no datapath joining them through their hosts can beat it, so it bounds every ratio.
+    Floor,
     /// flannel's udp backend design: TUN device plus a userspace relay (re-implemented).
     UdpRelay,
     /// xnet with this backend.
@@ -78,9 +82,10 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 10] = [
+    const ALL: [Mode; 11] = [
         Mode::Plain,
         Mode::PlainVxlanMtu,
+        Mode::Floor,
         Mode::KernelVxlan,
         Mode::UdpRelay,
         Mode::Xnet("vxlan"),
@@ -95,6 +100,7 @@ impl Mode {
             Mode::Plain => "plain routing (host-gw)".into(),
             Mode::PlainVxlanMtu => format!("plain routing, MTU {}", UNDERLAY_MTU - VXLAN_OVERHEAD),
             Mode::KernelVxlan => "kernel vxlan (flannel-style)".into(),
+            Mode::Floor => "no hosts: one veth pair between the containers (the floor)".into(),
             Mode::UdpRelay => "TUN + userspace UDP relay (flannel udp design, re-implemented)".into(),
             Mode::Xnet(b) => format!("xnet {b}"),
             Mode::XnetFromHost(b) => format!("xnet {b}, host to remote container (TCP 1 stream only)"),
@@ -106,6 +112,7 @@ impl Mode {
             Mode::Plain => "plain".into(),
             Mode::PlainVxlanMtu => "plain 1450".into(),
             Mode::KernelVxlan => "kernel vxlan".into(),
+            Mode::Floor => "one veth".into(),
             Mode::UdpRelay => "udp relay".into(),
             Mode::Xnet(b) => format!("xnet {b}"),
             Mode::XnetFromHost(b) => format!("xnet {b} host"),
@@ -117,6 +124,7 @@ impl Mode {
             Mode::Plain => "plain".into(),
             Mode::PlainVxlanMtu => "plain_mtu1450".into(),
             Mode::KernelVxlan => "kernel_vxlan".into(),
+            Mode::Floor => "floor_veth_pair".into(),
             Mode::UdpRelay => "udp_relay".into(),
             Mode::Xnet(b) => format!("xnet_{b}"),
             Mode::XnetFromHost(b) => format!("xnet_{b}_host"),
@@ -262,6 +270,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
             }
         }
         Mode::KernelVxlan => lab.setup_kernel_vxlan(1, 8472),
+        Mode::Floor => lab.setup_direct_veth((1, 1), (2, 1)),
         Mode::UdpRelay => lab.setup_udp_relay(),
         Mode::Xnet(_) => {}
         Mode::XnetRoutes => {
@@ -773,6 +782,47 @@ fn traffic_targets(results: &[(Mode, Vec<Sample>)]) -> Vec<Target> {
     targets
 }
 
+/// What no datapath could reach on this machine, from [`Mode::Floor`]: for every ratio target, the
+/// ratio that two containers joined by nothing but one veth pair give against the same
+/// denominator. A target above it cannot be met by any way of joining containers through hosts.
+fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
+    let median_of = |mode: Mode, f: Metric| {
+        results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f)).map(|s| s.median)
+    };
+    let rows: [(&str, Mode, Metric, &str); 5] = [
+        ("TCP 1 stream, unpinned, over kernel vxlan", Mode::KernelVxlan, |s| s.tcp1_unpinned, ">= 1.4x"),
+        ("TCP 1 stream, pinned, over plain routing at MTU 1450", Mode::PlainVxlanMtu, |s| s.tcp1, ">= 1.15x"),
+        (
+            "TCP 1 stream, unpinned, over plain routing at MTU 1450",
+            Mode::PlainVxlanMtu,
+            |s| s.tcp1_unpinned,
+            ">= 1.15x",
+        ),
+        ("TCP 4 streams over plain routing", Mode::Plain, |s| s.tcp4, ">= 1.0x"),
+        ("CPU seconds per GB over plain routing", Mode::Plain, |s| s.cpu_s_per_gb, "<= 0.7x"),
+    ];
+    let mut md = String::new();
+    if median_of(Mode::Floor, |s| s.tcp1).is_none() {
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "\nThe floor: two containers joined by one veth pair, no host in between (no bridge, no routing, no \
+         tunnel), in the same run. No datapath that joins containers through their hosts can do better, so a \
+         target beyond the floor's own ratio cannot be met on this machine by any overlay.\n"
+    );
+    let _ = writeln!(md, "| ratio | the floor's | the target |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    for (what, den, f, goal) in rows {
+        let ratio = match (median_of(Mode::Floor, f), median_of(den, f)) {
+            (Some(n), Some(d)) => format!("{:.2}x", n / d),
+            _ => "not measured".into(),
+        };
+        let _ = writeln!(md, "| {what} | {ratio} | {goal} |");
+    }
+    md
+}
+
 /// The per-packet target: tc decapsulation (vxlan) with delivery into the container, net of the
 /// harness.
 fn decap_target(costs: &[Cost], prog_runs: usize) -> Target {
@@ -957,6 +1007,7 @@ fn main() {
          of the one and any run of the other give, and the larger of the two figures' spreads.\n"
     );
     let _ = write!(md, "{}", xnet_lab::targets::markdown(&targets));
+    let _ = write!(md, "{}", floor_bounds(&results));
     let _ = writeln!(
         md,
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
