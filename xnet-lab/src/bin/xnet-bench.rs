@@ -150,6 +150,50 @@ struct Sample {
     rtt_p50: f64,
     rtt_p99: f64,
     cpu_s_per_gb: f64,
+    /// Where the time went during the pinned 1-stream and the 4-stream runs: per CPU, the share of
+    /// the wall time it was busy, and the share spent in softirq (network receive and transmit
+    /// work, whoever's).
+    tcp1_cpus: CpuShares,
+    tcp4_cpus: CpuShares,
+}
+
+/// Per CPU (0 and 1): busy share of the wall time, and softirq share.
+#[derive(Clone, Copy)]
+struct CpuShares {
+    busy: [f64; 2],
+    softirq: [f64; 2],
+}
+
+impl CpuShares {
+    const NOT_MEASURED: CpuShares = CpuShares { busy: [f64::NAN; 2], softirq: [f64::NAN; 2] };
+
+    /// Runs `f`, and measures the shares over it.
+    fn over<T>(f: impl FnOnce() -> T) -> (T, CpuShares) {
+        let (t0, before) = (Instant::now(), per_cpu_seconds());
+        let out = f();
+        let (wall, after) = (t0.elapsed().as_secs_f64(), per_cpu_seconds());
+        let mut shares = CpuShares::NOT_MEASURED;
+        for cpu in 0..2.min(before.len()).min(after.len()) {
+            shares.busy[cpu] = (after[cpu].0 - before[cpu].0) / wall;
+            shares.softirq[cpu] = (after[cpu].1 - before[cpu].1) / wall;
+        }
+        (out, shares)
+    }
+}
+
+/// Per CPU, seconds busy (as [`busy_cpu_seconds`] counts) and seconds in softirq, from /proc/stat.
+fn per_cpu_seconds() -> Vec<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<f64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0.0);
+            (busy / hz, v[6] / hz)
+        })
+        .collect()
 }
 
 impl Sample {
@@ -161,12 +205,14 @@ impl Sample {
         rtt_p50: f64::NAN,
         rtt_p99: f64::NAN,
         cpu_s_per_gb: f64::NAN,
+        tcp1_cpus: CpuShares::NOT_MEASURED,
+        tcp4_cpus: CpuShares::NOT_MEASURED,
     };
 }
 
 type Metric = fn(&Sample) -> f64;
 
-const METRICS: [(&str, Metric); 7] = [
+const METRICS: [(&str, Metric); 15] = [
     ("tcp_1_stream_bps", |s| s.tcp1),
     ("tcp_1_stream_unpinned_bps", |s| s.tcp1_unpinned),
     ("tcp_4_streams_bps", |s| s.tcp4),
@@ -174,6 +220,14 @@ const METRICS: [(&str, Metric); 7] = [
     ("rtt_p50_us", |s| s.rtt_p50),
     ("rtt_p99_us", |s| s.rtt_p99),
     ("cpu_seconds_per_gb", |s| s.cpu_s_per_gb),
+    ("tcp_1_stream_cpu0_busy", |s| s.tcp1_cpus.busy[0]),
+    ("tcp_1_stream_cpu0_softirq", |s| s.tcp1_cpus.softirq[0]),
+    ("tcp_1_stream_cpu1_busy", |s| s.tcp1_cpus.busy[1]),
+    ("tcp_1_stream_cpu1_softirq", |s| s.tcp1_cpus.softirq[1]),
+    ("tcp_4_streams_cpu0_busy", |s| s.tcp4_cpus.busy[0]),
+    ("tcp_4_streams_cpu0_softirq", |s| s.tcp4_cpus.softirq[0]),
+    ("tcp_4_streams_cpu1_busy", |s| s.tcp4_cpus.busy[1]),
+    ("tcp_4_streams_cpu1_softirq", |s| s.tcp4_cpus.softirq[1]),
 ];
 
 /// Step counter with elapsed time and an estimate of what is left, on stderr.
@@ -214,12 +268,20 @@ fn busy_cpu_seconds() -> f64 {
 fn measure(lab: &Lab, seconds: u32, pings: usize, udp: bool) -> Sample {
     let (a, b) = ((1, 1), (2, 1));
     let cpu0 = busy_cpu_seconds();
-    let tcp1 = lab.iperf3(a, b, seconds, 1);
+    let (tcp1, tcp1_cpus) = CpuShares::over(|| lab.iperf3(a, b, seconds, 1));
     let cpu = busy_cpu_seconds() - cpu0;
     let gb = tcp1 * seconds as f64 / 8.0 / 1e9;
     let tcp1_unpinned = lab.iperf3_placed(a, b, seconds, 1, Placement::Scheduler);
-    let tcp4 = lab.iperf3(a, b, seconds, 4);
-    let mut sample = Sample { tcp1, tcp1_unpinned, tcp4, cpu_s_per_gb: cpu / gb, ..Sample::NOT_MEASURED };
+    let (tcp4, tcp4_cpus) = CpuShares::over(|| lab.iperf3(a, b, seconds, 4));
+    let mut sample = Sample {
+        tcp1,
+        tcp1_unpinned,
+        tcp4,
+        cpu_s_per_gb: cpu / gb,
+        tcp1_cpus,
+        tcp4_cpus,
+        ..Sample::NOT_MEASURED
+    };
     if udp {
         sample.udp_pps = lab.udp_rate(a, b, seconds);
         let rtts = lab.udp_ping_pong(a, b, pings);
@@ -823,6 +885,37 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
     md
 }
 
+/// Where the CPU time went during the pinned TCP runs, per mode: medians over the rounds.
+fn cpu_table(results: &[(Mode, Vec<Sample>)]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\nWhere the time went during the pinned TCP runs (iperf3's client on CPU 0, its server on CPU 1): each \
+         CPU's busy share of the run's wall time, and in brackets its softirq share (network work, for whichever \
+         socket or device), medians over the rounds.\n"
+    );
+    let _ = writeln!(md, "| mode | 1 stream: CPU 0 | CPU 1 | 4 streams: CPU 0 | CPU 1 |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (m, samples) in results.iter().filter(|(m, _)| !m.tcp1_only()) {
+        let pct =
+            |f: Metric| summary(samples, f).map_or("-".to_string(), |s| format!("{:.0}%", s.median * 100.0));
+        let _ = writeln!(
+            md,
+            "| {} | {} ({}) | {} ({}) | {} ({}) | {} ({}) |",
+            m.name(),
+            pct(|s| s.tcp1_cpus.busy[0]),
+            pct(|s| s.tcp1_cpus.softirq[0]),
+            pct(|s| s.tcp1_cpus.busy[1]),
+            pct(|s| s.tcp1_cpus.softirq[1]),
+            pct(|s| s.tcp4_cpus.busy[0]),
+            pct(|s| s.tcp4_cpus.softirq[0]),
+            pct(|s| s.tcp4_cpus.busy[1]),
+            pct(|s| s.tcp4_cpus.softirq[1]),
+        );
+    }
+    md
+}
+
 /// The per-packet target: tc decapsulation (vxlan) with delivery into the container, net of the
 /// harness.
 fn decap_target(costs: &[Cost], prog_runs: usize) -> Target {
@@ -1008,6 +1101,7 @@ fn main() {
     );
     let _ = write!(md, "{}", xnet_lab::targets::markdown(&targets));
     let _ = write!(md, "{}", floor_bounds(&results));
+    let _ = write!(md, "{}", cpu_table(&results));
     let _ = writeln!(
         md,
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
