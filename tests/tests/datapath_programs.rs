@@ -24,7 +24,8 @@ use xnet::{
 use xnet_common::{
     icmp::TokenBucket,
     maps::{
-        Backend, DatapathConfig, DatapathParams, Formats, Peer, PeerSlot, RemoteSubnet, SlotState, Store,
+        Backend, DatapathConfig, DatapathParams, Endpoint, Formats, Peer, PeerSlot, RemoteSubnet, SlotState,
+        Store,
     },
     stats::{Direction, Outcome, index},
 };
@@ -1084,6 +1085,40 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
         bench.age_endpoints();
         bench.expire_endpoints(&ports);
         assert!(bench.endpoints().is_empty(), "old: removed by the agent");
+    });
+}
+
+#[test]
+fn decap_never_delivers_by_an_entry_left_for_another_address() {
+    use xnet_lab::progcost::{
+        BRIDGE_MAC as BR, Bench, CONTAINER_MAC as CMAC, in_delivery_netns, tunnelled_frame,
+    };
+    in_delivery_netns(|underlay, port| {
+        let mut bench = Bench::new();
+        bench.arrive_on(underlay);
+        bench.local_port(CMAC, port);
+        // ENDPOINTS entry 5 as a /24 subnet 10.244.9.0 left it (this host's subnet changed; the
+        // pinned array stayed): young, but for 10.244.9.5, with another port and MACs.
+        let other = Endpoint::new(
+            [10, 244, 9, 5],
+            port + 1000,
+            [2, 0, 0, 0, 9, 5],
+            [2, 0, 0, 0, 9, 1],
+            xnet::clock::monotonic_coarse_ns(),
+        );
+        bench.put_endpoint(&other);
+        assert_eq!(bench.endpoints(), vec![([10, 244, 9, 5], other)]);
+        let input = tunnelled_frame(2, Backend::Vxlan);
+        let (verdict, out) = bench.run(Program::TcIngress, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "into the container");
+        assert_eq!(&out[..12], [CMAC, BR].concat(), "with the MACs the kernel knows, not the other entry's");
+        let now = bench.endpoints();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(
+            (now[0].0, now[0].1.ifindex(), now[0].1.dmac()),
+            ([10, 244, 1, 5], port, CMAC),
+            "the entry now answers for 10.244.1.5"
+        );
     });
 }
 

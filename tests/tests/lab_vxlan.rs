@@ -478,11 +478,8 @@ fn bridge_ports_get_the_egress_program_as_containers_come_and_go() {
 fn delivery_shortcuts_of_a_removed_container_are_forgotten() {
     let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
     let endpoints = || -> Vec<[u8; 4]> {
-        let path = lab.host(1).pin_dir.join("ENDPOINTS");
-        let map = aya::maps::MapData::from_pin(&path).expect("pinned ENDPOINTS");
-        let map: aya::maps::HashMap<_, [u8; 4], xnet_common::maps::Endpoint> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("LRU hash");
-        map.keys().filter_map(Result::ok).collect()
+        let maps = xnet::datapath::maps::Maps::open(&lab.host(1).pin_dir).expect("pinned maps");
+        maps.endpoints().into_iter().map(|(ip, _)| ip).collect()
     };
     // Once the agent has learned the container's port (from the bridge, within a second), host 1
     // delivers to it directly and remembers where it is.

@@ -8,7 +8,7 @@ use xnet::{
     clock::monotonic_coarse_ns,
     datapath::{self, local_ports::PER_PORT_MAX},
 };
-use xnet_common::maps::{Endpoint, LOCAL_PORTS_MAX, LocalPortsLimit};
+use xnet_common::maps::{DatapathConfig, DatapathParams, Endpoint, LOCAL_PORTS_MAX, LocalPortsLimit};
 
 /// The MAC of container `n` behind port `port`.
 fn mac(port: u32, n: u32) -> [u8; 6] {
@@ -48,7 +48,15 @@ fn a_port_flooding_macs_into_a_full_map_is_capped_and_stops_nothing() {
 
     // One more container on a new port while the map is full, and an ENDPOINTS entry resolved long
     // ago: the insert fails and is reported, the expiry still happens.
-    dp.maps_mut().put_endpoint([10, 244, 1, 5], &Endpoint::new(2, mac(2, 0), [2, 0, 0, 0, 0, 1], 0)).unwrap();
+    let subnet = DatapathParams {
+        local_subnet: [10, 244, 1, 0],
+        local_netmask: [255, 255, 255, 0],
+        ..DatapathParams::default()
+    };
+    dp.maps_mut().set_config(&DatapathConfig::new(&subnet)).unwrap();
+    let old = Endpoint::new([10, 244, 1, 5], 2, mac(2, 0), [2, 0, 0, 0, 0, 1], 0);
+    dp.maps_mut().put_endpoint(&old).unwrap();
+    assert_eq!(dp.maps().endpoints(), vec![([10, 244, 1, 5], old)]);
     wanted.insert(mac(999, 0), 999);
     let err = dp.sync_local_ports(&wanted, monotonic_coarse_ns()).expect_err("no room for port 999");
     assert!(err.to_string().contains("LOCAL_PORTS"), "{err}");

@@ -1,6 +1,8 @@
 //! `[capacity]`: the route and peer maps are created with the configured number of entries, past
 //! the default 65,536 when asked; a wanted state larger than the maps is refused whole and the
 //! last state stays in the maps; pinned maps of another size are refused with what to do.
+//! ENDPOINTS follows the container subnet instead, and a pinned map of another type (an older
+//! xnet's) is refused by name.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +15,9 @@ use xnet::{
     plan::Plan,
     store::Overlay,
 };
-use xnet_common::maps::{Backend, Capacity, PEERS, REMOTE_SUBNETS, ROUTE_INFO, Store};
+use xnet_common::maps::{
+    Backend, Capacity, ENDPOINTS, ENDPOINTS_MAX, Endpoint, PEERS, REMOTE_SUBNETS, ROUTE_INFO, Store,
+};
 use xnet_lab::fixture::host_facts;
 
 fn net(s: &str) -> Ipv4Network {
@@ -56,7 +60,7 @@ fn max_entries(dp: &Datapath, name: &str) -> u32 {
 
 #[test]
 fn maps_take_more_than_the_default_when_configured() {
-    let capacity = Capacity { routes: 70_000, peers: 70_000 };
+    let capacity = Capacity { routes: 70_000, peers: 70_000, ..Capacity::default() };
     let mut dp = Datapath::load_unpinned_sized(capacity).expect("load");
     for name in [REMOTE_SUBNETS, ROUTE_INFO, PEERS] {
         assert_eq!(max_entries(&dp, name), 70_000, "{name} created with the configured capacity");
@@ -76,7 +80,8 @@ fn maps_take_more_than_the_default_when_configured() {
 
 #[test]
 fn a_full_map_keeps_the_last_state_whole() {
-    let mut dp = Datapath::load_unpinned_sized(Capacity { routes: 4, peers: 4 }).expect("load");
+    let mut dp =
+        Datapath::load_unpinned_sized(Capacity { routes: 4, peers: 4, ..Capacity::default() }).expect("load");
     let five = peers(5);
     sync(&mut dp, &five[..4]).expect("four routes fit");
     let before = (dp.maps().routes().unwrap(), dp.maps().peers().unwrap(), dp.maps().route_info().unwrap());
@@ -114,7 +119,7 @@ fn pinned_maps_of_another_size_are_refused_with_what_to_do() {
     let again = Datapath::load(&pins.0, Capacity::default());
     assert!(again.is_ok(), "same capacity: the pins are reused");
     drop(again);
-    let err = Datapath::load(&pins.0, Capacity { routes: 100_000, peers: 65_536 })
+    let err = Datapath::load(&pins.0, Capacity { routes: 100_000, peers: 65_536, ..Capacity::default() })
         .err()
         .expect("another size is refused");
     let text = err.to_string();
@@ -125,4 +130,68 @@ fn pinned_maps_of_another_size_are_refused_with_what_to_do() {
         "{text}"
     );
     assert!(Path::new(&pins.0).join(REMOTE_SUBNETS).exists(), "the refused load left the pins alone");
+}
+
+#[test]
+fn endpoints_is_sized_for_the_container_subnet_and_made_anew_for_another() {
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/xnet-test-endpoints-{}", std::process::id())));
+    // The /25 of `sync`: 128 entries, one per address.
+    let mut dp = Datapath::load(&pins.0, Capacity::default().for_subnet(25)).expect("load pinned");
+    assert_eq!(max_entries(&dp, ENDPOINTS), 128);
+    sync(&mut dp, &peers(2)).expect("sync");
+    let entry = Endpoint::new([10, 0, 0, 100], 7, [2, 0, 0, 0, 0, 7], [2, 0, 0, 0, 0, 1], 1);
+    dp.maps_mut().put_endpoint(&entry).expect("an entry for 10.0.0.100");
+    assert_eq!(dp.maps().endpoints(), vec![([10, 0, 0, 100], entry)]);
+    drop(dp);
+    // The same subnet again: the pinned array is kept, entries and all.
+    let dp = Datapath::load(&pins.0, Capacity::default().for_subnet(25)).expect("load again");
+    assert_eq!(dp.maps().endpoints(), vec![([10, 0, 0, 100], entry)], "kept");
+    drop(dp);
+    // A /20 now: ENDPOINTS made anew at its size (it only caches), the routes still pinned.
+    let dp = Datapath::load(&pins.0, Capacity::default().for_subnet(20)).expect("another subnet size");
+    assert_eq!(max_entries(&dp, ENDPOINTS), 4096);
+    assert!(dp.maps().endpoints().is_empty(), "a new array");
+    assert_eq!(dp.maps().routes().unwrap().len(), 2, "the other pins reused");
+    drop(dp);
+    // Past a /16, the most it takes.
+    let dp = Datapath::load(&pins.0, Capacity::default().for_subnet(12)).expect("a /12");
+    assert_eq!(max_entries(&dp, ENDPOINTS), ENDPOINTS_MAX);
+}
+
+/// Creates and pins at `path` a BPF map as an older xnet had ENDPOINTS: an LRU hash of 4-byte
+/// keys and 24-byte values, 4096 entries.
+fn pin_old_endpoints(path: &Path) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, then zeros.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_LRU_HASH, 4, 24, 4096]);
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE (cmd 0), alive for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, create.as_ptr(), size_of_val(&create)) };
+    assert!(fd >= 0, "create the old map: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags, path_fd; then zeros.
+    let pin = [c_path.as_ptr() as u64, map.as_raw_fd() as u64, 0, 0, 0, 0, 0, 0];
+    // SAFETY: a zero-padded bpf_attr for BPF_OBJ_PIN (cmd 6); the path outlives the call.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), size_of_val(&pin)) };
+    assert_eq!(ret, 0, "pin the old map: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn an_older_xnets_endpoints_map_is_refused_by_name() {
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/xnet-test-old-endpoints-{}", std::process::id())));
+    std::fs::create_dir_all(&pins.0).expect("pin directory");
+    pin_old_endpoints(&pins.0.join(ENDPOINTS));
+    let err = Datapath::load(&pins.0, Capacity::default()).err().expect("an LRU hash is not this ENDPOINTS");
+    let text = err.to_string();
+    let pin_dir = pins.0.display().to_string();
+    assert!(
+        text.contains("map ENDPOINTS")
+            && text.contains("has map type 9, but this xnet needs map type 2")
+            && text.contains(&format!("xnet cleanup --pin-dir {pin_dir}")),
+        "{text}"
+    );
+    assert!(pins.0.join(ENDPOINTS).exists(), "the refused load left the old pin alone");
 }

@@ -34,13 +34,16 @@ pub const AGENT: &str = "AGENT";
 /// Read by `xnet routes`; the programs do not use it.
 pub const ROUTE_INFO: &str = "ROUTE_INFO";
 
-/// LRU hash: a local container's IPv4 address -> [`Endpoint`], where decapsulated packets for it
-/// were last delivered. Filled by the ingress program from `bpf_fib_lookup` and LOCAL_PORTS, so
-/// most packets skip both (and read only the coarse clock). The program does not use an entry
-/// resolved [`ENDPOINT_MAX_AGE_NS`] ago or more: it resolves again, and removes the entry when the
-/// container is gone, so a deleted container's entry dies with its age even while no agent runs.
-/// The agent also removes, every second, the old entries and those whose container left its bridge
-/// port.
+/// Array of [`Endpoint`], one per address of this host's container subnet: entry `i` says where
+/// decapsulated packets for the address `i` past the subnet's own were last delivered (see
+/// [`DatapathConfig::endpoint_index`]); an entry holds the address it was resolved for, and one
+/// that holds another address (all zero: never resolved) is no entry. Filled by the ingress program
+/// from `bpf_fib_lookup` and LOCAL_PORTS, so most packets skip both (and read only the coarse
+/// clock and this array, inlined by the kernel into a few instructions). The program does not use
+/// an entry resolved [`ENDPOINT_MAX_AGE_NS`] ago or more: it resolves again, and clears the entry
+/// when the container is gone, so a deleted container's entry dies with its age even while no agent
+/// runs. The agent also clears, every second, the old entries and those whose container left its
+/// bridge port. The agent sizes it for the subnet ([`endpoints_len`]) when it creates it.
 pub const ENDPOINTS: &str = "ENDPOINTS";
 
 /// Array of [`PeerSlot`], indexed by [`peer_slot`] of a peer's public IPv4: the peer check on every
@@ -138,14 +141,22 @@ pub fn peer_slot(ip: &[u8; 4]) -> u32 {
     u32::from_be_bytes(*ip).wrapping_mul(0x9e37_79b1) >> 16
 }
 
-/// Entries of [`ENDPOINTS`]. Only local containers the kernel could resolve get an entry (a
-/// destination in this host's subnet with a neighbour behind a bridge port), so a host needs one per
-/// container it receives for: a /24 subnet (flannel's default) holds 254, a /20 4094. Past that the
-/// least recently used entry is evicted, which costs its next packet a FIB lookup, nothing else.
-/// (The kernel's LRU keeps up to 128 free entries per CPU, so on hosts with many CPUs eviction can
-/// start somewhat before the map is full; again only a lookup.) An LRU hash is always preallocated:
-/// at 1<<16 entries it locked 6 MiB for a few hundred containers, at 1<<12 0.4 MiB.
-pub const ENDPOINTS_MAX: u32 = 1 << 12;
+/// The most entries [`ENDPOINTS`] has: one per address of a /16 subnet (2 MiB). Addresses of a
+/// larger subnet past the first 65,536 are delivered all the same, each packet asking the kernel
+/// (a FIB lookup) instead of the array. A /24 subnet (flannel's default) takes 256 entries, 8 KiB.
+pub const ENDPOINTS_MAX: u32 = 1 << 16;
+
+/// [`ENDPOINTS`] entries for a container subnet of `prefix_len` bits: one per address, at most
+/// [`ENDPOINTS_MAX`].
+pub const fn endpoints_len(prefix_len: u8) -> u32 {
+    if prefix_len >= 32 {
+        1
+    } else if 32 - prefix_len as u32 >= ENDPOINTS_MAX.trailing_zeros() {
+        ENDPOINTS_MAX
+    } else {
+        1 << (32 - prefix_len as u32)
+    }
+}
 /// How long a resolved endpoint is used before the kernel is asked again (a container whose MAC
 /// changed on the same port is followed within this time, plus the agent's one-second tick).
 pub const ENDPOINT_MAX_AGE_NS: u64 = 5_000_000_000;
@@ -165,18 +176,22 @@ pub const PEERS_MAX: u32 = ROUTE_INDEX_LEN;
 pub const CAPACITY_LIMIT: u32 = 1 << 22;
 
 /// How many entries the route maps (REMOTE_SUBNETS, ROUTE_INFO) and the peer map (PEERS) are
-/// created with: the object's own sizes by default, or the config's `[capacity]`.
+/// created with: the object's own sizes by default, or the config's `[capacity]`; and ENDPOINTS,
+/// sized for this host's container subnet ([`Capacity::for_subnet`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     /// Remote subnets.
     pub routes: u32,
     /// Peer hosts.
     pub peers: u32,
+    /// ENDPOINTS entries: addresses of the container subnet ([`endpoints_len`]).
+    pub endpoints: u32,
 }
 
 impl Default for Capacity {
+    /// The object's own sizes, ENDPOINTS for a /24 subnet.
     fn default() -> Self {
-        Self { routes: REMOTE_SUBNETS_MAX, peers: PEERS_MAX }
+        Self { routes: REMOTE_SUBNETS_MAX, peers: PEERS_MAX, endpoints: endpoints_len(24) }
     }
 }
 
@@ -186,8 +201,14 @@ impl Capacity {
         match name {
             REMOTE_SUBNETS | ROUTE_INFO => Some(self.routes),
             PEERS => Some(self.peers),
+            ENDPOINTS => Some(self.endpoints),
             _ => None,
         }
+    }
+
+    /// This capacity with ENDPOINTS sized for a container subnet of `prefix_len` bits.
+    pub fn for_subnet(self, prefix_len: u8) -> Self {
+        Self { endpoints: endpoints_len(prefix_len), ..self }
     }
 }
 
@@ -720,6 +741,13 @@ impl DatapathConfig {
         DatapathConfig { outer: OuterTemplates::new(&local, self.udp_port(), self.gre_key()), ..self }
     }
 
+    /// The [`ENDPOINTS`] entry of `addr`, an address in this host's container subnet: how far it
+    /// lies past the subnet's own address (its host part).
+    #[inline(always)]
+    pub fn endpoint_index(&self, addr: &[u8; 4]) -> u32 {
+        u32::from_be_bytes(*addr) & !u32::from_be_bytes(self.local_netmask)
+    }
+
     /// Whether `addr` lies in this host's container subnet.
     #[inline(always)]
     pub fn is_local(&self, addr: &[u8; 4]) -> bool {
@@ -829,9 +857,10 @@ impl LocalPortsLimit {
     }
 }
 
-/// Value of [`ENDPOINTS`]: how to hand a packet to a local container.
+/// Value of [`ENDPOINTS`]: how to hand a packet to a local container. All zero (the default) is
+/// no entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Endpoint {
     /// The host side of the container's veth (a bridge port); `bpf_redirect_peer` target.
     ifindex: u32,
@@ -840,14 +869,34 @@ pub struct Endpoint {
     smac: [u8; 6],
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) when it was resolved.
     resolved_at: u64,
+    /// The container's IPv4 address, network order: the entry answers for it only (an entry
+    /// written under another subnet, or never, holds another).
+    ip: [u8; 4],
+    reserved: [u8; 4],
 }
 
 impl Endpoint {
-    /// Frames go to bridge port `ifindex`, rewritten to `dmac` (the container's MAC) from `smac`
-    /// (the bridge's); resolved at `resolved_at` (CLOCK_MONOTONIC_COARSE, ns).
+    /// Frames for container `ip` go to bridge port `ifindex`, rewritten to `dmac` (the
+    /// container's MAC) from `smac` (the bridge's); resolved at `resolved_at`
+    /// (CLOCK_MONOTONIC_COARSE, ns).
     #[inline(always)]
-    pub fn new(ifindex: u32, dmac: [u8; 6], smac: [u8; 6], resolved_at: u64) -> Self {
-        Self { ifindex, dmac, smac, resolved_at }
+    pub fn new(ip: [u8; 4], ifindex: u32, dmac: [u8; 6], smac: [u8; 6], resolved_at: u64) -> Self {
+        Self { ifindex, dmac, smac, resolved_at, ip, reserved: [0; 4] }
+    }
+
+    /// The container's IPv4 address, network order (zero in an unused entry).
+    #[inline(always)]
+    pub fn ip(&self) -> [u8; 4] {
+        self.ip
+    }
+
+    /// Whether this entry answers for container `ip` (network order; never for 0.0.0.0).
+    #[inline(always)]
+    pub fn is_for(&self, ip: &[u8; 4]) -> bool {
+        // SAFETY: Endpoint is 32 plain bytes aligned to 8 without padding, so it is also eight
+        // u32 words; the address is bytes 24 to 27, word 6 (asserted below). One load, not four.
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 8]>() };
+        w[6] == u32::from_ne_bytes(*ip) && w[6] != 0
     }
 
     /// The host side of the container's veth.
@@ -885,9 +934,9 @@ impl Endpoint {
     /// words: the first 12 bytes of the Ethernet header.
     #[inline(always)]
     pub fn mac_words(&self) -> [u32; 3] {
-        // SAFETY: Endpoint is 24 plain bytes aligned to 8 without padding, so it is also six u32
+        // SAFETY: Endpoint is 32 plain bytes aligned to 8 without padding, so it is also eight u32
         // words; the two MACs are bytes 4 to 15, words 1 to 3 (asserted below).
-        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 6]>() };
+        let w = unsafe { &*core::ptr::from_ref(self).cast::<[u32; 8]>() };
         [u32::from_le(w[1]), u32::from_le(w[2]), u32::from_le(w[3])]
     }
 }
@@ -1189,13 +1238,14 @@ const _: () = {
     assert!(size_of::<LocalPort>() == 4);
     assert!(size_of::<AgentState>() == 56);
     assert!(size_of::<RouteInfo>() == 16);
-    assert!(size_of::<Endpoint>() == 24);
+    assert!(size_of::<Endpoint>() == 32);
     assert!(size_of::<PeerSlot>() == 8);
     assert!(size_of::<LocalPortsLimit>() == 16);
     // Read as words by the accessors above.
     assert!(core::mem::offset_of!(RemoteSubnet, vtep_mac) == 4);
     assert!(core::mem::offset_of!(DatapathConfig, gateway_mac) == 40);
     assert!(core::mem::offset_of!(Endpoint, dmac) == 4 && core::mem::offset_of!(Endpoint, smac) == 10);
+    assert!(core::mem::offset_of!(Endpoint, ip) == 24);
 };
 
 #[cfg(feature = "user")]
@@ -1225,7 +1275,7 @@ mod pod {
     unsafe impl aya::Pod for AgentState {}
     // SAFETY: #[repr(C)] a byte, [u8; 7] and a u64: 16 bytes, no gap (asserted).
     unsafe impl aya::Pod for RouteInfo {}
-    // SAFETY: #[repr(C)] u32, two [u8; 6] and a u64: 24 bytes, no gap (asserted).
+    // SAFETY: #[repr(C)] u32, two [u8; 6], a u64 and two [u8; 4]: 32 bytes, no gap (asserted).
     unsafe impl aya::Pod for Endpoint {}
     // SAFETY: #[repr(C)] [u8; 4], a byte and [u8; 3]: 8 bytes, alignment 1.
     unsafe impl aya::Pod for PeerSlot {}
@@ -1240,6 +1290,21 @@ mod tests {
         // SAFETY: only used on the map value types above: #[repr(C)] without padding (sizes
         // asserted), so every byte is initialised; the slice borrows `v`.
         unsafe { core::slice::from_raw_parts(core::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+    }
+
+    #[test]
+    fn endpoints_has_one_entry_per_subnet_address_up_to_a_slash_16() {
+        assert_eq!([24, 20, 16, 8, 0, 31, 32].map(endpoints_len), [256, 4096, 65536, 65536, 65536, 2, 1]);
+        assert_eq!(Capacity::default().for_subnet(20).of_map(ENDPOINTS), Some(4096));
+        let params = DatapathParams {
+            local_subnet: [10, 244, 16, 0],
+            local_netmask: [255, 255, 240, 0],
+            ..Default::default()
+        };
+        let cfg = DatapathConfig::new(&params);
+        assert_eq!(cfg.endpoint_index(&[10, 244, 16, 0]), 0);
+        assert_eq!(cfg.endpoint_index(&[10, 244, 17, 5]), 261);
+        assert_eq!(cfg.endpoint_index(&[10, 244, 31, 255]), 4095);
     }
 
     #[test]
@@ -1283,7 +1348,7 @@ mod tests {
         };
         assert_eq!(cfg.gateway_mac_word(), mac_word(&mac));
         let smac = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x01];
-        let endpoint = Endpoint { ifindex: u32::MAX, dmac: mac, smac, resolved_at: u64::MAX };
+        let endpoint = Endpoint::new([0xff; 4], u32::MAX, mac, smac, u64::MAX);
         let bytes: std::vec::Vec<u8> = endpoint.mac_words().iter().flat_map(|w| w.to_le_bytes()).collect();
         assert_eq!(bytes, [mac, smac].concat());
     }
@@ -1383,11 +1448,15 @@ mod tests {
         assert_eq!(&bytes_of(&learned)[..8], &[3u8, 188, 0, 0, 0, 0, 0, 0][..]);
         assert_eq!((learned.source(), learned.protocol(), info.protocol()), (Some(Store::Routes), 188, 0));
         assert_eq!(LocalPort::new(7).ifindex(), 7);
-        let e = Endpoint::new(7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS);
+        let e =
+            Endpoint::new([10, 244, 1, 5], 7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS);
         assert_eq!(
-            (e.ifindex(), e.dmac(), e.smac(), e.resolved_at()),
-            (7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS)
+            (e.ip(), e.ifindex(), e.dmac(), e.smac(), e.resolved_at()),
+            ([10, 244, 1, 5], 7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS)
         );
+        assert_eq!(&bytes_of(&e)[24..], &[10u8, 244, 1, 5, 0, 0, 0, 0][..]);
+        assert!(e.is_for(&[10, 244, 1, 5]) && !e.is_for(&[10, 244, 2, 5]));
+        assert!(!Endpoint::default().is_for(&[0; 4]), "an unused entry answers for no address");
         assert!(!e.is_stale(2 * ENDPOINT_MAX_AGE_NS - 1) && e.is_stale(2 * ENDPOINT_MAX_AGE_NS));
         let mut c = Counter::new(1, 100);
         c.count(60);

@@ -34,12 +34,13 @@ pub enum Delivery {
 /// identification and fragment field; TTL, protocol and checksum; source; destination.
 type Ipv4Words = [u32; 5];
 
-/// Redirects the (already decapsulated) packet into its container when the kernel can tell where
-/// that is: from ENDPOINTS while the entry is younger than `ENDPOINT_MAX_AGE_NS` (the programs
-/// age the entries themselves, so an entry outlives neither its container nor a stopped agent by
-/// more than that), else from the kernel's tables (and the answer is remembered).
+/// Redirects the (already decapsulated) packet, addressed into the local subnet of `netmask`
+/// (network order), into its container when the kernel can tell where that is: from ENDPOINTS
+/// while the address's entry is for it and younger than `ENDPOINT_MAX_AGE_NS` (the programs age
+/// the entries themselves, so an entry outlives neither its container nor a stopped agent by more
+/// than that), else from the kernel's tables (and the answer is remembered).
 #[inline(always)]
-pub fn to_container(ctx: &TcContext) -> Delivery {
+pub fn to_container(ctx: &TcContext, netmask: [u8; 4]) -> Delivery {
     let Some(ip) = ptr::tc_read_words::<5>(ctx, ETH_LEN) else {
         return Delivery::ToStack;
     };
@@ -47,23 +48,25 @@ pub fn to_container(ctx: &TcContext) -> Delivery {
         return Delivery::ToStack;
     }
     let dst = ip[4].to_le_bytes();
+    // The address's offset in the subnet; past the array's end (a subnet larger than it) the
+    // lookup finds nothing and every packet asks the kernel.
+    let index = u32::from_be_bytes(dst) & !u32::from_be_bytes(netmask);
     let now = crate::clock::coarse_ns();
-    // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
-    let cached = unsafe { ENDPOINTS.get(dst) }.copied();
+    // Copied out at once: the entry is rewritten in place by other packets and the agent.
+    let cached = ENDPOINTS.get(index).copied().filter(|e| e.is_for(&dst));
     let endpoint = match cached {
         Some(e) if !e.is_stale(now) => e,
         // Unknown, or resolved too long ago: ask the kernel again (and overwrite the entry).
         _ => match resolve(ctx, &ip, now) {
             Some(e) => {
-                // A full map evicts its least recently used entry; a failed insert only costs the
-                // next packet another lookup.
-                let _ = ENDPOINTS.insert(dst, e, 0);
+                // Past the array's end the write fails: the next packet asks again.
+                let _ = ENDPOINTS.set(index, e, 0);
                 e
             }
             None => {
                 // The container is gone (or not resolvable now): its old entry goes too.
                 if cached.is_some() {
-                    let _ = ENDPOINTS.remove(dst);
+                    let _ = ENDPOINTS.set(index, Endpoint::default(), 0);
                 }
                 return Delivery::ToStack;
             }
@@ -93,7 +96,7 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Words, now: u64) -> Option<Endpoint> {
     }
     // SAFETY: the value is copied out at once (see decap::is_peer on concurrent updates).
     let port = unsafe { LOCAL_PORTS.get(fib.dmac) }.copied()?;
-    Some(Endpoint::new(port.ifindex(), fib.dmac, fib.smac, now))
+    Some(Endpoint::new(ip[4].to_le_bytes(), port.ifindex(), fib.dmac, fib.smac, now))
 }
 
 /// Writes the endpoint's MACs and the decremented TTL (RFC 1812, checksum patched to match), then

@@ -15,7 +15,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -72,10 +72,11 @@ static ROUTE_INDEX: Array<RemoteSubnet, { ROUTE_INDEX_LEN as usize }> = Array::n
 #[btf_map]
 static PEER_SLOTS: Array<PeerSlot, { PEER_SLOTS_LEN as usize }> = Array::new();
 
-/// Local container IPv4 -> where decapsulated packets for it go (a cache of bpf_fib_lookup and
-/// LOCAL_PORTS; see `deliver`).
+/// Where decapsulated packets for each address of the local subnet go, by the address's offset in
+/// the subnet (a cache of bpf_fib_lookup and LOCAL_PORTS; see `deliver`). The agent creates it
+/// with one entry per address of its subnet, at most this many.
 #[btf_map]
-static ENDPOINTS: LruHashMap<[u8; 4], Endpoint, { ENDPOINTS_MAX as usize }> = LruHashMap::new();
+static ENDPOINTS: Array<Endpoint, { ENDPOINTS_MAX as usize }> = Array::new();
 
 /// Source networks whose untunnelled traffic may reach local containers (see
 /// `xnet_common::maps::UNTUNNELLED_FROM`); consulted only for packets that would otherwise be
@@ -198,10 +199,14 @@ fn egress_packet(ctx: &TcContext) -> Result<(Outcome, i32), Outcome> {
 #[classifier]
 pub fn xnet_tc_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    let (outcome, action) = match decap::run(&ctx) {
+    // A copy: one snapshot of CONFIG for the whole packet (see `egress_packet`).
+    let snapshot = CONFIG.get(0).copied();
+    let (outcome, action) = match decap::run(&ctx, snapshot.as_ref()) {
         // Straight into the container when the kernel knows where it is; else the host stack.
         decapsulated @ (Outcome::DecapVxlan | Outcome::DecapUdp | Outcome::DecapGre) => {
-            match deliver::to_container(&ctx) {
+            // Decapsulated packets are for the local subnet: the snapshot exists.
+            let netmask = snapshot.map(|c| c.local_netmask()).unwrap_or_default();
+            match deliver::to_container(&ctx, netmask) {
                 Delivery::Redirected(action) => (decapsulated, action),
                 Delivery::ToStack => (decapsulated, TC_ACT_OK),
                 Delivery::Failed => (Outcome::DropRedirectFailed, TC_ACT_SHOT),
@@ -227,7 +232,8 @@ pub fn xnet_xdp_ingress(ctx: XdpContext) -> u32 {
     let outcome = if headers_to_pull(len as usize, linear, xnet_common::decap::HEADERS_LEN).is_some() {
         decap::judge_split(&ctx, len as usize)
     } else {
-        decap::run(&ctx)
+        // A copy: one snapshot of CONFIG for the whole packet (see `egress_packet`).
+        decap::run(&ctx, CONFIG.get(0).copied().as_ref())
     };
     stats::count(Direction::Ingress, outcome, len);
     if outcome.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }

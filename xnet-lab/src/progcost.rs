@@ -536,11 +536,16 @@ impl Bench {
         self.dp.get_mut().sync_local_ports(ports, monotonic_coarse_ns()).expect("sync LOCAL_PORTS");
     }
 
+    /// Writes the ENDPOINTS entry of `endpoint`'s address.
+    pub fn put_endpoint(&mut self, endpoint: &Endpoint) {
+        self.dp.get_mut().maps_mut().put_endpoint(endpoint).expect("write ENDPOINTS");
+    }
+
     /// Makes every ENDPOINTS entry look resolved long ago.
     pub fn age_endpoints(&mut self) {
         let maps = self.dp.get_mut().maps_mut();
         for (ip, e) in maps.endpoints() {
-            maps.put_endpoint(ip, &Endpoint::new(e.ifindex(), e.dmac(), e.smac(), 0))
+            maps.put_endpoint(&Endpoint::new(ip, e.ifindex(), e.dmac(), e.smac(), 0))
                 .expect("write ENDPOINTS");
         }
     }

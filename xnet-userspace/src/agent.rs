@@ -502,7 +502,7 @@ fn bring_up(
     let pin_dir = &config.pin_dir;
     let fresh = !pin_dir.exists();
     let result = (|| -> anyhow::Result<Datapath> {
-        let mut dp = Datapath::load(pin_dir, config.capacity)?;
+        let mut dp = Datapath::load(pin_dir, config.capacity.for_subnet(plan.overlay.subnet.prefix()))?;
         let gateway = containers.gateway_mac().unwrap_or_default();
         dp.sync(wanted, &plan.datapath_config(gateway, wanted), &Scope::All, record.started_at())?;
         dp.maps_mut().set_agent_state(record)?;

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use xnet_common::{
     decap::{self, DecapDecision, HEADERS_LEN},
-    maps::{SlotState, peer_slot},
+    maps::{DatapathConfig, SlotState, peer_slot},
     packet::{Packet, headers_to_pull},
     stats::Outcome,
     wire::ETH_LEN,
@@ -92,14 +92,13 @@ fn untunnelled_allowed<C: IngressContext>(ctx: &C) -> bool {
     UNTUNNELLED_FROM.get(&Key::new(32, src.to_le_bytes())).is_some()
 }
 
-/// Decapsulates `ctx` if it is tunnelled traffic for us; returns what happened.
+/// Decapsulates `ctx` if it is tunnelled traffic for us, by `cfg` (the packet's copy of CONFIG;
+/// none: not configured, everything passes); returns what happened.
 #[inline(always)]
-pub fn run<C: IngressContext>(ctx: &C) -> Outcome {
-    // A copy: one snapshot of CONFIG for the whole packet (see `egress_packet`).
-    let Some(cfg) = CONFIG.get(0).copied() else {
+pub fn run<C: IngressContext>(ctx: &C, cfg: Option<&DatapathConfig>) -> Outcome {
+    let Some(cfg) = cfg else {
         return Outcome::Passed;
     };
-    let cfg = &cfg;
     ctx.pull_headers();
     // The routes egress takes: the owner of an inner source, or of an untunnelled packet's source.
     let route = |addr: &[u8; 4]| crate::route_of(Some(cfg), addr);

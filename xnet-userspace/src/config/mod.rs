@@ -767,7 +767,7 @@ public_ip = "198.18.0.3"
     fn capacity_sizes_the_maps_and_bounds_the_static_file() {
         assert_eq!(parse(GOOD).unwrap().capacity, Capacity::default());
         let big = parse(&format!("{GOOD}[capacity]\nroutes = 200000\npeers = 100000\n")).unwrap();
-        assert_eq!(big.capacity, Capacity { routes: 200_000, peers: 100_000 });
+        assert_eq!(big.capacity, Capacity { routes: 200_000, peers: 100_000, ..Capacity::default() });
         let err = |text: String| parse(&text).unwrap_err().to_string();
         let small = err(format!("{GOOD}[capacity]\npeers = 1\n"));
         assert!(small.contains("`capacity.peers` = 1 is less than the 2 peers listed"), "{small}");

@@ -32,6 +32,8 @@ use crate::cidr::{self, Ipv4Network};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapLayout {
     pub name: String,
+    /// The kernel's `bpf_map_type` number.
+    pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
@@ -46,6 +48,7 @@ pub fn declared() -> Vec<MapLayout> {
         .filter(|(_, m)| m.section_kind() == aya_obj::EbpfSectionKind::BtfMaps)
         .map(|(name, m)| MapLayout {
             name: name.clone(),
+            map_type: m.map_type(),
             key_size: m.key_size(),
             value_size: m.value_size(),
             max_entries: m.max_entries(),
@@ -82,7 +85,7 @@ pub struct Maps {
     local_ports: HashMap<MapData, [u8; 6], LocalPort>,
     agent: Array<MapData, AgentState>,
     route_info: HashMap<MapData, LpmKeyIpv4, RouteInfo>,
-    endpoints: HashMap<MapData, [u8; 4], Endpoint>,
+    endpoints: Array<MapData, Endpoint>,
     peer_slots: Array<MapData, PeerSlot>,
     route_index: Array<MapData, RemoteSubnet>,
     container_ifaces: Array<MapData, ContainerIface>,
@@ -393,17 +396,36 @@ impl Maps {
         self.local_ports.remove(mac).map_err(failed(LOCAL_PORTS))
     }
 
-    /// ENDPOINTS: where decapsulated packets for each local container were last delivered.
+    /// ENDPOINTS: where decapsulated packets for each local container were last delivered, as
+    /// (container IPv4, entry), the entries in use only.
     pub fn endpoints(&self) -> Vec<([u8; 4], Endpoint)> {
-        self.endpoints.iter().filter_map(Result::ok).collect()
+        (0..self.endpoints.len())
+            .filter_map(|i| self.endpoints.get(&i, 0).ok())
+            .filter(|e| e.is_for(&e.ip()))
+            .map(|e| (e.ip(), e))
+            .collect()
     }
 
-    pub fn put_endpoint(&mut self, ip: [u8; 4], endpoint: &Endpoint) -> Result<(), DatapathError> {
-        self.endpoints.insert(ip, endpoint, 0).map_err(failed(ENDPOINTS))
+    /// The ENDPOINTS entry of local container `ip`, by CONFIG's container subnet.
+    fn endpoint_index(&self, ip: &[u8; 4]) -> Result<u32, DatapathError> {
+        Ok(self.config()?.endpoint_index(ip))
     }
 
-    /// Removes an ENDPOINTS entry (gone already, evicted by the kernel, is fine).
-    pub fn del_endpoint(&mut self, ip: &[u8; 4]) {
-        let _ = self.endpoints.remove(ip);
+    /// Writes the ENDPOINTS entry of `endpoint`'s container.
+    pub fn put_endpoint(&mut self, endpoint: &Endpoint) -> Result<(), DatapathError> {
+        let index = self.endpoint_index(&endpoint.ip())?;
+        self.endpoints.set(index, endpoint, 0).map_err(failed(ENDPOINTS))
+    }
+
+    /// Clears the ENDPOINTS entry of container `ip` if it is that container's (cleared already, or
+    /// taken by another address, is fine).
+    pub fn del_endpoint(&mut self, ip: &[u8; 4]) -> Result<(), DatapathError> {
+        let index = self.endpoint_index(ip)?;
+        match self.endpoints.get(&index, 0) {
+            Ok(e) if e.is_for(ip) => {
+                self.endpoints.set(index, Endpoint::default(), 0).map_err(failed(ENDPOINTS))
+            }
+            _ => Ok(()),
+        }
     }
 }

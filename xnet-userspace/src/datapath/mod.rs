@@ -99,15 +99,41 @@ pub enum DatapathError {
 }
 
 /// Refuses maps pinned by another xnet version before anything is loaded: the kernel would reuse
-/// them and reject the programs with a verifier log instead of a reason.
+/// them and reject the programs with a verifier log instead of a reason. A pinned ENDPOINTS sized
+/// for another container subnet is unpinned instead, so the loader creates it anew: it only caches
+/// what the kernel's tables say (the programs still attached keep the old one until they are
+/// replaced, and every entry names its address, so neither array answers for a wrong one).
 fn check_pinned_layouts(pin_dir: &Path, capacity: Capacity) -> Result<(), DatapathError> {
     for map in maps::declared() {
         let path = pin_dir.join(&map.name);
         let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
             continue;
         };
+        let have_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+        if have_type != map.map_type {
+            return Err(DatapathError::IncompatiblePin {
+                map: map.name,
+                path,
+                pin_dir: pin_dir.into(),
+                have: format!("map type {have_type}"),
+                want: format!("map type {}", map.map_type),
+            });
+        }
         let have = (info.key_size(), info.value_size(), info.max_entries());
         let want = (map.key_size, map.value_size, capacity.of_map(&map.name).unwrap_or(map.max_entries));
+        if map.name == xnet_common::maps::ENDPOINTS
+            && have.0 == want.0
+            && have.1 == want.1
+            && have.2 != want.2
+        {
+            fs::remove_file(&path).map_err(|error| DatapathError::Unpin { path: path.clone(), error })?;
+            tracing::info!(
+                have = have.2,
+                want = want.2,
+                "ENDPOINTS was sized for another container subnet; created anew"
+            );
+            continue;
+        }
         if have.0 == want.0 && have.1 == want.1 && have.2 != want.2 {
             return Err(DatapathError::PinnedCapacity {
                 map: map.name,
@@ -362,7 +388,9 @@ impl Datapath {
         let current = self.maps.local_ports()?;
         let plan = local_ports::plan(&current, ports, local_ports::PER_PORT_MAX);
         for ip in stale_endpoints(self.maps.endpoints().into_iter(), &plan.kept, now) {
-            self.maps.del_endpoint(&ip);
+            if let Err(e) = self.maps.del_endpoint(&ip) {
+                first_error.get_or_insert(e);
+            }
         }
         for mac in &plan.remove {
             if let Err(e) = self.maps.del_local_port(mac) {

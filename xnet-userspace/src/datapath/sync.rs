@@ -667,11 +667,11 @@ mod tests {
         for i in 0..3u8 {
             set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
         }
-        let small = Capacity { routes: 2, peers: 10 };
+        let small = Capacity { routes: 2, peers: 10, ..Capacity::default() };
         let err = diff(&m, &w, &cfg, &Scope::All, 0, small).unwrap_err();
         assert_eq!(err, MapFull { map: maps::REMOTE_SUBNETS, capacity: 2, wanted: 3 });
         assert!(err.to_string().contains("nothing was changed"));
-        let few_peers = Capacity { routes: 10, peers: 2 };
+        let few_peers = Capacity { routes: 10, peers: 2, ..Capacity::default() };
         assert_eq!(diff(&m, &w, &cfg, &Scope::All, 0, few_peers).unwrap_err().map, maps::PEERS);
     }
 
@@ -716,7 +716,7 @@ mod tests {
         for i in 2..=5u8 {
             set(&mut next, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
         }
-        let full = Capacity { routes: 4, peers: 4 };
+        let full = Capacity { routes: 4, peers: 4, ..Capacity::default() };
         let ops = diff(&m, &next, &cfg, &Scope::All, 0, full).unwrap();
         assert_eq!(peak(&m, &ops), (4, 4), "never more than the maps hold: {ops:?}");
         // With room to spare, the usual order: nothing still wanted goes missing, adds first.
