@@ -338,18 +338,22 @@ impl NullProgram {
     }
 
     /// [`NullProgram::decap_helpers`] plus the one map lookup no delivering decapsulation can do
-    /// without: which veth the inner destination sits behind, a hash lookup by container address
-    /// (as in ENDPOINTS; key 10.244.1.5, found). The floor under tc decapsulation with delivery.
-    pub fn decap_helpers_and_lookup(port: u32) -> std::io::Result<Self> {
+    /// without: which veth the inner destination sits behind, found by `lookup` (for container
+    /// 10.244.1.5, and found). The floor under tc decapsulation with delivery.
+    pub fn decap_helpers_and_lookup(port: u32, lookup: ContainerLookup) -> std::io::Result<Self> {
         use std::os::fd::AsRawFd;
-        let map = hash_map_with(u32::from_ne_bytes([10, 244, 1, 5]), &[0u8; 24])?;
+        let (map_type, key, value_len, entries) = match lookup {
+            ContainerLookup::Hash => (BPF_MAP_TYPE_HASH, u32::from_ne_bytes([10, 244, 1, 5]), 24, 1024),
+            ContainerLookup::Array => (BPF_MAP_TYPE_ARRAY, 5, 32, 256),
+        };
+        let map = map_with(map_type, key, &vec![0u8; value_len], entries)?;
         // BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4.
         let flags = 1u64 | 1 << 7;
         let mut insns = vec![insn(0xbf, 6, 1, 0, 0), mov(2, -50), mov(3, BPF_ADJ_ROOM_MAC)];
         insns.extend(lddw(4, flags));
         insns.push(call(BPF_FUNC_SKB_ADJUST_ROOM));
         // *(u32 *)(r10 - 4) = key; r2 = r10 - 4; r1 = map; call bpf_map_lookup_elem.
-        let key = i32::from_ne_bytes([10, 244, 1, 5]);
+        let key = key as i32;
         insns.extend([insn(0x62, 10, 0, -4, key), insn(0xbf, 2, 10, 0, 0), insn(0x07, 2, 0, 0, -4)]);
         insns.extend([insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), 0]);
         insns.extend([call(BPF_FUNC_MAP_LOOKUP_ELEM), mov(1, port as i32), mov(2, 0)]);
@@ -429,13 +433,24 @@ const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
-/// A new BPF hash map (4-byte keys, `value.len()`-byte values, room for 1024) holding `key`.
-fn hash_map_with(key: u32, value: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+/// How [`NullProgram::decap_helpers_and_lookup`] finds the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerLookup {
+    /// A hash map by container address (as ENDPOINTS was until 2026-12-01).
+    Hash,
+    /// An array by the address's offset in the subnet (as ENDPOINTS is), which the kernel inlines.
+    Array,
+}
+
+/// A new BPF map of `map_type` (4-byte keys, `value.len()`-byte values, room for `entries`)
+/// holding `key`.
+fn map_with(map_type: u32, key: u32, value: &[u8], entries: u32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd};
     // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, then zeros.
     let mut create = [0u32; 32];
-    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, 4, value.len() as u32, 1024]);
+    create[..4].copy_from_slice(&[map_type, 4, value.len() as u32, entries]);
     // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE, alive for the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), size_of_val(&create)) };
     if fd < 0 {

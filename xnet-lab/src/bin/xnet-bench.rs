@@ -27,7 +27,7 @@ use xnet::datapath::Program;
 use xnet_common::maps::{Backend, RemoteSubnet};
 use xnet_lab::{
     lab::{Lab, LabSpec, Placement, UNDERLAY_MTU, VXLAN_OVERHEAD},
-    progcost::{Bench, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
+    progcost::{Bench, ContainerLookup, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
     stats::{Summary, round_order},
     targets::{Goal, Measured, Target},
 };
@@ -490,7 +490,7 @@ fn rotated(runs: usize, mut rows: Vec<(Sampler<'_>, Sampler<'_>)>) -> Vec<RowMea
 /// What the unavoidable parts alone cost, net of the harness: the floor under every tunnelled
 /// encapsulation (room for 50 bytes, redirect to the underlay) and under a tc decapsulation that
 /// delivers into the container (remove 50 bytes, redirect into its veth; and with the one lookup
-/// that finds the veth).
+/// that finds the veth, as a hash lookup and as the array read ENDPOINTS makes).
 fn helper_floors(runs: usize) -> Vec<Cost> {
     xnet_lab::progcost::in_delivery_netns(move |underlay, port| {
         let null = NullProgram::like(Program::TcEgress).expect("load the null program");
@@ -510,7 +510,14 @@ fn helper_floors(runs: usize) -> Vec<Cost> {
             (
                 "helpers and one lookup",
                 "bpf_skb_adjust_room(-50) + a hash lookup of the container + bpf_redirect_peer",
-                NullProgram::decap_helpers_and_lookup(port)
+                NullProgram::decap_helpers_and_lookup(port, ContainerLookup::Hash)
+                    .expect("load the delivering decapsulation's floor"),
+                tunnelled_frame(2, Backend::Vxlan),
+            ),
+            (
+                "helpers and one lookup",
+                "bpf_skb_adjust_room(-50) + an array read of the container (as ENDPOINTS) + bpf_redirect_peer",
+                NullProgram::decap_helpers_and_lookup(port, ContainerLookup::Array)
                     .expect("load the delivering decapsulation's floor"),
                 tunnelled_frame(2, Backend::Vxlan),
             ),
