@@ -1,9 +1,9 @@
 //! Lab tests: real agents on simulated hosts, real traffic, VXLAN on the wire.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use xnet_lab::lab::{Capture, Lab, LabSpec};
+use xnet_lab::lab::{Capture, Lab, LabSpec, wait_for};
 
 /// Outer VXLAN packets among captured frames: (outer src, outer dst, udp src port, udp dst port,
 /// VNI, inner src, inner dst).
@@ -263,8 +263,8 @@ fn a_container_interface_that_does_not_exist_is_awaited_with_a_warning() {
     lab.host(1).ns.ip(&["link", "add", "docker7", "type", "bridge"]);
     let start = std::time::Instant::now();
     while !lab.attached_programs(1).contains(&"docker7/tcx-ingress:xnet_tc_egress".to_string()) {
-        assert!(start.elapsed() < std::time::Duration::from_secs(5), "docker7 attached\n{}", lab.log(1));
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert!(start.elapsed() < Duration::from_secs(5), "docker7 attached\n{}", lab.log(1));
+        std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!("docker7 attached {:?} after it appeared", start.elapsed());
     assert!(lab.log(1).contains("container interface appeared"), "{}", lab.log(1));
@@ -338,7 +338,7 @@ fn decapsulated_traffic_goes_straight_to_the_container() {
     // Warm up: the host learns the container's neighbour entry and bridge port; the agent copies the
     // port into LOCAL_PORTS within a second.
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500));
     let (fwd0, decap0) = (forwarded(&lab, 2), lab.counter(2, "ingress", "decap_vxlan").0);
     lab.tcp_transfer((1, 1), (2, 1), 8 << 20);
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "TTL and checksum rewritten correctly");
@@ -429,7 +429,7 @@ fn bpftool_prints_every_map_with_named_fields() {
     assert_eq!(info[0]["formatted"]["key"]["prefix_len"], 24, "{info}");
     assert_eq!(info[0]["formatted"]["value"]["source"], 1, "{info}");
     // The ping taught the bridge the container's MAC; the agent copies it within a second.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500));
     let ports = dump("LOCAL_PORTS");
     assert!(ports[0]["formatted"]["value"]["ifindex"].as_u64().unwrap() > 0, "{ports}");
     let allowed = dump("UNTUNNELLED_FROM");
@@ -450,14 +450,14 @@ fn bridge_ports_get_the_egress_program_as_containers_come_and_go() {
     ns.ip(&["link", "set", "vc9", "master", "docker0"]);
     ns.ip(&["link", "set", "vc9", "up"]);
     let port = "vc9/tcx-ingress:xnet_tc_egress".to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !lab.attached_programs(1).contains(&port) {
         assert!(
             std::time::Instant::now() < deadline,
             "new port not attached: {:?}",
             lab.attached_programs(1)
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert!(pin.exists(), "the port's link is pinned, so it survives an agent restart");
     // Traffic from the first container is now encapsulated at its port, before the bridge.
@@ -466,10 +466,10 @@ fn bridge_ports_get_the_egress_program_as_containers_come_and_go() {
     assert!(lab.counter(1, "egress", "encap_vxlan").0 > before);
     assert!(lab.attached_programs(1).contains(&"vc1/tcx-ingress:xnet_tc_egress".to_string()));
     ns.ip(&["link", "del", "vc9"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pin.exists() {
         assert!(std::time::Instant::now() < deadline, "the gone port's pin is left behind");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
 }
@@ -484,7 +484,7 @@ fn delivery_shortcuts_of_a_removed_container_are_forgotten() {
     // Once the agent has learned the container's port (from the bridge, within a second), host 1
     // delivers to it directly and remembers where it is.
     let ip = lab.container((1, 1)).ip.octets();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !endpoints().contains(&ip) {
         assert!(
             std::time::Instant::now() < deadline,
@@ -492,15 +492,69 @@ fn delivery_shortcuts_of_a_removed_container_are_forgotten() {
             endpoints()
         );
         assert!(lab.ping((2, 1), lab.container((1, 1)).ip));
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     // The container goes away (its veth with it).
     lab.host(1).ns.ip(&["link", "del", "vc1"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while endpoints().contains(&ip) {
         assert!(std::time::Instant::now() < deadline, "the removed container's endpoint is still used");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether host `i`'s docker0 has learned `mac` (a dynamic forwarding entry).
+fn bridge_knows(lab: &Lab, i: usize, mac: &str) -> bool {
+    let out = lab.host(i).ns.command("bridge").args(["fdb", "show", "br", "docker0"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with(mac) && !l.contains("permanent"))
+}
+
+#[test]
+fn a_container_the_bridge_forgot_is_still_delivered_to_directly() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.container((2, 1)).ns.name, "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mac_text =
+        text.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("eth0's MAC").to_string();
+    let mac = mac_text.parse::<xnet::mac::Mac>().expect("a MAC").0;
+    let local_ports =
+        || xnet::datapath::maps::Maps::open(&lab.host(2).pin_dir).unwrap().local_ports().unwrap();
+    let to = lab.container((2, 1)).ip;
+    wait_for(Duration::from_secs(10), "host 2 delivers to its container", || {
+        assert!(lab.ping((1, 1), to));
+        let maps = xnet::datapath::maps::Maps::open(&lab.host(2).pin_dir).unwrap();
+        maps.endpoints().iter().any(|(ip, _)| *ip == to.octets()) && local_ports().contains_key(&mac)
+    });
+    // The container's replies to remote ones leave through the egress program, never through the
+    // bridge, so the bridge forgets its MAC after its ageing time (300 s): that is, the entry is
+    // deleted, as here. The container may send the bridge something meanwhile (an ARP probe) and be
+    // learned again; then the deletion is repeated.
+    wait_for(Duration::from_secs(30), "LOCAL_PORTS keeps the MAC the bridge forgot", || {
+        assert!(lab.ping((1, 1), to));
+        if bridge_knows(&lab, 2, &mac_text) {
+            lab.host(2)
+                .ns
+                .command("bridge")
+                .args(["fdb", "del", &mac_text, "dev", "vc1", "master"])
+                .status()
+                .unwrap();
+        }
+        // A few of the agent's one-second passes later:
+        std::thread::sleep(Duration::from_millis(2500));
+        let kept = local_ports().contains_key(&mac);
+        let forgotten = !bridge_knows(&lab, 2, &mac_text);
+        assert!(kept || !forgotten, "LOCAL_PORTS forgot {mac_text} with the bridge: {:?}", local_ports());
+        kept && forgotten
+    });
+    let fwd0 = forwarded(&lab, 2);
+    let decap0 = lab.counter(2, "ingress", "decap_vxlan").0;
+    lab.tcp_transfer((1, 1), (2, 1), 8 << 20);
+    let (fwd, decap) = (forwarded(&lab, 2) - fwd0, lab.counter(2, "ingress", "decap_vxlan").0 - decap0);
+    assert!(decap > 50, "traffic was decapsulated ({decap} packets)");
+    assert!(fwd * 10 < decap, "{fwd} of {decap} decapsulated packets went through the host's IP forwarding");
 }
 
 /// Runs `ping -c 1 -M do -s <size>` (DF set, no fragmenting) from container `from` to `to`;

@@ -1,13 +1,34 @@
-//! Which container MACs LOCAL_PORTS holds: what the bridges' forwarding tables say, with each
-//! bridge port's claim capped, so that a container sending from tens of thousands of made-up
-//! source MACs can neither fill the map for everyone else nor stop the agent's expiry.
+//! Which container MACs LOCAL_PORTS holds: what the bridges' forwarding tables say, and the MACs
+//! xnet delivered to while their port lives, with each bridge port's claim capped, so that a
+//! container sending from tens of thousands of made-up source MACs can neither fill the map for
+//! everyone else nor stop the agent's expiry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The most container MACs one bridge port may have in LOCAL_PORTS. A container has one MAC (a
 /// few, with macvlan or VMs inside); at this cap a /24's 254 containers still fit the map
 /// ([`xnet_common::maps::LOCAL_PORTS_MAX`]) with room to spare.
 pub const PER_PORT_MAX: usize = 256;
+
+/// The container MACs LOCAL_PORTS is to hold: those the bridges have `learned`, and, while their
+/// port is one of `live_ports`, those packets were `delivered` to. A bridge learns a MAC only
+/// from frames that enter it, and the egress program takes a container's overlay traffic before
+/// the bridge sees it: a container that talks only to remote ones drops out of the bridge's table
+/// after its ageing time (300 s by default) while it still receives. Remembering it keeps its
+/// packets on the direct path. The forwarding table wins when it puts a MAC on another port.
+pub fn wanted(
+    learned: &BTreeMap<[u8; 6], u32>,
+    delivered: &BTreeMap<[u8; 6], u32>,
+    live_ports: &BTreeSet<u32>,
+) -> BTreeMap<[u8; 6], u32> {
+    let mut out = learned.clone();
+    for (mac, port) in delivered {
+        if live_ports.contains(port) {
+            out.entry(*mac).or_insert(*port);
+        }
+    }
+    out
+}
 
 /// The writes that make LOCAL_PORTS hold what is wanted, within the cap.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -56,6 +77,22 @@ mod tests {
     fn mac(n: u32) -> [u8; 6] {
         let b = n.to_be_bytes();
         [2, 0x42, b[0], b[1], b[2], b[3]]
+    }
+
+    #[test]
+    fn delivered_macs_outlive_the_bridges_ageing_while_their_port_lives() {
+        let learned = BTreeMap::from([(mac(1), 10), (mac(3), 12)]);
+        // mac(2) aged out of the bridge, still behind live port 11; mac(3) was delivered to on
+        // port 11 but the bridge has since seen it on 12; mac(4)'s port 13 is gone.
+        let delivered = BTreeMap::from([(mac(2), 11), (mac(3), 11), (mac(4), 13)]);
+        let live = BTreeSet::from([10, 11, 12]);
+        let w = wanted(&learned, &delivered, &live);
+        assert_eq!(w, BTreeMap::from([(mac(1), 10), (mac(2), 11), (mac(3), 12)]));
+        assert_eq!(
+            wanted(&learned, &BTreeMap::new(), &live),
+            learned,
+            "nothing delivered: the bridge's table"
+        );
     }
 
     #[test]

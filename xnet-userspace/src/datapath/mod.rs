@@ -214,6 +214,9 @@ pub struct Datapath {
     ports: BTreeMap<String, u32>,
     /// Bridge ports over [`local_ports::PER_PORT_MAX`], already logged.
     ports_over_cap: BTreeSet<u32>,
+    /// Container MAC -> bridge port, for the MACs packets were delivered to (from ENDPOINTS), kept
+    /// while the port is attached: LOCAL_PORTS keeps them when the bridge forgets them.
+    delivered: BTreeMap<[u8; 6], u32>,
     /// LOCAL_PORTS_LIMIT as last written by this run.
     local_ports_limit: Option<LocalPortsLimit>,
 }
@@ -249,6 +252,7 @@ impl Datapath {
             ports: BTreeMap::new(),
             capacity,
             ports_over_cap: BTreeSet::new(),
+            delivered: BTreeMap::new(),
             local_ports_limit: None,
         })
     }
@@ -371,7 +375,8 @@ impl Datapath {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Makes LOCAL_PORTS hold `ports` (container MAC -> bridge port ifindex), at most
+    /// Makes LOCAL_PORTS hold the `learned` container MACs (container MAC -> bridge port ifindex)
+    /// and those packets were delivered to while their port stays attached, at most
     /// [`local_ports::PER_PORT_MAX`] MACs a port, and removes the ENDPOINTS entries whose container
     /// left its port (or was left out) or that are older than
     /// [`xnet_common::maps::ENDPOINT_MAX_AGE_NS`] at `now` (CLOCK_MONOTONIC_COARSE; the programs
@@ -381,13 +386,20 @@ impl Datapath {
     /// LOCAL_PORTS_LIMIT for `xnet status` and the metrics.
     pub fn sync_local_ports(
         &mut self,
-        ports: &BTreeMap<[u8; 6], u32>,
+        learned: &BTreeMap<[u8; 6], u32>,
         now: u64,
     ) -> Result<(), DatapathError> {
         let mut first_error = None;
         let current = self.maps.local_ports()?;
-        let plan = local_ports::plan(&current, ports, local_ports::PER_PORT_MAX);
-        for ip in stale_endpoints(self.maps.endpoints().into_iter(), &plan.kept, now) {
+        let endpoints = self.maps.endpoints();
+        // What was delivered to, remembered while the port is attached and the bridge does not
+        // put the MAC elsewhere (see local_ports::wanted).
+        let live: BTreeSet<u32> = self.ports.values().copied().collect();
+        self.delivered.extend(endpoints.iter().map(|(_, e)| (e.dmac(), e.ifindex())));
+        self.delivered.retain(|mac, port| live.contains(port) && learned.get(mac).is_none_or(|p| p == port));
+        let wanted = local_ports::wanted(learned, &self.delivered, &live);
+        let plan = local_ports::plan(&current, &wanted, local_ports::PER_PORT_MAX);
+        for ip in stale_endpoints(endpoints.into_iter(), &plan.kept, now) {
             if let Err(e) = self.maps.del_endpoint(&ip) {
                 first_error.get_or_insert(e);
             }
