@@ -23,7 +23,7 @@ use xnet_common::maps::{
 };
 
 use super::{
-    DatapathError,
+    DatapathError, batch,
     sync::{Mirror, Op},
 };
 use crate::cidr::{self, Ipv4Network};
@@ -144,6 +144,16 @@ fn array_values<T: aya::Pod + Default>(data: &MapData, len: u32) -> std::io::Res
     }
     values.truncate(attr.count as usize);
     Ok(values)
+}
+
+/// Ops written per bpf(2) call by [`Maps::write_all`].
+pub const WRITE_CHUNK: usize = 4096;
+
+/// Whether a batch call failed because the kernel has no batches for the map (or at all).
+fn unsupported(error: &std::io::Error) -> bool {
+    // 524: ENOTSUPP, the kernel-internal "operation not supported" bpf(2) returns for map types
+    // without the batch operation.
+    matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL | 524))
 }
 
 fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -369,9 +379,20 @@ impl Maps {
         len: u32,
     ) -> Result<BTreeMap<u32, T>, DatapathError> {
         let mut out = BTreeMap::new();
+        let empty = T::default();
+        match batch::for_each(array, |i, v| {
+            if v != empty {
+                out.insert(i, v);
+            }
+        }) {
+            Ok(()) => return Ok(out),
+            // A kernel without batches for arrays: one entry a call.
+            Err(e) if unsupported(&e) => out.clear(),
+            Err(e) => return Err(DatapathError::Map { map, detail: e.to_string() }),
+        }
         for i in 0..len {
             let v = array.get(&i, 0).map_err(failed(map))?;
-            if v != T::default() {
+            if v != empty {
                 out.insert(i, v);
             }
         }
@@ -392,6 +413,84 @@ impl Maps {
                 .filter(|(_, r)| !r.is_empty())
                 .collect(),
         })
+    }
+
+    /// Writes `ops` in order: each run of ops of one kind (on one map) in bpf(2) batches of up
+    /// to [`WRITE_CHUNK`]. `written` sees each op once it is in its map; the first failure stops
+    /// the writing, so `written` has seen exactly what the maps hold of `ops`.
+    pub fn write_all(&mut self, ops: &[Op], mut written: impl FnMut(&Op)) -> Result<(), DatapathError> {
+        for run in ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
+            for chunk in run.chunks(WRITE_CHUNK) {
+                let result = match self.write_batch(chunk) {
+                    // A kernel without batches for this map: one entry a call.
+                    Err(p) if p.done == 0 && unsupported(&p.error) => {
+                        for op in chunk {
+                            self.write(op)?;
+                            written(op);
+                        }
+                        continue;
+                    }
+                    other => other,
+                };
+                let done = result.as_ref().map_or_else(|p| p.done, |()| chunk.len());
+                chunk[..done].iter().for_each(&mut written);
+                if let Err(p) = result {
+                    let op = &chunk[done.min(chunk.len() - 1)];
+                    return Err(DatapathError::Map { map: op.map(), detail: p.error.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `ops`, all of one kind, in one batch.
+    fn write_batch(&mut self, ops: &[Op]) -> Result<(), batch::Partial> {
+        fn pairs<K, V>(ops: &[Op], f: impl Fn(&Op) -> Option<(K, V)>) -> (Vec<K>, Vec<V>) {
+            ops.iter().filter_map(f).unzip()
+        }
+        fn keys<K>(ops: &[Op], f: impl Fn(&Op) -> Option<K>) -> Vec<K> {
+            ops.iter().filter_map(f).collect()
+        }
+        match &ops[0] {
+            // One entry: nothing to batch (written one by one, as for a kernel without batches).
+            Op::Config(_) => {
+                Err(batch::Partial { done: 0, error: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP) })
+            }
+            Op::PutPeer(..) => {
+                let (k, v) = pairs(ops, |o| if let Op::PutPeer(ip, p) = o { Some((*ip, *p)) } else { None });
+                batch::update(&mut self.peers, &k, &v)
+            }
+            Op::DelPeer(_) => {
+                let k = keys(ops, |o| if let Op::DelPeer(ip) = o { Some(*ip) } else { None });
+                batch::delete(&mut self.peers, &k)
+            }
+            Op::PutSlot(..) => {
+                let (k, v) = pairs(ops, |o| if let Op::PutSlot(i, s) = o { Some((*i, *s)) } else { None });
+                batch::update(&mut self.peer_slots, &k, &v)
+            }
+            Op::PutRoute(..) => {
+                let (k, v) =
+                    pairs(ops, |o| if let Op::PutRoute(n, r) = o { Some((lpm_key(n), *r)) } else { None });
+                batch::update(&mut self.remote_subnets, &k, &v)
+            }
+            Op::DelRoute(_) => {
+                let k = keys(ops, |o| if let Op::DelRoute(n) = o { Some(lpm_key(n)) } else { None });
+                batch::delete(&mut self.remote_subnets, &k)
+            }
+            Op::PutRouteInfo(..) => {
+                let (k, v) =
+                    pairs(ops, |o| if let Op::PutRouteInfo(n, i) = o { Some((info_key(n), *i)) } else { None });
+                batch::update(&mut self.route_info, &k, &v)
+            }
+            Op::DelRouteInfo(_) => {
+                let k = keys(ops, |o| if let Op::DelRouteInfo(n) = o { Some(info_key(n)) } else { None });
+                batch::delete(&mut self.route_info, &k)
+            }
+            Op::PutIndex(..) => {
+                let (k, v) = pairs(ops, |o| if let Op::PutIndex(i, r) = o { Some((*i, *r)) } else { None });
+                batch::update(&mut self.route_index, &k, &v)
+            }
+        }
     }
 
     /// Writes one operation of the sync.

@@ -9,6 +9,7 @@
 //!
 //! While those pins exist the datapath keeps forwarding, with or without an agent.
 
+pub mod batch;
 pub mod links;
 pub mod local_ports;
 pub mod maps;
@@ -294,10 +295,8 @@ impl Datapath {
         now: u64,
     ) -> Result<usize, DatapathError> {
         let ops = sync::diff(&self.mirror, wanted, config, scope, now, self.capacity)?;
-        for op in &ops {
-            self.maps.write(op)?;
-            self.mirror.apply(op);
-        }
+        let mirror = &mut self.mirror;
+        self.maps.write_all(&ops, |op| mirror.apply(op))?;
         Ok(ops.len())
     }
 

@@ -4,7 +4,7 @@
 //!
 //! 1. the route index is switched off first if it is about to become invalid or change shape;
 //! 2. new and changed peers, then the peer slots that now point at them;
-//! 3. new and changed routes (and their ROUTE_INFO);
+//! 3. new and changed routes, then their ROUTE_INFO;
 //! 4. route index entries; switching the index on comes after it is filled;
 //! 5. then removals: routes, slots that become empty, peers.
 //!
@@ -256,6 +256,20 @@ pub enum Op {
     PutIndex(u32, RemoteSubnet),
 }
 
+impl Op {
+    /// The map the op writes.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Op::Config(_) => maps::CONFIG,
+            Op::PutPeer(..) | Op::DelPeer(_) => maps::PEERS,
+            Op::PutSlot(..) => maps::PEER_SLOTS,
+            Op::PutRoute(..) | Op::DelRoute(_) => maps::REMOTE_SUBNETS,
+            Op::PutRouteInfo(..) | Op::DelRouteInfo(_) => maps::ROUTE_INFO,
+            Op::PutIndex(..) => maps::ROUTE_INDEX,
+        }
+    }
+}
+
 impl Mirror {
     /// Records that `op` was written.
     pub fn apply(&mut self, op: &Op) {
@@ -424,7 +438,9 @@ pub fn diff(
     }
     ops.append(&mut slot_puts);
 
-    // 3. New and changed routes.
+    // 3. New and changed routes, then their ROUTE_INFO (each map's writes together, so they go
+    // in batches).
+    let mut infos = Vec::new();
     for net in &route_keys {
         let Some(route) = wanted.routes.get(net) else { continue };
         if current.routes.get(net) != Some(route) {
@@ -440,9 +456,10 @@ pub fn diff(
                 }
                 _ => info,
             };
-            ops.push(Op::PutRouteInfo(*net, info));
+            infos.push(Op::PutRouteInfo(*net, info));
         }
     }
+    ops.append(&mut infos);
 
     // 4. The route index: entries, then the switch.
     if let Some(shape) = shape {
