@@ -155,7 +155,7 @@ impl Bench {
         let spec = if on { self.plan.route_index() } else { trie_only(self.plan.overlay.network) };
         let mut wanted = Wanted::new(Store::File, spec);
         for (net, route) in self.wanted.routes() {
-            wanted.set(*net, *route, route.peer_ip(), self.wanted.peers()[&route.peer_ip()]);
+            wanted.set(*net, *route, *self.wanted.peer(&route.peer_ip()).expect("every route has a peer"));
         }
         wanted.take_changes();
         self.wanted = wanted;

@@ -41,7 +41,7 @@ const SETTLE_EVENTS: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // Local checks first: nothing is leased or attached for a host that cannot run.
     let underlay = Interface::find(&config.iface, "iface")?;
     let public_ip = match config.public_ip {
@@ -134,6 +134,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     write_runtime_files(&config, &plan)?;
     let wanted = plan.wanted(store.kind(), &peers);
+    // What is wanted holds the peers from now on: no second (or third) copy while the maps fill.
+    drop(peers);
+    if let StoreConfig::File(overlay) = &mut config.store {
+        overlay.peers = Vec::new();
+    }
     let mut containers = Containers::new(config.container_ifaces.clone());
     let first_refresh_failed = match containers.refresh(&netlink).await {
         Ok(_) => false,
@@ -181,7 +186,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         subnet = %agent.plan.overlay.subnet,
         public_ip = %public_ip,
         vtep_mac = %vtep_mac,
-        peers = agent.wanted.peers().len(),
+        peers = agent.wanted.peer_count(),
         mtu = agent.plan.overlay_mtu,
         ingress = ?agent.plan.ingress,
         store = store.kind().name(),

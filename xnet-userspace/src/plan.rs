@@ -130,7 +130,7 @@ impl Plan {
     /// Records `peer` in `wanted`.
     pub fn set_peer(&self, wanted: &mut Wanted, peer: &PeerConfig) {
         let (route, entry) = self.entries(peer);
-        wanted.set(peer.subnet, route, peer.public_ip.octets(), entry);
+        wanted.set(peer.subnet, route, entry);
         if let Some(protocol) = peer.protocol {
             wanted.set_protocol(peer.subnet, protocol);
         }
@@ -284,7 +284,7 @@ mod tests {
             ([198, 18, 0, 2], p.vtep_mac.0, Some(Backend::Gre), p.vtep_mac.0, Some(Backend::Gre))
         );
         let wanted = plan.wanted(Store::File, [&p]);
-        assert_eq!((wanted.routes().len(), wanted.peers().len()), (1, 1));
+        assert_eq!((wanted.routes().len(), wanted.peer_count()), (1, 1));
         assert_eq!(plan.bridge_address(), Ipv4Addr::new(10, 244, 1, 1));
     }
 

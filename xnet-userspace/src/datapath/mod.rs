@@ -294,10 +294,11 @@ impl Datapath {
         scope: &Scope,
         now: u64,
     ) -> Result<usize, DatapathError> {
-        let ops = sync::diff(&self.mirror, wanted, config, scope, now, self.capacity)?;
-        let mirror = &mut self.mirror;
-        self.maps.write_all(&ops, |op| mirror.apply(op))?;
-        Ok(ops.len())
+        let maps = &mut self.maps;
+        sync::apply(&mut self.mirror, wanted, config, scope, now, self.capacity, |ops: &[sync::Op]| {
+            let mut done = 0;
+            maps.write_all(ops, |_| done += 1).map_err(|e| (done, e))
+        })
     }
 
     /// CONFIG as last written.

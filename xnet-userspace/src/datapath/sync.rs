@@ -6,7 +6,7 @@
 //! 2. new and changed peers, then the peer slots that now point at them;
 //! 3. new and changed routes, then their ROUTE_INFO;
 //! 4. route index entries; switching the index on comes after it is filled;
-//! 5. then removals: routes, slots that become empty, peers.
+//! 5. then removals: routes, their ROUTE_INFO, slots that become empty, peers.
 //!
 //! The agent writes the ops through [`super::maps::Maps`] and applies each to its mirror once it
 //! is written, so the mirror stays exact even when a write fails halfway. Only the keys a change
@@ -82,11 +82,10 @@ pub struct Wanted {
     routes: BTreeMap<Ipv4Network, RemoteSubnet>,
     /// The kernel route protocol of routes learned from a routing daemon (ROUTE_INFO records it).
     protocols: BTreeMap<Ipv4Network, u8>,
-    /// Which peer each route leads to, and how many routes lead to each peer.
-    route_peer: BTreeMap<Ipv4Network, [u8; 4]>,
-    peer_routes: BTreeMap<[u8; 4], usize>,
-    peers: BTreeMap<[u8; 4], Peer>,
-    slot_members: BTreeMap<u32, BTreeSet<[u8; 4]>>,
+    /// Each peer, and how many routes lead to it (a route names its peer: `peer_ip`).
+    peers: BTreeMap<[u8; 4], (Peer, u32)>,
+    /// (PEER_SLOTS entry, peer) for every peer: one small set, not a set per slot.
+    slot_members: BTreeSet<(u32, [u8; 4])>,
     /// Routes that do not fit the index.
     misfits: usize,
     /// Routes by backend number (index 0: none or unknown), so the backends in use are known
@@ -104,10 +103,8 @@ impl Wanted {
             index,
             routes: BTreeMap::new(),
             protocols: BTreeMap::new(),
-            route_peer: BTreeMap::new(),
-            peer_routes: BTreeMap::new(),
             peers: BTreeMap::new(),
-            slot_members: BTreeMap::new(),
+            slot_members: BTreeSet::new(),
             misfits: 0,
             by_backend: [0; 5],
             touched_routes: BTreeSet::new(),
@@ -119,22 +116,31 @@ impl Wanted {
         &self.routes
     }
 
-    pub fn peers(&self) -> &BTreeMap<[u8; 4], Peer> {
-        &self.peers
+    /// How many peers the routes lead to.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
     }
 
-    /// Routes `subnet` to the peer at `ip`.
-    pub fn set(&mut self, subnet: Ipv4Network, route: RemoteSubnet, ip: [u8; 4], peer: Peer) {
+    /// The PEERS entry of the peer at `ip`, if a route leads there.
+    pub fn peer(&self, ip: &[u8; 4]) -> Option<&Peer> {
+        self.peers.get(ip).map(|(p, _)| p)
+    }
+
+    /// Routes `subnet` to the peer at `route.peer_ip()`.
+    pub fn set(&mut self, subnet: Ipv4Network, route: RemoteSubnet, peer: Peer) {
         self.remove(&subnet);
+        let ip = route.peer_ip();
         if !self.index.fits(&subnet) {
             self.misfits += 1;
         }
         self.by_backend[backend_slot(&route)] += 1;
         self.routes.insert(subnet, route);
-        self.route_peer.insert(subnet, ip);
-        *self.peer_routes.entry(ip).or_default() += 1;
-        if self.peers.insert(ip, peer).is_none() {
-            self.slot_members.entry(maps::peer_slot(&ip)).or_default().insert(ip);
+        match self.peers.get_mut(&ip) {
+            Some(entry) => *entry = (peer, entry.1 + 1),
+            None => {
+                self.peers.insert(ip, (peer, 1));
+                self.slot_members.insert((maps::peer_slot(&ip), ip));
+            }
         }
         self.touched_routes.insert(subnet);
         self.touched_peers.insert(ip);
@@ -166,19 +172,12 @@ impl Wanted {
         if !self.index.fits(subnet) {
             self.misfits -= 1;
         }
-        let ip = self.route_peer.remove(subnet).expect("every route has a peer");
-        let users = self.peer_routes.get_mut(&ip).expect("every peer has a count");
+        let ip = route.peer_ip();
+        let (_, users) = self.peers.get_mut(&ip).expect("every route has a peer");
         *users -= 1;
         if *users == 0 {
-            self.peer_routes.remove(&ip);
             self.peers.remove(&ip);
-            let slot = maps::peer_slot(&ip);
-            if let Some(members) = self.slot_members.get_mut(&slot) {
-                members.remove(&ip);
-                if members.is_empty() {
-                    self.slot_members.remove(&slot);
-                }
-            }
+            self.slot_members.remove(&(maps::peer_slot(&ip), ip));
             self.touched_peers.insert(ip);
         }
     }
@@ -206,12 +205,11 @@ impl Wanted {
 
     /// PEER_SLOTS entry `slot` as it should be.
     fn slot(&self, slot: u32) -> PeerSlot {
-        match self.slot_members.get(&slot) {
-            None => PeerSlot::empty(),
-            Some(m) => {
-                let ip = *m.first().expect("empty member sets are removed");
-                if m.len() == 1 { PeerSlot::peer(ip) } else { PeerSlot::shared(ip) }
-            }
+        let mut members = self.slot_members.range((slot, [0; 4])..=(slot, [255; 4]));
+        match (members.next(), members.next()) {
+            (None, _) => PeerSlot::empty(),
+            (Some((_, ip)), None) => PeerSlot::peer(*ip),
+            (Some((_, ip)), Some(_)) => PeerSlot::shared(*ip),
         }
     }
 
@@ -331,19 +329,86 @@ pub fn diff(
     now: u64,
     capacity: Capacity,
 ) -> Result<Vec<Op>, MapFull> {
+    let mut scratch = current.clone();
+    let mut ops = Vec::new();
+    apply(&mut scratch, wanted, config, scope, now, capacity, |chunk: &[Op]| -> Result<(), (usize, MapFull)> {
+        ops.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok(ops)
+}
+
+/// Ops handed to the writer at a time, all of one kind: a batch.
+pub const CHUNK: usize = 4096;
+
+/// The ops of a sync on their way to the writer, a chunk at a time, and into the mirror once
+/// written.
+struct Emitter<'m, W> {
+    mirror: &'m mut Mirror,
+    chunk: Vec<Op>,
+    write: W,
+    written: usize,
+}
+
+impl<E, W: FnMut(&[Op]) -> Result<(), (usize, E)>> Emitter<'_, W> {
+    fn push(&mut self, op: Op) -> Result<(), E> {
+        let other_kind =
+            self.chunk.last().is_some_and(|last| std::mem::discriminant(last) != std::mem::discriminant(&op));
+        if other_kind || self.chunk.len() >= CHUNK {
+            self.flush()?;
+        }
+        self.chunk.push(op);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), E> {
+        let result = (self.write)(&self.chunk);
+        let done = match &result {
+            Ok(()) => self.chunk.len(),
+            Err((done, _)) => (*done).min(self.chunk.len()),
+        };
+        for op in &self.chunk[..done] {
+            self.mirror.apply(op);
+        }
+        self.written += done;
+        self.chunk.clear();
+        result.map_err(|(_, e)| e)
+    }
+}
+
+/// [`diff`], streamed: the ops go to `write` a chunk at a time (up to [`CHUNK`] ops of one kind,
+/// in the order [`diff`] gives them), and each op that `write` reports written (it returns how
+/// many of a chunk it wrote when it stops) is applied to `current`, which so stays what the maps
+/// hold even when a write fails. No list of every op is ever held: a first sync of 100,000 peers
+/// needs no more memory than its chunk. Returns how many ops were written.
+///
+/// Each key of each map is compared once, before any op on it is written, and the writes of one
+/// step touch only keys that step has compared, so reading `current` as it is being written
+/// gives the ops a diff of the untouched mirror would.
+pub fn apply<E: From<MapFull>>(
+    current: &mut Mirror,
+    wanted: &Wanted,
+    config: &DatapathConfig,
+    scope: &Scope,
+    now: u64,
+    capacity: Capacity,
+    write: impl FnMut(&[Op]) -> Result<(), (usize, E)>,
+) -> Result<usize, E> {
     if wanted.routes.len() > capacity.routes as usize {
         return Err(MapFull {
             map: maps::REMOTE_SUBNETS,
             capacity: capacity.routes as usize,
             wanted: wanted.routes.len(),
-        });
+        }
+        .into());
     }
     if wanted.peers.len() > capacity.peers as usize {
         return Err(MapFull {
             map: maps::PEERS,
             capacity: capacity.peers as usize,
             wanted: wanted.peers.len(),
-        });
+        }
+        .into());
     }
     let (route_keys, peer_keys) = match scope {
         Scope::All => (
@@ -358,96 +423,91 @@ pub fn diff(
         ),
         Scope::Keys { routes, peers } => (routes.clone(), peers.clone()),
     };
-    let mut ops = Vec::new();
+    // The slots whose members change: filled or changed (written after their peers), emptied
+    // (written with the removals).
+    let slot_keys: BTreeSet<u32> = match scope {
+        Scope::All => {
+            current.slots.keys().copied().chain(wanted.slot_members.iter().map(|(s, _)| *s)).collect()
+        }
+        Scope::Keys { .. } => peer_keys.iter().map(maps::peer_slot).collect(),
+    };
+    let mut em = Emitter { mirror: current, chunk: Vec::new(), write, written: 0 };
 
     // 1. CONFIG as wanted, with the index switched off if its shape is about to change.
     let shape = wanted.index_shape();
-    let mut cfg = config.with_route_index_of(&current.config);
-    let index_on = current.config.route_index_on();
+    let mut cfg = config.with_route_index_of(&em.mirror.config);
+    let index_on = em.mirror.config.route_index_on();
     let same_shape = index_on && shape.is_some_and(|s| s.switched_on(cfg) == cfg);
     if index_on && !same_shape {
         cfg = cfg.without_route_index();
     }
-    if cfg != current.config {
-        ops.push(Op::Config(Box::new(cfg)));
-    }
-
-    // The slots whose members change: filled or changed (written after their peers), emptied
-    // (written with the removals).
-    let slot_keys: BTreeSet<u32> = match scope {
-        Scope::All => current.slots.keys().chain(wanted.slot_members.keys()).copied().collect(),
-        Scope::Keys { .. } => peer_keys.iter().map(maps::peer_slot).collect(),
-    };
-    let (mut slot_puts, mut emptied_slots) = (Vec::new(), Vec::new());
-    for slot in slot_keys {
-        let want = wanted.slot(slot);
-        let have = current.slots.get(&slot).copied().unwrap_or_default();
-        if want == have {
-            continue;
-        }
-        if want == PeerSlot::empty() {
-            emptied_slots.push(slot);
-        } else {
-            slot_puts.push(Op::PutSlot(slot, want));
-        }
+    if cfg != em.mirror.config {
+        em.push(Op::Config(Box::new(cfg)))?;
     }
 
     // Removals: routes, emptied slots, peers. Normally last, so that nothing still wanted is ever
     // missing; first when adding before removing would need more entries than the maps hold (a
     // full map where one host leaves and another joins): what goes is going anyway.
     let mut removals = Vec::new();
-    for net in &route_keys {
-        if wanted.routes.contains_key(net) {
-            continue;
-        }
-        if current.routes.contains_key(net) {
-            removals.push(Op::DelRoute(*net));
-        }
-        if current.route_info.contains_key(net) {
-            removals.push(Op::DelRouteInfo(*net));
+    let gone = || route_keys.iter().filter(|n| !wanted.routes.contains_key(*n));
+    removals.extend(gone().filter(|n| em.mirror.routes.contains_key(*n)).map(|n| Op::DelRoute(*n)));
+    removals.extend(gone().filter(|n| em.mirror.route_info.contains_key(*n)).map(|n| Op::DelRouteInfo(*n)));
+    for slot in &slot_keys {
+        if wanted.slot(*slot) == PeerSlot::empty() && em.mirror.slots.contains_key(slot) {
+            removals.push(Op::PutSlot(*slot, PeerSlot::empty()));
         }
     }
-    removals.extend(emptied_slots.into_iter().map(|slot| Op::PutSlot(slot, PeerSlot::empty())));
     for ip in &peer_keys {
-        if !wanted.peers.contains_key(ip) && current.peers.contains_key(ip) {
+        if !wanted.peers.contains_key(ip) && em.mirror.peers.contains_key(ip) {
             removals.push(Op::DelPeer(*ip));
         }
     }
     let new_routes = route_keys
         .iter()
-        .filter(|n| wanted.routes.contains_key(*n) && !current.routes.contains_key(*n))
+        .filter(|n| wanted.routes.contains_key(*n) && !em.mirror.routes.contains_key(*n))
         .count();
     let new_peers = peer_keys
         .iter()
-        .filter(|ip| wanted.peers.contains_key(*ip) && !current.peers.contains_key(*ip))
+        .filter(|ip| wanted.peers.contains_key(*ip) && !em.mirror.peers.contains_key(*ip))
         .count();
-    let removals_first = current.routes.len().max(current.route_info.len()) + new_routes
+    let removals_first = em.mirror.routes.len().max(em.mirror.route_info.len()) + new_routes
         > capacity.routes as usize
-        || current.peers.len() + new_peers > capacity.peers as usize;
+        || em.mirror.peers.len() + new_peers > capacity.peers as usize;
     if removals_first {
-        ops.append(&mut removals);
+        for op in std::mem::take(&mut removals) {
+            em.push(op)?;
+        }
     }
 
     // 2. New and changed peers, then the slots that point at them.
     for ip in &peer_keys {
-        if let Some(p) = wanted.peers.get(ip)
-            && current.peers.get(ip) != Some(p)
+        if let Some(p) = wanted.peer(ip)
+            && em.mirror.peers.get(ip) != Some(p)
         {
-            ops.push(Op::PutPeer(*ip, *p));
+            em.push(Op::PutPeer(*ip, *p))?;
         }
     }
-    ops.append(&mut slot_puts);
+    for slot in &slot_keys {
+        let want = wanted.slot(*slot);
+        if want != PeerSlot::empty() && em.mirror.slots.get(slot).copied().unwrap_or_default() != want {
+            em.push(Op::PutSlot(*slot, want))?;
+        }
+    }
 
     // 3. New and changed routes, then their ROUTE_INFO (each map's writes together, so they go
     // in batches).
-    let mut infos = Vec::new();
     for net in &route_keys {
         let Some(route) = wanted.routes.get(net) else { continue };
-        if current.routes.get(net) != Some(route) {
-            ops.push(Op::PutRoute(*net, *route));
+        if em.mirror.routes.get(net) != Some(route) {
+            em.push(Op::PutRoute(*net, *route))?;
+        }
+    }
+    for net in &route_keys {
+        if !wanted.routes.contains_key(net) {
+            continue;
         }
         let info = wanted.info(net, now);
-        let recorded = current.route_info.get(net);
+        let recorded = em.mirror.route_info.get(net).copied();
         if recorded.map(|i| (i.source(), i.protocol())) != Some((info.source(), info.protocol())) {
             // A route that moves keeps its first installation time.
             let info = match recorded {
@@ -456,33 +516,35 @@ pub fn diff(
                 }
                 _ => info,
             };
-            infos.push(Op::PutRouteInfo(*net, info));
+            em.push(Op::PutRouteInfo(*net, info))?;
         }
     }
-    ops.append(&mut infos);
 
     // 4. The route index: entries, then the switch.
     if let Some(shape) = shape {
         let slots: BTreeSet<u32> = if same_shape {
             route_keys.iter().filter(|n| shape.fits(n)).map(|n| shape.slot(n)).collect()
         } else {
-            current.index.keys().copied().chain(wanted.routes.keys().map(|n| shape.slot(n))).collect()
+            em.mirror.index.keys().copied().chain(wanted.routes.keys().map(|n| shape.slot(n))).collect()
         };
         for i in slots {
             let want = shape.subnet(i).and_then(|n| wanted.routes.get(&n)).copied().unwrap_or_default();
-            if current.index.get(&i).copied().unwrap_or_default() != want {
-                ops.push(Op::PutIndex(i, want));
+            if em.mirror.index.get(&i).copied().unwrap_or_default() != want {
+                em.push(Op::PutIndex(i, want))?;
             }
         }
         if !same_shape {
             cfg = shape.switched_on(cfg);
-            ops.push(Op::Config(Box::new(cfg)));
+            em.push(Op::Config(Box::new(cfg)))?;
         }
     }
 
     // 5. The removals, unless they went first.
-    ops.append(&mut removals);
-    Ok(ops)
+    for op in removals {
+        em.push(op)?;
+    }
+    em.flush()?;
+    Ok(em.written)
 }
 
 #[cfg(test)]
@@ -507,7 +569,7 @@ mod tests {
     }
 
     fn set(w: &mut Wanted, subnet: &str, ip: [u8; 4]) {
-        w.set(net(subnet), route(ip), ip, peer(ip));
+        w.set(net(subnet), route(ip), peer(ip));
     }
 
     /// Diffs, applies to the mirror, and checks that nothing is left to do.
