@@ -95,7 +95,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         link,
         remembered_subnet(&config.subnet_file),
     );
-    let (overlay, peers, invalid, lease_expiry) = loop {
+    let (overlay, mut peers, invalid, lease_expiry) = loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("stopped before the store answered; nothing was set up"); return Ok(()); }
             _ = int.recv() => { tracing::info!("stopped before the store answered; nothing was set up"); return Ok(()); }
@@ -133,12 +133,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     }
     write_runtime_files(&config, &plan)?;
-    let wanted = plan.wanted(store.kind(), &peers);
-    // What is wanted holds the peers from now on: no second (or third) copy while the maps fill.
-    drop(peers);
+    // The store's first list of peers is all the agent keeps of them until they are planned
+    // (after the programs are loaded, see `bring_up`): no second copy while the maps fill.
     if let StoreConfig::File(overlay) = &mut config.store {
         overlay.peers = Vec::new();
     }
+    let store_kind = store.kind();
     let mut containers = Containers::new(config.container_ifaces.clone());
     let first_refresh_failed = match containers.refresh(&netlink).await {
         Ok(_) => false,
@@ -165,7 +165,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     record.set_store_up(true);
     record.set_invalid_entries(invalid);
     record.set_lease_expiry(lease_expiry);
-    let datapath = bring_up(&config, &plan, &wanted, &containers, &underlay, &present, &record)?;
+    let plan_peers = || plan.wanted(store_kind, &std::mem::take(&mut peers));
+    let (datapath, wanted) = bring_up(&config, &plan, plan_peers, &containers, &underlay, &present, &record)?;
     let mut agent = Agent {
         config,
         plan,
@@ -493,23 +494,26 @@ impl Agent {
     }
 }
 
-/// Brings the datapath up. On failure, a pin directory this call created is removed again; one
-/// that an earlier agent left (a takeover) is left as it was, still forwarding.
+/// Brings the datapath up, with the routes and peers `wanted` plans (called once the programs are
+/// loaded: the loader's copy of the kernel's BTF, several megabytes, is freed by then, so the two
+/// never add up). On failure, a pin directory this call created is removed again; one that an
+/// earlier agent left (a takeover) is left as it was, still forwarding.
 fn bring_up(
     config: &Config,
     plan: &Plan,
-    wanted: &Wanted,
+    wanted: impl FnOnce() -> Wanted,
     containers: &Containers,
     underlay: &Interface,
     container_ifaces: &[Interface],
     record: &AgentState,
-) -> anyhow::Result<Datapath> {
+) -> anyhow::Result<(Datapath, Wanted)> {
     let pin_dir = &config.pin_dir;
     let fresh = !pin_dir.exists();
-    let result = (|| -> anyhow::Result<Datapath> {
+    let result = (|| -> anyhow::Result<(Datapath, Wanted)> {
         let mut dp = Datapath::load(pin_dir, config.capacity.for_subnet(plan.overlay.subnet.prefix()))?;
+        let wanted = wanted();
         let gateway = containers.gateway_mac().unwrap_or_default();
-        dp.sync(wanted, &plan.datapath_config(gateway, wanted), &Scope::All, record.started_at())?;
+        dp.sync(&wanted, &plan.datapath_config(gateway, &wanted), &Scope::All, record.started_at())?;
         dp.maps_mut().set_agent_state(record)?;
         dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
         if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
@@ -534,7 +538,7 @@ fn bring_up(
             tracing::warn!(error = %e, "cannot attach to every container port yet");
         }
         dp.detach_stale()?;
-        Ok(dp)
+        Ok((dp, wanted))
     })();
     if result.is_err()
         && fresh
