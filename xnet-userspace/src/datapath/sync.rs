@@ -820,4 +820,68 @@ mod tests {
         assert_eq!(ops.len(), 5, "index entry, route, route info, slot, peer of the stale host: {ops:?}");
         assert!(ops.iter().all(|o| !matches!(o, Op::PutRoute(..) | Op::PutPeer(..))), "{ops:?}");
     }
+
+    #[test]
+    fn each_maps_writes_come_together_so_they_batch() {
+        let cfg = DatapathConfig::default();
+        let (m, mut w) = (Mirror::default(), Wanted::new(Store::File, spec()));
+        for i in 1..=20u8 {
+            set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        let ops = diff(&m, &w, &cfg, &Scope::All, 0, Capacity::default()).unwrap();
+        // Runs of one kind: each kind appears in one run only (CONFIG twice: off, then on).
+        let mut runs: Vec<std::mem::Discriminant<Op>> = Vec::new();
+        for op in &ops {
+            let d = std::mem::discriminant(op);
+            if runs.last() != Some(&d) {
+                runs.push(d);
+            }
+        }
+        let config = std::mem::discriminant(&Op::Config(Box::default()));
+        let runs: Vec<String> = runs.iter().filter(|d| **d != config).map(|d| format!("{d:?}")).collect();
+        let kinds: BTreeSet<&String> = runs.iter().collect();
+        assert_eq!(runs.len(), kinds.len(), "a kind of op comes back after another: {ops:?}");
+        assert_eq!(ops.iter().filter(|o| matches!(o, Op::PutRoute(..))).count(), 20);
+    }
+
+    #[test]
+    fn a_write_that_stops_part_way_leaves_the_mirror_as_the_maps_are() {
+        let cfg = DatapathConfig::default();
+        let mut w = Wanted::new(Store::File, spec());
+        for i in 1..=30u8 {
+            set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        let all = diff(&Mirror::default(), &w, &cfg, &Scope::All, 7, Capacity::default()).unwrap();
+        for stop_after in [0, 1, 29, 31, 45, 90, all.len() - 1] {
+            // The maps take `stop_after` ops, then refuse one.
+            let mut m = Mirror::default();
+            let mut taken = 0;
+            let result = apply(&mut m, &w, &cfg, &Scope::All, 7, Capacity::default(), |chunk: &[Op]| {
+                let room = stop_after - taken;
+                if chunk.len() <= room {
+                    taken += chunk.len();
+                    Ok(())
+                } else {
+                    taken += room;
+                    Err((room, MapFull { map: "test", capacity: 0, wanted: 0 }))
+                }
+            });
+            assert!(result.is_err(), "stopped after {stop_after}");
+            let mut expected = Mirror::default();
+            for op in &all[..stop_after] {
+                expected.apply(op);
+            }
+            assert_eq!(m, expected, "the mirror holds the {stop_after} ops written, and only those");
+            // The next full sync carries on from there.
+            let rest = diff(&m, &w, &cfg, &Scope::All, 7, Capacity::default()).unwrap();
+            for op in &rest {
+                m.apply(op);
+            }
+            let mut done = Mirror::default();
+            for op in &all {
+                done.apply(op);
+            }
+            assert_eq!(m, done, "after {stop_after}: the retry ends where one whole sync does");
+        }
+    }
 }
