@@ -11,6 +11,7 @@ pub mod frr;
 pub mod lab;
 pub mod netns;
 pub mod progcost;
+pub mod scale;
 pub mod stats;
 pub mod targets;
 pub mod traffic;

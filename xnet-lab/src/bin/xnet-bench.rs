@@ -9,7 +9,9 @@
 //!   rotated order; every figure is reported as the median with its spread over the runs.
 //! - Per-packet cost of every program through BPF_PROG_TEST_RUN, raw and net of the harness.
 //! - Scale: lookup cost as the LPM map grows to its capacity (65,536 subnets); the agent loading
-//!   100,000 peers; 1000 leases written to etcd reaching the maps.
+//!   100,000 peers; 1000 leases written to etcd reaching the maps; with 10,000 leases in etcd, the
+//!   agents' peak memory and one new lease reaching every other host's maps (`xnet-scale` runs
+//!   this last part alone).
 //!
 //! Results go to target/bench/: bench.md, bench.json and bench.svg. Ratios are against references
 //! measured in the same run; bench.md ends with the project's targets, each met or not.
@@ -28,6 +30,7 @@ use xnet_common::maps::{Backend, RemoteSubnet};
 use xnet_lab::{
     lab::{Lab, LabSpec, Placement, UNDERLAY_MTU, VXLAN_OVERHEAD},
     progcost::{Bench, ContainerLookup, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
+    scale,
     stats::{Summary, round_order},
     targets::{Goal, Measured, Target},
 };
@@ -560,6 +563,16 @@ fn remote_subnets(lab: &Lab, i: usize) -> usize {
     trie.keys().filter_map(Result::ok).count()
 }
 
+/// Issue 17's scale targets: the agent with 100,000 static peers ready within this (seconds) and
+/// at most this peak RSS (MiB), which also bounds the agents with [`ETCD_LEASES`] leases in etcd;
+/// one new lease in every other host's maps within [`NEW_LEASE_TARGET_MS`].
+const SCALE_READY_TARGET_S: f64 = 0.4;
+const SCALE_RSS_TARGET_MIB: f64 = 40.0;
+const NEW_LEASE_TARGET_MS: f64 = 100.0;
+/// Leases in etcd for the etcd scale step, and new ones timed after them.
+const ETCD_LEASES: u32 = 10_000;
+const ETCD_NEW_LEASES: u32 = 5;
+
 /// The agent of a host whose static config lists `peers` peers: seconds from start to ready, and
 /// its peak resident memory in MiB.
 fn agent_with_many_peers(peers: u32) -> (f64, f64) {
@@ -969,7 +982,7 @@ fn main() {
         .into_iter()
         .filter(|m| *m == Mode::Plain || args.modes.is_empty() || args.modes.contains(&m.key()))
         .collect();
-    let mut progress = Progress { started: Instant::now(), done: 0, total: args.runs * modes.len() + 4 };
+    let mut progress = Progress { started: Instant::now(), done: 0, total: args.runs * modes.len() + 5 };
     eprintln!(
         "xnet bench: {} modes x {} rounds of {} s per figure (UDP and latency in the first {}), modes in rotated \
          order; then per-packet costs and scale; results in {}",
@@ -1026,12 +1039,21 @@ fn main() {
     let leases = 1000;
     let lease_s = leases_to_maps(leases);
     progress.step(&format!("{leases} etcd leases in the maps after {:.0} ms", lease_s * 1e3));
+    let etcd = scale::etcd_leases(ETCD_LEASES, ETCD_NEW_LEASES);
+    let new_lease_ms = scale::median_ms(&etcd.new_lease_seconds);
+    progress.step(&format!(
+        "{ETCD_LEASES} etcd leases: agents' peak RSS {:.0} MiB, a new lease in every host's maps after {new_lease_ms:.0} ms",
+        etcd.peak_rss_mib
+    ));
     let scale = xnet_lab::targets::ScaleFigures {
         static_peers: peers,
         static_ready_s: load_s,
         static_peak_rss_mib: load_mib,
-        // The scale step does not measure an agent following etcd with 10,000 leases yet.
-        etcd_leases: None,
+        etcd_leases: Some(xnet_lab::targets::EtcdAtScale {
+            leases: ETCD_LEASES,
+            agent_peak_rss_mib: etcd.peak_rss_mib,
+            one_lease_to_every_map_s: new_lease_ms / 1e3,
+        }),
     };
 
     // Report.
@@ -1144,9 +1166,13 @@ fn main() {
     }
     let _ = writeln!(
         md,
-        "\nScale: the agent with {peers} static peers was ready {load_s:.2} s after it started, peak RSS {load_mib:.0} MiB; \
-         {leases} leases written to etcd were all in another host's map {:.0} ms after the first write.",
-        lease_s * 1e3
+        "\nScale: the agent with {peers} static peers was ready {load_s:.2} s after it started (target {SCALE_READY_TARGET_S} s), \
+         peak RSS {load_mib:.0} MiB (target {SCALE_RSS_TARGET_MIB}); \
+         {leases} leases written to etcd were all in another host's map {:.0} ms after the first write; \
+         with {ETCD_LEASES} leases in etcd the agents' peak RSS was {:.0} MiB (target {SCALE_RSS_TARGET_MIB}) and one new \
+         lease was in every other host's maps after {new_lease_ms:.0} ms (median of {ETCD_NEW_LEASES}; target {NEW_LEASE_TARGET_MS} ms).",
+        lease_s * 1e3,
+        etcd.peak_rss_mib,
     );
     println!("{md}");
 
@@ -1201,6 +1227,11 @@ fn main() {
         "scale": {
             "agent_peers": peers, "agent_ready_seconds": load_s, "agent_peak_rss_mib": load_mib,
             "etcd_leases": leases, "etcd_leases_to_maps_seconds": lease_s,
+            "agent_ready_target_seconds": SCALE_READY_TARGET_S, "peak_rss_target_mib": SCALE_RSS_TARGET_MIB,
+            "etcd_scale_leases": ETCD_LEASES, "etcd_scale_load_seconds": etcd.load_seconds,
+            "etcd_scale_peak_rss_mib": etcd.peak_rss_mib,
+            "etcd_new_lease_to_every_host_ms": etcd.new_lease_seconds.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
+            "etcd_new_lease_median_ms": new_lease_ms, "etcd_new_lease_target_ms": NEW_LEASE_TARGET_MS,
         },
     });
     std::fs::write(args.out.join("bench.json"), serde_json::to_string_pretty(&json).expect("json"))

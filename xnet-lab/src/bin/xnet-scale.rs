@@ -1,0 +1,32 @@
+//! The etcd half of the benchmark's scale step on its own (`xnet-bench` runs it too): a lab of
+//! three hosts, thousands of leases in etcd, the agents' peak memory, and how soon one new lease is
+//! in every host's maps. Needs root (network namespaces, eBPF) and etcd.
+
+use clap::Parser;
+use xnet_lab::scale;
+
+#[derive(Parser)]
+#[command(about = "Measures the etcd store at scale on the lab")]
+struct Args {
+    /// Leases in etcd before the new ones.
+    #[arg(long, default_value_t = 10_000)]
+    leases: u32,
+    /// New leases written one at a time, each timed until every host's maps hold it.
+    #[arg(long, default_value_t = 5)]
+    new: u32,
+}
+
+fn main() {
+    let args = Args::parse();
+    let s = scale::etcd_leases(args.leases, args.new);
+    let ms: Vec<String> = s.new_lease_seconds.iter().map(|t| format!("{:.1}", t * 1e3)).collect();
+    println!(
+        "{} leases: in every host's maps {:.2} s after the first write; agents' peak RSS {:.1} MiB; \
+         one new lease in every host's maps after {} ms (median {:.1} ms)",
+        s.leases,
+        s.load_seconds,
+        s.peak_rss_mib,
+        ms.join(", "),
+        scale::median_ms(&s.new_lease_seconds)
+    );
+}
