@@ -95,9 +95,8 @@ pub fn etcd_leases(leases: u32, new: u32) -> EtcdScale {
     lab.start_agent(1, &[]);
     let maps = open(&lab);
     wait_everywhere(&maps, &fake(leases - 1).2, Duration::from_secs(60));
-    let peak_rss_mib = (1..=HOSTS)
-        .map(|i| peak_rss_mib(lab.agent_pid(i).expect("agent runs")))
-        .fold(0.0, f64::max);
+    let peak_rss_mib =
+        (1..=HOSTS).map(|i| peak_rss_mib(lab.agent_pid(i).expect("agent runs"))).fold(0.0, f64::max);
 
     let new_lease_seconds = (leases..leases + new)
         .map(|p| {

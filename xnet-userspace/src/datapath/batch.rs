@@ -119,8 +119,12 @@ pub fn delete<M: Batched>(map: &mut M, keys: &[M::Key]) -> Result<(), Partial> {
     if keys.is_empty() {
         return Ok(());
     }
-    let mut attr =
-        BatchAttr { keys: keys.as_ptr() as u64, count: keys.len() as u32, map_fd: fd(map.data()), ..Default::default() };
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd(map.data()),
+        ..Default::default()
+    };
     // SAFETY: `keys` holds `count` keys of the map's key size; the kernel only reads them.
     match unsafe { bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) } {
         (_, None) => Ok(()),

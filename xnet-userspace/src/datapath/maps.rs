@@ -479,7 +479,10 @@ impl Maps {
             }
             Op::PutRouteInfo(..) => {
                 let (k, v) =
-                    pairs(ops, |o| if let Op::PutRouteInfo(n, i) = o { Some((info_key(n), *i)) } else { None });
+                    pairs(
+                        ops,
+                        |o| if let Op::PutRouteInfo(n, i) = o { Some((info_key(n), *i)) } else { None },
+                    );
                 batch::update(&mut self.route_info, &k, &v)
             }
             Op::DelRouteInfo(_) => {

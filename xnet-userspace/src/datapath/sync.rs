@@ -331,10 +331,18 @@ pub fn diff(
 ) -> Result<Vec<Op>, MapFull> {
     let mut scratch = current.clone();
     let mut ops = Vec::new();
-    apply(&mut scratch, wanted, config, scope, now, capacity, |chunk: &[Op]| -> Result<(), (usize, MapFull)> {
-        ops.extend_from_slice(chunk);
-        Ok(())
-    })?;
+    apply(
+        &mut scratch,
+        wanted,
+        config,
+        scope,
+        now,
+        capacity,
+        |chunk: &[Op]| -> Result<(), (usize, MapFull)> {
+            ops.extend_from_slice(chunk);
+            Ok(())
+        },
+    )?;
     Ok(ops)
 }
 
