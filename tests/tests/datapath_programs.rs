@@ -665,7 +665,7 @@ fn egress_without_config_drops_overlay_traffic_instead_of_leaking_it() {
     // CONFIG): the packet would be encapsulated if CONFIG were there.
     let mut wanted = Wanted::new(Store::File, trie_only());
     let route = RemoteSubnet::new(PEER_IP, PEER_VTEP, Backend::Vxlan);
-    wanted.set(net("10.244.2.0/24"), route, PEER_IP, Peer::new(PEER_VTEP, Backend::Vxlan));
+    wanted.set(net("10.244.2.0/24"), route, Peer::new(PEER_VTEP, Backend::Vxlan));
     dp.dp.sync(&wanted, &DatapathConfig::default(), &Scope::All, unix_now()).unwrap();
     assert_eq!(dp.dp.maps().config().unwrap(), DatapathConfig::default(), "no CONFIG written");
     assert_eq!(dp.dp.maps().route(&net("10.244.2.0/24")), Some(route));

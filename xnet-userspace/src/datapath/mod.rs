@@ -287,6 +287,10 @@ impl Datapath {
     /// Makes the route maps hold `wanted` and CONFIG hold `config`, comparing the keys in `scope`.
     /// Returns how many map writes it took. On failure the maps hold everything written before
     /// the failing write, and the next sync (with [`Scope::All`]) continues from there.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the write closure's error is the sync's own DatapathError, built at most once a sync"
+    )]
     pub fn sync(
         &mut self,
         wanted: &Wanted,
