@@ -24,6 +24,9 @@ pub struct EtcdScale {
     pub leases: u32,
     /// Seconds from the first write until every host's maps held every lease.
     pub load_seconds: f64,
+    /// Seconds from starting host 1's agent anew, with every lease in etcd, until it was ready
+    /// with all of them in its maps (the lab polls for readiness every 50 ms).
+    pub restart_seconds: f64,
     /// The highest peak RSS (VmHWM) of the hosts' agents, MiB, one of them started anew with every
     /// lease in etcd already (its start-up lists them all).
     pub peak_rss_mib: f64,
@@ -92,9 +95,11 @@ pub fn etcd_leases(leases: u32, new: u32) -> EtcdScale {
     let load_seconds = started.elapsed().as_secs_f64();
 
     lab.stop_agent(1);
+    let restarted = Instant::now();
     lab.start_agent(1, &[]);
     let maps = open(&lab);
     wait_everywhere(&maps, &fake(leases - 1).2, Duration::from_secs(60));
+    let restart_seconds = restarted.elapsed().as_secs_f64();
     let peak_rss_mib =
         (1..=HOSTS).map(|i| peak_rss_mib(lab.agent_pid(i).expect("agent runs"))).fold(0.0, f64::max);
 
@@ -110,7 +115,7 @@ pub fn etcd_leases(leases: u32, new: u32) -> EtcdScale {
             took
         })
         .collect();
-    EtcdScale { leases, load_seconds, peak_rss_mib, new_lease_seconds }
+    EtcdScale { leases, load_seconds, restart_seconds, peak_rss_mib, new_lease_seconds }
 }
 
 /// The median of `seconds`, in milliseconds.

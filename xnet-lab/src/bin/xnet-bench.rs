@@ -1229,7 +1229,7 @@ fn main() {
             "etcd_leases": leases, "etcd_leases_to_maps_seconds": lease_s,
             "agent_ready_target_seconds": SCALE_READY_TARGET_S, "peak_rss_target_mib": SCALE_RSS_TARGET_MIB,
             "etcd_scale_leases": ETCD_LEASES, "etcd_scale_load_seconds": etcd.load_seconds,
-            "etcd_scale_peak_rss_mib": etcd.peak_rss_mib,
+            "etcd_scale_restart_seconds": etcd.restart_seconds, "etcd_scale_peak_rss_mib": etcd.peak_rss_mib,
             "etcd_new_lease_to_every_host_ms": etcd.new_lease_seconds.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
             "etcd_new_lease_median_ms": new_lease_ms, "etcd_new_lease_target_ms": NEW_LEASE_TARGET_MS,
         },
