@@ -532,15 +532,38 @@ struct PeerTables<'a> {
 }
 
 impl PeerTables<'_> {
-    /// Parses table `i` (the file's peer `i`).
+    /// Parses table `i` (the file's peer `i`): a simple one directly (see
+    /// [`peer_tables::simple_pairs`]), any other with the TOML parser.
     fn parse(&self, c: &Checker<'_>, i: usize) -> Result<RawPeer, ConfigError> {
         let body = self.bodies[i].clone();
+        if let Some(peer) = simple_peer(&self.text[body.clone()]) {
+            return Ok(peer);
+        }
         toml::from_str(&self.text[body.clone()]).map_err(|e| ConfigError::Syntax {
             file: c.file.to_owned(),
             message: format!("peer[{i}]: {}", e.message())
                 + &line_of(self.text, e.span().map(|s| s.start + body.start..s.end + body.start)),
         })
     }
+}
+
+/// A `[[peer]]` table of simple `key = "value"` lines with each key it needs once and no other:
+/// what the TOML parser would make of it. `None` for any other table (the parser reads it then,
+/// and names what is wrong).
+fn simple_peer(body: &str) -> Option<RawPeer> {
+    let (mut subnet, mut public_ip, mut vtep_mac, mut backend) = (None, None, None, None);
+    let simple = peer_tables::simple_pairs(body, |key, value| {
+        let slot = match key {
+            "subnet" => &mut subnet,
+            "public_ip" => &mut public_ip,
+            "vtep_mac" => &mut vtep_mac,
+            "backend" => &mut backend,
+            _ => return false,
+        };
+        slot.replace(value.to_string()).is_none()
+    });
+    simple.then_some(())?;
+    Some(RawPeer { subnet: subnet?, public_ip: public_ip?, vtep_mac, backend })
 }
 
 /// The network, subnet, tunnel and peers of a static config.

@@ -72,9 +72,82 @@ pub fn split(text: &str) -> Split {
     Split { rest, peers }
 }
 
+/// Whether `s` holds a control character other than tab (which TOML allows in neither comments
+/// nor basic strings).
+fn has_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() && c != '\t')
+}
+
+/// Reads a table body that is nothing but `key = "value"` lines (bare keys, basic strings without
+/// escapes, an optional comment after), blank lines and comment lines, calling `pair` with each
+/// key and value in order: what generated configs hold, read without a TOML parser per table.
+/// Returns false at the first line of any other shape, or when `pair` returns false (a key it
+/// does not take, or takes twice): the full TOML parser then reads the table and reports it.
+pub fn simple_pairs<'a>(body: &'a str, mut pair: impl FnMut(&'a str, &'a str) -> bool) -> bool {
+    let comment_or_nothing = |s: &str| s.is_empty() || (s.starts_with('#') && !has_control(s));
+    for line in body.lines() {
+        let line = line.trim_matches([' ', '\t']);
+        if line.is_empty() || line.starts_with('#') {
+            if has_control(line) {
+                return false;
+            }
+            continue;
+        }
+        let Some((key, rest)) = line.split_once('=') else { return false };
+        let key = key.trim_end_matches([' ', '\t']);
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return false;
+        }
+        let Some(rest) = rest.trim_start_matches([' ', '\t']).strip_prefix('"') else { return false };
+        // Without escapes, the first quote ends the string.
+        let Some(end) = rest.find('"') else { return false };
+        let value = &rest[..end];
+        if value.contains('\\') || has_control(value) {
+            return false;
+        }
+        if !comment_or_nothing(rest[end + 1..].trim_start_matches([' ', '\t'])) || !pair(key, value) {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pairs(body: &str) -> Option<Vec<(&str, &str)>> {
+        let mut out = Vec::new();
+        simple_pairs(body, |k, v| {
+            out.push((k, v));
+            true
+        })
+        .then_some(out)
+    }
+
+    #[test]
+    fn simple_tables_are_read_without_a_parser_and_the_rest_is_left_to_it() {
+        let body = "subnet = \"10.0.0.0/26\"\n\n  # a comment\npublic_ip=\"100.64.0.1\" # the host\r\n\tbackend = \"gre\"";
+        assert_eq!(
+            pairs(body),
+            Some(vec![("subnet", "10.0.0.0/26"), ("public_ip", "100.64.0.1"), ("backend", "gre")])
+        );
+        for odd in [
+            "subnet = \"a\\u0041\"",
+            "subnet = 'literal'",
+            "subnet = \"\"\"multi\nline\"\"\"",
+            "a.b = \"dotted\"",
+            "\"quoted\" = \"key\"",
+            "subnet = \"x\" y",
+            "subnet = 5",
+            "subnet = \"unterminated",
+            "[[peer]]",
+            "subnet = \"a\u{7}b\"",
+        ] {
+            assert_eq!(pairs(odd), None, "{odd:?} is for the full parser");
+        }
+        assert!(!simple_pairs("a = \"1\"\nb = \"2\"", |k, _| k == "a"), "a key the caller refuses");
+    }
 
     #[test]
     fn peer_tables_are_cut_out_and_lines_kept() {
