@@ -156,6 +156,20 @@ fn unsupported(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL | 524))
 }
 
+/// Calls `f` with every entry of `map` (named `name`), read in batches; `Ok(false)`, with `f`
+/// not called, when the kernel has no batches for the map.
+fn batched<M: batch::Batched>(
+    map: &M,
+    name: &'static str,
+    f: impl FnMut(M::Key, M::Value),
+) -> Result<bool, DatapathError> {
+    match batch::for_each(map, f) {
+        Ok(()) => Ok(true),
+        Err(e) if unsupported(&e) => Ok(false),
+        Err(e) => Err(DatapathError::Map { map: name, detail: e.to_string() }),
+    }
+}
+
 fn failed(map: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |e| DatapathError::Map { map, detail: e.to_string() }
 }
@@ -307,6 +321,27 @@ impl Maps {
     /// REMOTE_SUBNETS, every route.
     pub fn routes(&self) -> Result<BTreeMap<Ipv4Network, RemoteSubnet>, DatapathError> {
         let mut out = BTreeMap::new();
+        let mut bad = None;
+        let whole = batched(&self.remote_subnets, REMOTE_SUBNETS, |key, route| {
+            match cidr::network(Ipv4Addr::from(key.data()), key.prefix_len() as u8) {
+                Some(net) => {
+                    out.insert(net, route);
+                }
+                None => {
+                    bad.get_or_insert((key.data(), key.prefix_len()));
+                }
+            }
+        })?;
+        if let Some((data, len)) = bad {
+            return Err(DatapathError::Map {
+                map: REMOTE_SUBNETS,
+                detail: format!("key {data:?}/{len} is no network"),
+            });
+        }
+        if whole {
+            return Ok(out);
+        }
+        out.clear();
         for entry in self.remote_subnets.iter() {
             let (key, route) = entry.map_err(failed(REMOTE_SUBNETS))?;
             let net = cidr::network(Ipv4Addr::from(key.data()), key.prefix_len() as u8).ok_or_else(|| {
@@ -330,6 +365,15 @@ impl Maps {
     /// ROUTE_INFO, every entry.
     pub fn route_info(&self) -> Result<BTreeMap<Ipv4Network, RouteInfo>, DatapathError> {
         let mut out = BTreeMap::new();
+        let whole = batched(&self.route_info, ROUTE_INFO, |key, info| {
+            if let Some(net) = cidr::network(Ipv4Addr::from(key.addr()), key.prefix_len() as u8) {
+                out.insert(net, info);
+            }
+        })?;
+        if whole {
+            return Ok(out);
+        }
+        out.clear();
         for entry in self.route_info.iter() {
             let (key, info) = entry.map_err(failed(ROUTE_INFO))?;
             if let Some(net) = cidr::network(Ipv4Addr::from(key.addr()), key.prefix_len() as u8) {
@@ -369,6 +413,12 @@ impl Maps {
 
     /// PEERS, every peer.
     pub fn peers(&self) -> Result<BTreeMap<[u8; 4], Peer>, DatapathError> {
+        let mut out = BTreeMap::new();
+        if batched(&self.peers, PEERS, |ip, peer| {
+            out.insert(ip, peer);
+        })? {
+            return Ok(out);
+        }
         self.peers.iter().map(|e| e.map_err(failed(PEERS))).collect()
     }
 
