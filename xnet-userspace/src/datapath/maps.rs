@@ -99,53 +99,6 @@ pub struct Maps {
     local_ports_limit: Option<Array<MapData, LocalPortsLimit>>,
 }
 
-/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// The `len` values of the array map `data` (values of type `T`), read with one
-/// BPF_MAP_LOOKUP_BATCH instead of a system call per entry.
-fn array_values<T: aya::Pod + Default>(data: &MapData, len: u32) -> std::io::Result<Vec<T>> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut keys = vec![0u32; len as usize];
-    let mut values = vec![T::default(); len as usize];
-    let mut next = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: (&raw mut next) as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: len,
-        map_fd: data.fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: `attr` is a valid bpf_attr for the batch commands; the kernel writes at most `count`
-    // 4-byte keys and `count` values of the map's value size (that of `T`, a Pod) into the buffers
-    // it points to, and one key into `next`, all alive and sized for that during the call.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>()) };
-    // ENOENT: the array's end was reached, after `count` entries (all of them).
-    if ret < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(e);
-        }
-    }
-    values.truncate(attr.count as usize);
-    Ok(values)
-}
-
 /// Ops written per bpf(2) call by [`Maps::write_all`].
 pub const WRITE_CHUNK: usize = 4096;
 
@@ -599,9 +552,10 @@ impl Maps {
     /// (container IPv4, entry), the entries in use only. The whole array in one system call where
     /// the kernel can (the agent reads it every second, and it has an entry per subnet address).
     pub fn endpoints(&self) -> Vec<([u8; 4], Endpoint)> {
-        let len = self.endpoints.len();
-        let all = array_values::<Endpoint>(self.endpoints.map(), len)
-            .unwrap_or_else(|_| (0..len).map(|i| self.endpoints.get(&i, 0).unwrap_or_default()).collect());
+        let mut all = Vec::new();
+        if batch::for_each(&self.endpoints, |_, e| all.push(e)).is_err() {
+            all = (0..self.endpoints.len()).map(|i| self.endpoints.get(&i, 0).unwrap_or_default()).collect();
+        }
         all.into_iter().filter(|e| e.is_for(&e.ip())).map(|e| (e.ip(), e)).collect()
     }
 
