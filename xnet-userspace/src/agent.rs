@@ -526,6 +526,7 @@ fn bring_up(
             overlay_mtu: plan.overlay_mtu,
             announce: matches!(&config.store, StoreConfig::Routes(r) if r.announce),
             host_table: matches!(&config.store, StoreConfig::Routes(_)),
+            vxlan_gro_port: plan.receives_vxlan().then_some(plan.overlay.tunnel.vxlan_port),
         })?;
         dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
         dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;

@@ -293,6 +293,9 @@ pub const HOST_DEVICE_PEER: &str = "xnet0-tx";
 /// dropped here instead of looping through the host device.
 const OWN_SUBNET_BLACKHOLE_METRIC: &str = "4242";
 
+/// The device whose UDP socket merges VXLAN frames on the underlay (see [`open_underlay_gro`]).
+pub const GRO_DEVICE: &str = "xnet0-gro";
+
 /// The host settings the datapath relies on.
 pub struct HostPlan<'a> {
     pub underlay: &'a Interface,
@@ -307,6 +310,8 @@ pub struct HostPlan<'a> {
     /// table holds for it (a routing daemon's more specific routes): a rule for locally
     /// generated packets and a table of its own ([`HOST_TABLE`]).
     pub host_table: bool,
+    /// The VXLAN port to give underlay GRO (see [`open_underlay_gro`]), when peers send VXLAN.
+    pub vxlan_gro_port: Option<u16>,
 }
 
 /// Applies `plan`:
@@ -402,7 +407,57 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
         &["route", "replace", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC, "proto", &protocol],
         format!("blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC} proto {protocol}"),
     )?;
+    if let Some(port) = plan.vxlan_gro_port {
+        open_underlay_gro(port);
+    }
     Ok(())
+}
+
+/// Gives VXLAN on the underlay GRO. A NIC hands the stack frames of the wire's MTU, and GRO merges
+/// a flow's frames into one large packet before tc sees them; but a UDP packet is merged only when
+/// a socket on its port knows its tunnel, and xnet's datapath has none: each VXLAN frame would
+/// reach the ingress program alone, be decapsulated alone and be delivered to the container alone.
+/// The kernel's vxlan device in collect-metadata mode (`external`) opens such a socket on `port`,
+/// with VXLAN's GRO. The ingress program runs before the socket and decapsulates or drops every
+/// VXLAN packet, so the device receives nothing while the program is attached; IPv4 forwarding is
+/// off on it all the same. Not having it costs speed, not traffic, so a failure is a warning:
+/// typically another vxlan device (flannel's `flannel.1`) holds the port, and its socket merges
+/// the frames already.
+fn open_underlay_gro(port: u16) {
+    if ifindex(GRO_DEVICE).is_some() {
+        let _ = ip(&["link", "del", GRO_DEVICE], String::new());
+    }
+    let port_text = port.to_string();
+    let setting = format!("the vxlan device {GRO_DEVICE} (UDP port {port}, for underlay GRO)");
+    let opened = ip(
+        &["link", "add", GRO_DEVICE, "type", "vxlan", "external", "dstport", &port_text, "nolearning"],
+        setting.clone(),
+    )
+    .and_then(|()| write_sysctl(&format!("net.ipv4.conf.{GRO_DEVICE}.forwarding"), "0"))
+    .and_then(|()| {
+        let _ = write_sysctl(&format!("net.ipv6.conf.{GRO_DEVICE}.disable_ipv6"), "1");
+        ip(&["link", "set", GRO_DEVICE, "up"], setting)
+    });
+    match opened {
+        Ok(()) => tracing::info!(device = GRO_DEVICE, port, "underlay GRO for VXLAN"),
+        Err(e) => {
+            let _ = ip(&["link", "del", GRO_DEVICE], String::new());
+            tracing::warn!(
+                error = %e,
+                port,
+                "no underlay GRO for VXLAN: each frame is decapsulated and delivered alone (another vxlan device on this port gives it instead)"
+            );
+        }
+    }
+}
+
+/// Removes [`GRO_DEVICE`] if there is one.
+fn close_underlay_gro() {
+    if ifindex(GRO_DEVICE).is_some()
+        && let Err(e) = ip(&["link", "del", GRO_DEVICE], format!("the vxlan device {GRO_DEVICE}"))
+    {
+        tracing::warn!(error = %e, "could not remove the underlay GRO device");
+    }
 }
 
 /// Sets the overlay MTU on a container interface (containers take their MTU from the bridge).
@@ -419,6 +474,7 @@ pub fn set_container_mtu(iface: &Interface, overlay_mtu: u32) -> Result<(), Host
 /// returns whether there was (`xnet cleanup`).
 pub fn remove_host_device() -> bool {
     remove_host_table();
+    close_underlay_gro();
     if ifindex(HOST_DEVICE).is_none() {
         return false;
     }
@@ -441,6 +497,7 @@ fn remove_host_table() {
 /// Removes what [`apply`] added (on a normal stop): the routes and the host device.
 pub fn remove(network: Ipv4Network, subnet: Ipv4Network) {
     remove_host_table();
+    close_underlay_gro();
     let net = network.to_string();
     let own = subnet.to_string();
     let steps: [(&[&str], String); 3] = [

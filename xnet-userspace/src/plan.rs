@@ -166,6 +166,14 @@ impl Plan {
         Formats::of([tunnel.kind, fallback].into_iter().chain(wanted.backends()))
     }
 
+    /// Whether peers may send this host VXLAN: its own backend or, for `direct`, the fallback is
+    /// vxlan, or a peer names no backend (then it sends with whatever it uses).
+    pub fn receives_vxlan(&self) -> bool {
+        let tunnel = &self.overlay.tunnel;
+        let fallback = if tunnel.kind == Backend::Direct { tunnel.fallback } else { tunnel.kind };
+        self.peers_undeclared || tunnel.kind == Backend::Vxlan || fallback == Backend::Vxlan
+    }
+
     /// CONFIG, apart from the route index fields (the sync owns those), for the routes of `wanted`
     /// (see [`Plan::formats`]); `gateway_mac`: the MAC of the first container interface (zero while
     /// unknown).
