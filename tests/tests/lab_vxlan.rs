@@ -143,6 +143,7 @@ fn a_normal_stop_leaves_nothing_attached_or_pinned() {
         ],
         "attachments while the agent runs"
     );
+    assert!(gro_device(&lab, 1).contains("dstport 8472"), "the underlay GRO device while the agent runs");
     let status = lab.stop_agent(1);
     assert!(status.success(), "agent exit status {status}\n{}", lab.log(1));
     assert!(!pin_dir.exists(), "pin dir {} left behind", pin_dir.display());
@@ -501,6 +502,34 @@ fn delivery_shortcuts_of_a_removed_container_are_forgotten() {
         assert!(std::time::Instant::now() < deadline, "the removed container's endpoint is still used");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `ip -d link show xnet0-gro` on host `i` (empty when there is none).
+fn gro_device(lab: &Lab, i: usize) -> String {
+    let out = lab.host(i).ns.command("ip").args(["-d", "link", "show", "xnet0-gro"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn a_wire_of_mtu_frames_is_merged_before_decapsulation() {
+    let lab = Lab::start(LabSpec { hosts: 2, containers_per_host: 1, ..LabSpec::default() });
+    // Frames of the underlay's MTU on the wire, GRO where they arrive, as between real NICs.
+    lab.wire_like_nics();
+    let device = gro_device(&lab, 2);
+    assert!(device.contains("vxlan external") && device.contains("dstport 8472"), "{device}");
+    let forwarding =
+        lab.host(2).ns.command("sysctl").args(["-n", "net.ipv4.conf.xnet0-gro.forwarding"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "0", "the GRO device forwards nothing");
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
+    let before = lab.counter(2, "ingress", "decap_vxlan");
+    lab.tcp_transfer((1, 1), (2, 1), 32 << 20);
+    let after = lab.counter(2, "ingress", "decap_vxlan");
+    let (packets, bytes) = (after.0 - before.0, after.1 - before.1);
+    assert!(packets > 0, "traffic was decapsulated");
+    // Without GRO every packet is one frame of at most 1500 bytes; merged, several.
+    let mean = bytes / packets;
+    assert!(mean > 4000, "{packets} packets of {mean} bytes on average were decapsulated: not merged");
+    assert_eq!(lab.counter(2, "ingress", "redirect_failed").0, 0);
 }
 
 /// Whether host `i`'s docker0 has learned `mac` (a dynamic forwarding entry).

@@ -822,6 +822,25 @@ impl Lab {
         }
     }
 
+    /// Makes the underlay behave like a wire between NICs: the switch segments what it sends to
+    /// each host (no TSO or GSO on its ports), so frames of the underlay's MTU arrive, and each
+    /// host's `eth0` runs GRO on them (a veth does GRO once it is turned on, as a NIC's driver
+    /// does). A veth otherwise hands a GSO packet of up to 64 KB across whole, which no wire does.
+    pub fn wire_like_nics(&self) {
+        let ethtool = |ns: &Netns, args: &[&str]| {
+            let status = ns
+                .command("ethtool")
+                .args(args)
+                .status()
+                .expect("run ethtool (cargo xtask setup installs it)");
+            assert!(status.success(), "ethtool {args:?} in {} failed", ns.name);
+        };
+        for h in &self.hosts {
+            ethtool(&self.switch, &["-K", &h.switch_port, "tso", "off", "gso", "off"]);
+            ethtool(&h.ns, &["-K", "eth0", "gro", "on"]);
+        }
+    }
+
     /// One veth pair straight from container `a` to container `b` (`floor0` in each, MTU
     /// [`UNDERLAY_MTU`]), with a /32 route each way, so their traffic crosses no host at all: no
     /// bridge, no routing, no second veth, no tunnel. What two containers cost each other on this

@@ -106,6 +106,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "containernetworking-plugins",
     "iptables",
+    // The lab's wire that behaves like NICs' (no GSO where the switch sends, GRO where hosts receive).
+    "ethtool",
     // Routing daemons for the routes store's lab tests; the lab runs its own per namespace.
     "frr",
     "bird2",
