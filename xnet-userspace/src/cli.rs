@@ -29,7 +29,8 @@ pub enum Command {
     /// Show the attachments, the agent, the store, the lease, the MTU and the maps' capacity and
     /// memory (works while the agent is stopped).
     Status(ShowArgs),
-    /// Detach every xnet program and remove every pin under the pin directory.
+    /// Detach every xnet program and remove every pin under the pin directory, and the host's
+    /// devices (xnet0 with its routes, xnet0-gro).
     Cleanup(PinDirArg),
 }
 

@@ -596,16 +596,10 @@ fn agent_with_many_peers(peers: u32) -> (f64, f64) {
     let started = Instant::now();
     lab.start_agent(1, &[]);
     let ready = started.elapsed().as_secs_f64();
-    let pid = lab.agent_pid(1).expect("agent runs");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let peak_mib = scale::peak_rss_mib(lab.agent_pid(1).expect("agent runs"));
     let routes = remote_subnets(&lab, 1);
     assert!(routes >= peers as usize, "{routes} routes in the map, {peers} peers configured");
-    (ready, hwm_kib / 1024.0)
+    (ready, peak_mib)
 }
 
 /// Writes `leases` flannel leases to the lab's etcd (batched in transactions, as fast as etcd takes
