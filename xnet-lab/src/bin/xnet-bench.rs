@@ -50,9 +50,10 @@ struct Args {
     /// A short version: one run of 1 s per mode, fewer samples elsewhere (about a minute).
     #[arg(long)]
     quick: bool,
-    /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, kernel_vxlan,
-    /// udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp, xnet_gre, xnet_direct,
-    /// xnet_routes_direct); plain is always measured.
+    /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, floor_veth_pair,
+    /// kernel_vxlan, udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp, xnet_gre, xnet_direct,
+    /// xnet_routes_direct, plain_wire, kernel_vxlan_wire, xnet_vxlan_wire); plain is always
+    /// measured.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Where to write bench.md, bench.json and bench.svg.
@@ -82,10 +83,16 @@ enum Mode {
     /// xnet with the direct backend and the routes store: the peers learned from FRR (zebra +
     /// ospfd) in every host, none listed in the files.
     XnetRoutes,
+    /// Plain routing, the kernel's vxlan and xnet with this backend on an underlay that behaves
+    /// like a wire between NICs ([`Lab::wire_like_nics`]): frames of the underlay's MTU, GRO where
+    /// they arrive. The lab's veth otherwise carries 64 KB GSO packets whole.
+    PlainWire,
+    KernelVxlanWire,
+    XnetWire(&'static str),
 }
 
 impl Mode {
-    const ALL: [Mode; 11] = [
+    const ALL: [Mode; 14] = [
         Mode::Plain,
         Mode::PlainVxlanMtu,
         Mode::Floor,
@@ -97,6 +104,9 @@ impl Mode {
         Mode::Xnet("gre"),
         Mode::Xnet("direct"),
         Mode::XnetRoutes,
+        Mode::PlainWire,
+        Mode::KernelVxlanWire,
+        Mode::XnetWire("vxlan"),
     ];
     fn name(self) -> String {
         match self {
@@ -108,6 +118,9 @@ impl Mode {
             Mode::Xnet(b) => format!("xnet {b}"),
             Mode::XnetFromHost(b) => format!("xnet {b}, host to remote container (TCP 1 stream only)"),
             Mode::XnetRoutes => "xnet direct, routes from a routing daemon (FRR, OSPF)".into(),
+            Mode::PlainWire => "plain routing, wire like NICs' (MTU frames, GRO)".into(),
+            Mode::KernelVxlanWire => "kernel vxlan, wire like NICs'".into(),
+            Mode::XnetWire(b) => format!("xnet {b}, wire like NICs'"),
         }
     }
     fn short(self) -> String {
@@ -120,6 +133,9 @@ impl Mode {
             Mode::Xnet(b) => format!("xnet {b}"),
             Mode::XnetFromHost(b) => format!("xnet {b} host"),
             Mode::XnetRoutes => "xnet routes".into(),
+            Mode::PlainWire => "plain wire".into(),
+            Mode::KernelVxlanWire => "kvxlan wire".into(),
+            Mode::XnetWire(b) => format!("xnet {b} wire"),
         }
     }
     fn key(self) -> String {
@@ -132,6 +148,9 @@ impl Mode {
             Mode::Xnet(b) => format!("xnet_{b}"),
             Mode::XnetFromHost(b) => format!("xnet_{b}_host"),
             Mode::XnetRoutes => "xnet_routes_direct".into(),
+            Mode::PlainWire => "plain_wire".into(),
+            Mode::KernelVxlanWire => "kernel_vxlan_wire".into(),
+            Mode::XnetWire(b) => format!("xnet_{b}_wire"),
         }
     }
     /// Whether only TCP with 1 stream (pinned and unpinned, and its CPU time) is measured; the
@@ -307,7 +326,7 @@ fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
 
 fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     let backend = match mode {
-        Mode::Xnet(b) | Mode::XnetFromHost(b) => b,
+        Mode::Xnet(b) | Mode::XnetFromHost(b) | Mode::XnetWire(b) => b,
         Mode::XnetRoutes => "direct",
         _ => "vxlan",
     };
@@ -320,24 +339,27 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     let spec = LabSpec {
         hosts: 2,
         containers_per_host: 1,
-        start_agents: matches!(mode, Mode::Xnet(_) | Mode::XnetFromHost(_) | Mode::XnetRoutes),
+        start_agents: matches!(
+            mode,
+            Mode::Xnet(_) | Mode::XnetFromHost(_) | Mode::XnetRoutes | Mode::XnetWire(_)
+        ),
         backend,
         routes,
         ..LabSpec::default()
     };
     let mut lab = Lab::start(spec);
     match mode {
-        Mode::Plain | Mode::PlainVxlanMtu => {
+        Mode::Plain | Mode::PlainVxlanMtu | Mode::PlainWire => {
             lab.setup_plain_routing();
-            let mtu = if mode == Mode::Plain { UNDERLAY_MTU } else { UNDERLAY_MTU - VXLAN_OVERHEAD };
+            let mtu = if mode == Mode::PlainVxlanMtu { UNDERLAY_MTU - VXLAN_OVERHEAD } else { UNDERLAY_MTU };
             for i in 1..=2 {
                 lab.set_container_mtu(i, mtu);
             }
         }
-        Mode::KernelVxlan => lab.setup_kernel_vxlan(1, 8472),
+        Mode::KernelVxlan | Mode::KernelVxlanWire => lab.setup_kernel_vxlan(1, 8472),
         Mode::Floor => lab.setup_direct_veth((1, 1), (2, 1)),
         Mode::UdpRelay => lab.setup_udp_relay(),
-        Mode::Xnet(_) => {}
+        Mode::Xnet(_) | Mode::XnetWire(_) => {}
         Mode::XnetRoutes => {
             for i in 1..=2 {
                 lab.start_frr(i);
@@ -350,6 +372,9 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
             assert!(lab.ping_from_host(1, lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
             return measure_from_host(&lab, seconds);
         }
+    }
+    if matches!(mode, Mode::PlainWire | Mode::KernelVxlanWire | Mode::XnetWire(_)) {
+        lab.wire_like_nics();
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
     measure(&lab, seconds, pings, udp)
