@@ -1030,15 +1030,22 @@ fn hex(b: &[u8]) -> String {
         .join("\n")
 }
 
-#[test]
-fn decap_delivers_into_the_container_and_remembers_where_it_is() {
-    use xnet_lab::progcost::{
-        BRIDGE_MAC as BR, Bench, CONTAINER_MAC as CMAC, in_delivery_netns, tunnelled_frame,
-    };
+/// Runs `f` with a bench whose tc runs arrive on the underlay of a namespace where decapsulated
+/// packets can be delivered, and whose LOCAL_PORTS knows the container's MAC behind `port`.
+fn with_delivery_bench(f: impl FnOnce(xnet_lab::progcost::Bench, u32) + Send + 'static) {
+    use xnet_lab::progcost::{Bench, CONTAINER_MAC, in_delivery_netns};
     in_delivery_netns(|underlay, port| {
         let mut bench = Bench::new();
         bench.arrive_on(underlay);
-        bench.local_port(CMAC, port);
+        bench.local_port(CONTAINER_MAC, port);
+        f(bench, port)
+    });
+}
+
+#[test]
+fn decap_delivers_into_the_container_and_remembers_where_it_is() {
+    use xnet_lab::progcost::{BRIDGE_MAC as BR, CONTAINER_MAC as CMAC, tunnelled_frame};
+    with_delivery_bench(|mut bench, port| {
         let input = tunnelled_frame(2, Backend::Vxlan);
         let inner = &input[14 + 50..];
         let (verdict, out) = bench.run(Program::TcIngress, &input);
@@ -1090,13 +1097,8 @@ fn decap_delivers_into_the_container_and_remembers_where_it_is() {
 
 #[test]
 fn decap_never_delivers_by_an_entry_left_for_another_address() {
-    use xnet_lab::progcost::{
-        BRIDGE_MAC as BR, Bench, CONTAINER_MAC as CMAC, in_delivery_netns, tunnelled_frame,
-    };
-    in_delivery_netns(|underlay, port| {
-        let mut bench = Bench::new();
-        bench.arrive_on(underlay);
-        bench.local_port(CMAC, port);
+    use xnet_lab::progcost::{BRIDGE_MAC as BR, CONTAINER_MAC as CMAC, tunnelled_frame};
+    with_delivery_bench(|mut bench, port| {
         // ENDPOINTS entry 5 as a /24 subnet 10.244.9.0 left it (this host's subnet changed; the
         // pinned array stayed): young, but for 10.244.9.5, with another port and MACs.
         let other = Endpoint::new(
