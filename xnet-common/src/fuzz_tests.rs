@@ -6,7 +6,7 @@
 
 use crate::egress::EgressDecision;
 use crate::mutate::frames::{FRAME_DICTIONARY, FRAME_FIELDS, egress_seeds, ingress_seeds};
-use crate::mutate::{Hints, Rng, fix_ipv4_checksum, libfuzzer_dictionary, mutate};
+use crate::mutate::{Hints, Rng, check_fuzz_seeds, fix_ipv4_checksum, libfuzzer_dictionary, mutate};
 use crate::oracle::{check_decap, check_egress};
 
 fn cases() -> usize {
@@ -125,25 +125,5 @@ fn fuzz_files() -> std::vec::Vec<(std::string::String, std::vec::Vec<u8>)> {
 fn fuzz_seeds_are_current() {
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let files = fuzz_files();
-    let write = std::env::var_os("XNET_WRITE_FUZZ_SEEDS").is_some_and(|v| v == "1");
-    for dir in ["seeds/decap_classify", "seeds/egress_classify"] {
-        if write {
-            let _ = std::fs::remove_dir_all(fuzz.join(dir));
-            std::fs::create_dir_all(fuzz.join(dir)).unwrap();
-        }
-        let on_disk = std::fs::read_dir(fuzz.join(dir)).unwrap().count();
-        let wanted = files.iter().filter(|(p, _)| p.starts_with(dir)).count();
-        assert!(write || on_disk == wanted, "fuzz/{dir} holds {on_disk} files, the seeds make {wanted}");
-    }
-    for (path, bytes) in &files {
-        if write {
-            std::fs::write(fuzz.join(path), bytes).unwrap();
-        } else {
-            let committed = std::fs::read(fuzz.join(path)).unwrap_or_default();
-            assert!(
-                committed == *bytes,
-                "fuzz/{path} is not what the seeds make: run XNET_WRITE_FUZZ_SEEDS=1 cargo test -p xnet-common --lib fuzz_seeds"
-            );
-        }
-    }
+    check_fuzz_seeds(&fuzz, &["seeds/decap_classify", "seeds/egress_classify"], &files, "xnet-common");
 }

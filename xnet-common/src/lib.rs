@@ -25,5 +25,5 @@ mod fuzz_tests;
 
 #[cfg(any(test, feature = "mutate"))]
 extern crate alloc;
-#[cfg(test)]
+#[cfg(any(test, feature = "mutate"))]
 extern crate std;

@@ -192,6 +192,38 @@ pub fn libfuzzer_dictionary(words: &[&[u8]]) -> alloc::string::String {
     out
 }
 
+/// Checks that the fuzz workspace at `fuzz` holds exactly the seed files `files` (path under
+/// `fuzz`, bytes) in the seed directories `dirs`; with `XNET_WRITE_FUZZ_SEEDS=1` set, writes them
+/// there instead. `package`: the crate whose test makes them, named in the failure message.
+pub fn check_fuzz_seeds(
+    fuzz: &std::path::Path,
+    dirs: &[&str],
+    files: &[(alloc::string::String, Vec<u8>)],
+    package: &str,
+) {
+    let write = std::env::var_os("XNET_WRITE_FUZZ_SEEDS").is_some_and(|v| v == "1");
+    for dir in dirs {
+        if write {
+            let _ = std::fs::remove_dir_all(fuzz.join(dir));
+            std::fs::create_dir_all(fuzz.join(dir)).unwrap();
+        }
+        let on_disk = std::fs::read_dir(fuzz.join(dir)).unwrap().count();
+        let wanted = files.iter().filter(|(p, _)| p.starts_with(dir)).count();
+        assert!(write || on_disk == wanted, "fuzz/{dir} holds {on_disk} files, the seeds make {wanted}");
+    }
+    for (path, bytes) in files {
+        if write {
+            std::fs::write(fuzz.join(path), bytes).unwrap();
+        } else {
+            let committed = std::fs::read(fuzz.join(path)).unwrap_or_default();
+            assert!(
+                committed == *bytes,
+                "fuzz/{path} is not what the seeds make: run XNET_WRITE_FUZZ_SEEDS=1 cargo test -p {package} --lib fuzz_seeds"
+            );
+        }
+    }
+}
+
 /// Seed frames and field hints for mutated-frame runs, in the addressing of the datapath tests
 /// (tests/tests/datapath_programs.rs): this host 198.18.0.1 with 10.244.1.0/24 of 10.244.0.0/16,
 /// the peers 198.18.0.2 to .5 each owning 10.244.<n>.0/24 (sent to with vxlan, udp, gre and

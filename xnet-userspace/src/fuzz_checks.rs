@@ -288,7 +288,7 @@ pub const LEASE_KEY_WORDS: &[&[u8]] =
 /// `XNET_FUZZ_CASES` sets the number of mutated texts per parser (default 20,000).
 #[cfg(test)]
 mod tests {
-    use xnet_common::mutate::{Hints, Rng, libfuzzer_dictionary, mutate};
+    use xnet_common::mutate::{Hints, Rng, check_fuzz_seeds, libfuzzer_dictionary, mutate};
 
     use super::*;
 
@@ -370,26 +370,11 @@ mod tests {
     fn fuzz_seeds_are_current() {
         let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         let files = fuzz_files();
-        let write = std::env::var_os("XNET_WRITE_FUZZ_SEEDS").is_some_and(|v| v == "1");
-        for dir in ["seeds/config_parse", "seeds/network_config_parse", "seeds/lease_parse"] {
-            if write {
-                let _ = std::fs::remove_dir_all(fuzz.join(dir));
-                std::fs::create_dir_all(fuzz.join(dir)).unwrap();
-            }
-            let on_disk = std::fs::read_dir(fuzz.join(dir)).unwrap().count();
-            let wanted = files.iter().filter(|(p, _)| p.starts_with(dir)).count();
-            assert!(write || on_disk == wanted, "fuzz/{dir} holds {on_disk} files, the seeds make {wanted}");
-        }
-        for (path, bytes) in &files {
-            if write {
-                std::fs::write(fuzz.join(path), bytes).unwrap();
-            } else {
-                let committed = std::fs::read(fuzz.join(path)).unwrap_or_default();
-                assert!(
-                    committed == *bytes,
-                    "fuzz/{path} is not what the seeds make: run XNET_WRITE_FUZZ_SEEDS=1 cargo test -p xnet-userspace --lib fuzz_seeds"
-                );
-            }
-        }
+        check_fuzz_seeds(
+            &fuzz,
+            &["seeds/config_parse", "seeds/network_config_parse", "seeds/lease_parse"],
+            &files,
+            "xnet-userspace",
+        );
     }
 }
