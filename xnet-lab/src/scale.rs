@@ -120,11 +120,5 @@ pub fn etcd_leases(leases: u32, new: u32) -> EtcdScale {
 
 /// The median of `seconds`, in milliseconds.
 pub fn median_ms(seconds: &[f64]) -> f64 {
-    let mut v = seconds.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2] * 1e3,
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0 * 1e3,
-    }
+    crate::stats::median(seconds) * 1e3
 }

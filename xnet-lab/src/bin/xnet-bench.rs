@@ -1064,7 +1064,7 @@ fn main() {
         "{ETCD_LEASES} etcd leases: agents' peak RSS {:.0} MiB, a new lease in every host's maps after {new_lease_ms:.0} ms",
         etcd.peak_rss_mib
     ));
-    let scale = xnet_lab::targets::ScaleFigures {
+    let scale_figures = xnet_lab::targets::ScaleFigures {
         static_peers: peers,
         static_ready_s: load_s,
         static_peak_rss_mib: load_mib,
@@ -1141,7 +1141,7 @@ fn main() {
     }
     let mut targets = traffic_targets(&results);
     targets.push(decap_target(&costs, prog_runs));
-    targets.extend(scale.targets());
+    targets.extend(scale_figures.targets());
     let _ = writeln!(
         md,
         "\nTargets, from this run. A ratio is of the two medians; in brackets the lowest and highest ratio any run \
