@@ -227,15 +227,29 @@ struct RawPeer {
 }
 
 /// Builds the error for `key` of `file`.
+/// The key of a field of the `index`th peer, as error messages name it (`peer[3].subnet`); made
+/// into text only for an error.
+#[derive(Clone, Copy)]
+struct PeerKey {
+    index: usize,
+    field: &'static str,
+}
+
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer[{}].{}", self.index, self.field)
+    }
+}
+
 struct Checker<'a> {
     file: &'a Path,
 }
 
 impl Checker<'_> {
-    fn invalid(&self, key: &str, message: String) -> ConfigError {
+    fn invalid(&self, key: impl std::fmt::Display, message: String) -> ConfigError {
         ConfigError::Invalid { file: self.file.to_owned(), key: key.to_string(), message }
     }
-    fn net(&self, key: &str, value: &str) -> Result<Ipv4Network, ConfigError> {
+    fn net(&self, key: impl std::fmt::Display, value: &str) -> Result<Ipv4Network, ConfigError> {
         cidr::parse(value).map_err(|e| match e {
             CidrError::Syntax(_) => self.invalid(key, format!("is {e}")),
             CidrError::HostBits { network, .. } => {
@@ -243,13 +257,13 @@ impl Checker<'_> {
             }
         })
     }
-    fn ip(&self, key: &str, value: &str) -> Result<Ipv4Addr, ConfigError> {
+    fn ip(&self, key: impl std::fmt::Display, value: &str) -> Result<Ipv4Addr, ConfigError> {
         value.parse().map_err(|_| {
             self.invalid(key, format!("= \"{value}\" is not an IPv4 address such as 198.18.0.1"))
         })
     }
-    fn mac(&self, key: &str, value: &str) -> Result<Mac, ConfigError> {
-        let m: Mac = value.parse().map_err(|e: String| self.invalid(key, format!("is {e}")))?;
+    fn mac(&self, key: impl std::fmt::Display, value: &str) -> Result<Mac, ConfigError> {
+        let m: Mac = value.parse().map_err(|e: String| self.invalid(&key, format!("is {e}")))?;
         if !m.is_unicast() || m.is_zero() {
             return Err(self.invalid(key, format!("= \"{m}\" must be a unicast, non-zero MAC")));
         }
@@ -261,7 +275,7 @@ impl Checker<'_> {
         }
         Ok(value.to_string())
     }
-    fn backend(&self, key: &str, name: &str) -> Result<Backend, ConfigError> {
+    fn backend(&self, key: impl std::fmt::Display, name: &str) -> Result<Backend, ConfigError> {
         Backend::from_name(name).ok_or_else(|| {
             self.invalid(
                 key,
@@ -615,28 +629,28 @@ fn static_overlay(
                 &table
             }
         };
-        let key = |k: &str| format!("peer[{i}].{k}");
-        let psubnet = c.net(&key("subnet"), &p.subnet)?;
+        let key = |field| PeerKey { index: i, field };
+        let psubnet = c.net(key("subnet"), &p.subnet)?;
         if !cidr::contains(&network, &psubnet) {
             return Err(
-                c.invalid(&key("subnet"), format!("= \"{psubnet}\" is outside `network` = \"{network}\""))
+                c.invalid(key("subnet"), format!("= \"{psubnet}\" is outside `network` = \"{network}\""))
             );
         }
         if cidr::overlaps(&psubnet, &subnet) {
             return Err(c.invalid(
-                &key("subnet"),
+                key("subnet"),
                 format!("= \"{psubnet}\" overlaps this host's `subnet` = \"{subnet}\"; every host needs its own subnet"),
             ));
         }
-        let pip = c.ip(&key("public_ip"), &p.public_ip)?;
+        let pip = c.ip(key("public_ip"), &p.public_ip)?;
         if Some(pip) == public_ip {
-            return Err(c.invalid(&key("public_ip"), format!("= \"{pip}\" is this host's own `public_ip`")));
+            return Err(c.invalid(key("public_ip"), format!("= \"{pip}\" is this host's own `public_ip`")));
         }
         let pmac = match &p.vtep_mac {
-            Some(v) => c.mac(&key("vtep_mac"), v)?,
+            Some(v) => c.mac(key("vtep_mac"), v)?,
             None => Mac::from_ipv4(pip),
         };
-        let pbackend = p.backend.as_deref().map(|b| c.backend(&key("backend"), b)).transpose()?;
+        let pbackend = p.backend.as_deref().map(|b| c.backend(key("backend"), b)).transpose()?;
         let (start, end) = cidr::range(&psubnet);
         // Existing subnets do not overlap each other, so only the last one starting at or
         // before this one's end can overlap it.
@@ -644,7 +658,7 @@ fn static_overlay(
             && q_end >= start
         {
             return Err(c.invalid(
-                &key("subnet"),
+                key("subnet"),
                 format!(
                     "= \"{psubnet}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet",
                     peers[j].subnet
@@ -653,7 +667,7 @@ fn static_overlay(
         }
         if let Some(j) = by_ip.get(&pip) {
             return Err(c.invalid(
-                &key("public_ip"),
+                key("public_ip"),
                 format!("= \"{pip}\" is already peer[{j}]; list each peer host once"),
             ));
         }

@@ -108,7 +108,7 @@ pub(super) fn routes_settings(
                 let Some(number) = number else {
                     let names: Vec<&str> = ROUTE_PROTOCOLS.iter().map(|(n, _)| *n).collect();
                     return Err(c.invalid(
-                        &format!("routes.protocols[{i}]"),
+                        format!("routes.protocols[{i}]"),
                         format!(
                             "= \"{name}\" is not a routing daemon's route protocol; use one of {} or a number from 5 to 255 (not {ANNOUNCE_PROTOCOL}, xnet's own)",
                             names.join(", ")
@@ -152,7 +152,7 @@ pub(super) fn routes_settings(
     };
     let mut routers = Vec::new();
     for (i, r) in raw.routers.iter().flatten().enumerate() {
-        routers.push(c.ip(&format!("routes.routers[{i}]"), r)?);
+        routers.push(c.ip(format!("routes.routers[{i}]"), r)?);
     }
     Ok(RoutesSettings {
         network: o.network,
