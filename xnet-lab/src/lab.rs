@@ -549,7 +549,8 @@ impl Lab {
                 let _ = child.kill();
                 panic!("xnet on host {i} not ready after 30 s:\n{text}");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Often enough that the bench's start-up figures are not a poll interval late.
+            std::thread::sleep(Duration::from_millis(5));
         }
         h.agent = Some(child);
         self.apply_container_mtu(i);
