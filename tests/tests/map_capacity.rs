@@ -112,6 +112,23 @@ impl Drop for Pins {
 }
 
 #[test]
+fn a_load_reads_the_maps_it_reuses_and_not_those_it_creates() {
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/xnet-test-reread-{}", std::process::id())));
+    let all = peers(300);
+    let mut first = Datapath::load(&pins.0, Capacity::default()).expect("load pinned");
+    assert_eq!(
+        first.maps().mirror_of_new().expect("config"),
+        first.maps().mirror().expect("read every map"),
+        "maps just created hold nothing but their CONFIG"
+    );
+    let written = sync(&mut first, &all).expect("sync");
+    assert!(written >= 600, "{written} writes for 300 peers and their routes");
+    drop(first);
+    let mut again = Datapath::load(&pins.0, Capacity::default()).expect("load the pins again");
+    assert_eq!(sync(&mut again, &all).expect("sync again"), 0, "the reused maps were read: nothing to write");
+}
+
+#[test]
 fn pinned_maps_of_another_size_are_refused_with_what_to_do() {
     let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/xnet-test-capacity-{}", std::process::id())));
     let first = Datapath::load(&pins.0, Capacity::default()).expect("load pinned");

@@ -730,6 +730,12 @@ impl DatapathConfig {
         &self.outer
     }
 
+    /// This config without `outer`: what the agent compares (the templates follow from the
+    /// other fields, and are built as CONFIG is written).
+    pub fn without_outer_templates(self) -> Self {
+        DatapathConfig { outer: OuterTemplates::default(), ..self }
+    }
+
     /// This config with `outer` built from its other fields: what CONFIG must hold.
     pub fn with_outer_templates(self) -> Self {
         let local = VxlanLocal {

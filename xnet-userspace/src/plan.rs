@@ -138,12 +138,11 @@ impl Plan {
 
     /// The routes and peers for `peers`, from `source`.
     pub fn wanted<'a>(&self, source: Store, peers: impl IntoIterator<Item = &'a PeerConfig>) -> Wanted {
-        let mut wanted = Wanted::new(source, self.route_index());
-        for p in peers {
-            self.set_peer(&mut wanted, p);
-        }
-        wanted.take_changes();
-        wanted
+        Wanted::filled(source, self.route_index(), |wanted| {
+            for p in peers {
+                self.set_peer(wanted, p);
+            }
+        })
     }
 
     /// The shape of the route index: the overlay network, and this host's subnet length as every

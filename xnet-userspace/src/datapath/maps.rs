@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    os::fd::AsFd as _,
     path::Path,
 };
 
@@ -182,9 +183,25 @@ impl Maps {
         })
     }
 
-    /// Every map's capacity and kernel memory, sorted by name.
-    pub fn memory(&self) -> Result<Vec<MapMemory>, DatapathError> {
-        let all: Vec<(&'static str, Option<&MapData>)> = vec![
+    /// Another handle on the same kernel maps (each file descriptor duplicated), for a second
+    /// thread that writes some of them while this handle writes others.
+    pub fn try_clone(&self) -> Result<Self, DatapathError> {
+        let all = self.all();
+        Self::build(|name| {
+            let data = all.iter().find(|(n, _)| *n == name).and_then(|(_, d)| *d);
+            let data = data.ok_or(DatapathError::Map { map: name, detail: "not loaded".into() })?;
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DatapathError::Map { map: name, detail: e.to_string() })?;
+            Map::from_map_data(MapData::from_fd(fd).map_err(failed(name))?).map_err(failed(name))
+        })
+    }
+
+    /// Every map by name (`None`: one the pins this handle was opened from lack).
+    fn all(&self) -> Vec<(&'static str, Option<&MapData>)> {
+        vec![
             (AGENT, Some(self.agent.map())),
             (COARSE_CLOCK, self.coarse_clock.as_ref().map(IterableMap::map)),
             (CONFIG, Some(self.config.map())),
@@ -200,8 +217,13 @@ impl Maps {
             (ROUTE_INFO, Some(self.route_info.map())),
             (STATS, Some(self.stats.map())),
             (UNTUNNELLED_FROM, self.untunnelled_from.as_ref().map(IterableMap::map)),
-        ];
-        all.into_iter()
+        ]
+    }
+
+    /// Every map's capacity and kernel memory, sorted by name.
+    pub fn memory(&self) -> Result<Vec<MapMemory>, DatapathError> {
+        self.all()
+            .into_iter()
             .filter_map(|(name, data)| Some((name, data?)))
             .map(|(name, data)| {
                 let info = data.info().map_err(failed(name))?;
@@ -402,11 +424,21 @@ impl Maps {
         Ok(out)
     }
 
+    /// The maps [`Maps::mirror`] reads besides CONFIG.
+    pub const MIRRORED: [&str; 5] = [REMOTE_SUBNETS, ROUTE_INFO, PEERS, PEER_SLOTS, ROUTE_INDEX];
+
+    /// [`Maps::mirror`] of maps just created: CONFIG as it is, every other map empty (nothing is
+    /// read from them; the arrays alone have 131,072 entries).
+    pub fn mirror_of_new(&self) -> Result<Mirror, DatapathError> {
+        Ok(Mirror { config: self.config()?.without_outer_templates(), ..Mirror::default() })
+    }
+
     /// What the route maps hold: the starting point of the agent's sync (a takeover reads what an
     /// earlier agent left).
     pub fn mirror(&self) -> Result<Mirror, DatapathError> {
         Ok(Mirror {
-            config: self.config()?,
+            // As the sync writes it: the templates are CONFIG's own business.
+            config: self.config()?.without_outer_templates(),
             routes: self.routes()?,
             route_info: self.route_info()?,
             peers: self.peers()?,

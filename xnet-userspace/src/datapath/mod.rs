@@ -19,6 +19,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
+    sync::mpsc,
 };
 
 use aya::{
@@ -199,10 +200,66 @@ fn load_object(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Ebpf, Datap
     Ok(ebpf)
 }
 
+/// The [`sync::Writer`] of [`Datapath::sync`]: a thread a lane writes the lane's chunks in order
+/// and answers each; a lane stops at its first failure.
+struct MapWriter {
+    lanes: [Option<mpsc::SyncSender<Vec<sync::Op>>>; 2],
+    /// Lanes in use: 2 only while no program reads the maps.
+    in_use: usize,
+    answers: mpsc::Receiver<sync::Answer<DatapathError>>,
+}
+
+impl sync::Writer for MapWriter {
+    type Error = DatapathError;
+    const DEPTH: usize = 2;
+
+    fn lanes(&self) -> usize {
+        self.in_use
+    }
+
+    fn send(&mut self, lane: usize, chunk: Vec<sync::Op>) {
+        // A lane that stopped after a failure drops the chunk: its answer (the failure) is on
+        // its way, and nothing after it is written.
+        if let Some(chunks) = &self.lanes[lane] {
+            let _ = chunks.send(chunk);
+        }
+    }
+
+    fn answer(&mut self) -> Option<sync::Answer<DatapathError>> {
+        self.answers.recv().ok()
+    }
+
+    fn close(&mut self) {
+        self.lanes = [None, None];
+    }
+}
+
+/// One lane of a [`MapWriter`]: writes each chunk through `maps` and answers it, until the
+/// chunks end or one fails.
+fn write_lane(
+    maps: &mut Maps,
+    chunks: mpsc::Receiver<Vec<sync::Op>>,
+    answers: mpsc::Sender<sync::Answer<DatapathError>>,
+) {
+    for chunk in chunks {
+        let mut done = 0;
+        let result = maps.write_all(&chunk, |_| done += 1).map_err(|e| (done, e));
+        let failed = result.is_err();
+        if answers.send((chunk, result)).is_err() || failed {
+            break;
+        }
+    }
+}
+
 /// The loaded programs and their maps.
 pub struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
+    /// A second handle on the same maps: the sync writes routes through it while `maps` takes
+    /// the peers.
+    route_maps: Maps,
+    /// Whether no program reads the maps yet: this load created them, and nothing is attached.
+    unread: bool,
     /// What the route maps hold.
     mirror: Mirror,
     /// `None`: loaded without pins, for tests and benchmarks (nothing can be attached).
@@ -241,11 +298,15 @@ impl Datapath {
     }
 
     fn load_from(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self, DatapathError> {
+        // Maps this load creates hold nothing yet: no need to read them.
+        let created = pin_dir.is_none_or(|dir| Maps::MIRRORED.iter().all(|m| !dir.join(m).exists()));
         let mut ebpf = load_object(pin_dir, capacity)?;
         let maps = Maps::take(&mut ebpf)?;
-        let mirror = maps.mirror()?;
+        let mirror = if created { maps.mirror_of_new()? } else { maps.mirror()? };
         Ok(Self {
             ebpf,
+            route_maps: maps.try_clone()?,
+            unread: created,
             maps,
             mirror,
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -286,11 +347,8 @@ impl Datapath {
 
     /// Makes the route maps hold `wanted` and CONFIG hold `config`, comparing the keys in `scope`.
     /// Returns how many map writes it took. On failure the maps hold everything written before
-    /// the failing write, and the next sync (with [`Scope::All`]) continues from there.
-    #[expect(
-        clippy::result_large_err,
-        reason = "the write closure's error is the sync's own DatapathError, built at most once a sync"
-    )]
+    /// the failing write (in each lane), and the next sync (with [`Scope::All`]) continues from
+    /// there.
     pub fn sync(
         &mut self,
         wanted: &Wanted,
@@ -298,10 +356,27 @@ impl Datapath {
         scope: &Scope,
         now: u64,
     ) -> Result<usize, DatapathError> {
-        let maps = &mut self.maps;
-        sync::apply(&mut self.mirror, wanted, config, scope, now, self.capacity, |ops: &[sync::Op]| {
-            let mut done = 0;
-            maps.write_all(ops, |_| done += 1).map_err(|e| (done, e))
+        let lanes = [&mut self.maps, &mut self.route_maps];
+        let unread = self.unread;
+        let mirror = &mut self.mirror;
+        std::thread::scope(|s| {
+            // Peers and routes are written side by side, each lane a chunk at a time while the
+            // next chunk is built (and the one before applied to the mirror): a first sync of
+            // many routes costs little more than its slowest map's writes.
+            let (answer, answers) = mpsc::channel();
+            let in_use = if unread { 2 } else { 1 };
+            let mut writer = MapWriter { lanes: [None, None], in_use, answers };
+            for (lane, maps) in lanes.into_iter().enumerate() {
+                let (chunks, lane_chunks) = mpsc::sync_channel(1);
+                let answer = answer.clone();
+                s.spawn(move || write_lane(maps, lane_chunks, answer));
+                writer.lanes[lane] = Some(chunks);
+            }
+            drop(answer);
+            let result = sync::apply(mirror, wanted, config, scope, now, self.capacity, &mut writer);
+            // Closing the lanes ends their threads once idle.
+            sync::Writer::close(&mut writer);
+            result
         })
     }
 
@@ -313,6 +388,8 @@ impl Datapath {
     /// Attaches `program` on `iface` (or takes over an earlier agent's attachment there).
     pub fn attach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
         let pin_dir = self.pins(program, iface)?.to_path_buf();
+        // From here on a program may read the maps (even if attaching fails part way).
+        self.unread = false;
         let pin = links::attach(&mut self.ebpf, &pin_dir, program, iface)?;
         self.attached.insert(pin);
         Ok(())

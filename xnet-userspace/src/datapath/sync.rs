@@ -8,6 +8,11 @@
 //! 4. route index entries; switching the index on comes after it is filled;
 //! 5. then removals: routes, their ROUTE_INFO, slots that become empty, peers.
 //!
+//! Steps 2 and 3 touch different maps and the programs never read one through the other (a route
+//! names its peer's address, which encapsulation needs; the peer check on decapsulation needs no
+//! route). So into maps that no program reads yet (a first start), a [`Writer`] may write them
+//! side by side, in two lanes; CONFIG and the removals wait for both.
+//!
 //! The agent writes the ops through [`super::maps::Maps`] and applies each to its mirror once it
 //! is written, so the mirror stays exact even when a write fails halfway. Only the keys a change
 //! touched are compared ([`Scope::Keys`]), so one peer change costs work proportional to that
@@ -93,6 +98,8 @@ pub struct Wanted {
     by_backend: [usize; 5],
     touched_routes: BTreeSet<Ipv4Network>,
     touched_peers: BTreeSet<[u8; 4]>,
+    /// Whether changes are recorded in `touched_*` (not while [`Wanted::filled`] fills it).
+    recording: bool,
 }
 
 impl Wanted {
@@ -109,7 +116,18 @@ impl Wanted {
             by_backend: [0; 5],
             touched_routes: BTreeSet::new(),
             touched_peers: BTreeSet::new(),
+            recording: true,
         }
+    }
+
+    /// [`Wanted::new`] filled by `fill`, with nothing recorded as changed (what a first sync with
+    /// [`Scope::All`] starts from; recording 100,000 routes only to drop them costs a tenth of a
+    /// second).
+    pub fn filled(source: Store, index: RouteIndexSpec, fill: impl FnOnce(&mut Self)) -> Self {
+        let mut wanted = Self { recording: false, ..Self::new(source, index) };
+        fill(&mut wanted);
+        wanted.recording = true;
+        wanted
     }
 
     pub fn routes(&self) -> &BTreeMap<Ipv4Network, RemoteSubnet> {
@@ -142,8 +160,10 @@ impl Wanted {
                 self.slot_members.insert((maps::peer_slot(&ip), ip));
             }
         }
-        self.touched_routes.insert(subnet);
-        self.touched_peers.insert(ip);
+        if self.recording {
+            self.touched_routes.insert(subnet);
+            self.touched_peers.insert(ip);
+        }
     }
 
     /// Records that the route of `subnet` (set just before) was learned with the kernel route
@@ -151,7 +171,9 @@ impl Wanted {
     pub fn set_protocol(&mut self, subnet: Ipv4Network, protocol: u8) {
         if self.routes.contains_key(&subnet) {
             self.protocols.insert(subnet, protocol);
-            self.touched_routes.insert(subnet);
+            if self.recording {
+                self.touched_routes.insert(subnet);
+            }
         }
     }
 
@@ -168,7 +190,9 @@ impl Wanted {
         };
         self.protocols.remove(subnet);
         self.by_backend[backend_slot(&route)] -= 1;
-        self.touched_routes.insert(*subnet);
+        if self.recording {
+            self.touched_routes.insert(*subnet);
+        }
         if !self.index.fits(subnet) {
             self.misfits -= 1;
         }
@@ -178,7 +202,9 @@ impl Wanted {
         if *users == 0 {
             self.peers.remove(&ip);
             self.slot_members.remove(&(maps::peer_slot(&ip), ip));
-            self.touched_peers.insert(ip);
+            if self.recording {
+                self.touched_peers.insert(ip);
+            }
         }
     }
 
@@ -255,6 +281,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// The [`Writer`] lane of the op: 1 for the route maps, 0 for the rest (peers, slots,
+    /// CONFIG). The programs read a route without its peer's entry, and a peer's entry without
+    /// its routes, so the two lanes may be written side by side.
+    pub fn lane(&self) -> usize {
+        match self {
+            Op::PutRoute(..)
+            | Op::DelRoute(_)
+            | Op::PutRouteInfo(..)
+            | Op::DelRouteInfo(_)
+            | Op::PutIndex(..) => 1,
+            Op::Config(_) | Op::PutPeer(..) | Op::DelPeer(_) | Op::PutSlot(..) => 0,
+        }
+    }
+
     /// The map the op writes.
     pub fn map(&self) -> &'static str {
         match self {
@@ -338,10 +378,10 @@ pub fn diff(
         scope,
         now,
         capacity,
-        |chunk: &[Op]| -> Result<(), (usize, MapFull)> {
+        &mut Direct::new(|chunk: &[Op]| -> Result<(), (usize, MapFull)> {
             ops.extend_from_slice(chunk);
             Ok(())
-        },
+        }),
     )?;
     Ok(ops)
 }
@@ -349,59 +389,233 @@ pub fn diff(
 /// Ops handed to the writer at a time, all of one kind: a batch.
 pub const CHUNK: usize = 4096;
 
+/// A chunk a [`Writer`] was sent, back with `Ok` or how many of its ops were written before the
+/// error.
+pub type Answer<E> = (Vec<Op>, Result<(), (usize, E)>);
+
+/// Where [`apply`] sends its ops: a chunk at a time, each chunk down a lane ([`Op::lane`]), each
+/// answered with how it went. A lane writes its chunks in the order sent and none after one that
+/// failed; with two lanes, peers and routes are written side by side. A writer may keep up to
+/// [`Writer::DEPTH`] chunks a lane outstanding, so the next chunk is built while the kernel takes
+/// the one before.
+pub trait Writer {
+    type Error;
+    /// How many chunks a lane may have sent and not yet answered (1: each is answered before the
+    /// next is sent).
+    const DEPTH: usize;
+    /// 1: every op goes down lane 0, in [`diff`]'s order. 2: routes go down a lane of their own,
+    /// taking turns with the peers: only for maps no program reads yet (a route would otherwise
+    /// be used before its peer is trusted to answer).
+    fn lanes(&self) -> usize;
+    /// Hands over `chunk`, to be written after the chunks sent down `lane` before it.
+    fn send(&mut self, lane: usize, chunk: Vec<Op>);
+    /// A chunk sent and not yet answered (the oldest of its lane), with `Ok` or how many of its
+    /// ops were written before the error, waiting for one if need be; `None` once every chunk
+    /// the writer will answer was answered.
+    fn answer(&mut self) -> Option<Answer<Self::Error>>;
+    /// No more chunks come: what is outstanding is answered (or dropped, down a lane that
+    /// failed), then [`Writer::answer`] says `None`.
+    fn close(&mut self) {}
+}
+
+/// A [`Writer`] that writes each chunk with a closure as it is sent (returning how many ops of it
+/// it wrote when it stops).
+pub struct Direct<F, E> {
+    write: F,
+    answered: Option<Answer<E>>,
+}
+
+impl<F: FnMut(&[Op]) -> Result<(), (usize, E)>, E> Direct<F, E> {
+    pub fn new(write: F) -> Self {
+        Self { write, answered: None }
+    }
+}
+
+impl<F: FnMut(&[Op]) -> Result<(), (usize, E)>, E> Writer for Direct<F, E> {
+    type Error = E;
+    const DEPTH: usize = 1;
+
+    fn lanes(&self) -> usize {
+        1
+    }
+
+    fn send(&mut self, _lane: usize, chunk: Vec<Op>) {
+        debug_assert!(self.answered.is_none(), "one chunk at a time");
+        let result = (self.write)(&chunk);
+        self.answered = Some((chunk, result));
+    }
+
+    fn answer(&mut self) -> Option<Answer<E>> {
+        self.answered.take()
+    }
+}
+
 /// The ops of a sync on their way to the writer, a chunk at a time, and into the mirror once
-/// written.
-struct Emitter<'m, W> {
+/// answered as written.
+struct Emitter<'m, 'w, W> {
     mirror: &'m mut Mirror,
     chunk: Vec<Op>,
-    write: W,
+    writer: &'w mut W,
+    /// Chunks sent down each lane and not yet answered.
+    outstanding: [usize; 2],
     written: usize,
 }
 
-impl<E, W: FnMut(&[Op]) -> Result<(), (usize, E)>> Emitter<'_, W> {
-    fn push(&mut self, op: Op) -> Result<(), E> {
+impl<W: Writer> Emitter<'_, '_, W> {
+    fn push(&mut self, op: Op) -> Result<(), W::Error> {
         let other_kind =
             self.chunk.last().is_some_and(|last| std::mem::discriminant(last) != std::mem::discriminant(&op));
         if other_kind || self.chunk.len() >= CHUNK {
-            self.flush()?;
+            self.send()?;
         }
         self.chunk.push(op);
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), E> {
-        let result = (self.write)(&self.chunk);
+    /// Sends the chunk built so far down its lane, once that lane has room. CONFIG is written
+    /// alone: after every op before it, and before any after it.
+    fn send(&mut self) -> Result<(), W::Error> {
+        let Some(first) = self.chunk.first() else { return Ok(()) };
+        let lane = if self.writer.lanes() > 1 { first.lane() } else { 0 };
+        let alone = matches!(first, Op::Config(_));
+        if alone {
+            self.settle_all()?;
+        }
+        while self.outstanding[lane] >= W::DEPTH.max(1) {
+            self.settle_one()?;
+        }
+        self.writer.send(lane, std::mem::take(&mut self.chunk));
+        self.outstanding[lane] += 1;
+        if alone {
+            self.settle_all()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the chunk built so far and waits until everything sent is written: what comes next
+    /// is written after it, whatever its lane.
+    fn barrier(&mut self) -> Result<(), W::Error> {
+        self.send()?;
+        self.settle_all()
+    }
+
+    fn settle_all(&mut self) -> Result<(), W::Error> {
+        while self.outstanding.iter().sum::<usize>() > 0 {
+            self.settle_one()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the written ops of one answered chunk to the mirror. On a failure, the chunks
+    /// still outstanding are answered first (another lane's may be written) and applied too.
+    fn settle_one(&mut self) -> Result<(), W::Error> {
+        let answer = self.writer.answer().expect("a chunk is outstanding");
+        let Err(e) = self.apply_answer(answer) else { return Ok(()) };
+        self.writer.close();
+        while let Some(answer) = self.writer.answer() {
+            // Only the first error is reported; the maps hold what the mirror says either way.
+            let _ = self.apply_answer(answer);
+        }
+        self.outstanding = [0; 2];
+        Err(e)
+    }
+
+    fn apply_answer(&mut self, (chunk, result): Answer<W::Error>) -> Result<(), W::Error> {
+        let lane = if self.writer.lanes() > 1 { chunk.first().map_or(0, Op::lane) } else { 0 };
+        self.outstanding[lane] = self.outstanding[lane].saturating_sub(1);
         let done = match &result {
-            Ok(()) => self.chunk.len(),
-            Err((done, _)) => (*done).min(self.chunk.len()),
+            Ok(()) => chunk.len(),
+            Err((done, _)) => (*done).min(chunk.len()),
         };
-        for op in &self.chunk[..done] {
+        for op in &chunk[..done] {
             self.mirror.apply(op);
         }
         self.written += done;
-        self.chunk.clear();
         result.map_err(|(_, e)| e)
+    }
+
+    /// Sends the last chunk and waits for every answer.
+    fn finish(&mut self) -> Result<(), W::Error> {
+        self.barrier()
     }
 }
 
-/// [`diff`], streamed: the ops go to `write` a chunk at a time (up to [`CHUNK`] ops of one kind,
-/// in the order [`diff`] gives them), and each op that `write` reports written (it returns how
-/// many of a chunk it wrote when it stops) is applied to `current`, which so stays what the maps
-/// hold even when a write fails. No list of every op is ever held: a first sync of 100,000 peers
-/// needs no more memory than its chunk. Returns how many ops were written.
+/// One lane's steps in [`apply`]: for each, how many keys it compares and the op (if any) for the
+/// key at a position, given the mirror.
+type Step<'a> = (usize, &'a dyn Fn(&Mirror, usize) -> Option<Op>);
+
+/// A lane of [`apply`]'s steps 2 to 4, walked a chunk at a time.
+struct Lane<'a> {
+    steps: Vec<Step<'a>>,
+    /// The step being walked, and the position in it.
+    step: usize,
+    at: usize,
+}
+
+impl<'a> Lane<'a> {
+    fn new(steps: Vec<Step<'a>>) -> Self {
+        Self { steps, step: 0, at: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.step >= self.steps.len()
+    }
+
+    /// Pushes the lane's next ops: up to a chunk, all of one step.
+    fn turn<W: Writer>(&mut self, em: &mut Emitter<'_, '_, W>) -> Result<(), W::Error> {
+        let mut pushed = 0;
+        while let Some(&(len, op)) = self.steps.get(self.step) {
+            if self.at >= len {
+                (self.step, self.at) = (self.step + 1, 0);
+                if pushed > 0 {
+                    break;
+                }
+                continue;
+            }
+            if let Some(op) = op(em.mirror, self.at) {
+                em.push(op)?;
+                pushed += 1;
+            }
+            self.at += 1;
+            if pushed >= CHUNK {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The distinct items of `items`, in order (a sorted vector: the key sets of a first sync hold
+/// every route, and sorting runs that are already in order is far cheaper than a tree).
+fn sorted_set<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items.collect();
+    // A stable sort finds the runs already in order and merges them.
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// [`diff`], streamed: the ops go to `writer` a chunk at a time (up to [`CHUNK`] ops of one kind,
+/// in the order [`diff`] gives them), and each op that `writer` answers as written is applied to
+/// `current`, which so stays what the maps hold even when a write fails. No list of every op is
+/// ever held: a first sync of 100,000 peers needs no more memory than its chunks in flight.
+/// Returns how many ops were written.
 ///
 /// Each key of each map is compared once, before any op on it is written, and the writes of one
-/// step touch only keys that step has compared, so reading `current` as it is being written
-/// gives the ops a diff of the untouched mirror would.
-pub fn apply<E: From<MapFull>>(
+/// step touch only keys that step has compared, so reading `current` while chunks are still being
+/// written (and not yet applied to it) gives the ops a diff of the untouched mirror would.
+pub fn apply<W: Writer>(
     current: &mut Mirror,
     wanted: &Wanted,
     config: &DatapathConfig,
     scope: &Scope,
     now: u64,
     capacity: Capacity,
-    write: impl FnMut(&[Op]) -> Result<(), (usize, E)>,
-) -> Result<usize, E> {
+    writer: &mut W,
+) -> Result<usize, W::Error>
+where
+    W::Error: From<MapFull>,
+{
     if wanted.routes.len() > capacity.routes as usize {
         return Err(MapFull {
             map: maps::REMOTE_SUBNETS,
@@ -420,26 +634,22 @@ pub fn apply<E: From<MapFull>>(
     }
     let (route_keys, peer_keys) = match scope {
         Scope::All => (
-            current
-                .routes
-                .keys()
-                .chain(current.route_info.keys())
-                .chain(wanted.routes.keys())
-                .copied()
-                .collect::<BTreeSet<_>>(),
-            current.peers.keys().chain(wanted.peers.keys()).copied().collect::<BTreeSet<_>>(),
+            sorted_set(
+                current.routes.keys().chain(current.route_info.keys()).chain(wanted.routes.keys()).copied(),
+            ),
+            sorted_set(current.peers.keys().chain(wanted.peers.keys()).copied()),
         ),
-        Scope::Keys { routes, peers } => (routes.clone(), peers.clone()),
+        Scope::Keys { routes, peers } => (routes.iter().copied().collect(), peers.iter().copied().collect()),
     };
     // The slots whose members change: filled or changed (written after their peers), emptied
     // (written with the removals).
-    let slot_keys: BTreeSet<u32> = match scope {
+    let slot_keys = match scope {
         Scope::All => {
-            current.slots.keys().copied().chain(wanted.slot_members.iter().map(|(s, _)| *s)).collect()
+            sorted_set(current.slots.keys().copied().chain(wanted.slot_members.iter().map(|(s, _)| *s)))
         }
-        Scope::Keys { .. } => peer_keys.iter().map(maps::peer_slot).collect(),
+        Scope::Keys { .. } => sorted_set(peer_keys.iter().map(maps::peer_slot)),
     };
-    let mut em = Emitter { mirror: current, chunk: Vec::new(), write, written: 0 };
+    let mut em = Emitter { mirror: current, chunk: Vec::new(), writer, outstanding: [0; 2], written: 0 };
 
     // 1. CONFIG as wanted, with the index switched off if its shape is about to change.
     let shape = wanted.index_shape();
@@ -485,73 +695,97 @@ pub fn apply<E: From<MapFull>>(
         for op in std::mem::take(&mut removals) {
             em.push(op)?;
         }
+        em.barrier()?;
     }
 
-    // 2. New and changed peers, then the slots that point at them.
-    for ip in &peer_keys {
-        if let Some(p) = wanted.peer(ip)
-            && em.mirror.peers.get(ip) != Some(p)
-        {
-            em.push(Op::PutPeer(*ip, *p))?;
+    // 2-4, in two lanes: (2) new and changed peers, then the slots that point at them; (3) new
+    // and changed routes, then their ROUTE_INFO, (4) then the route index entries. Each map's
+    // writes come together, so they go in batches. For a writer with two lanes the lanes take
+    // turns a chunk at a time, so both stay busy; otherwise lane 0 goes first.
+    let index_slots = match shape {
+        Some(shape) if same_shape => {
+            sorted_set(route_keys.iter().filter(|n| shape.fits(n)).map(|n| shape.slot(n)))
         }
-    }
-    for slot in &slot_keys {
-        let want = wanted.slot(*slot);
-        if want != PeerSlot::empty() && em.mirror.slots.get(slot).copied().unwrap_or_default() != want {
-            em.push(Op::PutSlot(*slot, want))?;
+        Some(shape) => {
+            sorted_set(em.mirror.index.keys().copied().chain(wanted.routes.keys().map(|n| shape.slot(n))))
         }
-    }
-
-    // 3. New and changed routes, then their ROUTE_INFO (each map's writes together, so they go
-    // in batches).
-    for net in &route_keys {
-        let Some(route) = wanted.routes.get(net) else { continue };
-        if em.mirror.routes.get(net) != Some(route) {
-            em.push(Op::PutRoute(*net, *route))?;
-        }
-    }
-    for net in &route_keys {
+        None => Vec::new(),
+    };
+    let peer = |m: &Mirror, i: usize| {
+        let ip = &peer_keys[i];
+        wanted.peer(ip).filter(|p| m.peers.get(ip) != Some(*p)).map(|p| Op::PutPeer(*ip, *p))
+    };
+    let slot = |m: &Mirror, i: usize| {
+        let slot = slot_keys[i];
+        let want = wanted.slot(slot);
+        (want != PeerSlot::empty() && m.slots.get(&slot).copied().unwrap_or_default() != want)
+            .then_some(Op::PutSlot(slot, want))
+    };
+    let route = |m: &Mirror, i: usize| {
+        let net = &route_keys[i];
+        wanted.routes.get(net).filter(|r| m.routes.get(net) != Some(*r)).map(|r| Op::PutRoute(*net, *r))
+    };
+    let route_info = |m: &Mirror, i: usize| {
+        let net = &route_keys[i];
         if !wanted.routes.contains_key(net) {
-            continue;
+            return None;
         }
         let info = wanted.info(net, now);
-        let recorded = em.mirror.route_info.get(net).copied();
-        if recorded.map(|i| (i.source(), i.protocol())) != Some((info.source(), info.protocol())) {
-            // A route that moves keeps its first installation time.
-            let info = match recorded {
-                Some(r) if r.source() == info.source() => {
-                    RouteInfo::new(wanted.source, r.added_at()).with_protocol(info.protocol())
-                }
-                _ => info,
-            };
-            em.push(Op::PutRouteInfo(*net, info))?;
+        let recorded = m.route_info.get(net).copied();
+        if recorded.map(|i| (i.source(), i.protocol())) == Some((info.source(), info.protocol())) {
+            return None;
         }
-    }
-
-    // 4. The route index: entries, then the switch.
-    if let Some(shape) = shape {
-        let slots: BTreeSet<u32> = if same_shape {
-            route_keys.iter().filter(|n| shape.fits(n)).map(|n| shape.slot(n)).collect()
-        } else {
-            em.mirror.index.keys().copied().chain(wanted.routes.keys().map(|n| shape.slot(n))).collect()
+        // A route that moves keeps its first installation time.
+        let info = match recorded {
+            Some(r) if r.source() == info.source() => {
+                RouteInfo::new(wanted.source, r.added_at()).with_protocol(info.protocol())
+            }
+            _ => info,
         };
-        for i in slots {
-            let want = shape.subnet(i).and_then(|n| wanted.routes.get(&n)).copied().unwrap_or_default();
-            if em.mirror.index.get(&i).copied().unwrap_or_default() != want {
-                em.push(Op::PutIndex(i, want))?;
+        Some(Op::PutRouteInfo(*net, info))
+    };
+    let index = |m: &Mirror, i: usize| {
+        let (shape, i) = (shape?, index_slots[i]);
+        let want = shape.subnet(i).and_then(|n| wanted.routes.get(&n)).copied().unwrap_or_default();
+        (m.index.get(&i).copied().unwrap_or_default() != want).then_some(Op::PutIndex(i, want))
+    };
+    let mut lanes: [Lane<'_>; 2] = [
+        Lane::new(vec![(peer_keys.len(), &peer), (slot_keys.len(), &slot)]),
+        Lane::new(vec![
+            (route_keys.len(), &route),
+            (route_keys.len(), &route_info),
+            (index_slots.len(), &index),
+        ]),
+    ];
+    if em.writer.lanes() > 1 {
+        while !lanes.iter().all(Lane::done) {
+            for lane in &mut lanes {
+                lane.turn(&mut em)?;
             }
         }
-        if !same_shape {
-            cfg = shape.switched_on(cfg);
-            em.push(Op::Config(Box::new(cfg)))?;
+    } else {
+        // One after the other: peers are trusted before routes lead to them.
+        for lane in &mut lanes {
+            while !lane.done() {
+                lane.turn(&mut em)?;
+            }
         }
     }
 
-    // 5. The removals, unless they went first.
+    // The route index switched on once filled.
+    if let Some(shape) = shape
+        && !same_shape
+    {
+        cfg = shape.switched_on(cfg);
+        em.push(Op::Config(Box::new(cfg)))?;
+    }
+
+    // 5. The removals, unless they went first: after every write above, in either lane.
+    em.barrier()?;
     for op in removals {
         em.push(op)?;
     }
-    em.flush()?;
+    em.finish()?;
     Ok(em.written)
 }
 
@@ -864,7 +1098,7 @@ mod tests {
             // The maps take `stop_after` ops, then refuse one.
             let mut m = Mirror::default();
             let mut taken = 0;
-            let result = apply(&mut m, &w, &cfg, &Scope::All, 7, Capacity::default(), |chunk: &[Op]| {
+            let mut maps = Direct::new(|chunk: &[Op]| {
                 let room = stop_after - taken;
                 if chunk.len() <= room {
                     taken += chunk.len();
@@ -874,6 +1108,7 @@ mod tests {
                     Err((room, MapFull { map: "test", capacity: 0, wanted: 0 }))
                 }
             });
+            let result = apply(&mut m, &w, &cfg, &Scope::All, 7, Capacity::default(), &mut maps);
             assert!(result.is_err(), "stopped after {stop_after}");
             let mut expected = Mirror::default();
             for op in &all[..stop_after] {
@@ -891,5 +1126,177 @@ mod tests {
             }
             assert_eq!(m, done, "after {stop_after}: the retry ends where one whole sync does");
         }
+    }
+
+    #[test]
+    fn a_filled_wanted_is_the_same_wanted_with_nothing_recorded_as_changed() {
+        let fill = |w: &mut Wanted| {
+            for i in 1..=20u8 {
+                set(w, &format!("10.244.{i}.0/24"), [198, 18, 1, i % 7]);
+            }
+            w.remove(&net("10.244.3.0/24"));
+        };
+        let mut one_by_one = Wanted::new(Store::File, spec());
+        fill(&mut one_by_one);
+        let mut filled = Wanted::filled(Store::File, spec(), fill);
+        assert_eq!(filled.take_changes(), Scope::Keys { routes: BTreeSet::new(), peers: BTreeSet::new() });
+        let Scope::Keys { routes, peers } = one_by_one.take_changes() else { unreachable!() };
+        assert_eq!((routes.len(), peers.len()), (20, 7), "set records what it changes");
+        let cfg = DatapathConfig::default();
+        assert_eq!(
+            diff(&Mirror::default(), &filled, &cfg, &Scope::All, 7, Capacity::default()),
+            diff(&Mirror::default(), &one_by_one, &cfg, &Scope::All, 7, Capacity::default()),
+        );
+        set(&mut filled, "10.244.30.0/24", [198, 18, 1, 30]);
+        let Scope::Keys { routes, .. } = filled.take_changes() else { unreachable!() };
+        assert_eq!(
+            routes.into_iter().collect::<Vec<_>>(),
+            [net("10.244.30.0/24")],
+            "and records again once filled"
+        );
+    }
+
+    /// A two-lane writer that keeps up to two chunks a lane outstanding and writes a chunk only
+    /// when it answers it, the lanes in turn; lane `fail_lane` takes `room` ops, then refuses.
+    struct Lagging {
+        lanes: [std::collections::VecDeque<Vec<Op>>; 2],
+        fail_lane: usize,
+        room: usize,
+        written: Vec<Op>,
+        stopped: [bool; 2],
+        turn: usize,
+    }
+
+    impl Lagging {
+        fn new(fail_lane: usize, room: usize) -> Self {
+            Self {
+                lanes: Default::default(),
+                fail_lane,
+                room,
+                written: Vec::new(),
+                stopped: [false; 2],
+                turn: 0,
+            }
+        }
+    }
+
+    impl Writer for Lagging {
+        type Error = MapFull;
+        const DEPTH: usize = 2;
+
+        fn lanes(&self) -> usize {
+            2
+        }
+
+        fn send(&mut self, lane: usize, chunk: Vec<Op>) {
+            assert!(self.lanes[lane].len() < 2, "at most DEPTH chunks a lane outstanding");
+            assert_eq!(lane, chunk[0].lane());
+            if matches!(chunk[0], Op::Config(_)) {
+                assert!(self.lanes.iter().all(|l| l.is_empty()), "CONFIG goes alone");
+            }
+            self.lanes[lane].push_back(chunk);
+        }
+
+        fn answer(&mut self) -> Option<Answer<MapFull>> {
+            for lane in [self.turn, 1 - self.turn] {
+                let Some(chunk) = self.lanes[lane].pop_front() else { continue };
+                self.turn = 1 - lane;
+                assert!(!self.stopped[lane], "nothing is sent down a lane after its failure is answered");
+                let room = if lane == self.fail_lane { self.room } else { usize::MAX };
+                let take = chunk.len().min(room);
+                self.written.extend_from_slice(&chunk[..take]);
+                if lane == self.fail_lane {
+                    self.room -= take;
+                }
+                if take < chunk.len() {
+                    // What was sent after it down this lane is never written, nor answered.
+                    self.stopped[lane] = true;
+                    self.lanes[lane].clear();
+                    return Some((chunk, Err((take, MapFull { map: "test", capacity: 0, wanted: 0 }))));
+                }
+                return Some((chunk, Ok(())));
+            }
+            None
+        }
+    }
+
+    #[test]
+    fn chunks_in_flight_reach_the_mirror_only_once_answered_and_none_after_a_failure() {
+        let cfg = DatapathConfig::default();
+        let mut w = Wanted::new(Store::File, spec());
+        for i in 0..=255u8 {
+            set(&mut w, &format!("10.244.{i}.0/24"), [198, 18, i / 4, i]);
+        }
+        let all = diff(&Mirror::default(), &w, &cfg, &Scope::All, 7, Capacity::default()).unwrap();
+        let lane_ops =
+            |lane: usize, ops: &[Op]| ops.iter().filter(|o| o.lane() == lane).cloned().collect::<Vec<_>>();
+        let mut whole = Lagging::new(0, usize::MAX);
+        let mut m = Mirror::default();
+        assert_eq!(apply(&mut m, &w, &cfg, &Scope::All, 7, Capacity::default(), &mut whole), Ok(all.len()));
+        for lane in [0, 1] {
+            assert_eq!(
+                lane_ops(lane, &whole.written),
+                lane_ops(lane, &all),
+                "lane {lane}: in diff order, once"
+            );
+        }
+        assert_eq!(whole.written.len(), all.len());
+        let mut expected = Mirror::default();
+        all.iter().for_each(|op| expected.apply(op));
+        assert_eq!(m, expected);
+
+        for fail_lane in [0, 1] {
+            let in_lane = lane_ops(fail_lane, &all).len();
+            for stop_after in [0, 1, 63, 64, 200, 300, in_lane - 1] {
+                let mut maps = Lagging::new(fail_lane, stop_after);
+                let mut m = Mirror::default();
+                let result = apply(&mut m, &w, &cfg, &Scope::All, 7, Capacity::default(), &mut maps);
+                assert!(result.is_err(), "lane {fail_lane} stopped after {stop_after}");
+                assert_eq!(
+                    lane_ops(fail_lane, &maps.written),
+                    lane_ops(fail_lane, &all)[..stop_after],
+                    "lane {fail_lane}: nothing written after the failure"
+                );
+                let mut expected = Mirror::default();
+                maps.written.iter().for_each(|op| expected.apply(op));
+                assert_eq!(m, expected, "the mirror holds the ops written (in both lanes), and only those");
+                // The next full sync carries on from there.
+                let rest = diff(&m, &w, &cfg, &Scope::All, 7, Capacity::default()).unwrap();
+                rest.iter().for_each(|op| m.apply(op));
+                let mut done = Mirror::default();
+                all.iter().for_each(|op| done.apply(op));
+                assert_eq!(
+                    m, done,
+                    "lane {fail_lane} after {stop_after}: the retry ends where one whole sync does"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn removals_are_written_after_every_addition_in_either_lane() {
+        let cfg = DatapathConfig::default();
+        let mut before = Wanted::new(Store::File, spec());
+        for i in 0..100u8 {
+            set(&mut before, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        let mut m = Mirror::default();
+        diff(&m.clone(), &before, &cfg, &Scope::All, 7, Capacity::default())
+            .unwrap()
+            .iter()
+            .for_each(|op| m.apply(op));
+        // Half the hosts go, as many new ones come.
+        let mut after = Wanted::new(Store::File, spec());
+        for i in 50..150u8 {
+            set(&mut after, &format!("10.244.{i}.0/24"), [198, 18, 1, i]);
+        }
+        let mut maps = Lagging::new(0, usize::MAX);
+        apply(&mut m, &after, &cfg, &Scope::All, 7, Capacity::default(), &mut maps).unwrap();
+        let removal = |o: &Op| {
+            matches!(o, Op::DelRoute(_) | Op::DelRouteInfo(_) | Op::DelPeer(_))
+                || matches!(o, Op::PutSlot(_, s) if *s == PeerSlot::empty())
+        };
+        let first_removal = maps.written.iter().position(removal).expect("removals");
+        assert!(first_removal > 0 && maps.written[first_removal..].iter().all(removal), "{:?}", maps.written);
     }
 }
