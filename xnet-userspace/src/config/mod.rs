@@ -226,7 +226,6 @@ struct RawPeer {
     backend: Option<String>,
 }
 
-/// Builds the error for `key` of `file`.
 /// The key of a field of the `index`th peer, as error messages name it (`peer[3].subnet`); made
 /// into text only for an error.
 #[derive(Clone, Copy)]
@@ -241,6 +240,7 @@ impl std::fmt::Display for PeerKey {
     }
 }
 
+/// Builds the error for `key` of `file`.
 struct Checker<'a> {
     file: &'a Path,
 }

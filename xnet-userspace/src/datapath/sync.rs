@@ -585,6 +585,16 @@ impl<'a> Lane<'a> {
     }
 }
 
+/// The keys `held` has in scope, in order: every one for a full sync (its scope holds them all),
+/// else those of `keys` (the scope's own, sorted).
+fn held_in_scope<K: Ord + Copy, V>(all: bool, keys: &[K], held: &BTreeMap<K, V>) -> Vec<K> {
+    if all {
+        held.keys().copied().collect()
+    } else {
+        keys.iter().filter(|k| held.contains_key(k)).copied().collect()
+    }
+}
+
 /// The distinct items of `items`, in order (a sorted vector: the key sets of a first sync hold
 /// every route, and sorting runs that are already in order is far cheaper than a tree).
 fn sorted_set<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
@@ -667,27 +677,37 @@ where
     // missing; first when adding before removing would need more entries than the maps hold (a
     // full map where one host leaves and another joins): what goes is going anyway.
     let mut removals = Vec::new();
-    let gone = || route_keys.iter().filter(|n| !wanted.routes.contains_key(*n));
-    removals.extend(gone().filter(|n| em.mirror.routes.contains_key(*n)).map(|n| Op::DelRoute(*n)));
-    removals.extend(gone().filter(|n| em.mirror.route_info.contains_key(*n)).map(|n| Op::DelRouteInfo(*n)));
-    for slot in &slot_keys {
-        if wanted.slot(*slot) == PeerSlot::empty() && em.mirror.slots.contains_key(slot) {
-            removals.push(Op::PutSlot(*slot, PeerSlot::empty()));
+    // Only keys the mirror holds can go, or be there already: a full sync walks the mirror
+    // (nothing on a first start), a partial one its own keys.
+    let all = matches!(scope, Scope::All);
+    let routes_held = held_in_scope(all, &route_keys, &em.mirror.routes);
+    let peers_held = held_in_scope(all, &peer_keys, &em.mirror.peers);
+    removals.extend(routes_held.iter().filter(|n| !wanted.routes.contains_key(*n)).map(|n| Op::DelRoute(*n)));
+    removals.extend(
+        held_in_scope(all, &route_keys, &em.mirror.route_info)
+            .into_iter()
+            .filter(|n| !wanted.routes.contains_key(n))
+            .map(Op::DelRouteInfo),
+    );
+    for slot in held_in_scope(all, &slot_keys, &em.mirror.slots) {
+        if wanted.slot(slot) == PeerSlot::empty() {
+            removals.push(Op::PutSlot(slot, PeerSlot::empty()));
         }
     }
-    for ip in &peer_keys {
-        if !wanted.peers.contains_key(ip) && em.mirror.peers.contains_key(ip) {
-            removals.push(Op::DelPeer(*ip));
-        }
-    }
-    let new_routes = route_keys
-        .iter()
-        .filter(|n| wanted.routes.contains_key(*n) && !em.mirror.routes.contains_key(*n))
-        .count();
-    let new_peers = peer_keys
-        .iter()
-        .filter(|ip| wanted.peers.contains_key(*ip) && !em.mirror.peers.contains_key(*ip))
-        .count();
+    removals
+        .extend(peers_held.iter().filter(|ip| !wanted.peers.contains_key(*ip)).map(|ip| Op::DelPeer(*ip)));
+    let wanted_routes = if all {
+        wanted.routes.len()
+    } else {
+        route_keys.iter().filter(|n| wanted.routes.contains_key(*n)).count()
+    };
+    let wanted_peers = if all {
+        wanted.peers.len()
+    } else {
+        peer_keys.iter().filter(|ip| wanted.peers.contains_key(*ip)).count()
+    };
+    let new_routes = wanted_routes - routes_held.iter().filter(|n| wanted.routes.contains_key(*n)).count();
+    let new_peers = wanted_peers - peers_held.iter().filter(|ip| wanted.peers.contains_key(*ip)).count();
     let removals_first = em.mirror.routes.len().max(em.mirror.route_info.len()) + new_routes
         > capacity.routes as usize
         || em.mirror.peers.len() + new_peers > capacity.peers as usize;
