@@ -512,14 +512,7 @@ fn bring_up(
     let result = (|| -> anyhow::Result<(Datapath, Wanted)> {
         let mut dp = Datapath::load(pin_dir, config.capacity.for_subnet(plan.overlay.subnet.prefix()))?;
         let wanted = wanted();
-        let gateway = containers.gateway_mac().unwrap_or_default();
-        dp.sync(&wanted, &plan.datapath_config(gateway, &wanted), &Scope::All, record.started_at())?;
-        dp.maps_mut().set_agent_state(record)?;
-        dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
-        if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
-            tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");
-        }
-        host::apply(&HostPlan {
+        let host_plan = HostPlan {
             underlay,
             network: plan.overlay.network,
             subnet: plan.overlay.subnet,
@@ -527,7 +520,23 @@ fn bring_up(
             announce: matches!(&config.store, StoreConfig::Routes(r) if r.announce),
             host_table: matches!(&config.store, StoreConfig::Routes(_)),
             vxlan_gro_port: plan.receives_vxlan().then_some(plan.overlay.tunnel.vxlan_port),
-        })?;
+        };
+        // The host's devices, routes and settings are made while the maps fill (they do not
+        // depend on each other; nothing is attached before both are done).
+        let (synced, host) = std::thread::scope(|s| {
+            let host = s.spawn(|| host::apply(&host_plan));
+            let gateway = containers.gateway_mac().unwrap_or_default();
+            let synced =
+                dp.sync(&wanted, &plan.datapath_config(gateway, &wanted), &Scope::All, record.started_at());
+            (synced, host.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        synced?;
+        host?;
+        dp.maps_mut().set_agent_state(record)?;
+        dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
+        if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
+            tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");
+        }
         dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
         dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;
         for c in container_ifaces {
