@@ -24,8 +24,8 @@ use xnet::{
 use xnet_common::{
     icmp::TokenBucket,
     maps::{
-        Backend, DatapathConfig, DatapathParams, Endpoint, Formats, Peer, PeerSlot, RemoteSubnet, SlotState,
-        Store,
+        Backend, DatapathConfig, DatapathParams, Endpoint, Formats, Peer, PeerSlot, RemoteSubnet, RouteEntry,
+        RouteInfo, SlotState, Store,
     },
     stats::{Direction, Outcome, index},
 };
@@ -1124,6 +1124,12 @@ fn decap_never_delivers_by_an_entry_left_for_another_address() {
     });
 }
 
+/// The REMOTE_SUBNETS write of `route` for `subnet`, as the agent makes it for a static-file route.
+fn put_route(subnet: &str, route: RemoteSubnet) -> Op {
+    let subnet = net(subnet);
+    Op::PutRoute(subnet, RouteEntry::new(subnet.prefix(), route, RouteInfo::new(Store::File, 1)))
+}
+
 #[test]
 fn a_route_withdrawn_mid_flight_never_sends_to_0_0_0_0() {
     let mut dp = Datapath::new(true);
@@ -1154,7 +1160,7 @@ fn a_route_withdrawn_mid_flight_never_sends_to_0_0_0_0() {
     assert_eq!(out, input, "untouched");
     // The same in the LPM trie (the index switched off).
     let mut dp = Datapath::with_lookup(true, None, Lookup::Trie);
-    dp.write(Op::PutRoute(net("10.244.2.0/24"), torn));
+    dp.write(put_route("10.244.2.0/24", torn));
     dp.check(
         "torn trie entry",
         Program::TcEgress,
@@ -1233,7 +1239,7 @@ fn the_route_index_answers_for_the_network_while_switched_on() {
     let written = dp.dp.maps().mirror().unwrap();
     let from_routes: BTreeMap<u32, RemoteSubnet> = BACKENDS
         .iter()
-        .map(|&(n, _)| (u32::from(n), written.routes[&net(&format!("10.244.{n}.0/24"))]))
+        .map(|&(n, _)| (u32::from(n), *written.routes[&net(&format!("10.244.{n}.0/24"))].route()))
         .collect();
     assert_eq!(written.index, from_routes, "ROUTE_INDEX");
     // A state the agent never leaves, to show which map answers: 10.244.7.0/24 in the index only,
@@ -1284,7 +1290,7 @@ fn the_route_index_answers_for_the_network_while_switched_on() {
         (Direction::Egress, Outcome::Passed),
     );
     // Outside the network the trie still answers.
-    dp.write(Op::PutRoute(net("172.16.0.0/24"), via_index));
+    dp.write(put_route("172.16.0.0/24", via_index));
     let outside = container_ping([172, 16, 0, 9], 0, 8);
     dp.check(
         "index on, outside the network",

@@ -247,7 +247,7 @@ impl Bench {
             name: setup.name,
             dp,
             config: mirror.config,
-            routes: mirror.routes,
+            routes: mirror.routes.iter().map(|(net, e)| (*net, *e.route())).collect(),
             peers: mirror.peers.keys().copied().collect(),
             local_ports,
             untunnelled_from,

@@ -415,8 +415,12 @@ fn bpftool_prints_every_map_with_named_fields() {
     let route = &routes.as_array().unwrap()[0]["formatted"];
     assert_eq!(route["key"]["prefix_len"], 24, "{route}");
     assert_eq!(route["key"]["data"], serde_json::json!([10, 244, 2, 0]), "{route}");
-    assert_eq!(route["value"]["peer_ip"], serde_json::json!([198, 18, 0, 2]), "{route}");
-    assert_eq!(route["value"]["vtep_mac"], serde_json::json!([2, 0, 198, 18, 0, 2]), "{route}");
+    assert_eq!(route["value"]["route"]["peer_ip"], serde_json::json!([198, 18, 0, 2]), "{route}");
+    assert_eq!(route["value"]["route"]["vtep_mac"], serde_json::json!([2, 0, 198, 18, 0, 2]), "{route}");
+    // Where the route came from (1: the static file), beside it in the same value.
+    assert_eq!(route["value"]["prefix_len"], 24, "{route}");
+    assert_eq!(route["value"]["info"]["source"], 1, "{route}");
+    assert!(route["value"]["info"]["added_at"].as_u64().unwrap() > 1_700_000_000, "{route}");
     let config = dump("CONFIG");
     assert_eq!(config[0]["formatted"]["value"]["local_ip"], serde_json::json!([198, 18, 0, 1]), "{config}");
     let peers = dump("PEERS");
@@ -426,9 +430,6 @@ fn bpftool_prints_every_map_with_named_fields() {
     assert!(slot["packets"].is_u64() && slot["bytes"].is_u64(), "{}", stats[1]);
     let agent = dump("AGENT");
     assert_eq!(agent[0]["formatted"]["value"]["overlay_mtu"], 1450, "{agent}");
-    let info = dump("ROUTE_INFO");
-    assert_eq!(info[0]["formatted"]["key"]["prefix_len"], 24, "{info}");
-    assert_eq!(info[0]["formatted"]["value"]["source"], 1, "{info}");
     // The ping taught the bridge the container's MAC; the agent copies it within a second.
     std::thread::sleep(Duration::from_millis(1500));
     let ports = dump("LOCAL_PORTS");

@@ -16,7 +16,7 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::maps::{
-    Backend, Capacity, ENDPOINTS, ENDPOINTS_MAX, Endpoint, PEERS, REMOTE_SUBNETS, ROUTE_INFO, Store,
+    Backend, Capacity, ENDPOINTS, ENDPOINTS_MAX, Endpoint, PEERS, REMOTE_SUBNETS, Store,
 };
 use xnet_lab::fixture::host_facts;
 
@@ -62,7 +62,7 @@ fn max_entries(dp: &Datapath, name: &str) -> u32 {
 fn maps_take_more_than_the_default_when_configured() {
     let capacity = Capacity { routes: 70_000, peers: 70_000, ..Capacity::default() };
     let mut dp = Datapath::load_unpinned_sized(capacity).expect("load");
-    for name in [REMOTE_SUBNETS, ROUTE_INFO, PEERS] {
+    for name in [REMOTE_SUBNETS, PEERS] {
         assert_eq!(max_entries(&dp, name), 70_000, "{name} created with the configured capacity");
     }
     // 70,000 /25 subnets: more than the route index (65,536) and the default capacity hold.
@@ -84,7 +84,7 @@ fn a_full_map_keeps_the_last_state_whole() {
         Datapath::load_unpinned_sized(Capacity { routes: 4, peers: 4, ..Capacity::default() }).expect("load");
     let five = peers(5);
     sync(&mut dp, &five[..4]).expect("four routes fit");
-    let before = (dp.maps().routes().unwrap(), dp.maps().peers().unwrap(), dp.maps().route_info().unwrap());
+    let before = (dp.maps().route_entries().unwrap(), dp.maps().peers().unwrap());
     let err = sync(&mut dp, &five).expect_err("a fifth route does not fit");
     let text = err.to_string();
     assert!(
@@ -93,7 +93,7 @@ fn a_full_map_keeps_the_last_state_whole() {
             && text.contains("[capacity]"),
         "{text}"
     );
-    let after = (dp.maps().routes().unwrap(), dp.maps().peers().unwrap(), dp.maps().route_info().unwrap());
+    let after = (dp.maps().route_entries().unwrap(), dp.maps().peers().unwrap());
     assert_eq!(after, before, "the refused sync wrote nothing");
     // One peer fewer, another one new: fits again, and is applied whole.
     sync(&mut dp, &five[1..]).expect("four routes fit again");

@@ -16,8 +16,7 @@ use xnet::{
 };
 use xnet_common::maps::{
     AGENT, Backend, COARSE_CLOCK, CONFIG, CONTAINER_IFACES, ENDPOINTS, ICMP_LIMIT, LOCAL_PORTS,
-    LOCAL_PORTS_LIMIT, PEER_SLOTS, PEERS, REMOTE_SUBNETS, ROUTE_INDEX, ROUTE_INFO, STATS, Store,
-    UNTUNNELLED_FROM,
+    LOCAL_PORTS_LIMIT, PEER_SLOTS, PEERS, REMOTE_SUBNETS, ROUTE_INDEX, STATS, Store, UNTUNNELLED_FROM,
 };
 use xnet_lab::fixture::host_facts;
 
@@ -76,7 +75,11 @@ fn a_hundred_peer_network_locks_under_16_mib() {
     dp.sync(&wanted, &config, &Scope::All, unix_now()).expect("sync the maps");
     assert_eq!(dp.maps().routes().unwrap().len(), 100, "routes synced");
     assert_eq!(dp.maps().peers().unwrap().len(), 100, "peers synced");
-    assert_eq!(dp.maps().route_info().unwrap().len(), 100, "route info synced");
+    let entries = dp.maps().route_entries().unwrap();
+    assert!(
+        entries.values().all(|e| e.info().source() == Some(Store::File)),
+        "each route records its source in its own entry: {entries:?}"
+    );
 
     let names = [
         AGENT,
@@ -91,11 +94,14 @@ fn a_hundred_peer_network_locks_under_16_mib() {
         PEERS,
         REMOTE_SUBNETS,
         ROUTE_INDEX,
-        ROUTE_INFO,
         STATS,
         UNTUNNELLED_FROM,
     ];
     let held = held_maps();
+    assert!(
+        !held.values().any(|(n, _)| n == "ROUTE_INFO"),
+        "ROUTE_INFO is created no more (its records are in REMOTE_SUBNETS): {held:?}"
+    );
     let mut by_name = BTreeMap::new();
     for name in names {
         let short = &name[..name.len().min(15)];

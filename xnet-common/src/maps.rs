@@ -6,7 +6,9 @@ use crate::{
     wire::{VxlanLocal, vni_to_wire},
 };
 
-/// LPM trie: remote subnet -> the host that owns it. Key: [`lpm key`](LpmKeyIpv4).
+/// LPM trie: remote subnet -> [`RouteEntry`]: the host that owns it (what the programs read), and
+/// where the route came from and since when (what `xnet routes` reads). Key:
+/// [`lpm key`](LpmKeyIpv4).
 pub const REMOTE_SUBNETS: &str = "REMOTE_SUBNETS";
 /// Hash: peer public IPv4 -> [`Peer`]. Decapsulation accepts packets only from these addresses.
 pub const PEERS: &str = "PEERS";
@@ -30,9 +32,10 @@ pub const ICMP_LIMIT: &str = "ICMP_LIMIT";
 /// Array of one [`AgentState`]: what the agent that set this datapath up knows about it. Read by
 /// `xnet status` and the metrics; the programs do not use it.
 pub const AGENT: &str = "AGENT";
-/// Hash: [`LpmKeyIpv4`] of a remote subnet -> [`RouteInfo`] (where the route came from, since when).
-/// Read by `xnet routes`; the programs do not use it.
-pub const ROUTE_INFO: &str = "ROUTE_INFO";
+/// Maps an older xnet pinned that this one no longer has: `xnet cleanup` removes their pins too,
+/// and the agent ignores them. ROUTE_INFO (where each route came from, since when) now lives in
+/// REMOTE_SUBNETS' values ([`RouteEntry`]).
+pub const RETIRED_MAPS: [&str; 1] = ["ROUTE_INFO"];
 
 /// Array of [`Endpoint`], one per address of this host's container subnet: entry `i` says where
 /// decapsulated packets for the address `i` past the subnet's own were last delivered (see
@@ -163,19 +166,18 @@ pub const ENDPOINT_MAX_AGE_NS: u64 = 5_000_000_000;
 
 pub const LOCAL_PORTS_MAX: u32 = 1 << 16;
 
-/// Remote subnets (REMOTE_SUBNETS, and ROUTE_INFO with one entry each) and peers (PEERS) a host
-/// can hold: as many as the route index covers, a /8 network of /24 subnets, far beyond any flannel
-/// network in use; the agent refuses a larger wanted state as a whole (`MapFull`). A hash map
-/// allocates its bucket array (16 bytes a bucket, one per entry rounded up to a power of two) when
-/// it is created, whether or not its entries are preallocated: at 1<<20 entries PEERS and
-/// ROUTE_INFO locked 16 MiB each even empty.
+/// Remote subnets (REMOTE_SUBNETS) and peers (PEERS) a host can hold: as many as the route index
+/// covers, a /8 network of /24 subnets, far beyond any flannel network in use; the agent refuses a
+/// larger wanted state as a whole (`MapFull`). A hash map allocates its bucket array (16 bytes a
+/// bucket, one per entry rounded up to a power of two) when it is created, whether or not its
+/// entries are preallocated: at 1<<20 entries PEERS locked 16 MiB even empty.
 pub const REMOTE_SUBNETS_MAX: u32 = ROUTE_INDEX_LEN;
 pub const PEERS_MAX: u32 = ROUTE_INDEX_LEN;
 /// The most `[capacity]` may ask for, per map: 4,194,304 entries, whose bucket arrays alone lock
 /// 64 MiB a map. Past the route index's 65,536 subnets, lookups take the LPM trie's path.
 pub const CAPACITY_LIMIT: u32 = 1 << 22;
 
-/// How many entries the route maps (REMOTE_SUBNETS, ROUTE_INFO) and the peer map (PEERS) are
+/// How many entries the route map (REMOTE_SUBNETS) and the peer map (PEERS) are
 /// created with: the object's own sizes by default, or the config's `[capacity]`; and ENDPOINTS,
 /// sized for this host's container subnet ([`Capacity::for_subnet`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +201,7 @@ impl Capacity {
     /// The capacity a map is created with under this setting, if it is one of the sized maps.
     pub fn of_map(&self, name: &str) -> Option<u32> {
         match name {
-            REMOTE_SUBNETS | ROUTE_INFO => Some(self.routes),
+            REMOTE_SUBNETS => Some(self.routes),
             PEERS => Some(self.peers),
             ENDPOINTS => Some(self.endpoints),
             _ => None,
@@ -1022,8 +1024,7 @@ pub struct AgentState {
     /// 1 when this host's subnet lease was lost: it expired and another host (`lease_holder`) or
     /// nobody holds the subnet now; the agent no longer advertises it.
     lease_lost: u8,
-    /// Which map refused the last sync for want of room: 0 none, 1 REMOTE_SUBNETS (with
-    /// ROUTE_INFO), 2 PEERS.
+    /// Which map refused the last sync for want of room: 0 none, 1 REMOTE_SUBNETS, 2 PEERS.
     full_map: u8,
     reserved: [u8; 2],
     /// Public IP (network order) of the host that holds this host's subnet since it was lost;
@@ -1153,8 +1154,11 @@ impl AgentState {
     }
 }
 
-/// Value of [`ROUTE_INFO`].
-#[repr(C)]
+/// Where a route came from and since when: the `info` of a [`RouteEntry`], read by `xnet routes`
+/// and `xnet status` (the programs do not use it). Packed to 4 bytes so that a [`RouteEntry`] keeps
+/// the 4-byte alignment values have in the LPM trie (`added_at` is read by copy, never by
+/// reference).
+#[repr(C, packed(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteInfo {
     /// A [`Store`] number.
@@ -1178,6 +1182,11 @@ impl RouteInfo {
         Self { protocol, ..self }
     }
 
+    /// The same, first installed at `added_at` instead.
+    pub const fn with_added_at(self, added_at: u64) -> Self {
+        Self { added_at, ..self }
+    }
+
     /// The kernel route protocol the route was learned with; 0 when it was not learned from
     /// kernel routes.
     pub fn protocol(&self) -> u8 {
@@ -1192,6 +1201,45 @@ impl RouteInfo {
     /// Unix seconds: when the route was first installed.
     pub fn added_at(&self) -> u64 {
         self.added_at
+    }
+}
+
+/// Value of [`REMOTE_SUBNETS`]: the route the programs send with, then what the agent records
+/// about it. The programs read only `route`, at the start of the value, so the wider value costs
+/// them nothing; one map write installs both. Aligned to 4 like every trie value.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Where to send packets for the subnet.
+    route: RemoteSubnet,
+    /// The prefix length of the entry's own key: a trie lookup answers with the longest prefix
+    /// that holds the address looked up, and this tells whether that is the subnet asked for.
+    prefix_len: u8,
+    reserved: [u8; 3],
+    /// Where the route came from, since when.
+    info: RouteInfo,
+}
+
+impl RouteEntry {
+    /// The entry of a subnet of `prefix_len` bits routed with `route`, recorded as `info`.
+    pub const fn new(prefix_len: u8, route: RemoteSubnet, info: RouteInfo) -> Self {
+        Self { route, prefix_len, reserved: [0; 3], info }
+    }
+
+    /// Where to send packets for the subnet (all the programs read).
+    #[inline(always)]
+    pub fn route(&self) -> &RemoteSubnet {
+        &self.route
+    }
+
+    /// The prefix length of the subnet the entry was written for.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// Where the route came from, since when.
+    pub fn info(&self) -> RouteInfo {
+        self.info
     }
 }
 
@@ -1243,7 +1291,9 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<LocalPort>() == 4);
     assert!(size_of::<AgentState>() == 56);
-    assert!(size_of::<RouteInfo>() == 16);
+    assert!(size_of::<RouteInfo>() == 16 && align_of::<RouteInfo>() == 4);
+    assert!(size_of::<RouteEntry>() == 32 && align_of::<RouteEntry>() == 4);
+    assert!(core::mem::offset_of!(RouteEntry, route) == 0 && core::mem::offset_of!(RouteEntry, info) == 16);
     assert!(size_of::<Endpoint>() == 32);
     assert!(size_of::<PeerSlot>() == 8);
     assert!(size_of::<LocalPortsLimit>() == 16);
@@ -1279,8 +1329,11 @@ mod pod {
     unsafe impl aya::Pod for LocalPortsLimit {}
     // SAFETY: #[repr(C)] integers in an order that leaves no gap (size asserted).
     unsafe impl aya::Pod for AgentState {}
-    // SAFETY: #[repr(C)] a byte, [u8; 7] and a u64: 16 bytes, no gap (asserted).
+    // SAFETY: #[repr(C, packed(4))] two bytes, [u8; 6] and a u64: 16 bytes, no gap (asserted).
     unsafe impl aya::Pod for RouteInfo {}
+    // SAFETY: #[repr(C, align(4))] a RemoteSubnet (12 bytes), a byte, [u8; 3] and a RouteInfo at
+    // offset 16: 32 bytes, no gap (offsets and size asserted).
+    unsafe impl aya::Pod for RouteEntry {}
     // SAFETY: #[repr(C)] u32, two [u8; 6], a u64 and two [u8; 4]: 32 bytes, no gap (asserted).
     unsafe impl aya::Pod for Endpoint {}
     // SAFETY: #[repr(C)] [u8; 4], a byte and [u8; 3]: 8 bytes, alignment 1.
@@ -1453,6 +1506,14 @@ mod tests {
         let learned = RouteInfo::new(Store::Routes, 5).with_protocol(188);
         assert_eq!(&bytes_of(&learned)[..8], &[3u8, 188, 0, 0, 0, 0, 0, 0][..]);
         assert_eq!((learned.source(), learned.protocol(), info.protocol()), (Some(Store::Routes), 188, 0));
+        assert_eq!(learned.with_added_at(9).added_at(), 9);
+        let entry = RouteEntry::new(24, route, learned);
+        assert_eq!(
+            bytes_of(&entry),
+            [bytes_of(&route), &[24, 0, 0, 0], bytes_of(&learned)].concat(),
+            "the route first, where the programs read it"
+        );
+        assert_eq!((*entry.route(), entry.prefix_len(), entry.info()), (route, 24, learned));
         assert_eq!(LocalPort::new(7).ifindex(), 7);
         let e =
             Endpoint::new([10, 244, 1, 5], 7, [2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 1], ENDPOINT_MAX_AGE_NS);

@@ -25,8 +25,8 @@ use xnet_common::{
     icmp::{QUOTED_LEN, TokenBucket},
     maps::{
         AgentState, Backend, CONTAINER_IFACES_LEN, ContainerIface, Counter, DatapathConfig, ENDPOINTS_MAX,
-        Endpoint, LOCAL_PORTS_MAX, LocalPort, LocalPortsLimit, LpmKeyIpv4, PEER_SLOTS_LEN, PEERS_MAX, Peer,
-        PeerSlot, REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, UNTUNNELLED_FROM_MAX,
+        Endpoint, LOCAL_PORTS_MAX, LocalPort, LocalPortsLimit, PEER_SLOTS_LEN, PEERS_MAX, Peer, PeerSlot,
+        REMOTE_SUBNETS_MAX, ROUTE_INDEX_LEN, RemoteSubnet, RouteEntry, UNTUNNELLED_FROM_MAX,
     },
     packet::headers_to_pull,
     stats::{Direction, Outcome, STATS_ENTRIES},
@@ -40,9 +40,10 @@ use xnet_common::{
 /// allocated up front. (The LPM trie never preallocates; arrays and LRU hashes always do.)
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-/// Remote subnet -> the host that owns it (longest prefix match on the inner destination).
+/// Remote subnet -> the host that owns it (longest prefix match on the inner destination), with
+/// the agent's record of the route beside it (`xnet routes`; the programs read only the route).
 #[btf_map]
-static REMOTE_SUBNETS: LpmTrie<[u8; 4], RemoteSubnet, { REMOTE_SUBNETS_MAX as usize }> = LpmTrie::new();
+static REMOTE_SUBNETS: LpmTrie<[u8; 4], RouteEntry, { REMOTE_SUBNETS_MAX as usize }> = LpmTrie::new();
 
 /// Peer public IPv4 -> peer. Only these may send us tunnelled traffic.
 #[btf_map]
@@ -98,18 +99,13 @@ static CONTAINER_IFACES: Array<ContainerIface, { CONTAINER_IFACES_LEN as usize }
 #[btf_map]
 static LOCAL_PORTS_LIMIT: Array<LocalPortsLimit, 1> = Array::new();
 
-/// Where each remote subnet came from and since when (`xnet routes`); not read by the programs.
-#[btf_map]
-static ROUTE_INFO: HashMap<LpmKeyIpv4, RouteInfo, { REMOTE_SUBNETS_MAX as usize }, NO_PREALLOC> =
-    HashMap::new();
-
 /// The route to the remote subnet holding `addr`, as egress sends to it: ROUTE_INDEX inside the
 /// network it covers while CONFIG says it is valid, else the LPM trie.
 #[inline(always)]
 fn route_of(cfg: Option<&DatapathConfig>, addr: &[u8; 4]) -> Option<&'static RemoteSubnet> {
     match cfg.and_then(|c| c.route_index(addr)) {
         Some(i) => ROUTE_INDEX.get(i).filter(|r| !r.is_empty()),
-        None => REMOTE_SUBNETS.get(&Key::new(32, *addr)),
+        None => REMOTE_SUBNETS.get(&Key::new(32, *addr)).map(RouteEntry::route),
     }
 }
 

@@ -29,7 +29,7 @@ use xnet::{
     store::Overlay,
 };
 use xnet_common::maps::{
-    Backend, Capacity, DatapathConfig, LocalPort, LpmKeyIpv4, Peer, PeerSlot, RemoteSubnet, RouteInfo, Store,
+    Backend, Capacity, DatapathConfig, LocalPort, Peer, PeerSlot, RemoteSubnet, RouteEntry, Store,
 };
 use xnet_lab::progcost::{
     BRIDGE_MAC, CONTAINER_MAC, ContainerLookup, NullProgram, container_frame, in_delivery_netns,
@@ -99,14 +99,9 @@ fn load(bytes: &[u8], ops: &[Op], port: u32) -> Ebpf {
                 m.set(*i, s, 0).unwrap();
             }
             Op::PutRoute(n, r) => {
-                let mut m: LpmTrie<_, [u8; 4], RemoteSubnet> =
+                let mut m: LpmTrie<_, [u8; 4], RouteEntry> =
                     LpmTrie::try_from(ebpf.map_mut("REMOTE_SUBNETS").unwrap()).unwrap();
                 m.insert(&Key::new(u32::from(n.prefix()), n.network().octets()), r, 0).unwrap();
-            }
-            Op::PutRouteInfo(n, i) => {
-                let mut m: HashMap<_, LpmKeyIpv4, RouteInfo> =
-                    HashMap::try_from(ebpf.map_mut("ROUTE_INFO").unwrap()).unwrap();
-                m.insert(LpmKeyIpv4::new(u32::from(n.prefix()), n.network().octets()), i, 0).unwrap();
             }
             Op::PutIndex(i, r) => {
                 let mut m: Array<_, RemoteSubnet> =

@@ -10,7 +10,7 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 use xnet_common::{
-    maps::{Backend, IfaceState, IngressHook, RouteInfo, Store},
+    maps::{Backend, IfaceState, IngressHook, Store},
     stats::{self, Direction, Outcome},
 };
 
@@ -85,10 +85,9 @@ pub fn routes(maps: &Maps, now: u64) -> Result<Vec<RouteRow>, InspectError> {
     let config = maps.config()?;
     let vni = config.vni();
     let gre_key = config.gre_key();
-    let info = maps.route_info()?;
     let mut rows = Vec::new();
-    for (net, route) in maps.routes()? {
-        let meta = info.get(&net);
+    for (net, entry) in maps.route_entries()? {
+        let (route, info) = (entry.route(), entry.info());
         let backend = route.backend();
         rows.push(RouteRow {
             subnet: net.to_string(),
@@ -97,11 +96,11 @@ pub fn routes(maps: &Maps, now: u64) -> Result<Vec<RouteRow>, InspectError> {
             vni: (backend == Some(Backend::Vxlan)).then_some(vni),
             key: gre_key.filter(|_| backend == Some(Backend::Gre)),
             vtep_mac: Mac(route.vtep_mac()).to_string(),
-            source: meta.and_then(RouteInfo::source).map_or("unknown", Store::name),
-            protocol: meta
-                .filter(|m| m.source() == Some(Store::Routes) && m.protocol() != 0)
-                .map(|m| crate::config::route_protocol_name(m.protocol())),
-            age_seconds: meta.map(|m| now.saturating_sub(m.added_at())),
+            source: info.source().map_or("unknown", Store::name),
+            protocol: (info.source() == Some(Store::Routes) && info.protocol() != 0)
+                .then(|| crate::config::route_protocol_name(info.protocol())),
+            // 0: no installation time recorded.
+            age_seconds: (info.added_at() != 0).then(|| now.saturating_sub(info.added_at())),
         });
     }
     Ok(rows)

@@ -26,7 +26,7 @@ use aya::maps::{LpmTrie, MapData};
 use clap::Parser;
 use serde_json::{Value, json};
 use xnet::datapath::Program;
-use xnet_common::maps::{Backend, RemoteSubnet};
+use xnet_common::maps::{Backend, RouteEntry};
 use xnet_lab::{
     lab::{Lab, LabSpec, Placement, UNDERLAY_MTU, VXLAN_OVERHEAD},
     progcost::{Bench, ContainerLookup, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
@@ -583,7 +583,7 @@ fn lookup_scaling(bench: &mut Bench, runs: usize) -> Vec<(u32, f64)> {
 
 fn remote_subnets(lab: &Lab, i: usize) -> usize {
     let map = MapData::from_pin(lab.host(i).pin_dir.join("REMOTE_SUBNETS")).expect("pinned REMOTE_SUBNETS");
-    let trie: LpmTrie<MapData, [u8; 4], RemoteSubnet> =
+    let trie: LpmTrie<MapData, [u8; 4], RouteEntry> =
         LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).expect("LPM trie");
     trie.keys().filter_map(Result::ok).count()
 }

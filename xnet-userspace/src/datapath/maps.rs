@@ -19,8 +19,8 @@ use xnet_common::icmp::TokenBucket;
 use xnet_common::maps::{
     AGENT, AgentState, COARSE_CLOCK, CONFIG, CONTAINER_IFACES, CONTAINER_IFACES_LEN, ContainerIface, Counter,
     DatapathConfig, ENDPOINTS, Endpoint, ICMP_LIMIT, LOCAL_PORTS, LOCAL_PORTS_LIMIT, LocalPort,
-    LocalPortsLimit, LpmKeyIpv4, PEER_SLOTS, PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS,
-    ROUTE_INDEX, ROUTE_INDEX_LEN, ROUTE_INFO, RemoteSubnet, RouteInfo, STATS, UNTUNNELLED_FROM,
+    LocalPortsLimit, PEER_SLOTS, PEER_SLOTS_LEN, PEERS, Peer, PeerSlot, REMOTE_SUBNETS, ROUTE_INDEX,
+    ROUTE_INDEX_LEN, RemoteSubnet, RouteEntry, STATS, UNTUNNELLED_FROM,
 };
 
 use super::{
@@ -79,13 +79,12 @@ fn memlock(data: &MapData) -> Option<u64> {
 
 /// The loaded or pinned maps.
 pub struct Maps {
-    remote_subnets: LpmTrie<MapData, [u8; 4], RemoteSubnet>,
+    remote_subnets: LpmTrie<MapData, [u8; 4], RouteEntry>,
     peers: HashMap<MapData, [u8; 4], Peer>,
     config: Array<MapData, DatapathConfig>,
     stats: PerCpuArray<MapData, Counter>,
     local_ports: HashMap<MapData, [u8; 6], LocalPort>,
     agent: Array<MapData, AgentState>,
-    route_info: HashMap<MapData, LpmKeyIpv4, RouteInfo>,
     endpoints: Array<MapData, Endpoint>,
     peer_slots: Array<MapData, PeerSlot>,
     route_index: Array<MapData, RemoteSubnet>,
@@ -132,10 +131,6 @@ fn lpm_key(net: &Ipv4Network) -> Key<[u8; 4]> {
     Key::new(u32::from(net.prefix()), net.network().octets())
 }
 
-fn info_key(net: &Ipv4Network) -> LpmKeyIpv4 {
-    LpmKeyIpv4::new(u32::from(net.prefix()), net.network().octets())
-}
-
 impl Maps {
     /// Takes the maps out of a loaded object (the programs keep theirs).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
@@ -171,7 +166,6 @@ impl Maps {
             stats: typed(&mut source, STATS)?,
             local_ports: typed(&mut source, LOCAL_PORTS)?,
             agent: typed(&mut source, AGENT)?,
-            route_info: typed(&mut source, ROUTE_INFO)?,
             endpoints: typed(&mut source, ENDPOINTS)?,
             peer_slots: typed(&mut source, PEER_SLOTS)?,
             route_index: typed(&mut source, ROUTE_INDEX)?,
@@ -214,7 +208,6 @@ impl Maps {
             (PEERS, Some(self.peers.map())),
             (REMOTE_SUBNETS, Some(self.remote_subnets.map())),
             (ROUTE_INDEX, Some(self.route_index.map())),
-            (ROUTE_INFO, Some(self.route_info.map())),
             (STATS, Some(self.stats.map())),
             (UNTUNNELLED_FROM, self.untunnelled_from.as_ref().map(IterableMap::map)),
         ]
@@ -293,8 +286,13 @@ impl Maps {
         map.set(0, values, 0).map_err(failed(ICMP_LIMIT))
     }
 
-    /// REMOTE_SUBNETS, every route.
+    /// REMOTE_SUBNETS, every route (where it leads).
     pub fn routes(&self) -> Result<BTreeMap<Ipv4Network, RemoteSubnet>, DatapathError> {
+        Ok(self.route_entries()?.into_iter().map(|(net, e)| (net, *e.route())).collect())
+    }
+
+    /// REMOTE_SUBNETS, every entry: the route and where it came from, since when.
+    pub fn route_entries(&self) -> Result<BTreeMap<Ipv4Network, RouteEntry>, DatapathError> {
         let mut out = BTreeMap::new();
         let mut bad = None;
         let whole = batched(&self.remote_subnets, REMOTE_SUBNETS, |key, route| {
@@ -330,32 +328,11 @@ impl Maps {
         Ok(out)
     }
 
-    /// The REMOTE_SUBNETS entry of exactly `net`, if any. (A trie lookup alone answers with the
-    /// longest prefix that contains `net`; ROUTE_INFO, written with every route, has exact keys.)
+    /// The REMOTE_SUBNETS route of exactly `net`, if any. (A trie lookup answers with the longest
+    /// prefix that contains `net`; the entry's own prefix length tells whether that is `net`.)
     pub fn route(&self, net: &Ipv4Network) -> Option<RemoteSubnet> {
-        self.route_info.get(&info_key(net), 0).ok()?;
-        self.remote_subnets.get(&lpm_key(net), 0).ok()
-    }
-
-    /// ROUTE_INFO, every entry.
-    pub fn route_info(&self) -> Result<BTreeMap<Ipv4Network, RouteInfo>, DatapathError> {
-        let mut out = BTreeMap::new();
-        let whole = batched(&self.route_info, ROUTE_INFO, |key, info| {
-            if let Some(net) = cidr::network(Ipv4Addr::from(key.addr()), key.prefix_len() as u8) {
-                out.insert(net, info);
-            }
-        })?;
-        if whole {
-            return Ok(out);
-        }
-        out.clear();
-        for entry in self.route_info.iter() {
-            let (key, info) = entry.map_err(failed(ROUTE_INFO))?;
-            if let Some(net) = cidr::network(Ipv4Addr::from(key.addr()), key.prefix_len() as u8) {
-                out.insert(net, info);
-            }
-        }
-        Ok(out)
+        let entry = self.remote_subnets.get(&lpm_key(net), 0).ok()?;
+        (entry.prefix_len() == net.prefix()).then_some(*entry.route())
     }
 
     /// UNTUNNELLED_FROM: the networks whose untunnelled traffic may reach containers.
@@ -425,7 +402,7 @@ impl Maps {
     }
 
     /// The maps [`Maps::mirror`] reads besides CONFIG.
-    pub const MIRRORED: [&str; 5] = [REMOTE_SUBNETS, ROUTE_INFO, PEERS, PEER_SLOTS, ROUTE_INDEX];
+    pub const MIRRORED: [&str; 4] = [REMOTE_SUBNETS, PEERS, PEER_SLOTS, ROUTE_INDEX];
 
     /// [`Maps::mirror`] of maps just created: CONFIG as it is, every other map empty (nothing is
     /// read from them; the arrays alone have 131,072 entries).
@@ -439,8 +416,7 @@ impl Maps {
         Ok(Mirror {
             // As the sync writes it: the templates are CONFIG's own business.
             config: self.config()?.without_outer_templates(),
-            routes: self.routes()?,
-            route_info: self.route_info()?,
+            routes: self.route_entries()?,
             peers: self.peers()?,
             slots: Self::array_entries(&self.peer_slots, PEER_SLOTS, PEER_SLOTS_LEN)?,
             index: Self::array_entries(&self.route_index, ROUTE_INDEX, ROUTE_INDEX_LEN)?
@@ -512,18 +488,6 @@ impl Maps {
                 let k = keys(ops, |o| if let Op::DelRoute(n) = o { Some(lpm_key(n)) } else { None });
                 batch::delete(&mut self.remote_subnets, &k)
             }
-            Op::PutRouteInfo(..) => {
-                let (k, v) =
-                    pairs(
-                        ops,
-                        |o| if let Op::PutRouteInfo(n, i) = o { Some((info_key(n), *i)) } else { None },
-                    );
-                batch::update(&mut self.route_info, &k, &v)
-            }
-            Op::DelRouteInfo(_) => {
-                let k = keys(ops, |o| if let Op::DelRouteInfo(n) = o { Some(info_key(n)) } else { None });
-                batch::delete(&mut self.route_info, &k)
-            }
             Op::PutIndex(..) => {
                 let (k, v) = pairs(ops, |o| if let Op::PutIndex(i, r) = o { Some((*i, *r)) } else { None });
                 batch::update(&mut self.route_index, &k, &v)
@@ -542,8 +506,6 @@ impl Maps {
                 self.remote_subnets.insert(&lpm_key(n), r, 0).map_err(failed(REMOTE_SUBNETS))
             }
             Op::DelRoute(n) => self.remote_subnets.remove(&lpm_key(n)).map_err(failed(REMOTE_SUBNETS)),
-            Op::PutRouteInfo(n, i) => self.route_info.insert(info_key(n), i, 0).map_err(failed(ROUTE_INFO)),
-            Op::DelRouteInfo(n) => self.route_info.remove(&info_key(n)).map_err(failed(ROUTE_INFO)),
             Op::PutIndex(i, r) => self.route_index.set(*i, r, 0).map_err(failed(ROUTE_INDEX)),
         }
     }

@@ -549,14 +549,16 @@ impl Datapath {
     }
 }
 
-/// Detaches every attachment and removes every pin under `pin_dir`, then the directory itself.
+/// Detaches every attachment and removes every pin under `pin_dir` (those of maps an older xnet
+/// had, [`xnet_common::maps::RETIRED_MAPS`], too), then the directory itself.
 /// Safe to run on a partial or missing pin directory.
 pub fn remove_all(pin_dir: &Path) -> Result<(), DatapathError> {
     for pin in links::pinned(pin_dir) {
         links::unpin(&pin)?;
     }
-    for map in maps::declared() {
-        let path = pin_dir.join(&map.name);
+    let retired = xnet_common::maps::RETIRED_MAPS.map(String::from);
+    for name in maps::declared().into_iter().map(|m| m.name).chain(retired) {
+        let path = pin_dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -4,9 +4,9 @@
 //!
 //! 1. the route index is switched off first if it is about to become invalid or change shape;
 //! 2. new and changed peers, then the peer slots that now point at them;
-//! 3. new and changed routes, then their ROUTE_INFO;
+//! 3. new and changed routes (each with its record: where it came from, since when);
 //! 4. route index entries; switching the index on comes after it is filled;
-//! 5. then removals: routes, their ROUTE_INFO, slots that become empty, peers.
+//! 5. then removals: routes, slots that become empty, peers.
 //!
 //! Steps 2 and 3 touch different maps and the programs never read one through the other (a route
 //! names its peer's address, which encapsulation needs; the peer check on decapsulation needs no
@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use xnet_common::maps::Capacity;
 use xnet_common::maps::{
-    self, Backend, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, RemoteSubnet, RouteInfo, Store,
+    self, Backend, DatapathConfig, Peer, PeerSlot, ROUTE_INDEX_LEN, RemoteSubnet, RouteEntry, RouteInfo,
+    Store,
 };
 
 use crate::cidr::{self, Ipv4Network};
@@ -85,7 +86,8 @@ pub struct Wanted {
     source: Store,
     index: RouteIndexSpec,
     routes: BTreeMap<Ipv4Network, RemoteSubnet>,
-    /// The kernel route protocol of routes learned from a routing daemon (ROUTE_INFO records it).
+    /// The kernel route protocol of routes learned from a routing daemon (each route's
+    /// [`RouteInfo`] records it).
     protocols: BTreeMap<Ipv4Network, u8>,
     /// Each peer, and how many routes lead to it (a route names its peer: `peer_ip`).
     peers: BTreeMap<[u8; 4], (Peer, u32)>,
@@ -177,7 +179,7 @@ impl Wanted {
         }
     }
 
-    /// What ROUTE_INFO should say about the route of `net`, were it first installed at `now`.
+    /// What the [`RouteInfo`] of the route of `net` should say, were it first installed at `now`.
     fn info(&self, net: &Ipv4Network, now: u64) -> RouteInfo {
         let info = RouteInfo::new(self.source, now);
         self.protocols.get(net).map_or(info, |p| info.with_protocol(*p))
@@ -254,8 +256,7 @@ fn backend_slot(route: &RemoteSubnet) -> usize {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mirror {
     pub config: DatapathConfig,
-    pub routes: BTreeMap<Ipv4Network, RemoteSubnet>,
-    pub route_info: BTreeMap<Ipv4Network, RouteInfo>,
+    pub routes: BTreeMap<Ipv4Network, RouteEntry>,
     pub peers: BTreeMap<[u8; 4], Peer>,
     /// Non-empty PEER_SLOTS entries.
     pub slots: BTreeMap<u32, PeerSlot>,
@@ -272,10 +273,8 @@ pub enum Op {
     DelPeer([u8; 4]),
     /// An empty slot is written as the default value.
     PutSlot(u32, PeerSlot),
-    PutRoute(Ipv4Network, RemoteSubnet),
+    PutRoute(Ipv4Network, RouteEntry),
     DelRoute(Ipv4Network),
-    PutRouteInfo(Ipv4Network, RouteInfo),
-    DelRouteInfo(Ipv4Network),
     /// No route is written as the default value (backend 0).
     PutIndex(u32, RemoteSubnet),
 }
@@ -286,11 +285,7 @@ impl Op {
     /// its routes, so the two lanes may be written side by side.
     pub fn lane(&self) -> usize {
         match self {
-            Op::PutRoute(..)
-            | Op::DelRoute(_)
-            | Op::PutRouteInfo(..)
-            | Op::DelRouteInfo(_)
-            | Op::PutIndex(..) => 1,
+            Op::PutRoute(..) | Op::DelRoute(_) | Op::PutIndex(..) => 1,
             Op::Config(_) | Op::PutPeer(..) | Op::DelPeer(_) | Op::PutSlot(..) => 0,
         }
     }
@@ -302,7 +297,6 @@ impl Op {
             Op::PutPeer(..) | Op::DelPeer(_) => maps::PEERS,
             Op::PutSlot(..) => maps::PEER_SLOTS,
             Op::PutRoute(..) | Op::DelRoute(_) => maps::REMOTE_SUBNETS,
-            Op::PutRouteInfo(..) | Op::DelRouteInfo(_) => maps::ROUTE_INFO,
             Op::PutIndex(..) => maps::ROUTE_INDEX,
         }
     }
@@ -331,12 +325,6 @@ impl Mirror {
             Op::DelRoute(n) => {
                 self.routes.remove(n);
             }
-            Op::PutRouteInfo(n, i) => {
-                self.route_info.insert(*n, *i);
-            }
-            Op::DelRouteInfo(n) => {
-                self.route_info.remove(n);
-            }
             Op::PutIndex(i, r) if r.is_empty() => {
                 self.index.remove(i);
             }
@@ -360,7 +348,7 @@ pub struct MapFull {
 
 /// The writes that make the maps described by `current` hold `wanted` and `config` (CONFIG apart
 /// from its route index fields, which this diff owns), comparing the keys in `scope`. `now`: Unix
-/// seconds, for the ROUTE_INFO of new routes.
+/// seconds, for the [`RouteInfo`] of new routes.
 pub fn diff(
     current: &Mirror,
     wanted: &Wanted,
@@ -644,9 +632,7 @@ where
     }
     let (route_keys, peer_keys) = match scope {
         Scope::All => (
-            sorted_set(
-                current.routes.keys().chain(current.route_info.keys()).chain(wanted.routes.keys()).copied(),
-            ),
+            sorted_set(current.routes.keys().chain(wanted.routes.keys()).copied()),
             sorted_set(current.peers.keys().chain(wanted.peers.keys()).copied()),
         ),
         Scope::Keys { routes, peers } => (routes.iter().copied().collect(), peers.iter().copied().collect()),
@@ -683,12 +669,6 @@ where
     let routes_held = held_in_scope(all, &route_keys, &em.mirror.routes);
     let peers_held = held_in_scope(all, &peer_keys, &em.mirror.peers);
     removals.extend(routes_held.iter().filter(|n| !wanted.routes.contains_key(*n)).map(|n| Op::DelRoute(*n)));
-    removals.extend(
-        held_in_scope(all, &route_keys, &em.mirror.route_info)
-            .into_iter()
-            .filter(|n| !wanted.routes.contains_key(n))
-            .map(Op::DelRouteInfo),
-    );
     for slot in held_in_scope(all, &slot_keys, &em.mirror.slots) {
         if wanted.slot(slot) == PeerSlot::empty() {
             removals.push(Op::PutSlot(slot, PeerSlot::empty()));
@@ -708,8 +688,7 @@ where
     };
     let new_routes = wanted_routes - routes_held.iter().filter(|n| wanted.routes.contains_key(*n)).count();
     let new_peers = wanted_peers - peers_held.iter().filter(|ip| wanted.peers.contains_key(*ip)).count();
-    let removals_first = em.mirror.routes.len().max(em.mirror.route_info.len()) + new_routes
-        > capacity.routes as usize
+    let removals_first = em.mirror.routes.len() + new_routes > capacity.routes as usize
         || em.mirror.peers.len() + new_peers > capacity.peers as usize;
     if removals_first {
         for op in std::mem::take(&mut removals) {
@@ -719,7 +698,7 @@ where
     }
 
     // 2-4, in two lanes: (2) new and changed peers, then the slots that point at them; (3) new
-    // and changed routes, then their ROUTE_INFO, (4) then the route index entries. Each map's
+    // and changed routes, each with its record, (4) then the route index entries. Each map's
     // writes come together, so they go in batches. For a writer with two lanes the lanes take
     // turns a chunk at a time, so both stay busy; otherwise lane 0 goes first.
     let index_slots = match shape {
@@ -741,28 +720,20 @@ where
         (want != PeerSlot::empty() && m.slots.get(&slot).copied().unwrap_or_default() != want)
             .then_some(Op::PutSlot(slot, want))
     };
+    // A route with its record: one write a route.
     let route = |m: &Mirror, i: usize| {
         let net = &route_keys[i];
-        wanted.routes.get(net).filter(|r| m.routes.get(net) != Some(*r)).map(|r| Op::PutRoute(*net, *r))
-    };
-    let route_info = |m: &Mirror, i: usize| {
-        let net = &route_keys[i];
-        if !wanted.routes.contains_key(net) {
-            return None;
-        }
-        let info = wanted.info(net, now);
-        let recorded = m.route_info.get(net).copied();
-        if recorded.map(|i| (i.source(), i.protocol())) == Some((info.source(), info.protocol())) {
-            return None;
-        }
+        let route = wanted.routes.get(net)?;
+        let recorded = m.routes.get(net).copied();
+        let mut info = wanted.info(net, now);
         // A route that moves keeps its first installation time.
-        let info = match recorded {
-            Some(r) if r.source() == info.source() => {
-                RouteInfo::new(wanted.source, r.added_at()).with_protocol(info.protocol())
-            }
-            _ => info,
-        };
-        Some(Op::PutRouteInfo(*net, info))
+        if let Some(r) = recorded.map(|e| e.info())
+            && r.source() == info.source()
+        {
+            info = info.with_added_at(r.added_at());
+        }
+        let entry = RouteEntry::new(net.prefix(), *route, info);
+        (recorded != Some(entry)).then_some(Op::PutRoute(*net, entry))
     };
     let index = |m: &Mirror, i: usize| {
         let (shape, i) = (shape?, index_slots[i]);
@@ -771,11 +742,7 @@ where
     };
     let mut lanes: [Lane<'_>; 2] = [
         Lane::new(vec![(peer_keys.len(), &peer), (slot_keys.len(), &slot)]),
-        Lane::new(vec![
-            (route_keys.len(), &route),
-            (route_keys.len(), &route_info),
-            (index_slots.len(), &index),
-        ]),
+        Lane::new(vec![(route_keys.len(), &route), (index_slots.len(), &index)]),
     ];
     if em.writer.lanes() > 1 {
         while !lanes.iter().all(Lane::done) {
@@ -857,21 +824,21 @@ mod tests {
         let (mut m, mut w) = (Mirror::default(), Wanted::new(Store::Etcd, spec()));
         set(&mut w, "10.244.2.0/24", a);
         sync(&mut m, &mut w, &cfg, Scope::All);
-        assert_eq!(m.routes[&net("10.244.2.0/24")].peer_ip(), a);
+        assert_eq!(m.routes[&net("10.244.2.0/24")].route().peer_ip(), a);
         set(&mut w, "10.244.2.0/24", b);
         let scope = w.take_changes();
         let ops = diff(&m, &w, &cfg, &scope, 150, Capacity::default()).unwrap();
         let put_peer = position(&ops, |o| matches!(o, Op::PutPeer(ip, _) if *ip == b));
         let put_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if s.ip() == b));
-        let put_route = position(&ops, |o| matches!(o, Op::PutRoute(_, r) if r.peer_ip() == b));
+        let put_route = position(&ops, |o| matches!(o, Op::PutRoute(_, r) if r.route().peer_ip() == b));
         let put_index = position(&ops, |o| matches!(o, Op::PutIndex(2, r) if r.peer_ip() == b));
         let del_slot = position(&ops, |o| matches!(o, Op::PutSlot(_, s) if *s == PeerSlot::empty()));
         let del_peer = position(&ops, |o| matches!(o, Op::DelPeer(ip) if *ip == a));
         assert!(put_peer < put_slot && put_slot < put_route && put_route < del_peer, "{ops:?}");
         assert!(put_index < del_slot && del_slot < del_peer, "{ops:?}");
         assert!(
-            !ops.iter().any(|o| matches!(o, Op::PutRouteInfo(..))),
-            "same source: first install time kept"
+            matches!(&ops[put_route], Op::PutRoute(_, r) if r.info() == RouteInfo::new(Store::Etcd, 100)),
+            "same source: first install time kept: {ops:?}"
         );
         assert!(!ops.iter().any(|o| matches!(o, Op::DelRoute(_))), "the subnet never loses its route");
         for op in &ops {
@@ -888,7 +855,7 @@ mod tests {
         set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
         w.set_protocol(n, 188);
         sync(&mut m, &mut w, &cfg, Scope::All);
-        let info = m.route_info[&n];
+        let info = m.routes[&n].info();
         assert_eq!((info.source(), info.protocol(), info.added_at()), (Some(Store::Routes), 188, 100));
         // Learned again with another protocol (BGP took over), later: same first install time.
         set(&mut w, "10.244.2.0/24", [198, 18, 0, 2]);
@@ -896,7 +863,14 @@ mod tests {
         let scope = w.take_changes();
         let ops = diff(&m, &w, &cfg, &scope, 150, Capacity::default()).unwrap();
         assert!(
-            ops.contains(&Op::PutRouteInfo(n, RouteInfo::new(Store::Routes, 100).with_protocol(186))),
+            ops.contains(&Op::PutRoute(
+                n,
+                RouteEntry::new(
+                    24,
+                    route([198, 18, 0, 2]),
+                    RouteInfo::new(Store::Routes, 100).with_protocol(186)
+                )
+            )),
             "{ops:?}"
         );
         assert!(!ops.iter().any(|o| matches!(o, Op::DelRoute(_))), "no flush");
@@ -962,11 +936,11 @@ mod tests {
         set(&mut w, "10.244.250.0/24", [198, 18, 2, 250]);
         let scope = w.take_changes();
         let ops = sync(&mut m, &mut w, &cfg, scope);
-        assert_eq!(ops.len(), 5, "peer, slot, route, route info, index entry: {ops:?}");
+        assert_eq!(ops.len(), 4, "peer, slot, route, index entry: {ops:?}");
         w.remove(&net("10.244.7.0/24"));
         let scope = w.take_changes();
         let ops = sync(&mut m, &mut w, &cfg, scope);
-        assert_eq!(ops.len(), 5, "index entry, route, route info, slot, peer: {ops:?}");
+        assert_eq!(ops.len(), 4, "index entry, route, slot, peer: {ops:?}");
         // CONFIG changes are written as such, keeping the index switched on.
         let moved = cfg.with_gateway_mac([2, 0, 0, 0, 0, 1]);
         let ops =
@@ -1079,7 +1053,7 @@ mod tests {
         let mut next = Wanted::new(Store::File, spec());
         set(&mut next, "10.244.2.0/24", [198, 18, 0, 2]);
         let ops = sync(&mut m, &mut next, &cfg, Scope::All);
-        assert_eq!(ops.len(), 5, "index entry, route, route info, slot, peer of the stale host: {ops:?}");
+        assert_eq!(ops.len(), 4, "index entry, route, slot, peer of the stale host: {ops:?}");
         assert!(ops.iter().all(|o| !matches!(o, Op::PutRoute(..) | Op::PutPeer(..))), "{ops:?}");
     }
 
@@ -1313,7 +1287,7 @@ mod tests {
         let mut maps = Lagging::new(0, usize::MAX);
         apply(&mut m, &after, &cfg, &Scope::All, 7, Capacity::default(), &mut maps).unwrap();
         let removal = |o: &Op| {
-            matches!(o, Op::DelRoute(_) | Op::DelRouteInfo(_) | Op::DelPeer(_))
+            matches!(o, Op::DelRoute(_) | Op::DelPeer(_))
                 || matches!(o, Op::PutSlot(_, s) if *s == PeerSlot::empty())
         };
         let first_removal = maps.written.iter().position(removal).expect("removals");
