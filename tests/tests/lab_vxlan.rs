@@ -310,6 +310,65 @@ fn maps_pinned_by_another_version_are_named_not_loaded() {
 }
 
 #[test]
+fn an_upgrade_over_the_old_route_maps_is_refused_until_cleanup() {
+    let mut lab =
+        Lab::start(LabSpec { hosts: 2, containers_per_host: 1, start_agents: false, ..LabSpec::default() });
+    let (pin_dir, config_path) = (lab.host(1).pin_dir.clone(), lab.host(1).config_path.clone());
+    // The route maps as the xnet before this one pinned them: REMOTE_SUBNETS with 12-byte values
+    // (the route alone), and ROUTE_INFO beside it.
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    let create = |name: &str, kind: &str, key: &str, value: &str| {
+        let path = pin_dir.join(name);
+        xnet_lab::netns::run_ok(std::process::Command::new("bpftool").args([
+            "map",
+            "create",
+            path.to_str().unwrap(),
+            "type",
+            kind,
+            "key",
+            key,
+            "value",
+            value,
+            "entries",
+            "65536",
+            "name",
+            name,
+            "flags",
+            "1", // BPF_F_NO_PREALLOC: an LPM trie needs it, and the old ROUTE_INFO had it
+        ]));
+    };
+    create("REMOTE_SUBNETS", "lpm_trie", "8", "12");
+    create("ROUTE_INFO", "hash", "8", "16");
+    let out = lab.xnet(1, &["run", "--config", config_path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "map REMOTE_SUBNETS pinned at",
+        "12-byte values",
+        "32-byte values",
+        "another xnet version",
+        "xnet cleanup --pin-dir",
+    ] {
+        assert!(stderr.contains(expected), "stderr should say {expected:?}: {stderr}");
+    }
+    assert!(!pin_dir.join("PEERS").exists(), "nothing else was pinned");
+    // `xnet cleanup` removes the old maps, ROUTE_INFO included, and the directory with them.
+    let out = lab.xnet(1, &["cleanup", "--pin-dir", pin_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pin_dir.exists(), "pin directory left: {:?}", std::fs::read_dir(&pin_dir));
+    // A stale ROUTE_INFO pin alone does not stop a start.
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    create("ROUTE_INFO", "hash", "8", "16");
+    lab.start_agent(1, &[]);
+    lab.start_agent(2, &[]);
+    assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "the upgraded agent forwards");
+    let routes = lab.xnet(1, &["routes", "--json", "--pin-dir", pin_dir.to_str().unwrap()]);
+    let routes: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
+    assert_eq!(routes[0]["subnet"], "10.244.2.0/24", "{routes}");
+    assert_eq!(routes[0]["source"], "file", "{routes}");
+}
+
+#[test]
 fn the_route_index_is_used_only_when_every_route_fits_it() {
     let mut lab = Lab::start(LabSpec { hosts: 3, containers_per_host: 1, ..LabSpec::default() });
     assert_eq!(lab.route_index(1), (true, vec![2, 3]), "uniform /24s of 10.244.0.0/16");

@@ -2,7 +2,8 @@
 //! the default 65,536 when asked; a wanted state larger than the maps is refused whole and the
 //! last state stays in the maps; pinned maps of another size are refused with what to do.
 //! ENDPOINTS follows the container subnet instead, and a pinned map of another type (an older
-//! xnet's) is refused by name.
+//! xnet's) is refused by name, as are an older xnet's route maps (REMOTE_SUBNETS without the route
+//! records, ROUTE_INFO beside it), until a cleanup removes them both.
 
 use std::path::{Path, PathBuf};
 
@@ -175,14 +176,19 @@ fn endpoints_is_sized_for_the_container_subnet_and_made_anew_for_another() {
     assert_eq!(max_entries(&dp, ENDPOINTS), ENDPOINTS_MAX);
 }
 
-/// Creates and pins at `path` a BPF map as an older xnet had ENDPOINTS: an LRU hash of 4-byte
-/// keys and 24-byte values, 4096 entries.
-fn pin_old_endpoints(path: &Path) {
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Creates and pins at `path` a BPF map as an older xnet had it: `[map_type, key_size,
+/// value_size, max_entries, map_flags]`.
+fn pin_old_map(path: &Path, layout: [u32; 5]) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, then zeros.
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, map_flags,
+    // then zeros.
     let mut create = [0u32; 32];
-    create[..4].copy_from_slice(&[BPF_MAP_TYPE_LRU_HASH, 4, 24, 4096]);
+    create[..5].copy_from_slice(&layout);
     // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE (cmd 0), alive for the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, create.as_ptr(), size_of_val(&create)) };
     assert!(fd >= 0, "create the old map: {}", std::io::Error::last_os_error());
@@ -200,7 +206,8 @@ fn pin_old_endpoints(path: &Path) {
 fn an_older_xnets_endpoints_map_is_refused_by_name() {
     let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/xnet-test-old-endpoints-{}", std::process::id())));
     std::fs::create_dir_all(&pins.0).expect("pin directory");
-    pin_old_endpoints(&pins.0.join(ENDPOINTS));
+    // An LRU hash of 4-byte keys and 24-byte values, 4096 entries.
+    pin_old_map(&pins.0.join(ENDPOINTS), [BPF_MAP_TYPE_LRU_HASH, 4, 24, 4096, 0]);
     let err = Datapath::load(&pins.0, Capacity::default()).err().expect("an LRU hash is not this ENDPOINTS");
     let text = err.to_string();
     let pin_dir = pins.0.display().to_string();
@@ -211,4 +218,42 @@ fn an_older_xnets_endpoints_map_is_refused_by_name() {
         "{text}"
     );
     assert!(pins.0.join(ENDPOINTS).exists(), "the refused load left the old pin alone");
+}
+
+#[test]
+fn an_older_xnets_route_maps_are_refused_then_cleaned_up() {
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/xnet-test-old-routes-{}", std::process::id())));
+    std::fs::create_dir_all(&pins.0).expect("pin directory");
+    // The route maps of the xnet before RouteEntry: REMOTE_SUBNETS with the 12-byte route alone,
+    // and ROUTE_INFO (LpmKeyIpv4 -> 16-byte RouteInfo) beside it.
+    pin_old_map(&pins.0.join(REMOTE_SUBNETS), [BPF_MAP_TYPE_LPM_TRIE, 8, 12, 65_536, BPF_F_NO_PREALLOC]);
+    pin_old_map(&pins.0.join("ROUTE_INFO"), [BPF_MAP_TYPE_HASH, 8, 16, 65_536, BPF_F_NO_PREALLOC]);
+    let err = Datapath::load(&pins.0, Capacity::default())
+        .err()
+        .expect("12-byte routes are not this REMOTE_SUBNETS");
+    let text = err.to_string();
+    let pin_dir = pins.0.display().to_string();
+    assert!(
+        text.contains("map REMOTE_SUBNETS")
+            && text.contains("8-byte keys, 12-byte values")
+            && text.contains("8-byte keys, 32-byte values")
+            && text.contains(&format!("xnet cleanup --pin-dir {pin_dir}")),
+        "{text}"
+    );
+    assert!(pins.0.join(REMOTE_SUBNETS).exists(), "the refused load left the old pin alone");
+    // What `xnet cleanup` runs: the retired ROUTE_INFO goes with the rest, and the directory.
+    remove_all(&pins.0).expect("cleanup");
+    assert!(!pins.0.exists(), "left behind: {:?}", std::fs::read_dir(&pins.0).map(|d| d.count()));
+    // A ROUTE_INFO pin left alone does not stand in the way of a start.
+    std::fs::create_dir_all(&pins.0).expect("pin directory");
+    pin_old_map(&pins.0.join("ROUTE_INFO"), [BPF_MAP_TYPE_HASH, 8, 16, 65_536, BPF_F_NO_PREALLOC]);
+    let mut dp = Datapath::load(&pins.0, Capacity::default()).expect("a stale ROUTE_INFO is ignored");
+    sync(&mut dp, &peers(2)).expect("sync");
+    let entries = dp.maps().route_entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries
+            .iter()
+            .all(|(net, e)| e.prefix_len() == net.prefix() && e.info().source() == Some(Store::File))
+    );
 }
