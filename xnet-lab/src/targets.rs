@@ -88,6 +88,16 @@ impl Measured {
         }
     }
 
+    /// A figure measured in several runs: their median, range and spread.
+    pub fn runs(s: &Summary) -> Measured {
+        Measured {
+            value: s.median,
+            range: Some((s.min, s.max)),
+            spread: Some(s.relative_spread()),
+            detail: format!("median of {} runs", s.runs),
+        }
+    }
+
     /// A figure measured once (or as the mean of many samples taken in one step).
     pub fn single(value: f64, detail: impl Into<String>) -> Measured {
         Measured { value, range: None, spread: None, detail: detail.into() }
@@ -187,10 +197,10 @@ impl Target {
 pub struct ScaleFigures {
     /// The agent with this many static peers in its config file ...
     pub static_peers: u32,
-    /// ... was ready this many seconds after it started ...
-    pub static_ready_s: f64,
+    /// ... was ready this many seconds after it started (over several starts) ...
+    pub static_ready_s: Summary,
     /// ... with this peak resident memory (VmHWM), MiB.
-    pub static_peak_rss_mib: f64,
+    pub static_peak_rss_mib: Summary,
     /// An agent following etcd with many leases (the target: 10,000). `None` while the scale step
     /// does not measure it; the report then says "not measured".
     pub etcd_leases: Option<EtcdAtScale>,
@@ -220,14 +230,14 @@ impl ScaleFigures {
                 goal: Goal::AtMost(0.4),
                 unit: "s",
                 max_spread: None,
-                measured: Some(Measured::single(self.static_ready_s, "one run")),
+                measured: Some(Measured::runs(&self.static_ready_s)),
             },
             Target {
                 what: peers("peak RSS"),
                 goal: Goal::AtMost(40.0),
                 unit: "MiB",
                 max_spread: None,
-                measured: Some(Measured::single(self.static_peak_rss_mib, "one run")),
+                measured: Some(Measured::runs(&self.static_peak_rss_mib)),
             },
             Target {
                 what: etcd_what("agent peak RSS"),
@@ -361,8 +371,8 @@ mod tests {
     fn scale_targets_read_the_scale_step_and_wait_for_etcd() {
         let mut scale = ScaleFigures {
             static_peers: 100_000,
-            static_ready_s: 0.35,
-            static_peak_rss_mib: 55.0,
+            static_ready_s: Summary::of(&[0.35, 0.3, 0.38]).unwrap(),
+            static_peak_rss_mib: Summary::of(&[55.0]).unwrap(),
             etcd_leases: None,
         };
         let t = scale.targets();
