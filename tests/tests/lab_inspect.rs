@@ -242,8 +242,10 @@ fn stats_watch_shows_rates() {
         .output()
         .unwrap();
     assert!(ping.status.success());
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(watch.id() as i32, libc::SIGINT) };
+    // SIGTERM, not SIGINT: a shell without job control starts background commands with SIGINT
+    // ignored, and the watch (as any command-line tool) keeps that, so a test run started that way
+    // would wait here for ever. SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     let out = watch.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("PKT/S") && text.contains("BIT/S"), "{text}");
