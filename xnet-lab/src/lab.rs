@@ -871,6 +871,37 @@ impl Lab {
         }
     }
 
+    /// Joins containers `a` and `b` through the lab's switch with no host in between: a veth from
+    /// each container straight to a port of the switch's bridge (`floorsw` in the container), at
+    /// `mtu`, and a route to the other container over it: the underlay alone, with none of the
+    /// hosts' work. For labs started without agents.
+    pub fn setup_switch_floor(&self, a: (usize, usize), b: (usize, usize), mtu: u32) {
+        let mtu = mtu.to_string();
+        for (n, (from, to)) in [(a, b), (b, a)].into_iter().enumerate() {
+            let (from, to) = (self.container(from), self.container(to));
+            let port = format!("floor{n}");
+            run_ok(Command::new("ip").args([
+                "link",
+                "add",
+                "name",
+                "floorsw",
+                "netns",
+                &from.ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.switch.name,
+            ]));
+            self.switch.ip(&["link", "set", &port, "master", "br0", "mtu", &mtu, "up"]);
+            from.ns.ip(&["link", "set", "floorsw", "mtu", &mtu, "up"]);
+            let (dst, src) = (format!("{}/32", to.ip), from.ip.to_string());
+            from.ns.ip(&["route", "replace", &dst, "dev", "floorsw", "src", &src]);
+        }
+    }
+
     /// flannel's udp backend design on every host, through `xnet-udp-relay` (a re-implementation
     /// that lives next to the bench binaries): a TUN device `flannel0` holding the overlay network,
     /// a userspace relay per host, container MTU 1472. For labs started without agents.
