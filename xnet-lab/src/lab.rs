@@ -331,25 +331,31 @@ impl Lab {
         i
     }
 
-    fn build_host(&self, i: usize) -> Host {
-        let ns = Netns::create(&format!("{}-h{i}", self.id));
-        let port = format!("h{i}");
-        let second = self.on_second_segment(i);
+    /// A veth from `ns` (named `name` there) to the switch namespace (named `port` there), both
+    /// ends down and unattached.
+    fn cable_to_switch(&self, ns: &Netns, name: &str, port: &str) {
         run_ok(Command::new("ip").args([
             "link",
             "add",
             "name",
-            "eth0",
+            name,
             "netns",
             &ns.name,
             "type",
             "veth",
             "peer",
             "name",
-            &port,
+            port,
             "netns",
             &self.switch.name,
         ]));
+    }
+
+    fn build_host(&self, i: usize) -> Host {
+        let ns = Netns::create(&format!("{}-h{i}", self.id));
+        let port = format!("h{i}");
+        let second = self.on_second_segment(i);
+        self.cable_to_switch(&ns, "eth0", &port);
         self.switch.ip(&["link", "set", &port, "master", if second { "br1" } else { "br0" }, "up"]);
         let public_ip = Ipv4Addr::new(198, 18, u8::from(second), i as u8);
         ns.ip(&["addr", "add", &format!("{public_ip}/24"), "dev", "eth0"]);
@@ -880,21 +886,7 @@ impl Lab {
         for (n, (from, to)) in [(a, b), (b, a)].into_iter().enumerate() {
             let (from, to) = (self.container(from), self.container(to));
             let port = format!("floor{n}");
-            run_ok(Command::new("ip").args([
-                "link",
-                "add",
-                "name",
-                "floorsw",
-                "netns",
-                &from.ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &self.switch.name,
-            ]));
+            self.cable_to_switch(&from.ns, "floorsw", &port);
             self.switch.ip(&["link", "set", &port, "master", "br0", "mtu", &mtu, "up"]);
             from.ns.ip(&["link", "set", "floorsw", "mtu", &mtu, "up"]);
             let (dst, src) = (format!("{}/32", to.ip), from.ip.to_string());
