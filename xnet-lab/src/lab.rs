@@ -881,7 +881,7 @@ impl Lab {
     /// each container straight to a port of the switch's bridge (`floorsw` in the container), at
     /// `mtu`, and a route to the other container over it: the underlay alone, with none of the
     /// hosts' work. For labs started without agents.
-    pub fn setup_switch_floor(&self, a: (usize, usize), b: (usize, usize), mtu: u32) {
+    pub fn setup_underlay_only(&self, a: (usize, usize), b: (usize, usize), mtu: u32) {
         let mtu = mtu.to_string();
         for (n, (from, to)) in [(a, b), (b, a)].into_iter().enumerate() {
             let (from, to) = (self.container(from), self.container(to));

@@ -215,7 +215,8 @@ impl CpuShares {
     }
 }
 
-/// Per CPU, seconds busy (as [`busy_cpu_seconds`] counts) and seconds in softirq, from /proc/stat.
+/// Per CPU, seconds busy (user, nice, system, irq, softirq; see [`busy_cpu_seconds`]) and seconds
+/// in softirq, from /proc/stat.
 fn per_cpu_seconds() -> Vec<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     // SAFETY: sysconf has no preconditions.
@@ -284,18 +285,7 @@ impl Progress {
 /// softirq; not steal, the time the hypervisor ran someone else). Both lab hosts share the
 /// machine, so this is what a transfer costs in all.
 fn busy_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let cpu: Vec<f64> = stat
-        .lines()
-        .next()
-        .expect("cpu line")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let ticks = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6];
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    per_cpu_seconds().iter().map(|(busy, _)| busy).sum()
 }
 
 /// Container to container. With `udp` false, the 64-byte UDP rate and the ping-pong are left out
@@ -371,7 +361,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
         }
         Mode::KernelVxlan | Mode::KernelVxlanWire => lab.setup_kernel_vxlan(1, 8472),
         Mode::Floor => lab.setup_direct_veth((1, 1), (2, 1)),
-        Mode::UnderlayOnly => lab.setup_switch_floor((1, 1), (2, 1), UNDERLAY_MTU - VXLAN_OVERHEAD),
+        Mode::UnderlayOnly => lab.setup_underlay_only((1, 1), (2, 1), UNDERLAY_MTU - VXLAN_OVERHEAD),
         Mode::UdpRelay => lab.setup_udp_relay(),
         Mode::Xnet(_) | Mode::XnetWire(_) => {}
         Mode::XnetRoutes => {
@@ -921,8 +911,7 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
         ("CPU seconds per GB over plain routing", Mode::Plain, |s| s.cpu_s_per_gb, "<= 0.7x"),
     ];
     let mut md = String::new();
-    let floors = [Mode::Floor, Mode::UnderlayOnly];
-    if floors.iter().all(|&m| median_of(m, |s| s.tcp1).is_none()) {
+    if [Mode::Floor, Mode::UnderlayOnly].iter().all(|&m| median_of(m, |s| s.tcp1).is_none()) {
         return md;
     }
     let _ = writeln!(

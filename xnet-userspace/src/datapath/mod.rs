@@ -366,7 +366,8 @@ impl Datapath {
             let (answer, answers) = mpsc::channel();
             let in_use = if unread { 2 } else { 1 };
             let mut writer = MapWriter { lanes: [None, None], in_use, answers };
-            for (lane, maps) in lanes.into_iter().enumerate() {
+            // A thread for each lane in use only.
+            for (lane, maps) in lanes.into_iter().enumerate().take(in_use) {
                 let (chunks, lane_chunks) = mpsc::sync_channel(1);
                 let answer = answer.clone();
                 s.spawn(move || write_lane(maps, lane_chunks, answer));

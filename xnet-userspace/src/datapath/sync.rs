@@ -464,7 +464,7 @@ impl<W: Writer> Emitter<'_, '_, W> {
     /// alone: after every op before it, and before any after it.
     fn send(&mut self) -> Result<(), W::Error> {
         let Some(first) = self.chunk.first() else { return Ok(()) };
-        let lane = if self.writer.lanes() > 1 { first.lane() } else { 0 };
+        let lane = self.lane_of(first);
         let alone = matches!(first, Op::Config(_));
         if alone {
             self.settle_all()?;
@@ -509,7 +509,7 @@ impl<W: Writer> Emitter<'_, '_, W> {
     }
 
     fn apply_answer(&mut self, (chunk, result): Answer<W::Error>) -> Result<(), W::Error> {
-        let lane = if self.writer.lanes() > 1 { chunk.first().map_or(0, Op::lane) } else { 0 };
+        let lane = chunk.first().map_or(0, |op| self.lane_of(op));
         self.outstanding[lane] = self.outstanding[lane].saturating_sub(1);
         let done = match &result {
             Ok(()) => chunk.len(),
@@ -522,9 +522,9 @@ impl<W: Writer> Emitter<'_, '_, W> {
         result.map_err(|(_, e)| e)
     }
 
-    /// Sends the last chunk and waits for every answer.
-    fn finish(&mut self) -> Result<(), W::Error> {
-        self.barrier()
+    /// The lane `op` goes down with this writer: its own with two lanes, else the one.
+    fn lane_of(&self, op: &Op) -> usize {
+        if self.writer.lanes() > 1 { op.lane() } else { 0 }
     }
 }
 
@@ -772,7 +772,7 @@ where
     for op in removals {
         em.push(op)?;
     }
-    em.finish()?;
+    em.barrier()?;
     Ok(em.written)
 }
 
