@@ -11,7 +11,7 @@ use xnet_common::maps::{
 use crate::{
     cidr::{self, Ipv4Network},
     config::PeerConfig,
-    datapath::sync::{RouteIndexSpec, Wanted},
+    datapath::sync::{RouteIndexSpec, Wanted, WantedRoute},
     mac::Mac,
     store::Overlay,
 };
@@ -138,11 +138,14 @@ impl Plan {
 
     /// The routes and peers for `peers`, from `source`.
     pub fn wanted<'a>(&self, source: Store, peers: impl IntoIterator<Item = &'a PeerConfig>) -> Wanted {
-        Wanted::filled(source, self.route_index(), |wanted| {
-            for p in peers {
-                self.set_peer(wanted, p);
-            }
-        })
+        let routes = peers
+            .into_iter()
+            .map(|p| {
+                let (route, peer) = self.entries(p);
+                WantedRoute { subnet: p.subnet, route, peer, protocol: p.protocol }
+            })
+            .collect();
+        Wanted::filled(source, self.route_index(), routes)
     }
 
     /// The shape of the route index: the overlay network, and this host's subnet length as every

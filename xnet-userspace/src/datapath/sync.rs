@@ -79,6 +79,16 @@ pub enum Scope {
     Keys { routes: BTreeSet<Ipv4Network>, peers: BTreeSet<[u8; 4]> },
 }
 
+/// One route for [`Wanted::filled`]: what [`Wanted::set`] and [`Wanted::set_protocol`] take.
+#[derive(Clone, Copy, Debug)]
+pub struct WantedRoute {
+    pub subnet: Ipv4Network,
+    pub route: RemoteSubnet,
+    pub peer: Peer,
+    /// The kernel route protocol it was learned with, for routes from a routing daemon.
+    pub protocol: Option<u8>,
+}
+
 /// The routes and peers the maps should hold, with what derives from them kept up to date as they
 /// change (peer slot members, whether every route fits the route index, which keys changed).
 #[derive(Clone, Debug)]
@@ -100,8 +110,6 @@ pub struct Wanted {
     by_backend: [usize; 5],
     touched_routes: BTreeSet<Ipv4Network>,
     touched_peers: BTreeSet<[u8; 4]>,
-    /// Whether changes are recorded in `touched_*` (not while [`Wanted::filled`] fills it).
-    recording: bool,
 }
 
 impl Wanted {
@@ -118,17 +126,52 @@ impl Wanted {
             by_backend: [0; 5],
             touched_routes: BTreeSet::new(),
             touched_peers: BTreeSet::new(),
-            recording: true,
         }
     }
 
-    /// [`Wanted::new`] filled by `fill`, with nothing recorded as changed (what a first sync with
-    /// [`Scope::All`] starts from; recording 100,000 routes only to drop them costs a tenth of a
-    /// second).
-    pub fn filled(source: Store, index: RouteIndexSpec, fill: impl FnOnce(&mut Self)) -> Self {
-        let mut wanted = Self { recording: false, ..Self::new(source, index) };
-        fill(&mut wanted);
-        wanted.recording = true;
+    /// [`Wanted::new`] with every route of `routes` set in turn, a later one for the same subnet
+    /// replacing an earlier one, and nothing recorded as changed: what a first sync with
+    /// [`Scope::All`] starts from. The maps are built in one go from sorted lists, where setting
+    /// 100,000 routes one at a time (and recording them, only to drop the record) cost a tenth of
+    /// a second at start-up.
+    pub fn filled(source: Store, index: RouteIndexSpec, routes: Vec<WantedRoute>) -> Self {
+        let mut wanted = Self::new(source, index);
+        // Each peer's entry is the one its last route named (as `set` leaves it), whether or not
+        // that route is replaced later; sorted by address, the input order kept among equals.
+        let mut last_peer: Vec<([u8; 4], Peer)> =
+            routes.iter().map(|r| (r.route.peer_ip(), r.peer)).collect();
+        last_peer.sort_by_key(|(ip, _)| *ip);
+        // The last route of each subnet survives.
+        let mut routes = routes;
+        routes.sort_by_key(|r| r.subnet);
+        let survivors = routes.chunk_by(|a, b| a.subnet == b.subnet).map(|same| same[same.len() - 1]);
+        let mut users: Vec<[u8; 4]> = Vec::with_capacity(routes.len());
+        let mut protocols = Vec::new();
+        let mut kept = Vec::with_capacity(routes.len());
+        for r in survivors {
+            if !index.fits(&r.subnet) {
+                wanted.misfits += 1;
+            }
+            wanted.by_backend[backend_slot(&r.route)] += 1;
+            users.push(r.route.peer_ip());
+            if let Some(p) = r.protocol {
+                protocols.push((r.subnet, p));
+            }
+            kept.push((r.subnet, r.route));
+        }
+        users.sort_unstable();
+        let mut peers = Vec::new();
+        let mut entries = last_peer.chunk_by(|a, b| a.0 == b.0).map(|same| same[same.len() - 1]);
+        for run in users.chunk_by(|a, b| a == b) {
+            let ip = run[0];
+            // Both lists are sorted by address, and every user's address is in `last_peer`.
+            let (_, peer) = entries.find(|(e, _)| *e == ip).expect("every route names its peer");
+            peers.push((ip, (peer, run.len() as u32)));
+        }
+        wanted.slot_members = peers.iter().map(|(ip, _)| (maps::peer_slot(ip), *ip)).collect();
+        wanted.peers = peers.into_iter().collect();
+        wanted.routes = kept.into_iter().collect();
+        wanted.protocols = protocols.into_iter().collect();
         wanted
     }
 
@@ -162,10 +205,8 @@ impl Wanted {
                 self.slot_members.insert((maps::peer_slot(&ip), ip));
             }
         }
-        if self.recording {
-            self.touched_routes.insert(subnet);
-            self.touched_peers.insert(ip);
-        }
+        self.touched_routes.insert(subnet);
+        self.touched_peers.insert(ip);
     }
 
     /// Records that the route of `subnet` (set just before) was learned with the kernel route
@@ -173,9 +214,7 @@ impl Wanted {
     pub fn set_protocol(&mut self, subnet: Ipv4Network, protocol: u8) {
         if self.routes.contains_key(&subnet) {
             self.protocols.insert(subnet, protocol);
-            if self.recording {
-                self.touched_routes.insert(subnet);
-            }
+            self.touched_routes.insert(subnet);
         }
     }
 
@@ -192,9 +231,8 @@ impl Wanted {
         };
         self.protocols.remove(subnet);
         self.by_backend[backend_slot(&route)] -= 1;
-        if self.recording {
-            self.touched_routes.insert(*subnet);
-        }
+        self.touched_routes.insert(*subnet);
+
         if !self.index.fits(subnet) {
             self.misfits -= 1;
         }
@@ -204,9 +242,7 @@ impl Wanted {
         if *users == 0 {
             self.peers.remove(&ip);
             self.slot_members.remove(&(maps::peer_slot(&ip), ip));
-            if self.recording {
-                self.touched_peers.insert(ip);
-            }
+            self.touched_peers.insert(ip);
         }
     }
 
@@ -1124,18 +1160,66 @@ mod tests {
 
     #[test]
     fn a_filled_wanted_is_the_same_wanted_with_nothing_recorded_as_changed() {
-        let fill = |w: &mut Wanted| {
-            for i in 1..=20u8 {
-                set(w, &format!("10.244.{i}.0/24"), [198, 18, 1, i % 7]);
-            }
-            w.remove(&net("10.244.3.0/24"));
+        // Subnets set more than once (the later one wins), peers named with another entry by a
+        // later route (the last one counts, even when that route is replaced), peers left with
+        // no route, routes that do not fit the index, protocols on some.
+        let backends = [Backend::Vxlan, Backend::Udp, Backend::Gre, Backend::Direct];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
         };
+        let routes: Vec<WantedRoute> = (0..3000)
+            .map(|_| {
+                let ip = [198, 18, 1, next(40) as u8];
+                let mac = [2, 0, 0, 0, ip[3], next(3) as u8];
+                let backend = backends[next(4) as usize];
+                let subnet = match next(10) {
+                    0 => net(&format!("10.245.{}.0/24", next(20))),
+                    1 => net(&format!("10.244.{}.128/25", next(20))),
+                    _ => net(&format!("10.244.{}.0/24", next(600) % 256)),
+                };
+                let protocol = (next(3) == 0).then_some(next(250) as u8);
+                WantedRoute {
+                    subnet,
+                    route: RemoteSubnet::new(ip, mac, backend),
+                    peer: Peer::new(mac, backend),
+                    protocol,
+                }
+            })
+            .collect();
+        // A peer whose only route goes to another peer later: it is left out.
+        let (gone, stays) = ([198, 18, 2, 1], [198, 18, 1, 5]);
+        let mut routes = routes;
+        for ip in [gone, stays] {
+            routes.push(WantedRoute {
+                subnet: net("10.244.250.0/24"),
+                route: route(ip),
+                peer: peer(ip),
+                protocol: None,
+            });
+        }
         let mut one_by_one = Wanted::new(Store::File, spec());
-        fill(&mut one_by_one);
-        let mut filled = Wanted::filled(Store::File, spec(), fill);
+        for r in &routes {
+            one_by_one.set(r.subnet, r.route, r.peer);
+            if let Some(p) = r.protocol {
+                one_by_one.set_protocol(r.subnet, p);
+            }
+        }
+        let mut filled = Wanted::filled(Store::File, spec(), routes);
+        assert_eq!(filled.routes, one_by_one.routes);
+        assert_eq!(filled.peers, one_by_one.peers);
+        assert_eq!(filled.protocols, one_by_one.protocols);
+        assert_eq!(filled.slot_members, one_by_one.slot_members);
+        assert_eq!((filled.misfits, filled.by_backend), (one_by_one.misfits, one_by_one.by_backend));
+        assert!(filled.misfits > 0 && filled.protocols.len() > 10 && filled.peers.len() > 30);
+        assert!(filled.routes.len() < 3000, "some subnets were set twice");
+        assert!(filled.peer(&gone).is_none() && filled.peer(&stays).is_some());
         assert_eq!(filled.take_changes(), Scope::Keys { routes: BTreeSet::new(), peers: BTreeSet::new() });
         let Scope::Keys { routes, peers } = one_by_one.take_changes() else { unreachable!() };
-        assert_eq!((routes.len(), peers.len()), (20, 7), "set records what it changes");
+        assert_eq!((routes.len(), peers.len()), (one_by_one.routes.len(), 41), "set records what it changes");
         let cfg = DatapathConfig::default();
         assert_eq!(
             diff(&Mirror::default(), &filled, &cfg, &Scope::All, 7, Capacity::default()),
