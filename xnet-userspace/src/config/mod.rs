@@ -678,9 +678,32 @@ fn static_overlay(
     } else {
         read_range(0..count, count)
     };
-    // Then the peers against each other, in file order, up to the first that failed on its own:
-    // the error reported is the first in the file, as if the peers were read one by one. Peers
-    // so far by first address (last address, index), and by public IP: each check O(log n).
+    // Then the peers against each other, up to the first that failed on its own (`peers` ends
+    // there): a conflict among them comes first in the file.
+    if let Some(conflict) = first_conflict(c, &peers) {
+        failed = Some(conflict);
+    }
+    if let Some((_, e)) = failed {
+        return Err(e);
+    }
+    Ok(StaticOverlay { network, subnet, tunnel, peers })
+}
+
+/// The first peer, in file order, whose subnet overlaps an earlier peer's or whose public IP
+/// repeats one, with the error naming both. Sorted copies of the subnets and addresses show at
+/// once that there is none, the usual case; only a list with a conflict is walked in file order
+/// to find the first.
+fn first_conflict(c: &Checker<'_>, peers: &[PeerConfig]) -> Option<(usize, ConfigError)> {
+    let mut ranges: Vec<(u32, u32)> = peers.iter().map(|p| cidr::range(&p.subnet)).collect();
+    ranges.sort_unstable();
+    let mut ips: Vec<Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
+    ips.sort_unstable();
+    // Sorted by first address, ranges are disjoint when each ends before the next begins.
+    if ranges.windows(2).all(|w| w[0].1 < w[1].0) && ips.windows(2).all(|w| w[0] != w[1]) {
+        return None;
+    }
+    // Peers so far by first address (last address, index), and by public IP: each check
+    // O(log n).
     let mut by_start: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
     let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(peers.len());
     for (i, p) in peers.iter().enumerate() {
@@ -691,36 +714,20 @@ fn static_overlay(
         if let Some((_, &(q_end, j))) = by_start.range(..=end).next_back()
             && q_end >= start
         {
-            failed = Some((
-                i,
-                c.invalid(
-                    key("subnet"),
-                    format!(
-                        "= \"{}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet",
-                        p.subnet, peers[j].subnet
-                    ),
-                ),
-            ));
-            break;
+            let why = format!(
+                "= \"{}\" overlaps peer[{j}].subnet = \"{}\"; every host needs its own subnet",
+                p.subnet, peers[j].subnet
+            );
+            return Some((i, c.invalid(key("subnet"), why)));
         }
         if let Some(j) = by_ip.get(&p.public_ip) {
-            let pip = p.public_ip;
-            failed = Some((
-                i,
-                c.invalid(
-                    key("public_ip"),
-                    format!("= \"{pip}\" is already peer[{j}]; list each peer host once"),
-                ),
-            ));
-            break;
+            let why = format!("= \"{}\" is already peer[{j}]; list each peer host once", p.public_ip);
+            return Some((i, c.invalid(key("public_ip"), why)));
         }
         by_start.insert(start, (end, i));
         by_ip.insert(p.public_ip, i);
     }
-    if let Some((_, e)) = failed {
-        return Err(e);
-    }
-    Ok(StaticOverlay { network, subnet, tunnel, peers })
+    None
 }
 
 /// Peers from which a static config's are read in two threads.
