@@ -263,8 +263,13 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The checkout `cargo xtask` was run in: `cargo run` names it in CARGO_MANIFEST_DIR at run time.
+/// The path compiled in is only the fallback (the binary run by hand), since a build copied from
+/// another checkout would otherwise work on that one.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn step(what: &str) {
