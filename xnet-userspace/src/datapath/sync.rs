@@ -141,7 +141,7 @@ impl Wanted {
         let mut last_peer: Vec<([u8; 4], Peer)> =
             routes.iter().map(|r| (r.route.peer_ip(), r.peer)).collect();
         last_peer.sort_by_key(|(ip, _)| *ip);
-        // The last route of each subnet survives.
+        // The last route of each subnet survives (the sort is stable: input order among equals).
         let mut routes = routes;
         routes.sort_by_key(|r| r.subnet);
         let survivors = routes.chunk_by(|a, b| a.subnet == b.subnet).map(|same| same[same.len() - 1]);
@@ -232,7 +232,6 @@ impl Wanted {
         self.protocols.remove(subnet);
         self.by_backend[backend_slot(&route)] -= 1;
         self.touched_routes.insert(*subnet);
-
         if !self.index.fits(subnet) {
             self.misfits -= 1;
         }
