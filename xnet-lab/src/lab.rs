@@ -848,6 +848,25 @@ impl Lab {
         }
     }
 
+    /// Lets GSO and GRO packets of up to `bytes` (BIG TCP: IPv4 packets above 64 KB) through every
+    /// link of the lab: the containers', the hosts', the switch's and the router's
+    /// (`gso_ipv4_max_size` and `gro_ipv4_max_size`, set over rtnetlink: iproute2 before 6.3 cannot).
+    /// The kernel's vxlan devices take no more than 64 KB and are left as they are. Links created
+    /// after the call keep the default.
+    pub fn allow_big_tcp(&self, bytes: u32) {
+        let mut spaces = vec![&self.switch];
+        spaces.extend(self.router.iter().map(|r| &r.ns));
+        for h in &self.hosts {
+            spaces.push(&h.ns);
+            spaces.extend(h.containers.iter().map(|c| &c.ns));
+        }
+        for ns in spaces {
+            let name = ns.name.clone();
+            let set = ns.spawn(move || big_tcp_here(bytes)).join().expect("BIG TCP thread");
+            set.unwrap_or_else(|e| panic!("BIG TCP of {bytes} bytes in {name}: {e}"));
+        }
+    }
+
     /// One veth pair straight from container `a` to container `b` (`floor0` in each, MTU
     /// [`UNDERLAY_MTU`]), with a /32 route each way, so their traffic crosses no host at all: no
     /// bridge, no routing, no second veth, no tunnel. What two containers cost each other on this
@@ -1307,4 +1326,26 @@ impl Capture {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("capture thread panicked")
     }
+}
+
+/// [`Lab::allow_big_tcp`] in the calling thread's network namespace: bridges after their ports.
+fn big_tcp_here(bytes: u32) -> Result<(), String> {
+    use netlink_packet_route::link::LinkAttribute;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let (netlink, _events) = xnet::netlink::Netlink::connect().await.map_err(|e| e.to_string())?;
+        let mut links = netlink.links().await.map_err(|e| e.to_string())?;
+        links.retain(|l| l.name != "lo" && l.kind.as_deref() != Some("vxlan"));
+        links.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
+        for link in links {
+            let message = rtnetlink::LinkUnspec::new_with_index(link.index)
+                .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(bytes))
+                .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(bytes))
+                .build();
+            let set = netlink.handle().link().set(message).execute().await;
+            set.map_err(|e| format!("{}: {e}", link.name))?;
+        }
+        Ok(())
+    })
 }
