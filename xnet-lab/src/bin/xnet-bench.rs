@@ -53,7 +53,7 @@ struct Args {
     /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, floor_veth_pair,
     /// underlay_only_mtu1450, kernel_vxlan, udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp,
     /// xnet_gre, xnet_direct, xnet_routes_direct, plain_wire, kernel_vxlan_wire,
-    /// xnet_vxlan_wire); plain is always measured.
+    /// xnet_vxlan_wire, plain_big_tcp, xnet_vxlan_big_tcp); plain is always measured.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Where to write bench.md, bench.json and bench.svg.
@@ -94,10 +94,18 @@ enum Mode {
     PlainWire,
     KernelVxlanWire,
     XnetWire(&'static str),
+    /// Plain routing and xnet with this backend with BIG TCP allowed on every link of the lab
+    /// ([`BIG_TCP`] bytes, [`Lab::allow_big_tcp`]): TCP then sends GSO packets above 64 KB. The
+    /// kernel's vxlan devices take no more than 64 KB, so it has no such mode.
+    PlainBig,
+    XnetBig(&'static str),
 }
 
+/// The GSO and GRO size of the BIG TCP modes: the kernel's example figure, 185,000 bytes.
+const BIG_TCP: u32 = 185_000;
+
 impl Mode {
-    const ALL: [Mode; 15] = [
+    const ALL: [Mode; 17] = [
         Mode::Plain,
         Mode::PlainVxlanMtu,
         Mode::Floor,
@@ -113,6 +121,8 @@ impl Mode {
         Mode::PlainWire,
         Mode::KernelVxlanWire,
         Mode::XnetWire("vxlan"),
+        Mode::PlainBig,
+        Mode::XnetBig("vxlan"),
     ];
     fn name(self) -> String {
         match self {
@@ -131,6 +141,8 @@ impl Mode {
             Mode::PlainWire => "plain routing, wire like NICs' (MTU frames, GRO)".into(),
             Mode::KernelVxlanWire => "kernel vxlan, wire like NICs'".into(),
             Mode::XnetWire(b) => format!("xnet {b}, wire like NICs'"),
+            Mode::PlainBig => format!("plain routing, BIG TCP ({BIG_TCP} bytes on every link)"),
+            Mode::XnetBig(b) => format!("xnet {b}, BIG TCP ({BIG_TCP} bytes on every link)"),
         }
     }
     fn short(self) -> String {
@@ -147,6 +159,8 @@ impl Mode {
             Mode::PlainWire => "plain wire".into(),
             Mode::KernelVxlanWire => "kvxlan wire".into(),
             Mode::XnetWire(b) => format!("xnet {b} wire"),
+            Mode::PlainBig => "plain big".into(),
+            Mode::XnetBig(b) => format!("xnet {b} big"),
         }
     }
     fn key(self) -> String {
@@ -163,6 +177,8 @@ impl Mode {
             Mode::PlainWire => "plain_wire".into(),
             Mode::KernelVxlanWire => "kernel_vxlan_wire".into(),
             Mode::XnetWire(b) => format!("xnet_{b}_wire"),
+            Mode::PlainBig => "plain_big_tcp".into(),
+            Mode::XnetBig(b) => format!("xnet_{b}_big_tcp"),
         }
     }
     /// Whether only TCP with 1 stream (pinned and unpinned, and its CPU time) is measured; the
@@ -329,7 +345,7 @@ fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
 
 fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     let backend = match mode {
-        Mode::Xnet(b) | Mode::XnetFromHost(b) | Mode::XnetWire(b) => b,
+        Mode::Xnet(b) | Mode::XnetFromHost(b) | Mode::XnetWire(b) | Mode::XnetBig(b) => b,
         Mode::XnetRoutes => "direct",
         _ => "vxlan",
     };
@@ -344,7 +360,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
         containers_per_host: 1,
         start_agents: matches!(
             mode,
-            Mode::Xnet(_) | Mode::XnetFromHost(_) | Mode::XnetRoutes | Mode::XnetWire(_)
+            Mode::Xnet(_) | Mode::XnetFromHost(_) | Mode::XnetRoutes | Mode::XnetWire(_) | Mode::XnetBig(_)
         ),
         backend,
         routes,
@@ -352,7 +368,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     };
     let mut lab = Lab::start(spec);
     match mode {
-        Mode::Plain | Mode::PlainVxlanMtu | Mode::PlainWire => {
+        Mode::Plain | Mode::PlainVxlanMtu | Mode::PlainWire | Mode::PlainBig => {
             lab.setup_plain_routing();
             let mtu = if mode == Mode::PlainVxlanMtu { UNDERLAY_MTU - VXLAN_OVERHEAD } else { UNDERLAY_MTU };
             for i in 1..=2 {
@@ -363,7 +379,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
         Mode::Floor => lab.setup_direct_veth((1, 1), (2, 1)),
         Mode::UnderlayOnly => lab.setup_underlay_only((1, 1), (2, 1), UNDERLAY_MTU - VXLAN_OVERHEAD),
         Mode::UdpRelay => lab.setup_udp_relay(),
-        Mode::Xnet(_) | Mode::XnetWire(_) => {}
+        Mode::Xnet(_) | Mode::XnetWire(_) | Mode::XnetBig(_) => {}
         Mode::XnetRoutes => {
             for i in 1..=2 {
                 lab.start_frr(i);
@@ -379,6 +395,9 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     }
     if matches!(mode, Mode::PlainWire | Mode::KernelVxlanWire | Mode::XnetWire(_)) {
         lab.wire_like_nics();
+    }
+    if matches!(mode, Mode::PlainBig | Mode::XnetBig(_)) {
+        lab.allow_big_tcp(BIG_TCP);
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
     measure(&lab, seconds, pings, udp)
@@ -940,6 +959,41 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
     md
 }
 
+/// What BIG TCP changes, in the same run: the BIG TCP modes against the others (ratios of
+/// medians, TCP throughput pinned, unpinned and with 4 streams). Empty when they were not run.
+fn big_tcp_table(results: &[(Mode, Vec<Sample>)]) -> String {
+    let median_of = |mode: Mode, f: Metric| {
+        results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f)).map(|s| s.median)
+    };
+    let xnet = Mode::XnetBig("vxlan");
+    let mut md = String::new();
+    if [xnet, Mode::PlainBig].iter().all(|&m| median_of(m, |s| s.tcp1).is_none()) {
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "\nBIG TCP, in the same run: GSO and GRO packets of up to {BIG_TCP} bytes allowed on every link of the \
+         lab. The kernel's vxlan devices take no more than 64 KB.\n"
+    );
+    let _ = writeln!(md, "| ratio | TCP 1 stream | unpinned | 4 streams |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let rows = [
+        ("xnet vxlan, BIG TCP over plain routing, BIG TCP", xnet, Mode::PlainBig),
+        ("xnet vxlan, BIG TCP over xnet vxlan", xnet, Mode::Xnet("vxlan")),
+        ("xnet vxlan, BIG TCP over kernel vxlan", xnet, Mode::KernelVxlan),
+        ("plain routing, BIG TCP over plain routing", Mode::PlainBig, Mode::Plain),
+    ];
+    let metrics: [Metric; 3] = [|s| s.tcp1, |s| s.tcp1_unpinned, |s| s.tcp4];
+    for (what, num, den) in rows {
+        let cells = metrics.map(|f| match (median_of(num, f), median_of(den, f)) {
+            (Some(n), Some(d)) => format!("{:.2}x", n / d),
+            _ => "not measured".into(),
+        });
+        let _ = writeln!(md, "| {what} | {} | {} | {} |", cells[0], cells[1], cells[2]);
+    }
+    md
+}
+
 /// Where the CPU time went during the pinned TCP runs, per mode: medians over the rounds.
 fn cpu_table(results: &[(Mode, Vec<Sample>)]) -> String {
     let mut md = String::new();
@@ -1173,6 +1227,7 @@ fn main() {
     let _ = write!(md, "{}", xnet_lab::targets::markdown(&targets));
     let _ = write!(md, "{}", floor_bounds(&results));
     let _ = write!(md, "{}", cpu_table(&results));
+    let _ = write!(md, "{}", big_tcp_table(&results));
     let _ = writeln!(
         md,
         "\nPer-packet cost, BPF_PROG_TEST_RUN (kernel-measured ns, mean of the middle 80% of {prog_runs} \
