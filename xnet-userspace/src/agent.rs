@@ -2,11 +2,12 @@
 //!
 //! Start: check the host (nothing is leased or attached for a host that cannot run), start the
 //! store, wait for its overlay, plan, write subnet.env, bring the datapath up, report ready.
-//! Then one loop carries events to the datapath: signals, store events (peers added, changed,
-//! removed; the store's health), netlink events (container ports, learned MACs, the bridge's
-//! MAC), and timers (a failed sync retried with backoff; endpoint ageing). [`Agent::settle`] is
-//! the one place that turns a failed step into an action. Stop: tear down, or with
-//! `--keep-datapath` leave the datapath forwarding for the next agent.
+//! Then one loop carries events to the datapath: signals (SIGHUP reads the static file's peers
+//! again), store events (peers added, changed, removed; the store's health), netlink events
+//! (container ports, learned MACs, the bridge's MAC), and timers (a failed sync retried with
+//! backoff; endpoint ageing). [`Agent::settle`] is the one place that turns a failed step into an
+//! action. Stop: tear down, or with `--keep-datapath` leave the datapath forwarding for the next
+//! agent.
 
 use std::time::Duration;
 
@@ -83,6 +84,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Taken from the start: SIGHUP's default action would end the agent.
+    let mut hup = signal(SignalKind::hangup())?;
     let _lock = host::lock_pin_dir(&config.pin_dir)?;
     let (mut netlink, mut host_events) = Netlink::connect().await?;
 
@@ -230,6 +233,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = int.recv() => { tracing::info!("SIGINT"); break; }
+            _ = hup.recv() => agent.reload(),
             event = store.next() => agent.on_store(event),
             event = host_events.next(), if reconnect_at.is_none() => match event {
                 Some(e) if agent.containers.concerns(&e) => { refresh_at.get_or_insert(Instant::now() + SETTLE_EVENTS); }
@@ -352,6 +356,39 @@ impl Agent {
                 self.record.set_lease_lost(Some(holder.map(|ip| ip.octets())));
                 self.write_record();
             }
+        }
+    }
+
+    /// SIGHUP: reads the config file again and takes its peer list, as a store's full list
+    /// ([`StoreEvent::Resync`]: the maps change only where it differs). A file that does not
+    /// load, or that changes anything but the peers, is refused whole: the running peers stay.
+    fn reload(&mut self) {
+        let file = self.config.file.display().to_string();
+        if !matches!(self.config.store, StoreConfig::File(_)) {
+            tracing::warn!(
+                file,
+                "SIGHUP: the peers come from etcd or the routes, which the agent follows by itself; nothing to read again (restart the agent to apply a changed file)"
+            );
+            return;
+        }
+        let new = match Config::load(&self.config.file, &self.config.overrides) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload refused; the running peers stay");
+                return;
+            }
+        };
+        match self.config.peers_on_reload(new) {
+            Ok(peers) => {
+                let before = self.wanted.peer_count();
+                self.on_store(StoreEvent::Resync { peers, invalid: 0 });
+                tracing::info!(file, before, peers = self.wanted.peer_count(), "SIGHUP: peers read again");
+            }
+            Err(key) => tracing::error!(
+                file,
+                key,
+                "SIGHUP: reload refused: `{key}` changed, which only a restart applies (with --keep-datapath the datapath forwards meanwhile); the running peers stay"
+            ),
         }
     }
 

@@ -171,6 +171,8 @@ pub struct Config {
     /// `[capacity]`: how many remote subnets and peers the maps hold.
     pub capacity: Capacity,
     pub store: StoreConfig,
+    /// The command line's overrides, applied again when the file is read again (SIGHUP).
+    pub overrides: Overrides,
 }
 
 #[derive(Deserialize)]
@@ -485,7 +487,60 @@ impl Config {
             keep_datapath: overrides.keep_datapath,
             capacity,
             store,
+            overrides: overrides.clone(),
         })
+    }
+
+    /// What reading the file again (SIGHUP) may change: the static peer list, nothing else. The
+    /// peers of `new`, the file as it reads now, when every other setting is as the agent runs
+    /// with (`self`); otherwise the key of the first setting that differs, which only a restart
+    /// applies. The command-line flags are the same on both sides.
+    pub fn peers_on_reload(&self, new: Config) -> Result<Vec<PeerConfig>, &'static str> {
+        // Every field named, so that a new setting cannot be forgotten here.
+        let Config {
+            file: _,
+            iface,
+            public_ip,
+            container_ifaces,
+            vtep_mac,
+            pin_dir,
+            metrics_addr,
+            subnet_file,
+            docker_opts_file,
+            ingress,
+            untunnelled_open,
+            untunnelled_from,
+            keep_datapath: _,
+            capacity,
+            store,
+            overrides: _,
+        } = new;
+        let (StoreConfig::File(old), StoreConfig::File(StaticOverlay { network, subnet, tunnel, peers })) =
+            (&self.store, store)
+        else {
+            return Err("[etcd] or [routes] (where the peers come from)");
+        };
+        let changed = [
+            (iface != self.iface, "iface"),
+            (public_ip != self.public_ip, "public_ip"),
+            (container_ifaces != self.container_ifaces, "container_ifaces"),
+            (vtep_mac != self.vtep_mac, "vtep_mac"),
+            (pin_dir != self.pin_dir, "pin_dir"),
+            (metrics_addr != self.metrics_addr, "metrics_addr"),
+            (subnet_file != self.subnet_file, "subnet_file"),
+            (docker_opts_file != self.docker_opts_file, "docker_opts_file"),
+            (network != old.network, "network"),
+            (subnet != old.subnet, "subnet"),
+            (tunnel != old.tunnel, "[backend]"),
+            (ingress != self.ingress, "[backend] ingress"),
+            (untunnelled_open != self.untunnelled_open, "[backend] untunnelled"),
+            (untunnelled_from != self.untunnelled_from, "[backend] untunnelled_from"),
+            (capacity != self.capacity, "[capacity]"),
+        ];
+        match changed.into_iter().find(|(differs, _)| *differs) {
+            Some((_, key)) => Err(key),
+            None => Ok(peers),
+        }
     }
 }
 
@@ -828,6 +883,60 @@ public_ip = "198.18.0.3"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/xnet/xnet.toml"), text, &Overrides::default())
+    }
+
+    #[test]
+    fn a_reload_takes_the_peers_and_refuses_any_other_change() {
+        let running = parse(GOOD).unwrap();
+        // Peers added, removed and changed: taken as the file has them.
+        let edited = GOOD.replace("10.244.3.0/24", "10.244.4.0/24")
+            + "[[peer]]\nsubnet = \"10.244.5.0/24\"\npublic_ip = \"198.18.0.5\"\nbackend = \"gre\"\n";
+        let new = parse(&edited).unwrap();
+        let want = overlay(&new).peers.clone();
+        assert_eq!(running.peers_on_reload(new), Ok(want.clone()));
+        assert_eq!(
+            want.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>(),
+            ["10.244.2.0/24", "10.244.4.0/24", "10.244.5.0/24"]
+        );
+        // No peers left is a peer list too.
+        let none = GOOD.split("[[peer]]").next().unwrap().to_string();
+        assert_eq!(running.peers_on_reload(parse(&none).unwrap()), Ok(Vec::new()));
+        // Anything else names its key.
+        for (from, to, key) in [
+            ("iface = \"eth0\"", "iface = \"eth1\"", "iface"),
+            ("public_ip = \"198.18.0.1\"", "public_ip = \"198.18.0.9\"", "public_ip"),
+            ("[\"docker0\"]", "[\"cni0\"]", "container_ifaces"),
+            ("vtep_mac = \"02:00:c6:12:00:01\"", "vtep_mac = \"02:00:c6:12:00:09\"", "vtep_mac"),
+            ("pin_dir = \"/sys/fs/bpf/xnet\"", "pin_dir = \"/sys/fs/bpf/other\"", "pin_dir"),
+            ("127.0.0.1:9436", "127.0.0.1:9437", "metrics_addr"),
+            ("network = \"10.244.0.0/16\"", "network = \"10.244.0.0/15\"", "network"),
+            ("subnet = \"10.244.1.0/24\"\niface", "subnet = \"10.244.9.0/24\"\niface", "subnet"),
+            ("vni = 1", "vni = 2", "[backend]"),
+            ("port = 8472", "port = 4789", "[backend]"),
+            ("ingress = \"auto\"", "ingress = \"tc\"", "[backend] ingress"),
+            ("ingress = \"auto\"", "ingress = \"auto\"\nuntunnelled = \"any\"", "[backend] untunnelled"),
+            (
+                "ingress = \"auto\"",
+                "ingress = \"auto\"\nuntunnelled_from = [\"192.0.2.0/24\"]",
+                "[backend] untunnelled_from",
+            ),
+            (
+                "metrics_addr = \"127.0.0.1:9436\"",
+                "subnet_file = \"/tmp/s.env\"\nmetrics_addr = \"127.0.0.1:9436\"",
+                "subnet_file",
+            ),
+        ] {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{key}: the edit applies");
+            let new = parse(&text).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(running.peers_on_reload(new), Err(key), "{from} -> {to}");
+        }
+        let more = parse(&format!("{GOOD}[capacity]\npeers = 10\n")).unwrap();
+        assert_eq!(running.peers_on_reload(more), Err("[capacity]"));
+        // The routes store (`--routes`) instead of the file's peers.
+        let flag = Overrides { routes: true, ..Default::default() };
+        let routes = Config::parse(Path::new("/etc/xnet/xnet.toml"), &none, &flag).unwrap();
+        assert_eq!(running.peers_on_reload(routes), Err("[etcd] or [routes] (where the peers come from)"));
     }
 
     fn overlay(c: &Config) -> &StaticOverlay {
