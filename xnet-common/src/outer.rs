@@ -10,7 +10,7 @@
 use crate::csum::fold;
 use crate::wire::{
     self, IPV4_LEN, InnerInfo, UDP_ENCAP_LEN, UDP_LEN, VXLAN_ENCAP_LEN, VXLAN_LEN, VxlanLocal, VxlanRemote,
-    len_field,
+    ipv4_len_field, udp_len_field,
 };
 
 /// Words in a template: enough for VXLAN's 50 bytes.
@@ -64,14 +64,14 @@ impl OuterTemplate {
 
     /// The words with the outer IPv4 header completed for `fill`: TOS, total length (the IP
     /// header, `extra` bytes of tunnel headers, then the inner packet; 0 above 65535, see
-    /// [`wire::len_field`]), destination and checksum.
+    /// [`wire::ipv4_len_field`]), destination and checksum.
     ///
     /// The checksum is summed over little-endian words, which gives the same bytes as the usual
     /// big-endian sum (RFC 1071, "byte order independence"), so no field needs swapping first.
     #[inline(always)]
     fn ip(&self, fill: &Fill, extra: usize) -> [u64; TEMPLATE_WORDS] {
         let mut w = self.words;
-        let total = len_field(IPV4_LEN + extra + fill.ip_len).swap_bytes() as u32;
+        let total = ipv4_len_field(IPV4_LEN + extra + fill.ip_len).swap_bytes() as u32;
         let tos = (fill.tos as u32) << 8;
         let dst = u32::from_le_bytes(fill.peer_ip);
         let sum = fold(self.ip_sum + tos + total + (dst & 0xffff) + (dst >> 16));
@@ -89,7 +89,7 @@ impl OuterTemplate {
         let udp_len = tunnel + fill.ip_len;
         let mut w = self.ip(fill, tunnel);
         w[2] |= (wire::udp_src_port(flow_hash).swap_bytes() as u64) << 32;
-        w[3] |= len_field(udp_len).swap_bytes() as u64;
+        w[3] |= udp_len_field(udp_len).swap_bytes() as u64;
         // Template bytes 36 to 41: the upper half of word 4, the low two bytes of word 5.
         w[4] |= vtep_mac << 32;
         w[5] |= vtep_mac >> 32;
@@ -101,7 +101,7 @@ impl OuterTemplate {
     pub fn udp(&self, fill: &Fill) -> [u64; TEMPLATE_WORDS] {
         let mut w = self.ip(fill, UDP_LEN);
         let udp_len = UDP_LEN + fill.ip_len;
-        w[3] |= len_field(udp_len).swap_bytes() as u64;
+        w[3] |= udp_len_field(udp_len).swap_bytes() as u64;
         w
     }
 

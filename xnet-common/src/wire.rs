@@ -319,12 +319,12 @@ pub struct VxlanRemote {
 
 /// The outer IPv4 header every encapsulation writes: DF set (xnet never relies on fragmentation:
 /// the overlay MTU leaves room), ID 0, TTL 64, the inner TOS, a correct checksum. A total length
-/// above 65535 (a BIG TCP super-packet) is written as 0, see [`len_field`].
+/// above 65535 (a GSO super-packet) is written as 0, see [`ipv4_len_field`].
 pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, payload_len: usize, tos: u8) -> Ipv4Hdr {
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,
         tos,
-        total_len: len_field(IPV4_LEN + payload_len).to_be_bytes(),
+        total_len: ipv4_len_field(IPV4_LEN + payload_len).to_be_bytes(),
         id: [0, 0],
         flags_frag: IPV4_DF.to_be_bytes(),
         ttl: OUTER_TTL,
@@ -346,7 +346,7 @@ pub fn vxlan_outer(local: &VxlanLocal, remote: &VxlanRemote, inner: &InnerInfo) 
         udp: UdpHdr {
             src_port: udp_src_port(inner.flow_hash).to_be_bytes(),
             dst_port: local.port.to_be_bytes(),
-            len: len_field(UDP_LEN + udp_payload).to_be_bytes(),
+            len: udp_len_field(UDP_LEN + udp_payload).to_be_bytes(),
             checksum: [0, 0],
         },
         vxlan: VxlanHdr { flags: VXLAN_FLAG_VNI, reserved: [0; 3], vni_reserved: vni_to_wire(local.vni) },
@@ -361,7 +361,7 @@ pub fn udp_outer(src: [u8; 4], dst: [u8; 4], port: u16, inner: &InnerInfo) -> Ud
         udp: UdpHdr {
             src_port: port.to_be_bytes(),
             dst_port: port.to_be_bytes(),
-            len: len_field(UDP_LEN + inner.ip_len).to_be_bytes(),
+            len: udp_len_field(UDP_LEN + inner.ip_len).to_be_bytes(),
             checksum: [0, 0],
         },
     }
@@ -380,14 +380,23 @@ pub fn gre_outer(src: [u8; 4], dst: [u8; 4], key: Option<u32>, inner: &InnerInfo
     (outer, len)
 }
 
-/// The IPv4 or UDP length field for `n` bytes: `n`, or 0 when it does not fit in 16 bits. Only a
-/// GSO super-packet above 64 KB (BIG TCP) is that long, and 0 is the kernel's convention for it
-/// (the stack then takes the length from the buffer, as `iph_totlen` does); segmentation writes
-/// each segment's own lengths. A length clamped to 65535 instead would make every stack or bridge
-/// that checks it on the way (a router's `ip_rcv`, `br_netfilter`) cut the packet there.
+/// The IPv4 total length field for `n` bytes: `n`, or 0 when it does not fit in 16 bits, as the
+/// kernel's own IPv4 output writes it (`iph_set_totlen`). Only a GSO super-packet is that long
+/// (BIG TCP, or a UDP GSO packet near 64 KB with the tunnel's headers); segmentation writes each
+/// segment's own length. For TCP the stack on the way then takes the length from the buffer
+/// (`iph_totlen`); a length clamped to 65535 would make every stack or bridge that checks it (a
+/// router's `ip_rcv`, `br_netfilter`) cut the packet there.
 #[inline(always)]
-pub(crate) fn len_field(n: usize) -> u16 {
+pub(crate) fn ipv4_len_field(n: usize) -> u16 {
     if n > u16::MAX as usize { 0 } else { n as u16 }
+}
+
+/// The UDP length field for `n` bytes: `n`, or 65535 when it does not fit. Segmentation writes
+/// each segment's own; nothing on the way trims by it, and a length below the header's (0) would
+/// make connection tracking on the way call the packet invalid.
+#[inline(always)]
+pub(crate) fn udp_len_field(n: usize) -> u16 {
+    if n > u16::MAX as usize { u16::MAX } else { n as u16 }
 }
 
 #[cfg(test)]
@@ -485,12 +494,12 @@ mod tests {
     }
 
     #[test]
-    fn lengths_past_16_bits_read_zero() {
+    fn ipv4_lengths_past_16_bits_read_zero_and_udp_lengths_65535() {
         let local = VxlanLocal { ip: [198, 18, 0, 1], vtep_mac: [2, 0, 198, 18, 0, 1], port: 8472, vni: 1 };
         let remote = VxlanRemote { ip: [198, 18, 0, 2], vtep_mac: [2, 0, 198, 18, 0, 2] };
         // The largest inner packet whose VXLAN frame still fits, one byte more, and a BIG TCP one.
         let fits = 65_535 - VXLAN_ENCAP_LEN;
-        for (ip_len, total, udp) in [(fits, 65_535, 65_515), (fits + 1, 0, 65_516), (185_000, 0, 0)] {
+        for (ip_len, total, udp) in [(fits, 65_535, 65_515), (fits + 1, 0, 65_516), (185_000, 0, 65_535)] {
             let inner = InnerInfo { ip_len, tos: 0, flow_hash: 1 };
             let h = vxlan_outer(&local, &remote, &inner);
             assert_eq!(h.ip.total_len(), total, "inner {ip_len}");

@@ -84,7 +84,7 @@ fn resolve(ctx: &TcContext, ip: &Ipv4Words, now: u64) -> Option<Endpoint> {
     fib.family = AF_INET;
     fib.l4_protocol = (ip[2] >> 8) as u8;
     // tot_len stays 0: the kernel then checks the skb itself against the egress MTU, which is right
-    // for GSO packets (their IP length is the whole super-packet's).
+    // for GSO packets (their IP length is the whole super-packet's, or 0 above 64 KB).
     fib.__bindgen_anon_2.tos = (ip[0] >> 8) as u8;
     fib.__bindgen_anon_3.ipv4_src = ip[3];
     fib.__bindgen_anon_4.ipv4_dst = ip[4];
