@@ -20,7 +20,7 @@ use xnet_common::maps::{AgentState, ContainerIface, IfaceState};
 
 use crate::{
     clock::{monotonic_coarse_ns, unix_now},
-    config::{BehindRouter, Config, StoreConfig},
+    config::{BehindRouter, Config, PeerConfig, StoreConfig},
     containers::Containers,
     datapath::{
         self, Datapath, DatapathError, Program,
@@ -125,16 +125,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     {
         plan = plan.with_off_segment_peers().with_context(|| format!("interface {}", underlay.name))?;
     }
-    for p in &peers {
-        let asked = p.backend.unwrap_or(plan.overlay.tunnel.kind);
-        if asked != plan.backend_for(p) {
-            tracing::info!(
-                peer = %p.public_ip,
-                fallback = plan.backend_for(p).name(),
-                "peer is not on the underlay's segment: direct routing falls back"
-            );
-        }
-    }
+    log_fallbacks(&plan, &peers);
     write_runtime_files(&config, &plan)?;
     // The store's first list of peers is all the agent keeps of them until they are planned
     // (after the programs are loaded, see `bring_up`): no second copy while the maps fill.
@@ -361,7 +352,8 @@ impl Agent {
 
     /// SIGHUP: reads the config file again and takes its peer list, as a store's full list
     /// ([`StoreEvent::Resync`]: the maps change only where it differs). A file that does not
-    /// load, or that changes anything but the peers, is refused whole: the running peers stay.
+    /// load, that changes anything but the peers, or whose peers do not fit the MTU planned at
+    /// start ([`Plan::take_peers`]) is refused whole: the running peers stay.
     fn reload(&mut self) {
         let file = self.config.file.display().to_string();
         if !matches!(self.config.store, StoreConfig::File(_)) {
@@ -380,6 +372,12 @@ impl Agent {
         };
         match self.config.peers_on_reload(new) {
             Ok(peers) => {
+                // Planned at start: the new peers must fit the containers' MTU.
+                if let Err(e) = self.plan.take_peers(&peers) {
+                    tracing::error!(file, error = %e, "SIGHUP: reload refused; the running peers stay");
+                    return;
+                }
+                log_fallbacks(&self.plan, &peers);
                 let before = self.wanted.peer_count();
                 self.on_store(StoreEvent::Resync { peers, invalid: 0 });
                 tracing::info!(file, before, peers = self.wanted.peer_count(), "SIGHUP: peers read again");
@@ -597,6 +595,21 @@ fn bring_up(
 }
 
 /// subnet.env (and the Docker options file, if configured) for the container runtime.
+/// Logs each peer that asks for `direct` but is not on the underlay's segment, so is sent with the
+/// fallback.
+fn log_fallbacks(plan: &Plan, peers: &[PeerConfig]) {
+    for p in peers {
+        let asked = p.backend.unwrap_or(plan.overlay.tunnel.kind);
+        if asked != plan.backend_for(p) {
+            tracing::info!(
+                peer = %p.public_ip,
+                fallback = plan.backend_for(p).name(),
+                "peer is not on the underlay's segment: direct routing falls back"
+            );
+        }
+    }
+}
+
 fn write_runtime_files(config: &Config, plan: &Plan) -> anyhow::Result<()> {
     let env = SubnetEnv {
         network: plan.overlay.network,

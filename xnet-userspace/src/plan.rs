@@ -42,6 +42,10 @@ pub enum PlanError {
         "the underlay interface has MTU {mtu}, too small for {overhead} bytes of tunnel headers; raise it"
     )]
     MtuTooSmall { mtu: u32, overhead: u32 },
+    #[error(
+        "peer {subnet} would be sent with {backend}, whose {overhead} bytes of headers do not fit the containers' MTU {mtu} (planned at start for the peers known then); restart the agent to plan for it"
+    )]
+    PeerDoesNotFit { subnet: Ipv4Network, backend: &'static str, overhead: u32, mtu: u32 },
 }
 
 /// The datapath this host should have.
@@ -85,6 +89,29 @@ impl Plan {
         plan.overlay_mtu =
             mtu.checked_sub(overhead).filter(|m| *m >= 68).ok_or(PlanError::MtuTooSmall { mtu, overhead })?;
         Ok(plan)
+    }
+
+    /// Takes `peers` in place of the ones known at start (the static file read again): their
+    /// headers must fit in the MTU planned then, which the containers already have; a peer that
+    /// names no backend widens the formats judged to all ([`Plan::peers_undeclared`]). Otherwise
+    /// the first peer that does not fit, and the plan is unchanged.
+    pub fn take_peers(&mut self, peers: &[PeerConfig]) -> Result<(), PlanError> {
+        let tunnel = &self.overlay.tunnel;
+        let room = self.facts.underlay_mtu - self.overlay_mtu;
+        for p in peers {
+            let backend = self.backend_for(p);
+            let overhead = tunnel.overhead(backend);
+            if overhead > room {
+                return Err(PlanError::PeerDoesNotFit {
+                    subnet: p.subnet,
+                    backend: backend.name(),
+                    overhead,
+                    mtu: self.overlay_mtu,
+                });
+            }
+        }
+        self.peers_undeclared |= peers.iter().any(|p| p.backend.is_none());
+        Ok(())
     }
 
     /// The same plan, with room in the MTU for peers off the underlay's segment that appear later
@@ -242,6 +269,36 @@ mod tests {
             backend,
             protocol: None,
         }
+    }
+
+    #[test]
+    fn peers_taken_later_must_fit_the_mtu_planned_at_start() {
+        // A GRE host started with GRE peers only: MTU 1476, only its own formats judged.
+        let gre_peer = peer("10.244.2.0/24", "198.18.0.2", Some(Backend::Gre));
+        let mut plan =
+            Plan::new(facts(true), overlay(Backend::Gre), None, std::slice::from_ref(&gre_peer)).unwrap();
+        assert_eq!((plan.overlay_mtu, plan.peers_undeclared), (1476, false));
+        let before = plan.clone();
+        // A vxlan peer needs 50 bytes: refused, the plan unchanged.
+        let vxlan_peer = peer("10.244.3.0/24", "198.18.0.3", Some(Backend::Vxlan));
+        assert_eq!(
+            plan.take_peers(&[gre_peer.clone(), vxlan_peer]),
+            Err(PlanError::PeerDoesNotFit {
+                subnet: cidr::parse("10.244.3.0/24").unwrap(),
+                backend: "vxlan",
+                overhead: 50,
+                mtu: 1476
+            })
+        );
+        assert_eq!(plan, before);
+        // GRE and direct peers fit; one that names no backend widens the formats to all.
+        let direct_peer = peer("10.244.4.0/24", "198.18.0.4", Some(Backend::Direct));
+        assert_eq!(plan.take_peers(&[gre_peer.clone(), direct_peer]), Ok(()));
+        assert!(!plan.peers_undeclared);
+        assert_eq!(plan.take_peers(&[peer("10.244.5.0/24", "198.18.0.5", None)]), Ok(()));
+        assert!(plan.peers_undeclared);
+        assert_eq!(plan.formats(&plan.wanted(Store::File, &[])), Formats::ALL);
+        assert_eq!(plan.overlay_mtu, 1476, "the MTU never changes after start");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The agent's configuration: the config file plus command-line overrides, validated in one place
-//! and never changed afterwards. Nothing here touches the host. [`Config::load`] turns a file and
+//! and never changed afterwards (SIGHUP loads a second [`Config`] and takes only its peers, see
+//! [`Config::peers_on_reload`]). Nothing here touches the host. [`Config::load`] turns a file and
 //! its overrides into a checked [`Config`] or one [`ConfigError`] that names the file (or flag),
 //! the key and what to do. What a store learns at run time (etcd's network, this host's lease, the
 //! peers) lives in the store's state, not here.
@@ -924,6 +925,11 @@ public_ip = "198.18.0.3"
                 "metrics_addr = \"127.0.0.1:9436\"",
                 "subnet_file = \"/tmp/s.env\"\nmetrics_addr = \"127.0.0.1:9436\"",
                 "subnet_file",
+            ),
+            (
+                "metrics_addr = \"127.0.0.1:9436\"",
+                "docker_opts_file = \"/tmp/docker.env\"\nmetrics_addr = \"127.0.0.1:9436\"",
+                "docker_opts_file",
             ),
         ] {
             let text = GOOD.replacen(from, to, 1);
