@@ -849,10 +849,11 @@ impl Lab {
     }
 
     /// Lets GSO and GRO packets of up to `bytes` (BIG TCP: IPv4 packets above 64 KB) through every
-    /// link of the lab: the containers', the hosts', the switch's and the router's
-    /// (`gso_ipv4_max_size` and `gro_ipv4_max_size`, set over rtnetlink: iproute2 before 6.3 cannot).
-    /// The kernel's vxlan devices take no more than 64 KB and are left as they are. Links created
-    /// after the call keep the default.
+    /// veth and bridge of the lab: the containers', the hosts', the switch's and the router's
+    /// (`gso_ipv4_max_size` and `gro_ipv4_max_size`, set over rtnetlink: the iproute2 6.1 here
+    /// cannot). Other devices are left as they are (the kernel's vxlan devices, and the tunnels'
+    /// fallback devices a loaded module puts in every namespace, take no more than 64 KB). Links
+    /// created after the call keep the default.
     pub fn allow_big_tcp(&self, bytes: u32) {
         let mut spaces = vec![&self.switch];
         spaces.extend(self.router.iter().map(|r| &r.ns));
@@ -1328,7 +1329,7 @@ impl Capture {
     }
 }
 
-/// [`Lab::allow_big_tcp`] in the calling thread's network namespace: bridges after their ports.
+/// [`Lab::allow_big_tcp`] in the calling thread's network namespace: veths, then bridges.
 fn big_tcp_here(bytes: u32) -> Result<(), String> {
     use netlink_packet_route::link::LinkAttribute;
     let runtime =
@@ -1336,7 +1337,7 @@ fn big_tcp_here(bytes: u32) -> Result<(), String> {
     runtime.block_on(async {
         let (netlink, _events) = xnet::netlink::Netlink::connect().await.map_err(|e| e.to_string())?;
         let mut links = netlink.links().await.map_err(|e| e.to_string())?;
-        links.retain(|l| l.name != "lo" && l.kind.as_deref() != Some("vxlan"));
+        links.retain(|l| matches!(l.kind.as_deref(), Some("veth" | "bridge")));
         links.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
         for link in links {
             let message = rtnetlink::LinkUnspec::new_with_index(link.index)

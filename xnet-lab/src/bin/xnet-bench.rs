@@ -819,6 +819,11 @@ fn summary(samples: &[Sample], f: Metric) -> Option<Summary> {
     Summary::of(&samples.iter().map(f).collect::<Vec<_>>())
 }
 
+/// The summary of `mode`'s runs by `f`, if the mode ran and measured it.
+fn summary_of(results: &[(Mode, Vec<Sample>)], mode: Mode, f: Metric) -> Option<Summary> {
+    results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f))
+}
+
 /// A table cell: the median with its range and spread, then `ratio` (against plain routing)
 /// when given; `-` when not measured.
 fn cell(s: Option<Summary>, scale: f64, decimals: usize, ratio: Option<f64>) -> String {
@@ -832,7 +837,7 @@ fn cell(s: Option<Summary>, scale: f64, decimals: usize, ratio: Option<f64>) -> 
 
 /// The traffic targets: TCP ratios between modes, from the same run.
 fn traffic_targets(results: &[(Mode, Vec<Sample>)]) -> Vec<Target> {
-    let of = |mode: Mode, f: Metric| results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f));
+    let of = |mode: Mode, f: Metric| summary_of(results, mode, f);
     let ratio =
         |what: String, goal: Goal, max_spread: Option<f64>, num: Mode, den: Mode, f: Metric, unit: &str| {
             let (scale, decimals) = if unit == "Gbit/s" { (1e-9, 2) } else { (1.0, 2) };
@@ -914,9 +919,7 @@ fn traffic_targets(results: &[(Mode, Vec<Sample>)]) -> Vec<Target> {
 /// denominator. A target above the first cannot be met by any way of joining containers through
 /// hosts.
 fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
-    let median_of = |mode: Mode, f: Metric| {
-        results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f)).map(|s| s.median)
-    };
+    let median_of = |mode: Mode, f: Metric| summary_of(results, mode, f).map(|s| s.median);
     let rows: [(&str, Mode, Metric, &str); 5] = [
         ("TCP 1 stream, unpinned, over kernel vxlan", Mode::KernelVxlan, |s| s.tcp1_unpinned, ">= 1.4x"),
         ("TCP 1 stream, pinned, over plain routing at MTU 1450", Mode::PlainVxlanMtu, |s| s.tcp1, ">= 1.15x"),
@@ -962,9 +965,7 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
 /// What BIG TCP changes, in the same run: the BIG TCP modes against the others (ratios of
 /// medians, TCP throughput pinned, unpinned and with 4 streams). Empty when they were not run.
 fn big_tcp_table(results: &[(Mode, Vec<Sample>)]) -> String {
-    let median_of = |mode: Mode, f: Metric| {
-        results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f)).map(|s| s.median)
-    };
+    let median_of = |mode: Mode, f: Metric| summary_of(results, mode, f).map(|s| s.median);
     let xnet = Mode::XnetBig("vxlan");
     let mut md = String::new();
     if [xnet, Mode::PlainBig].iter().all(|&m| median_of(m, |s| s.tcp1).is_none()) {
