@@ -496,52 +496,36 @@ impl Config {
     /// peers of `new`, the file as it reads now, when every other setting is as the agent runs
     /// with (`self`); otherwise the key of the first setting that differs, which only a restart
     /// applies. The command-line flags are the same on both sides.
-    pub fn peers_on_reload(&self, new: Config) -> Result<Vec<PeerConfig>, &'static str> {
-        // Every field named, so that a new setting cannot be forgotten here.
-        let Config {
-            file: _,
-            iface,
-            public_ip,
-            container_ifaces,
-            vtep_mac,
-            pin_dir,
-            metrics_addr,
-            subnet_file,
-            docker_opts_file,
-            ingress,
-            untunnelled_open,
-            untunnelled_from,
-            keep_datapath: _,
-            capacity,
-            store,
-            overrides: _,
-        } = new;
-        let (StoreConfig::File(old), StoreConfig::File(StaticOverlay { network, subnet, tunnel, peers })) =
-            (&self.store, store)
-        else {
+    pub fn peers_on_reload(&self, mut new: Config) -> Result<Vec<PeerConfig>, &'static str> {
+        let (StoreConfig::File(old), StoreConfig::File(now)) = (&self.store, &mut new.store) else {
             return Err("[etcd] or [routes] (where the peers come from)");
         };
-        let changed = [
-            (iface != self.iface, "iface"),
-            (public_ip != self.public_ip, "public_ip"),
-            (container_ifaces != self.container_ifaces, "container_ifaces"),
-            (vtep_mac != self.vtep_mac, "vtep_mac"),
-            (pin_dir != self.pin_dir, "pin_dir"),
-            (metrics_addr != self.metrics_addr, "metrics_addr"),
-            (subnet_file != self.subnet_file, "subnet_file"),
-            (docker_opts_file != self.docker_opts_file, "docker_opts_file"),
-            (network != old.network, "network"),
-            (subnet != old.subnet, "subnet"),
-            (tunnel != old.tunnel, "[backend]"),
-            (ingress != self.ingress, "[backend] ingress"),
-            (untunnelled_open != self.untunnelled_open, "[backend] untunnelled"),
-            (untunnelled_from != self.untunnelled_from, "[backend] untunnelled_from"),
-            (capacity != self.capacity, "[capacity]"),
+        let peers = std::mem::replace(&mut now.peers, old.peers.clone());
+        let overlay = [
+            (now.network != old.network, "network"),
+            (now.subnet != old.subnet, "subnet"),
+            (now.tunnel != old.tunnel, "[backend]"),
         ];
-        match changed.into_iter().find(|(differs, _)| *differs) {
-            Some((_, key)) => Err(key),
-            None => Ok(peers),
+        // The whole config compared, so that no setting can slip through; the keys only name it.
+        if new == *self {
+            return Ok(peers);
         }
+        let settings = [
+            (new.iface != self.iface, "iface"),
+            (new.public_ip != self.public_ip, "public_ip"),
+            (new.container_ifaces != self.container_ifaces, "container_ifaces"),
+            (new.vtep_mac != self.vtep_mac, "vtep_mac"),
+            (new.pin_dir != self.pin_dir, "pin_dir"),
+            (new.metrics_addr != self.metrics_addr, "metrics_addr"),
+            (new.subnet_file != self.subnet_file, "subnet_file"),
+            (new.docker_opts_file != self.docker_opts_file, "docker_opts_file"),
+            (new.ingress != self.ingress, "[backend] ingress"),
+            (new.untunnelled_open != self.untunnelled_open, "[backend] untunnelled"),
+            (new.untunnelled_from != self.untunnelled_from, "[backend] untunnelled_from"),
+            (new.capacity != self.capacity, "[capacity]"),
+        ];
+        let changed = overlay.into_iter().chain(settings).find(|(differs, _)| *differs);
+        Err(changed.map_or("a setting besides the peers", |(_, key)| key))
     }
 }
 
