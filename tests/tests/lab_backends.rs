@@ -273,8 +273,9 @@ fn big_tcp_packets_cross_every_tunnel_whole() {
         let decap = |lab: &Lab| lab.counter(2, "ingress", &format!("decap_{backend}"));
         let (encap0, decap0) = (encap(&lab), decap(&lab));
         lab.iperf3((1, 1), (2, 1), 2, 1);
-        let (sent, sent_bytes) = (encap(&lab).0 - encap0.0, encap(&lab).1 - encap0.1);
-        let (got, got_bytes) = (decap(&lab).0 - decap0.0, decap(&lab).1 - decap0.1);
+        let (encap1, decap1) = (encap(&lab), decap(&lab));
+        let (sent, sent_bytes) = (encap1.0 - encap0.0, encap1.1 - encap0.1);
+        let (got, got_bytes) = (decap1.0 - decap0.0, decap1.1 - decap0.1);
         assert!(sent > 0 && got > 0, "{backend}: {sent} packets encapsulated, {got} decapsulated");
         // Counted before encapsulation (the inner frame) and before decapsulation (the outer one).
         assert!(

@@ -594,7 +594,6 @@ fn bring_up(
     result
 }
 
-/// subnet.env (and the Docker options file, if configured) for the container runtime.
 /// Logs each peer that asks for `direct` but is not on the underlay's segment, so is sent with the
 /// fallback.
 fn log_fallbacks(plan: &Plan, peers: &[PeerConfig]) {
@@ -610,6 +609,7 @@ fn log_fallbacks(plan: &Plan, peers: &[PeerConfig]) {
     }
 }
 
+/// subnet.env (and the Docker options file, if configured) for the container runtime.
 fn write_runtime_files(config: &Config, plan: &Plan) -> anyhow::Result<()> {
     let env = SubnetEnv {
         network: plan.overlay.network,

@@ -824,6 +824,15 @@ fn summary_of(results: &[(Mode, Vec<Sample>)], mode: Mode, f: Metric) -> Option<
     results.iter().find(|r| r.0 == mode).and_then(|r| summary(&r.1, f))
 }
 
+/// The ratio of `num`'s median to `den`'s by `f`, as a table cell ("not measured" when either
+/// mode did not run).
+fn ratio_cell(results: &[(Mode, Vec<Sample>)], num: Mode, den: Mode, f: Metric) -> String {
+    match (summary_of(results, num, f), summary_of(results, den, f)) {
+        (Some(n), Some(d)) => format!("{:.2}x", n.median / d.median),
+        _ => "not measured".into(),
+    }
+}
+
 /// A table cell: the median with its range and spread, then `ratio` (against plain routing)
 /// when given; `-` when not measured.
 fn cell(s: Option<Summary>, scale: f64, decimals: usize, ratio: Option<f64>) -> String {
@@ -919,7 +928,6 @@ fn traffic_targets(results: &[(Mode, Vec<Sample>)]) -> Vec<Target> {
 /// denominator. A target above the first cannot be met by any way of joining containers through
 /// hosts.
 fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
-    let median_of = |mode: Mode, f: Metric| summary_of(results, mode, f).map(|s| s.median);
     let rows: [(&str, Mode, Metric, &str); 5] = [
         ("TCP 1 stream, unpinned, over kernel vxlan", Mode::KernelVxlan, |s| s.tcp1_unpinned, ">= 1.4x"),
         ("TCP 1 stream, pinned, over plain routing at MTU 1450", Mode::PlainVxlanMtu, |s| s.tcp1, ">= 1.15x"),
@@ -933,7 +941,7 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
         ("CPU seconds per GB over plain routing", Mode::Plain, |s| s.cpu_s_per_gb, "<= 0.7x"),
     ];
     let mut md = String::new();
-    if [Mode::Floor, Mode::UnderlayOnly].iter().all(|&m| median_of(m, |s| s.tcp1).is_none()) {
+    if [Mode::Floor, Mode::UnderlayOnly].iter().all(|&m| summary_of(results, m, |s| s.tcp1).is_none()) {
         return md;
     }
     let _ = writeln!(
@@ -953,11 +961,9 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|");
     for (what, den, f, goal) in rows {
-        let ratio = |floor: Mode| match (median_of(floor, f), median_of(den, f)) {
-            (Some(n), Some(d)) => format!("{:.2}x", n / d),
-            _ => "not measured".into(),
-        };
-        let _ = writeln!(md, "| {what} | {} | {} | {goal} |", ratio(Mode::Floor), ratio(Mode::UnderlayOnly));
+        let (floor, underlay) =
+            (ratio_cell(results, Mode::Floor, den, f), ratio_cell(results, Mode::UnderlayOnly, den, f));
+        let _ = writeln!(md, "| {what} | {floor} | {underlay} | {goal} |");
     }
     md
 }
@@ -965,10 +971,9 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
 /// What BIG TCP changes, in the same run: the BIG TCP modes against the others (ratios of
 /// medians, TCP throughput pinned, unpinned and with 4 streams). Empty when they were not run.
 fn big_tcp_table(results: &[(Mode, Vec<Sample>)]) -> String {
-    let median_of = |mode: Mode, f: Metric| summary_of(results, mode, f).map(|s| s.median);
     let xnet = Mode::XnetBig("vxlan");
     let mut md = String::new();
-    if [xnet, Mode::PlainBig].iter().all(|&m| median_of(m, |s| s.tcp1).is_none()) {
+    if [xnet, Mode::PlainBig].iter().all(|&m| summary_of(results, m, |s| s.tcp1).is_none()) {
         return md;
     }
     let _ = writeln!(
@@ -986,10 +991,7 @@ fn big_tcp_table(results: &[(Mode, Vec<Sample>)]) -> String {
     ];
     let metrics: [Metric; 3] = [|s| s.tcp1, |s| s.tcp1_unpinned, |s| s.tcp4];
     for (what, num, den) in rows {
-        let cells = metrics.map(|f| match (median_of(num, f), median_of(den, f)) {
-            (Some(n), Some(d)) => format!("{:.2}x", n / d),
-            _ => "not measured".into(),
-        });
+        let cells = metrics.map(|f| ratio_cell(results, num, den, f));
         let _ = writeln!(md, "| {what} | {} | {} | {} |", cells[0], cells[1], cells[2]);
     }
     md
