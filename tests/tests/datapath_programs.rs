@@ -248,7 +248,7 @@ impl Datapath {
             ctx_in: Some(&md[..]),
             ..TestRunOptions::new()
         };
-        let p: &mut Xdp = self.dp.program_mut(Program::XdpIngress).try_into().unwrap();
+        let p: &mut Xdp = self.dp.program_mut(Program::XdpIngress).expect("loaded").try_into().unwrap();
         let result =
             p.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN, {linear} bytes linear: {e:?}"));
         out.truncate(result.data_size_out as usize);
@@ -734,7 +734,7 @@ fn xdp_attaches_to_a_jumbo_mtu_interface() {
     let attached = ns
         .spawn(|| {
             let mut dp = datapath::Datapath::load_unpinned().expect("load the programs");
-            let xdp: &mut Xdp = dp.program_mut(Program::XdpIngress).try_into().unwrap();
+            let xdp: &mut Xdp = dp.program_mut(Program::XdpIngress).expect("loaded").try_into().unwrap();
             xdp.attach("j0", aya::programs::XdpMode::default()).map(|_| ()).map_err(|e| format!("{e:?}"))
         })
         .join()

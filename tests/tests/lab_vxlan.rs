@@ -119,6 +119,8 @@ fn xdp_ingress_decapsulates_too() {
     let attached = lab.attached_programs(1);
     assert!(attached.contains(&"eth0/xdp:xnet_xdp_ingres".to_string()), "XDP program attached: {attached:?}");
     assert!(!attached.iter().any(|a| a.contains("xnet_tc_ingress")), "no tc decap beside XDP: {attached:?}");
+    // The agent loads only the ingress program its setting picks.
+    assert_eq!(lab.agent_programs(1), ["xnet_tc_egress", "xnet_xdp_ingres"], "programs the agent loaded");
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip));
     assert!(lab.ping((2, 2), lab.container((1, 2)).ip));
     lab.tcp_transfer((1, 1), (2, 1), 1 << 20);
@@ -143,6 +145,7 @@ fn a_normal_stop_leaves_nothing_attached_or_pinned() {
         ],
         "attachments while the agent runs"
     );
+    assert_eq!(lab.agent_programs(1), ["xnet_tc_egress", "xnet_tc_ingress"], "programs the agent loaded");
     assert!(gro_device(&lab, 1).contains("dstport 8472"), "the underlay GRO device while the agent runs");
     let status = lab.stop_agent(1);
     assert!(status.success(), "agent exit status {status}\n{}", lab.log(1));

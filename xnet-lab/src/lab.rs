@@ -5,6 +5,7 @@
 //! generated config and its own pin directory. Everything is torn down on drop, also after a panic.
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
@@ -1134,6 +1135,26 @@ impl Lab {
         let _ = server.join();
         rtts.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
         rtts
+    }
+
+    /// The names of the BPF programs host `i`'s agent holds loaded (its open program descriptors,
+    /// as `/proc/<pid>/fdinfo` lists them), sorted; empty without an agent.
+    pub fn agent_programs(&self, i: usize) -> Vec<String> {
+        let Some(pid) = self.agent_pid(i) else { return Vec::new() };
+        let ids: BTreeSet<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
+            .collect();
+        let mut names: Vec<String> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| ids.contains(&p.id()))
+            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .collect();
+        names.sort();
+        names
     }
 
     /// The BPF programs attached to host `i`'s interfaces (`eth0`, `docker0` and the containers'

@@ -57,7 +57,7 @@ pub fn test_run_on(
     let skb = skb_arriving_on(ifindex);
     let ctx_in = (ifindex.is_some() && program != Program::XdpIngress).then_some(&skb[..]);
     let opts = TestRunOptions { data_in: Some(input), data_out: Some(out), ctx_in, ..TestRunOptions::new() };
-    let p = dp.program_mut(program);
+    let p = dp.program_mut(program).expect("the programs are loaded");
     match program {
         Program::XdpIngress => {
             let p: &mut Xdp = p.try_into().expect("XDP");

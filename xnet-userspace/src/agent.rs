@@ -42,7 +42,9 @@ const SETTLE_EVENTS: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
+/// Runs the agent with `config`; `loader` was started before the config was read (see
+/// [`datapath::Loader`]).
+pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result<()> {
     // Local checks first: nothing is leased or attached for a host that cannot run.
     let underlay = Interface::find(&config.iface, "iface")?;
     let public_ip = match config.public_ip {
@@ -128,7 +130,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     log_fallbacks(&plan, &peers);
     write_runtime_files(&config, &plan)?;
     // The store's first list of peers is all the agent keeps of them until they are planned
-    // (after the programs are loaded, see `bring_up`): no second copy while the maps fill.
+    // (after the maps are loaded, see `bring_up`): no second copy while the maps fill.
     if let StoreConfig::File(overlay) = &mut config.store {
         overlay.peers = Vec::new();
     }
@@ -141,11 +143,6 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             true
         }
     };
-    let present: Vec<Interface> = containers
-        .present()
-        .keys()
-        .filter_map(|name| Interface::find(name, "container_ifaces").ok())
-        .collect();
     let started = unix_now();
     let mut record = AgentState::new(
         std::process::id(),
@@ -160,7 +157,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     record.set_invalid_entries(invalid);
     record.set_lease_expiry(lease_expiry);
     let plan_peers = || plan.wanted(store_kind, &std::mem::take(&mut peers));
-    let (datapath, wanted) = bring_up(&config, &plan, plan_peers, &containers, &underlay, &present, &record)?;
+    let (datapath, wanted) = bring_up(&config, &plan, loader, plan_peers, &containers, &underlay, &record)?;
     let mut agent = Agent {
         config,
         plan,
@@ -529,23 +526,31 @@ impl Agent {
     }
 }
 
-/// Brings the datapath up, with the routes and peers `wanted` plans (called once the programs are
+/// Brings the datapath up, with the routes and peers `wanted` plans (called once the maps are
 /// loaded: the loader's copy of the kernel's BTF, several megabytes, is freed by then, so the two
 /// never add up). On failure, a pin directory this call created is removed again; one that an
 /// earlier agent left (a takeover) is left as it was, still forwarding.
 fn bring_up(
     config: &Config,
     plan: &Plan,
+    loader: datapath::Loader,
     wanted: impl FnOnce() -> Wanted,
     containers: &Containers,
     underlay: &Interface,
-    container_ifaces: &[Interface],
     record: &AgentState,
 ) -> anyhow::Result<(Datapath, Wanted)> {
+    // The configured container interfaces that exist now (the others are attached when they
+    // appear).
+    let container_ifaces: Vec<Interface> = containers
+        .present()
+        .keys()
+        .filter_map(|name| Interface::find(name, "container_ifaces").ok())
+        .collect();
     let pin_dir = &config.pin_dir;
     let fresh = !pin_dir.exists();
     let result = (|| -> anyhow::Result<(Datapath, Wanted)> {
-        let mut dp = Datapath::load(pin_dir, config.capacity.for_subnet(plan.overlay.subnet.prefix()))?;
+        let mut dp =
+            Datapath::load_with(loader, pin_dir, config.capacity.for_subnet(plan.overlay.subnet.prefix()))?;
         let wanted = wanted();
         let host_plan = HostPlan {
             underlay,
@@ -556,32 +561,44 @@ fn bring_up(
             host_table: matches!(&config.store, StoreConfig::Routes(_)),
             vxlan_gro_port: plan.receives_vxlan().then_some(plan.overlay.tunnel.vxlan_port),
         };
-        // The host's devices, routes and settings are made while the maps fill (they do not
-        // depend on each other; nothing is attached before both are done).
-        let (synced, host) = std::thread::scope(|s| {
-            let host = s.spawn(|| host::apply(&host_plan));
-            let gateway = containers.gateway_mac().unwrap_or_default();
-            let synced =
-                dp.sync(&wanted, &plan.datapath_config(gateway, &wanted), &Scope::All, record.started_at());
-            (synced, host.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-        });
-        synced?;
-        host?;
+        // The small maps first: the egress program reads LOCAL_PORTS from its first packet.
         dp.maps_mut().set_agent_state(record)?;
         dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
         if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
             tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");
         }
-        dp.attach(Program::ingress(plan.ingress), &underlay.name)?;
-        dp.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;
-        for c in container_ifaces {
-            host::set_container_mtu(c, plan.overlay_mtu)?;
-            dp.attach(Program::TcEgress, &c.name)?;
-        }
-        // The ports before detach_stale, so an earlier agent's port attachments are taken over.
-        if let Err(e) = dp.sync_port_attachments(containers.ports()) {
-            tracing::warn!(error = %e, "cannot attach to every container port yet");
-        }
+        let ingress = Program::ingress(plan.ingress);
+        let ports = containers.ports();
+        // While the maps fill: the two programs loaded, the host's devices, routes and settings,
+        // and the egress program attached to the host device and the container interfaces. CONFIG
+        // is the sync's first write, and egress hands the kernel what it finds no route for (as
+        // without xnet), so it may run on maps still filling. Ingress checks every tunnelled
+        // packet's sender against the peers: it is attached once they are all written.
+        let (synced, beside) = dp.sync_beside(
+            &wanted,
+            &plan.datapath_config(containers.gateway_mac().unwrap_or_default(), &wanted),
+            &Scope::All,
+            record.started_at(),
+            |programs| -> anyhow::Result<()> {
+                // The verifier's verdict before the host is changed.
+                programs.load(&[ingress, Program::TcEgress])?;
+                host::apply(&host_plan)?;
+                programs.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;
+                for c in &container_ifaces {
+                    host::set_container_mtu(c, plan.overlay_mtu)?;
+                    programs.attach(Program::TcEgress, &c.name)?;
+                }
+                // The ports before detach_stale, so an earlier agent's port attachments are taken
+                // over.
+                if let Err(e) = programs.sync_port_attachments(ports) {
+                    tracing::warn!(error = %e, "cannot attach to every container port yet");
+                }
+                Ok(())
+            },
+        );
+        synced?;
+        beside?;
+        dp.attach(ingress, &underlay.name)?;
         dp.detach_stale()?;
         Ok((dp, wanted))
     })();

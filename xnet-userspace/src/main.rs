@@ -32,8 +32,10 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
+                // The eBPF loader reads the kernel's BTF while the config is read.
+                let loader = xnet::datapath::Loader::start();
                 let config = xnet::config::Config::load(&args.config, &args.overrides())?;
-                rt.block_on(xnet::agent::run(config))
+                rt.block_on(xnet::agent::run(config, loader))
             }),
         Command::Stats(args) => stats(&args),
         Command::Routes(args) => routes(&args),

@@ -1,6 +1,7 @@
-//! The kernel side as the agent sees it, and its one owner: [`Datapath`] loads the programs, holds
-//! the maps ([`maps`]), keeps the route maps in step with what is wanted ([`sync`]), and attaches
-//! (or takes over an earlier agent's attachments without a gap) and detaches ([`links`]).
+//! The kernel side as the agent sees it, and its one owner: [`Datapath`] loads the programs
+//! ([`programs`], each when first needed), holds the maps ([`maps`]), keeps the route maps in step
+//! with what is wanted ([`sync`]), and attaches (or takes over an earlier agent's attachments
+//! without a gap) and detaches ([`links`]).
 //!
 //! Pinned state under the pin directory:
 //! - `<MAP>` for every map the programs declare;
@@ -13,6 +14,7 @@ pub mod batch;
 pub mod links;
 pub mod local_ports;
 pub mod maps;
+pub mod programs;
 pub mod sync;
 
 use std::{
@@ -22,12 +24,10 @@ use std::{
     sync::mpsc,
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{SchedClassifier, Xdp},
-};
+use aya::{Ebpf, EbpfLoader};
 use xnet_common::maps::{DatapathConfig, Endpoint, IngressHook, LocalPortsLimit};
 
+pub use self::programs::Programs;
 use self::{
     maps::Maps,
     sync::{Capacity, MapFull, Mirror, Scope, Wanted},
@@ -159,12 +159,26 @@ fn check_pinned_layouts(pin_dir: &Path, capacity: Capacity) -> Result<(), Datapa
     Ok(())
 }
 
-/// Loads [`OBJECT`] and its programs into the kernel, without attaching anything; with `pin_dir`,
-/// the maps are pinned there (reused if pinned already). The route and peer maps are created with
-/// `capacity` entries.
-fn load_object(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Ebpf, DatapathError> {
+/// The object's loader, started on a thread of its own: it begins by reading the kernel's BTF
+/// (tens of milliseconds), which the agent need not wait for while it reads its config.
+pub struct Loader(std::thread::JoinHandle<EbpfLoader<'static>>);
+
+impl Loader {
+    pub fn start() -> Self {
+        Self(std::thread::spawn(EbpfLoader::new))
+    }
+
+    fn get(self) -> EbpfLoader<'static> {
+        self.0.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// Loads [`OBJECT`]'s maps into the kernel (the programs load when first needed, see
+/// [`Programs`]); with `pin_dir`, the maps are pinned there (reused if pinned already). The route
+/// and peer maps are created with `capacity` entries.
+fn load_object(loader: Loader, pin_dir: Option<&Path>, capacity: Capacity) -> Result<Ebpf, DatapathError> {
     let declared = maps::declared();
-    let mut loader = EbpfLoader::new();
+    let mut loader = loader.get();
     for map in &declared {
         if let Some(entries) = capacity.of_map(&map.name) {
             loader.map_max_entries(&map.name, entries);
@@ -178,26 +192,10 @@ fn load_object(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Ebpf, Datap
             loader.map_pin_path(&map.name, pin_dir.join(&map.name));
         }
     }
-    let mut ebpf = loader.load(OBJECT).map_err(|error| DatapathError::Load {
+    loader.load(OBJECT).map_err(|error| DatapathError::Load {
         pin_dir: pin_dir.map_or_else(|| "(none)".into(), Path::to_path_buf),
         error: Box::new(error),
-    })?;
-    for program in Program::ALL {
-        let name = program.name();
-        let fail = |e| DatapathError::Program { program: name, error: Box::new(e) };
-        let p = ebpf.program_mut(name).expect("program is in the object");
-        match program {
-            Program::TcEgress | Program::TcIngress => {
-                let p: &mut SchedClassifier = p.try_into().expect("program is a classifier");
-                p.load().map_err(fail)?;
-            }
-            Program::XdpIngress => {
-                let p: &mut Xdp = p.try_into().expect("program is XDP");
-                p.load().map_err(fail)?;
-            }
-        }
-    }
-    Ok(ebpf)
+    })
 }
 
 /// The [`sync::Writer`] of [`Datapath::sync`]: a thread a lane writes the lane's chunks in order
@@ -253,7 +251,7 @@ fn write_lane(
 
 /// The loaded programs and their maps.
 pub struct Datapath {
-    ebpf: Ebpf,
+    programs: Programs,
     maps: Maps,
     /// A second handle on the same maps: the sync writes routes through it while `maps` takes
     /// the peers.
@@ -262,14 +260,8 @@ pub struct Datapath {
     unread: bool,
     /// What the route maps hold.
     mirror: Mirror,
-    /// `None`: loaded without pins, for tests and benchmarks (nothing can be attached).
-    pin_dir: Option<PathBuf>,
-    /// Link pins that this run attached or took over.
-    attached: BTreeSet<PathBuf>,
     /// What the route and peer maps hold at most.
     capacity: Capacity,
-    /// Bridge ports the egress program is attached to, name -> ifindex at the time.
-    ports: BTreeMap<String, u32>,
     /// Bridge ports over [`local_ports::PER_PORT_MAX`], already logged.
     ports_over_cap: BTreeSet<u32>,
     /// Container MAC -> bridge port, for the MACs packets were delivered to (from ENDPOINTS), kept
@@ -280,38 +272,43 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel, reusing maps pinned under `pin_dir` (so a restarted agent
+    /// Loads the maps into the kernel, reusing those pinned under `pin_dir` (so a restarted agent
     /// keeps routes and counters) or creating and pinning them with room for `capacity` entries.
+    /// Each program is loaded when it is first attached (or by [`Programs::load`]).
     pub fn load(pin_dir: &Path, capacity: Capacity) -> Result<Self, DatapathError> {
-        Self::load_from(Some(pin_dir), capacity)
+        Self::load_with(Loader::start(), pin_dir, capacity)
     }
 
-    /// Loads the programs with maps of their own, pinned nowhere and attached nowhere: for running
+    /// [`Datapath::load`] with a loader started earlier.
+    pub fn load_with(loader: Loader, pin_dir: &Path, capacity: Capacity) -> Result<Self, DatapathError> {
+        Self::load_from(loader, Some(pin_dir), capacity)
+    }
+
+    /// Loads every program with maps of its own, pinned nowhere and attached nowhere: for running
     /// them with BPF_PROG_TEST_RUN ([`Datapath::program_mut`]) in tests and benchmarks.
     pub fn load_unpinned() -> Result<Self, DatapathError> {
-        Self::load_from(None, Capacity::default())
+        Self::load_unpinned_sized(Capacity::default())
     }
 
     /// [`Datapath::load_unpinned`] with route and peer maps of `capacity` entries.
     pub fn load_unpinned_sized(capacity: Capacity) -> Result<Self, DatapathError> {
-        Self::load_from(None, capacity)
+        let mut dp = Self::load_from(Loader::start(), None, capacity)?;
+        dp.programs.load(&Program::ALL)?;
+        Ok(dp)
     }
 
-    fn load_from(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self, DatapathError> {
+    fn load_from(loader: Loader, pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self, DatapathError> {
         // Maps this load creates hold nothing yet: no need to read them.
         let created = pin_dir.is_none_or(|dir| Maps::MIRRORED.iter().all(|m| !dir.join(m).exists()));
-        let mut ebpf = load_object(pin_dir, capacity)?;
+        let mut ebpf = load_object(loader, pin_dir, capacity)?;
         let maps = Maps::take(&mut ebpf)?;
         let mirror = if created { maps.mirror_of_new()? } else { maps.mirror()? };
         Ok(Self {
-            ebpf,
+            programs: Programs::new(ebpf, pin_dir.map(Path::to_path_buf)),
             route_maps: maps.try_clone()?,
             unread: created,
             maps,
             mirror,
-            pin_dir: pin_dir.map(Path::to_path_buf),
-            attached: BTreeSet::new(),
-            ports: BTreeMap::new(),
             capacity,
             ports_over_cap: BTreeSet::new(),
             delivered: BTreeMap::new(),
@@ -319,9 +316,9 @@ impl Datapath {
         })
     }
 
-    /// A loaded program, to run or attach by hand.
-    pub fn program_mut(&mut self, program: Program) -> &mut aya::programs::Program {
-        self.ebpf.program_mut(program.name()).expect("program is in the object")
+    /// A program, loaded, to run or attach by hand.
+    pub fn program_mut(&mut self, program: Program) -> Result<&mut aya::programs::Program, DatapathError> {
+        self.programs.program_mut(program)
     }
 
     pub fn maps(&self) -> &Maps {
@@ -334,15 +331,7 @@ impl Datapath {
 
     /// Where the maps and links are pinned (`None` for [`Datapath::load_unpinned`]).
     pub fn pin_dir(&self) -> Option<&Path> {
-        self.pin_dir.as_deref()
-    }
-
-    fn pins(&self, program: Program, iface: &str) -> Result<&Path, DatapathError> {
-        self.pin_dir.as_deref().ok_or_else(|| DatapathError::Attach {
-            program: program.name(),
-            iface: iface.into(),
-            detail: "this datapath was loaded without a pin directory".into(),
-        })
+        self.programs.pin_dir()
     }
 
     /// Makes the route maps hold `wanted` and CONFIG hold `config`, comparing the keys in `scope`.
@@ -356,10 +345,28 @@ impl Datapath {
         scope: &Scope,
         now: u64,
     ) -> Result<usize, DatapathError> {
+        self.sync_beside(wanted, config, scope, now, |_| ()).0
+    }
+
+    /// [`Datapath::sync`], while `beside` runs on a thread of its own with the programs (to load
+    /// and attach). A program attached meanwhile may read the maps as they fill, in the order the
+    /// sync writes them: CONFIG first, then peers and routes (side by side if nothing was attached
+    /// when the sync began: a route may then be readable before its peer's entry).
+    pub fn sync_beside<R: Send>(
+        &mut self,
+        wanted: &Wanted,
+        config: &DatapathConfig,
+        scope: &Scope,
+        now: u64,
+        beside: impl FnOnce(&mut Programs) -> R + Send,
+    ) -> (Result<usize, DatapathError>, R) {
         let lanes = [&mut self.maps, &mut self.route_maps];
         let unread = self.unread;
         let mirror = &mut self.mirror;
-        std::thread::scope(|s| {
+        let programs = &mut self.programs;
+        let capacity = self.capacity;
+        let out = std::thread::scope(|s| {
+            let beside = s.spawn(move || beside(programs));
             // Peers and routes are written side by side, each lane a chunk at a time while the
             // next chunk is built (and the one before applied to the mirror): a first sync of
             // many routes costs little more than its slowest map's writes.
@@ -374,11 +381,14 @@ impl Datapath {
                 writer.lanes[lane] = Some(chunks);
             }
             drop(answer);
-            let result = sync::apply(mirror, wanted, config, scope, now, self.capacity, &mut writer);
+            let result = sync::apply(mirror, wanted, config, scope, now, capacity, &mut writer);
             // Closing the lanes ends their threads once idle.
             sync::Writer::close(&mut writer);
-            result
-        })
+            (result, beside.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        // From the first attachment on, a program may read the maps.
+        self.unread &= !self.programs.tried();
+        out
     }
 
     /// CONFIG as last written.
@@ -388,73 +398,27 @@ impl Datapath {
 
     /// Attaches `program` on `iface` (or takes over an earlier agent's attachment there).
     pub fn attach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
-        let pin_dir = self.pins(program, iface)?.to_path_buf();
-        // From here on a program may read the maps (even if attaching fails part way).
-        self.unread = false;
-        let pin = links::attach(&mut self.ebpf, &pin_dir, program, iface)?;
-        self.attached.insert(pin);
-        Ok(())
+        let result = self.programs.attach(program, iface);
+        // From here on a program may read the maps (even if attaching failed part way).
+        self.unread &= !self.programs.tried();
+        result
     }
 
     /// Whether this run attached `program` to `iface` (or took it over).
     pub fn is_attached(&self, program: Program, iface: &str) -> bool {
-        self.pin_dir
-            .as_deref()
-            .is_some_and(|dir| self.attached.contains(&links::link_pin(dir, program, iface)))
+        self.programs.is_attached(program, iface)
     }
 
     /// Detaches `program` from `iface`, if this run attached it.
     pub fn detach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
-        let pin = links::link_pin(self.pins(program, iface)?, program, iface);
-        if self.attached.remove(&pin) {
-            links::unpin(&pin)?;
-            tracing::info!(program = program.name(), iface, "detached");
-        }
-        Ok(())
+        self.programs.detach(program, iface)
     }
 
-    /// Makes the egress program run on exactly `ports` (bridge ports, name -> ifindex) besides the
-    /// configured interfaces, so container traffic is encapsulated before the bridge sees it. Ports
-    /// new since the last call, or re-created under the same name, are attached; ports gone are
-    /// unpinned (the kernel detached them with their interface). A port that fails is retried on the
-    /// next call; the first error is returned after the others are done.
+    /// See [`Programs::sync_port_attachments`].
     pub fn sync_port_attachments(&mut self, ports: &BTreeMap<String, u32>) -> Result<(), DatapathError> {
-        let mut first_error = None;
-        for (name, ifindex) in ports {
-            if self.ports.get(name) == Some(ifindex) {
-                continue;
-            }
-            match self.attach(Program::TcEgress, name) {
-                Ok(()) => {
-                    self.ports.insert(name.clone(), *ifindex);
-                }
-                Err(e) => {
-                    self.ports.remove(name);
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        let gone: Vec<String> = self.ports.keys().filter(|n| !ports.contains_key(*n)).cloned().collect();
-        for name in gone {
-            let pin = match self.pins(Program::TcEgress, &name) {
-                Ok(dir) => links::link_pin(dir, Program::TcEgress, &name),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    continue;
-                }
-            };
-            match links::unpin(&pin) {
-                Ok(()) => {
-                    tracing::info!(port = %name, "port gone; its attachment removed");
-                    self.attached.remove(&pin);
-                    self.ports.remove(&name);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let result = self.programs.sync_port_attachments(ports);
+        self.unread &= !self.programs.tried();
+        result
     }
 
     /// Makes LOCAL_PORTS hold the `learned` container MACs (container MAC -> bridge port ifindex)
@@ -476,7 +440,7 @@ impl Datapath {
         let endpoints = self.maps.endpoints();
         // What was delivered to, remembered while the port is attached and the bridge does not
         // put the MAC elsewhere (see local_ports::wanted).
-        let live: BTreeSet<u32> = self.ports.values().copied().collect();
+        let live: BTreeSet<u32> = self.programs.ports().values().copied().collect();
         self.delivered.extend(endpoints.iter().map(|(_, e)| (e.dmac(), e.ifindex())));
         self.delivered.retain(|mac, port| live.contains(port) && learned.get(mac).is_none_or(|p| p == port));
         let wanted = local_ports::wanted(learned, &self.delivered, &live);
@@ -536,17 +500,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an interface
-    /// dropped from the config, or ingress switched between XDP and tc).
+    /// Detaches attachments pinned by an earlier agent that this run did not re-attach (an
+    /// interface dropped from the config, or ingress switched between XDP and tc).
     pub fn detach_stale(&mut self) -> Result<(), DatapathError> {
-        let Some(pin_dir) = &self.pin_dir else { return Ok(()) };
-        for pin in links::pinned(pin_dir) {
-            if !self.attached.contains(&pin) {
-                links::unpin(&pin)?;
-                tracing::info!(link = %pin.display(), "detached stale attachment");
-            }
-        }
-        Ok(())
+        self.programs.detach_stale()
     }
 }
 

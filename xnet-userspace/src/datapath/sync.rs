@@ -10,8 +10,9 @@
 //!
 //! Steps 2 and 3 touch different maps and the programs never read one through the other (a route
 //! names its peer's address, which encapsulation needs; the peer check on decapsulation needs no
-//! route). So into maps that no program reads yet (a first start), a [`Writer`] may write them
-//! side by side, in two lanes; CONFIG and the removals wait for both.
+//! route). So into maps that no program read when the sync began (a first start), a [`Writer`]
+//! may write them side by side, in two lanes; CONFIG and the removals wait for both. The agent
+//! attaches only the egress program while they fill: it reads routes, never peers.
 //!
 //! The agent writes the ops through [`super::maps::Maps`] and applies each to its mirror once it
 //! is written, so the mirror stays exact even when a write fails halfway. Only the keys a change
