@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use xnet_lab::lab::{Capture, Lab, LabSpec, wait_for};
+use xnet_lab::lab::{Capture, Lab, LabSpec, wait_for, xnet_bin};
 
 /// Outer VXLAN packets among captured frames: (outer src, outer dst, udp src port, udp dst port,
 /// VNI, inner src, inner dst).
@@ -240,6 +240,30 @@ fn a_bad_config_is_refused_before_anything_is_attached() {
     }
     release_tx.send(()).unwrap();
     holder.join().unwrap();
+}
+
+#[test]
+fn a_host_without_iproute2_is_told_so_and_nothing_is_left_attached() {
+    // As in a minimal container image: the agent finds no `ip` to make the host device with.
+    let lab = Lab::start(LabSpec { hosts: 2, start_agents: false, ..LabSpec::default() });
+    let host = lab.host(1);
+    let out = host
+        .ns
+        .command(xnet_bin().to_str().unwrap())
+        .args(["run", "--config", host.config_path.to_str().unwrap()])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the host device pair xnet0/xnet0-tx: cannot run `ip`: it is not on PATH (install iproute2)"
+        ),
+        "names what is missing: {stderr}"
+    );
+    assert!(!host.pin_dir.exists(), "nothing left pinned: {stderr}");
+    assert!(lab.attached_programs(1).is_empty(), "nothing left attached");
 }
 
 #[test]

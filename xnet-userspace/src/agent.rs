@@ -23,7 +23,7 @@ use crate::{
     config::{BehindRouter, Config, PeerConfig, StoreConfig},
     containers::Containers,
     datapath::{
-        self, Datapath, DatapathError, Program,
+        self, Datapath, DatapathError, Program, Programs,
         sync::{Scope, Wanted},
     },
     host::{self, HostPlan, Interface},
@@ -548,60 +548,87 @@ fn bring_up(
         .collect();
     let pin_dir = &config.pin_dir;
     let fresh = !pin_dir.exists();
-    let result = (|| -> anyhow::Result<(Datapath, Wanted)> {
-        let mut dp =
-            Datapath::load_with(loader, pin_dir, config.capacity.for_subnet(plan.overlay.subnet.prefix()))?;
-        let wanted = wanted();
-        let host_plan = HostPlan {
-            underlay,
-            network: plan.overlay.network,
-            subnet: plan.overlay.subnet,
-            overlay_mtu: plan.overlay_mtu,
-            announce: matches!(&config.store, StoreConfig::Routes(r) if r.announce),
-            host_table: matches!(&config.store, StoreConfig::Routes(_)),
-            vxlan_gro_port: plan.receives_vxlan().then_some(plan.overlay.tunnel.vxlan_port),
-        };
-        // The small maps first: the egress program reads LOCAL_PORTS from its first packet.
-        dp.maps_mut().set_agent_state(record)?;
-        dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
-        if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
-            tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");
-        }
-        let ingress = Program::ingress(plan.ingress);
-        let ports = containers.ports();
-        // While the maps fill: the two programs loaded, the host's devices, routes and settings,
-        // and the egress program attached to the host device and the container interfaces. CONFIG
-        // is the sync's first write, and egress hands the kernel what it finds no route for (as
-        // without xnet), so it may run on maps still filling. Ingress checks every tunnelled
-        // packet's sender against the peers: it is attached once they are all written.
-        let (synced, beside) = dp.sync_beside(
-            &wanted,
-            &plan.datapath_config(containers.gateway_mac().unwrap_or_default(), &wanted),
-            &Scope::All,
-            record.started_at(),
-            |programs| -> anyhow::Result<()> {
-                // The verifier's verdict before the host is changed.
-                programs.load(&[ingress, Program::TcEgress])?;
-                host::apply(&host_plan)?;
+    // A panic on the way is an error like any other: what this run pinned is removed below.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> anyhow::Result<(Datapath, Wanted)> {
+            let mut dp = Datapath::load_with(
+                loader,
+                pin_dir,
+                config.capacity.for_subnet(plan.overlay.subnet.prefix()),
+            )?;
+            let wanted = wanted();
+            // What cannot be done is refused before anything changes, in the maps (which may be an
+            // earlier agent's, still forwarding) or on the host: a state the maps cannot hold, a
+            // program the kernel refuses.
+            dp.check_capacity(&wanted)?;
+            let ingress = Program::ingress(plan.ingress);
+            dp.load_programs(&[ingress, Program::TcEgress])?;
+            let host_plan = HostPlan {
+                underlay,
+                network: plan.overlay.network,
+                subnet: plan.overlay.subnet,
+                overlay_mtu: plan.overlay_mtu,
+                announce: matches!(&config.store, StoreConfig::Routes(r) if r.announce),
+                host_table: matches!(&config.store, StoreConfig::Routes(_)),
+                vxlan_gro_port: plan.receives_vxlan().then_some(plan.overlay.tunnel.vxlan_port),
+            };
+            // The small maps first: the egress program reads LOCAL_PORTS from its first packet.
+            dp.maps_mut().set_agent_state(record)?;
+            dp.set_untunnelled_from(&config.untunnelled_from.iter().copied().collect())?;
+            if let Err(e) = dp.sync_local_ports(containers.fdb(), monotonic_coarse_ns()) {
+                tracing::warn!(error = %e, "cannot fill LOCAL_PORTS yet");
+            }
+            let attach_egress = |programs: &mut Programs| -> anyhow::Result<()> {
                 programs.attach(Program::TcEgress, host::HOST_DEVICE_PEER)?;
                 for c in &container_ifaces {
                     host::set_container_mtu(c, plan.overlay_mtu)?;
                     programs.attach(Program::TcEgress, &c.name)?;
                 }
-                // The ports before detach_stale, so an earlier agent's port attachments are taken
-                // over.
-                if let Err(e) = programs.sync_port_attachments(ports) {
+                // The ports before detach_stale, so an earlier agent's port attachments are taken over.
+                if let Err(e) = programs.sync_port_attachments(containers.ports()) {
                     tracing::warn!(error = %e, "cannot attach to every container port yet");
                 }
                 Ok(())
-            },
-        );
-        synced?;
-        beside?;
-        dp.attach(ingress, &underlay.name)?;
-        dp.detach_stale()?;
-        Ok((dp, wanted))
-    })();
+            };
+            // While the maps fill: the host's devices, routes and settings, and on a first start the
+            // egress program too. CONFIG is the sync's first write, and egress hands the kernel what
+            // it finds no route for (as the host did without xnet), so it may run on new maps still
+            // filling; but where one route lies inside another (a routing daemon's may), it would
+            // send the inner one's packets to the outer one's peer until the inner route is written,
+            // so then it waits. On a takeover the maps are an earlier agent's, read by its programs
+            // throughout: this run's programs replace them once the maps are as wanted. Ingress
+            // checks every tunnelled packet's sender against the peers: it is attached last.
+            let early = dp.unread() && !wanted.has_nested_routes();
+            let (synced, beside) = dp.sync_beside(
+                &wanted,
+                &plan.datapath_config(containers.gateway_mac().unwrap_or_default(), &wanted),
+                &Scope::All,
+                record.started_at(),
+                |programs| -> anyhow::Result<()> {
+                    host::apply(&host_plan)?;
+                    if early {
+                        attach_egress(programs)?;
+                    }
+                    Ok(())
+                },
+            );
+            synced?;
+            beside?;
+            if !early {
+                attach_egress(dp.programs_mut())?;
+            }
+            dp.attach(ingress, &underlay.name)?;
+            dp.detach_stale()?;
+            Ok((dp, wanted))
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("the datapath set-up panicked: {what}"))
+        });
     if result.is_err()
         && fresh
         && let Err(e) = datapath::remove_all(pin_dir)

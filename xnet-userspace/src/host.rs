@@ -272,7 +272,11 @@ fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
 fn ip(args: &[&str], setting: String) -> Result<(), HostError> {
     let out = Command::new("ip").args(args).output().map_err(|e| HostError::Setting {
         setting: setting.clone(),
-        detail: format!("cannot run `ip`: {e}"),
+        detail: if e.kind() == io::ErrorKind::NotFound {
+            "cannot run `ip`: it is not on PATH (install iproute2)".to_string()
+        } else {
+            format!("cannot run `ip`: {e}")
+        },
     })?;
     if out.status.success() {
         Ok(())

@@ -249,6 +249,36 @@ fn write_lane(
     }
 }
 
+/// The sync of [`Datapath::sync`] over the maps' two handles: peers and routes written side by
+/// side while `unread` (no program reads them), each lane a chunk at a time while the next chunk
+/// is built (and the one before applied to the mirror), so a first sync of many routes costs
+/// little more than its slowest map's writes; in one lane otherwise.
+fn sync_maps(
+    lanes: [&mut Maps; 2],
+    unread: bool,
+    mirror: &mut Mirror,
+    capacity: Capacity,
+    (wanted, config, scope, now): (&Wanted, &DatapathConfig, &Scope, u64),
+) -> Result<usize, DatapathError> {
+    std::thread::scope(|s| {
+        let (answer, answers) = mpsc::channel();
+        let in_use = if unread { 2 } else { 1 };
+        let mut writer = MapWriter { lanes: [None, None], in_use, answers };
+        // A thread for each lane in use only.
+        for (lane, maps) in lanes.into_iter().enumerate().take(in_use) {
+            let (chunks, lane_chunks) = mpsc::sync_channel(1);
+            let answer = answer.clone();
+            s.spawn(move || write_lane(maps, lane_chunks, answer));
+            writer.lanes[lane] = Some(chunks);
+        }
+        drop(answer);
+        let result = sync::apply(mirror, wanted, config, scope, now, capacity, &mut writer);
+        // Closing the lanes ends their threads once idle.
+        sync::Writer::close(&mut writer);
+        result
+    })
+}
+
 /// The loaded programs and their maps.
 pub struct Datapath {
     programs: Programs,
@@ -256,8 +286,8 @@ pub struct Datapath {
     /// A second handle on the same maps: the sync writes routes through it while `maps` takes
     /// the peers.
     route_maps: Maps,
-    /// Whether no program reads the maps yet: this load created them, and nothing is attached.
-    unread: bool,
+    /// Whether this load created the maps (none was pinned).
+    created: bool,
     /// What the route maps hold.
     mirror: Mirror,
     /// What the route and peer maps hold at most.
@@ -306,7 +336,7 @@ impl Datapath {
         Ok(Self {
             programs: Programs::new(ebpf, pin_dir.map(Path::to_path_buf)),
             route_maps: maps.try_clone()?,
-            unread: created,
+            created,
             maps,
             mirror,
             capacity,
@@ -334,6 +364,26 @@ impl Datapath {
         self.programs.pin_dir()
     }
 
+    /// Whether no program reads the maps yet: this load created them, and no attachment was tried.
+    pub fn unread(&self) -> bool {
+        self.created && !self.programs.tried()
+    }
+
+    /// Whether the maps can hold `wanted`: a sync that cannot writes nothing and fails so.
+    pub fn check_capacity(&self, wanted: &Wanted) -> Result<(), DatapathError> {
+        Ok(sync::check_capacity(wanted, self.capacity)?)
+    }
+
+    /// Loads `programs` into the kernel, those not loaded yet (see [`Programs::load`]).
+    pub fn load_programs(&mut self, programs: &[Program]) -> Result<(), DatapathError> {
+        self.programs.load(programs)
+    }
+
+    /// The programs, to load and attach.
+    pub fn programs_mut(&mut self) -> &mut Programs {
+        &mut self.programs
+    }
+
     /// Makes the route maps hold `wanted` and CONFIG hold `config`, comparing the keys in `scope`.
     /// Returns how many map writes it took. On failure the maps hold everything written before
     /// the failing write (in each lane), and the next sync (with [`Scope::All`]) continues from
@@ -345,7 +395,9 @@ impl Datapath {
         scope: &Scope,
         now: u64,
     ) -> Result<usize, DatapathError> {
-        self.sync_beside(wanted, config, scope, now, |_| ()).0
+        let unread = self.unread();
+        let lanes = [&mut self.maps, &mut self.route_maps];
+        sync_maps(lanes, unread, &mut self.mirror, self.capacity, (wanted, config, scope, now))
     }
 
     /// [`Datapath::sync`], while `beside` runs on a thread of its own with the programs (to load
@@ -360,35 +412,15 @@ impl Datapath {
         now: u64,
         beside: impl FnOnce(&mut Programs) -> R + Send,
     ) -> (Result<usize, DatapathError>, R) {
+        let unread = self.unread();
         let lanes = [&mut self.maps, &mut self.route_maps];
-        let unread = self.unread;
-        let mirror = &mut self.mirror;
         let programs = &mut self.programs;
-        let capacity = self.capacity;
-        let out = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let beside = s.spawn(move || beside(programs));
-            // Peers and routes are written side by side, each lane a chunk at a time while the
-            // next chunk is built (and the one before applied to the mirror): a first sync of
-            // many routes costs little more than its slowest map's writes.
-            let (answer, answers) = mpsc::channel();
-            let in_use = if unread { 2 } else { 1 };
-            let mut writer = MapWriter { lanes: [None, None], in_use, answers };
-            // A thread for each lane in use only.
-            for (lane, maps) in lanes.into_iter().enumerate().take(in_use) {
-                let (chunks, lane_chunks) = mpsc::sync_channel(1);
-                let answer = answer.clone();
-                s.spawn(move || write_lane(maps, lane_chunks, answer));
-                writer.lanes[lane] = Some(chunks);
-            }
-            drop(answer);
-            let result = sync::apply(mirror, wanted, config, scope, now, capacity, &mut writer);
-            // Closing the lanes ends their threads once idle.
-            sync::Writer::close(&mut writer);
+            let result =
+                sync_maps(lanes, unread, &mut self.mirror, self.capacity, (wanted, config, scope, now));
             (result, beside.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-        });
-        // From the first attachment on, a program may read the maps.
-        self.unread &= !self.programs.tried();
-        out
+        })
     }
 
     /// CONFIG as last written.
@@ -398,10 +430,7 @@ impl Datapath {
 
     /// Attaches `program` on `iface` (or takes over an earlier agent's attachment there).
     pub fn attach(&mut self, program: Program, iface: &str) -> Result<(), DatapathError> {
-        let result = self.programs.attach(program, iface);
-        // From here on a program may read the maps (even if attaching failed part way).
-        self.unread &= !self.programs.tried();
-        result
+        self.programs.attach(program, iface)
     }
 
     /// Whether this run attached `program` to `iface` (or took it over).
@@ -416,9 +445,7 @@ impl Datapath {
 
     /// See [`Programs::sync_port_attachments`].
     pub fn sync_port_attachments(&mut self, ports: &BTreeMap<String, u32>) -> Result<(), DatapathError> {
-        let result = self.programs.sync_port_attachments(ports);
-        self.unread &= !self.programs.tried();
-        result
+        self.programs.sync_port_attachments(ports)
     }
 
     /// Makes LOCAL_PORTS hold the `learned` container MACs (container MAC -> bridge port ifindex)

@@ -180,6 +180,23 @@ impl Wanted {
         &self.routes
     }
 
+    /// Whether a route's subnet lies inside another route's (only a routing daemon's routes may):
+    /// the programs then take the longest prefix, and the inner route must be written before a
+    /// program reads the outer one in its place.
+    pub fn has_nested_routes(&self) -> bool {
+        // In address order, subnets that do not nest are disjoint and ascending: one nests in an
+        // earlier one exactly when it starts before that one ends.
+        let mut end: Option<u32> = None;
+        for net in self.routes.keys() {
+            let (first, last) = cidr::range(net);
+            if end.is_some_and(|e| first <= e) {
+                return true;
+            }
+            end = Some(end.map_or(last, |e| e.max(last)));
+        }
+        false
+    }
+
     /// How many peers the routes lead to.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
@@ -629,6 +646,25 @@ fn sorted_set<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
     v
 }
 
+/// Whether maps of `capacity` can hold `wanted`: [`apply`] writes nothing when they cannot.
+pub fn check_capacity(wanted: &Wanted, capacity: Capacity) -> Result<(), MapFull> {
+    if wanted.routes.len() > capacity.routes as usize {
+        return Err(MapFull {
+            map: maps::REMOTE_SUBNETS,
+            capacity: capacity.routes as usize,
+            wanted: wanted.routes.len(),
+        });
+    }
+    if wanted.peers.len() > capacity.peers as usize {
+        return Err(MapFull {
+            map: maps::PEERS,
+            capacity: capacity.peers as usize,
+            wanted: wanted.peers.len(),
+        });
+    }
+    Ok(())
+}
+
 /// [`diff`], streamed: the ops go to `writer` a chunk at a time (up to [`CHUNK`] ops of one kind,
 /// in the order [`diff`] gives them), and each op that `writer` answers as written is applied to
 /// `current`, which so stays what the maps hold even when a write fails. No list of every op is
@@ -650,22 +686,7 @@ pub fn apply<W: Writer>(
 where
     W::Error: From<MapFull>,
 {
-    if wanted.routes.len() > capacity.routes as usize {
-        return Err(MapFull {
-            map: maps::REMOTE_SUBNETS,
-            capacity: capacity.routes as usize,
-            wanted: wanted.routes.len(),
-        }
-        .into());
-    }
-    if wanted.peers.len() > capacity.peers as usize {
-        return Err(MapFull {
-            map: maps::PEERS,
-            capacity: capacity.peers as usize,
-            wanted: wanted.peers.len(),
-        }
-        .into());
-    }
+    check_capacity(wanted, capacity)?;
     let (route_keys, peer_keys) = match scope {
         Scope::All => (
             sorted_set(current.routes.keys().chain(wanted.routes.keys()).copied()),
@@ -851,6 +872,26 @@ mod tests {
 
     fn position(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
         ops.iter().position(f).unwrap_or_else(|| panic!("no such op in {ops:?}"))
+    }
+
+    #[test]
+    fn nested_routes_are_found_whatever_lies_between() {
+        let nested = |subnets: &[&str]| {
+            let mut w = Wanted::new(Store::Routes, spec());
+            for (i, s) in subnets.iter().enumerate() {
+                set(&mut w, s, [198, 18, 0, i as u8 + 2]);
+            }
+            w.has_nested_routes()
+        };
+        assert!(!nested(&[]));
+        assert!(!nested(&["10.244.1.0/24", "10.244.2.0/24", "10.245.0.0/16", "10.244.0.0/24"]));
+        // Adjacent, not nested: one ends where the next begins.
+        assert!(!nested(&["10.244.0.0/23", "10.244.2.0/23", "10.244.4.0/32"]));
+        assert!(nested(&["10.244.0.0/22", "10.244.2.0/24"]));
+        assert!(nested(&["10.244.2.0/24", "10.244.2.0/25"]), "the same start address");
+        // Set in any order: the inner one set last, after routes on both sides of the outer one.
+        assert!(nested(&["9.0.0.0/8", "10.0.0.0/8", "11.0.0.0/8", "10.255.255.0/24"]));
+        assert!(nested(&["10.244.0.0/16", "10.244.255.255/32"]), "the last address of the outer one");
     }
 
     #[test]
