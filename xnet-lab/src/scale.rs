@@ -1,17 +1,22 @@
-//! The etcd store at scale, for the benchmark: a lab of three hosts whose etcd holds thousands of
-//! leases of hosts that do not exist (no traffic goes to them), the agents' peak memory with all
-//! of them, and how soon one new lease is in every host's maps.
+//! The agent at scale, for the benchmark: started with many static peers (how soon it is ready,
+//! its peak memory); and the etcd store, a lab of three hosts whose etcd holds thousands of leases
+//! of hosts that do not exist (no traffic goes to them), the agents' peak memory with all of them,
+//! and how soon one new lease is in every host's maps.
 
 use std::{
+    fmt::Write as _,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
+use aya::maps::{LpmTrie, MapData};
 use xnet::{
     cidr::{self, Ipv4Network},
     datapath::maps::Maps,
     mac::Mac,
 };
+
+use xnet_common::maps::RouteEntry;
 
 use crate::lab::{Lab, LabSpec};
 
@@ -33,6 +38,44 @@ pub struct EtcdScale {
     /// For each new lease written after that: seconds from the write until every host's maps held
     /// it.
     pub new_lease_seconds: Vec<f64>,
+}
+
+/// The routes host `i`'s `REMOTE_SUBNETS` holds.
+pub fn remote_subnets(lab: &Lab, i: usize) -> usize {
+    let map = MapData::from_pin(lab.host(i).pin_dir.join("REMOTE_SUBNETS")).expect("pinned REMOTE_SUBNETS");
+    let trie: LpmTrie<MapData, [u8; 4], RouteEntry> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).expect("LPM trie");
+    trie.keys().filter_map(Result::ok).count()
+}
+
+/// The agent of a host whose static config lists `peers` peers, started in a lab of its own:
+/// seconds from its start to `xnet ready` (the lab polls the log every 5 ms), and its peak
+/// resident memory in MiB.
+pub fn static_peers(peers: u32) -> (f64, f64) {
+    let mut lab = Lab::start(LabSpec {
+        hosts: 2,
+        containers_per_host: 1,
+        start_agents: false,
+        network: "10.0.0.0/8",
+        ..LabSpec::default()
+    });
+    let mut config = lab.config_text(1);
+    // Room for the lab's own peer (host 2) too.
+    let _ = write!(config, "\n[capacity]\nroutes = {room}\npeers = {room}\n", room = peers + 1);
+    for p in 0..peers {
+        // /26 subnets from 10.0.0.0 (below the lab's 10.244.x), public IPs from 100.64.0.1.
+        let subnet = Ipv4Addr::from(0x0a00_0000u32 + p * 64);
+        let ip = Ipv4Addr::from(0x6440_0001u32 + p);
+        let _ = write!(config, "\n[[peer]]\nsubnet = \"{subnet}/26\"\npublic_ip = \"{ip}\"\n");
+    }
+    std::fs::write(&lab.host(1).config_path, config).expect("write config");
+    let started = Instant::now();
+    lab.start_agent(1, &[]);
+    let ready = started.elapsed().as_secs_f64();
+    let peak_mib = peak_rss_mib(lab.agent_pid(1).expect("agent runs"));
+    let routes = remote_subnets(&lab, 1);
+    assert!(routes >= peers as usize, "{routes} routes in the map, {peers} peers configured");
+    (ready, peak_mib)
 }
 
 /// Fake lease `p` in flannel's format, (key, value, subnet): a /24 from 10.0.0.0 (below the lab's

@@ -22,11 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{LpmTrie, MapData};
 use clap::Parser;
 use serde_json::{Value, json};
 use xnet::datapath::Program;
-use xnet_common::maps::{Backend, RouteEntry};
+use xnet_common::maps::Backend;
 use xnet_lab::{
     lab::{Lab, LabSpec, Placement, UNDERLAY_MTU, VXLAN_OVERHEAD},
     progcost::{Bench, ContainerLookup, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
@@ -604,13 +603,6 @@ fn lookup_scaling(bench: &mut Bench, runs: usize) -> Vec<(u32, f64)> {
     out
 }
 
-fn remote_subnets(lab: &Lab, i: usize) -> usize {
-    let map = MapData::from_pin(lab.host(i).pin_dir.join("REMOTE_SUBNETS")).expect("pinned REMOTE_SUBNETS");
-    let trie: LpmTrie<MapData, [u8; 4], RouteEntry> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).expect("LPM trie");
-    trie.keys().filter_map(Result::ok).count()
-}
-
 /// Issue 17's scale targets: the agent with 100,000 static peers ready within this (seconds) and
 /// at most this peak RSS (MiB), which also bounds the agents with [`ETCD_LEASES`] leases in etcd;
 /// one new lease in every other host's maps within [`NEW_LEASE_TARGET_MS`].
@@ -623,35 +615,6 @@ const SCALE_STARTS: usize = 5;
 const ETCD_LEASES: u32 = 10_000;
 const ETCD_NEW_LEASES: u32 = 5;
 
-/// The agent of a host whose static config lists `peers` peers: seconds from start to ready, and
-/// its peak resident memory in MiB.
-fn agent_with_many_peers(peers: u32) -> (f64, f64) {
-    let mut lab = Lab::start(LabSpec {
-        hosts: 2,
-        containers_per_host: 1,
-        start_agents: false,
-        network: "10.0.0.0/8",
-        ..LabSpec::default()
-    });
-    let mut config = lab.config_text(1);
-    // Room for the lab's own peer (host 2) too.
-    let _ = write!(config, "\n[capacity]\nroutes = {room}\npeers = {room}\n", room = peers + 1);
-    for p in 0..peers {
-        // /26 subnets from 10.0.0.0 (below the lab's 10.244.x), public IPs from 100.64.0.1.
-        let subnet = std::net::Ipv4Addr::from(0x0a00_0000u32 + p * 64);
-        let ip = std::net::Ipv4Addr::from(0x6440_0001u32 + p);
-        let _ = write!(config, "\n[[peer]]\nsubnet = \"{subnet}/26\"\npublic_ip = \"{ip}\"\n");
-    }
-    std::fs::write(&lab.host(1).config_path, config).expect("write config");
-    let started = Instant::now();
-    lab.start_agent(1, &[]);
-    let ready = started.elapsed().as_secs_f64();
-    let peak_mib = scale::peak_rss_mib(lab.agent_pid(1).expect("agent runs"));
-    let routes = remote_subnets(&lab, 1);
-    assert!(routes >= peers as usize, "{routes} routes in the map, {peers} peers configured");
-    (ready, peak_mib)
-}
-
 /// Writes `leases` flannel leases to the lab's etcd (batched in transactions, as fast as etcd takes
 /// them) and returns the seconds until host 1's REMOTE_SUBNETS holds them all.
 fn leases_to_maps(leases: u32) -> f64 {
@@ -662,7 +625,7 @@ fn leases_to_maps(leases: u32) -> f64 {
         network: "10.0.0.0/8",
         ..LabSpec::default()
     });
-    let before = remote_subnets(&lab, 1);
+    let before = scale::remote_subnets(&lab, 1);
     let endpoint = lab.etcd[0].endpoint.clone();
     let started = Instant::now();
     // The etcd client runs in the switch namespace, where etcd listens.
@@ -693,7 +656,7 @@ fn leases_to_maps(leases: u32) -> f64 {
         .join()
         .expect("etcd writer");
     let deadline = started + Duration::from_secs(60);
-    while remote_subnets(&lab, 1) < before + leases as usize {
+    while scale::remote_subnets(&lab, 1) < before + leases as usize {
         assert!(Instant::now() < deadline, "the leases did not all reach the map within 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -1126,7 +1089,7 @@ fn main() {
     progress.step("lookup cost with 10 to 65,536 remote subnets");
     // Past the maps' default capacity (65,536): the config raises it with [capacity].
     let peers = 100_000;
-    let starts: Vec<(f64, f64)> = (0..SCALE_STARTS).map(|_| agent_with_many_peers(peers)).collect();
+    let starts: Vec<(f64, f64)> = (0..SCALE_STARTS).map(|_| scale::static_peers(peers)).collect();
     let ready = Summary::of(&starts.iter().map(|s| s.0).collect::<Vec<_>>()).expect("starts");
     let rss = Summary::of(&starts.iter().map(|s| s.1).collect::<Vec<_>>()).expect("starts");
     let (load_s, load_mib) = (ready.median, rss.median);
