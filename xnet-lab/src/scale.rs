@@ -15,7 +15,6 @@ use xnet::{
     datapath::maps::Maps,
     mac::Mac,
 };
-
 use xnet_common::maps::RouteEntry;
 
 use crate::lab::{Lab, LabSpec};

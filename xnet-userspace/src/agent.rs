@@ -41,9 +41,8 @@ use crate::{
 const SETTLE_EVENTS: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs the agent until SIGINT or SIGTERM.
-/// Runs the agent with `config`; `loader` was started before the config was read (see
-/// [`datapath::Loader`]).
+/// Runs the agent with `config` until SIGINT or SIGTERM; `loader` was started before the config
+/// was read (see [`datapath::Loader`]).
 pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result<()> {
     // Local checks first: nothing is leased or attached for a host that cannot run.
     let underlay = Interface::find(&config.iface, "iface")?;
@@ -562,7 +561,7 @@ fn bring_up(
             // program the kernel refuses.
             dp.check_capacity(&wanted)?;
             let ingress = Program::ingress(plan.ingress);
-            dp.load_programs(&[ingress, Program::TcEgress])?;
+            dp.programs_mut().load(&[ingress, Program::TcEgress])?;
             let host_plan = HostPlan {
                 underlay,
                 network: plan.overlay.network,

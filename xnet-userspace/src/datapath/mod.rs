@@ -374,11 +374,6 @@ impl Datapath {
         Ok(sync::check_capacity(wanted, self.capacity)?)
     }
 
-    /// Loads `programs` into the kernel, those not loaded yet (see [`Programs::load`]).
-    pub fn load_programs(&mut self, programs: &[Program]) -> Result<(), DatapathError> {
-        self.programs.load(programs)
-    }
-
     /// The programs, to load and attach.
     pub fn programs_mut(&mut self) -> &mut Programs {
         &mut self.programs

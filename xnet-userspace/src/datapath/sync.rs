@@ -184,17 +184,11 @@ impl Wanted {
     /// the programs then take the longest prefix, and the inner route must be written before a
     /// program reads the outer one in its place.
     pub fn has_nested_routes(&self) -> bool {
-        // In address order, subnets that do not nest are disjoint and ascending: one nests in an
-        // earlier one exactly when it starts before that one ends.
-        let mut end: Option<u32> = None;
-        for net in self.routes.keys() {
-            let (first, last) = cidr::range(net);
-            if end.is_some_and(|e| first <= e) {
-                return true;
-            }
-            end = Some(end.map_or(last, |e| e.max(last)));
-        }
-        false
+        // Subnets nest or are disjoint. In address order, whatever follows a subnet and starts
+        // inside it lies inside it, so if any route nests in another, the one right after that
+        // other does: comparing neighbours is enough.
+        let keys = self.routes.keys();
+        keys.clone().zip(keys.skip(1)).any(|(a, b)| cidr::range(b).0 <= cidr::range(a).1)
     }
 
     /// How many peers the routes lead to.
