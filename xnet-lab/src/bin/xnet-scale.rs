@@ -8,7 +8,9 @@ use clap::Parser;
 use xnet_lab::scale;
 
 #[derive(Parser)]
-#[command(about = "Measures the etcd store at scale on the lab")]
+#[command(
+    about = "Measures the agent at scale on the lab: the etcd store, or (--static-peers) starts with many peers"
+)]
 struct Args {
     /// Leases in etcd before the new ones.
     #[arg(long, default_value_t = 10_000)]
