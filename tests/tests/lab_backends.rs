@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use serde_json::Value;
 use xnet_lab::{
     decoder::scapy_decode,
-    lab::{Capture, Lab, LabSpec},
+    lab::{Capture, Lab, LabSpec, xnet_bin},
 };
 
 const TEN_MB: usize = 10 << 20;
@@ -249,33 +249,61 @@ fn hosts_with_different_backends_all_talk() {
     assert!(counter(&lab, 2, "ingress", "decap_gre") > 0 && counter(&lab, 3, "ingress", "decap_gre") > 0);
 }
 
-/// BIG TCP: with every link allowing GSO packets of 185,000 bytes, TCP hands the tunnels IPv4
-/// packets above 64 KB, whose lengths do not fit the outer headers' 16-bit fields. The tunnels must
-/// carry them whole, across a router (host 2 is behind one, whose `ip_rcv` reads the outer length)
-/// and a bridge: a length field clamped to 65535 would have the packet cut there.
+/// The sizes of host `i`'s links on the path, and of its first container's `eth0`: the underlay,
+/// the host device, the bridge, the first container's port and the container's end.
+fn path_sizes(lab: &Lab, i: usize) -> Vec<(String, u32, u32)> {
+    let h = lab.host(i);
+    let mut sizes: Vec<(String, u32, u32)> = ["eth0", "xnet0", "xnet0-tx", "docker0", "vc1"]
+        .into_iter()
+        .filter(|l| !l.starts_with("xnet0") || lab.is_running(i))
+        .map(|l| {
+            let (gso, gro) = Lab::ipv4_gso_gro(&h.ns, l);
+            (format!("host {i} {l}"), gso, gro)
+        })
+        .collect();
+    let (gso, gro) = Lab::ipv4_gso_gro(&lab.container((i, 1)).ns, "eth0");
+    sizes.push((format!("container ({i}, 1) eth0"), gso, gro));
+    sizes
+}
+
+/// What iperf3 sends from container (1, 1) to (2, 1) in 2 s: packets and bytes counted by host
+/// 1's egress program (the inner frames) and by host 2's ingress program (the outer ones).
+fn iperf3_packets(lab: &Lab, backend: &str) -> ((u64, u64), (u64, u64)) {
+    let encap = |lab: &Lab| lab.counter(1, "egress", &format!("encap_{backend}"));
+    let decap = |lab: &Lab| lab.counter(2, "ingress", &format!("decap_{backend}"));
+    let (encap0, decap0) = (encap(lab), decap(lab));
+    lab.iperf3((1, 1), (2, 1), 2, 1);
+    let (encap1, decap1) = (encap(lab), decap(lab));
+    ((encap1.0 - encap0.0, encap1.1 - encap0.1), (decap1.0 - decap0.0, decap1.1 - decap0.1))
+}
+
+/// BIG TCP: the agent raises every link of its path (the underlay, the host device pair, the
+/// bridge, the containers' ports and, in their namespaces, the containers' ends) to 185,000
+/// bytes, so TCP hands the tunnels IPv4 packets above 64 KB, whose lengths do not fit the outer
+/// headers' 16-bit fields. The tunnels must carry them whole, across a router (host 2 is behind
+/// one, whose `ip_rcv` reads the outer length) and a bridge: a length field clamped to 65535
+/// would have the packet cut there. A normal stop puts the sizes back.
 #[test]
 fn big_tcp_packets_cross_every_tunnel_whole() {
     const BIG: u32 = 185_000;
     for (backend, overhead) in [("vxlan", 50), ("udp", 28), ("gre", 24)] {
-        let lab = Lab::start(LabSpec {
+        let mut lab = Lab::start(LabSpec {
             hosts: 2,
             containers_per_host: 1,
             backend,
             second_segment: vec![2],
             ..LabSpec::default()
         });
-        lab.allow_big_tcp(BIG);
+        for i in 1..=2 {
+            for (link, gso, gro) in path_sizes(&lab, i) {
+                assert_eq!((gso, gro), (BIG, BIG), "{backend}: {link} not raised; log:\n{}", lab.log(i));
+            }
+        }
         assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{backend}: ping");
         // The bytes arrive intact; then iperf3's 128 KB writes make most packets BIG ones, counted
         // over its run alone.
         lab.tcp_transfer((1, 1), (2, 1), 16 << 20);
-        let encap = |lab: &Lab| lab.counter(1, "egress", &format!("encap_{backend}"));
-        let decap = |lab: &Lab| lab.counter(2, "ingress", &format!("decap_{backend}"));
-        let (encap0, decap0) = (encap(&lab), decap(&lab));
-        lab.iperf3((1, 1), (2, 1), 2, 1);
-        let (encap1, decap1) = (encap(&lab), decap(&lab));
-        let (sent, sent_bytes) = (encap1.0 - encap0.0, encap1.1 - encap0.1);
-        let (got, got_bytes) = (decap1.0 - decap0.0, decap1.1 - decap0.1);
+        let ((sent, sent_bytes), (got, got_bytes)) = iperf3_packets(&lab, backend);
         assert!(sent > 0 && got > 0, "{backend}: {sent} packets encapsulated, {got} decapsulated");
         // Counted before encapsulation (the inner frame) and before decapsulation (the outer one).
         assert!(
@@ -288,5 +316,83 @@ fn big_tcp_packets_cross_every_tunnel_whole() {
             "{backend}: {got} packets of {got_bytes} bytes decapsulated on host 2 against {sent} of \
              {sent_bytes} sent ({overhead} bytes of outer headers each): cut to 16-bit lengths on the way"
         );
+        if backend == "vxlan" {
+            assert!(lab.stop_agent(1).success(), "agent 1 stops cleanly:\n{}", lab.log(1));
+            for (link, gso, gro) in path_sizes(&lab, 1) {
+                assert_eq!((gso, gro), (65_536, 65_536), "{link} not put back on stop:\n{}", lab.log(1));
+            }
+            // A crash leaves them raised, with the record of what they were; the next agent takes
+            // that over and puts them back when it stops.
+            lab.kill_agent(2);
+            assert_eq!(
+                Lab::ipv4_gso_gro(&lab.container((2, 1)).ns, "eth0"),
+                (BIG, BIG),
+                "a crash restores nothing"
+            );
+            lab.start_agent(2, &[]);
+            assert!(lab.stop_agent(2).success(), "agent 2 stops cleanly:\n{}", lab.log(2));
+            for (link, gso, gro) in path_sizes(&lab, 2) {
+                assert_eq!(
+                    (gso, gro),
+                    (65_536, 65_536),
+                    "{link} not put back after a takeover:\n{}",
+                    lab.log(2)
+                );
+            }
+        }
     }
+}
+
+/// `big_tcp = "off"`: the agent leaves every link as it found it, and TCP keeps to 64 KB packets.
+#[test]
+fn big_tcp_off_leaves_the_links_as_they_are() {
+    let mut lab =
+        Lab::start(LabSpec { hosts: 2, containers_per_host: 1, start_agents: false, ..LabSpec::default() });
+    for i in 1..=2 {
+        let h = lab.host(i);
+        std::fs::write(&h.config_path, format!("big_tcp = \"off\"\n{}", lab.config_text(i))).expect("config");
+        lab.start_agent(i, &[]);
+        assert!(lab.log(i).contains("BIG TCP off"), "host {i} says BIG TCP is off:\n{}", lab.log(i));
+    }
+    for i in 1..=2 {
+        for (link, gso, gro) in path_sizes(&lab, i) {
+            assert_eq!((gso, gro), (65_536, 65_536), "{link} changed with big_tcp = \"off\"");
+        }
+    }
+    lab.tcp_transfer((1, 1), (2, 1), 4 << 20);
+    let ((sent, sent_bytes), _) = iperf3_packets(&lab, "vxlan");
+    assert!(sent > 0, "iperf3's packets were encapsulated");
+    assert!(sent_bytes / sent <= 65_535, "{sent} packets of {sent_bytes} bytes with BIG TCP off");
+}
+
+/// A BIG TCP size the underlay's driver cannot take is refused before anything is attached, with
+/// the interface and its limit named. (A bridge without ports takes TSO packets of 64 KB at most.)
+#[test]
+fn a_big_tcp_size_the_underlay_cannot_take_is_refused() {
+    let lab = Lab::start(LabSpec { hosts: 2, start_agents: false, ..LabSpec::default() });
+    let host = lab.host(1);
+    host.ns.ip(&["link", "add", "under0", "type", "bridge"]);
+    host.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "under0"]);
+    host.ns.ip(&["link", "set", "under0", "up"]);
+    let good = lab.config_text(1);
+    let text = format!("big_tcp = 196608\n{}", good.replace("iface = \"eth0\"", "iface = \"under0\""));
+    assert!(text.contains("iface = \"under0\""), "{text}");
+    std::fs::write(&host.config_path, text).unwrap();
+    let out = host
+        .ns
+        .command(xnet_bin().to_str().unwrap())
+        .args(["run", "--config", host.config_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "`big_tcp` = 196608 cannot be had: the driver of interface under0 (`iface`) takes TSO packets of at most 65536 bytes; set big_tcp = \"auto\" or \"off\""
+        ),
+        "names the key, the interface and its limit: {stderr}"
+    );
+    assert!(!host.pin_dir.exists(), "nothing pinned: {stderr}");
+    assert!(lab.attached_programs(1).is_empty(), "nothing attached");
+    assert_eq!(Lab::ipv4_gso_gro(&lab.container((1, 1)).ns, "eth0"), (65_536, 65_536), "nothing raised");
 }

@@ -277,6 +277,7 @@ impl Lab {
                 fs::write(&h.subnet_file, format!("XNET_SUBNET={}/24\n", h.bridge_ip)).expect("subnet.env");
             }
         }
+        lab.wire_takes_big_packets();
         if spec.start_agents {
             for i in 1..=spec.hosts {
                 lab.start_agent(i, &[]);
@@ -328,6 +329,7 @@ impl Lab {
         let host = self.build_host(i);
         self.hosts.push(host);
         self.spec.hosts = self.hosts.len();
+        self.wire_takes_big_packets();
         self.write_config(i);
         i
     }
@@ -561,6 +563,7 @@ impl Lab {
         }
         h.agent = Some(child);
         self.apply_container_mtu(i);
+        self.wire_into(i);
     }
 
     /// What Docker does with subnet.env: the containers of host `i` get the agent's `XNET_MTU`.
@@ -612,9 +615,16 @@ impl Lab {
     }
 
     /// Stops host `i`'s agent with SIGTERM and returns its exit status.
+    /// Whether host `i`'s agent was started and not stopped since.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.hosts[i - 1].agent.is_some()
+    }
+
     pub fn stop_agent(&mut self, i: usize) -> ExitStatus {
         let child = self.hosts[i - 1].agent.take().expect("agent running");
-        stop_child(child)
+        let status = stop_child(child);
+        self.wire_into(i);
+        status
     }
 
     /// Kills host `i`'s agent with SIGKILL (a crash: no teardown, the pinned datapath stays) and
@@ -849,6 +859,61 @@ impl Lab {
         }
     }
 
+    /// The switch and the router stand for the hosts' NICs and the wire between them. A NIC's TSO
+    /// takes a GSO packet whole and cuts it in hardware, and the receiving NIC's GRO builds packets
+    /// up to its host's `gro_ipv4_max_size` again: so the lab's router and the switch's ports to it
+    /// carry packets as large as their drivers take (BIG TCP), and the switch's port into each host
+    /// carries what that host's `eth0` lets GRO build ([`Lab::wire_into`]): 64 KB, until an agent
+    /// raises it or [`Lab::allow_big_tcp`] does.
+    fn wire_takes_big_packets(&self) {
+        let host_ports: Vec<String> = self.hosts.iter().map(|h| h.switch_port.clone()).collect();
+        let ceiling = |l: &xnet::netlink::LinkInfo| l.tso_max.filter(|t| *t > 65_536);
+        let name = self.switch.name.clone();
+        let set = self
+            .switch
+            .spawn(move || sizes_here(|l| if host_ports.contains(&l.name) { None } else { ceiling(l) }))
+            .join()
+            .expect("BIG TCP thread");
+        set.unwrap_or_else(|e| panic!("BIG TCP on the wire in {name}: {e}"));
+        if let Some(r) = &self.router {
+            let set = r.ns.spawn(move || sizes_here(ceiling)).join().expect("BIG TCP thread");
+            set.unwrap_or_else(|e| panic!("BIG TCP in the router: {e}"));
+        }
+    }
+
+    /// Sets the switch's port into host `i` to what host `i`'s `eth0` lets GRO build (see
+    /// [`Lab::wire_takes_big_packets`]).
+    pub fn wire_into(&self, i: usize) {
+        let h = self.host(i);
+        let (_, gro) = Lab::ipv4_gso_gro(&h.ns, "eth0");
+        let port = h.switch_port.clone();
+        let set = self
+            .switch
+            .spawn(move || sizes_here(|l| (l.name == port).then_some(gro.max(65_536))))
+            .join()
+            .expect("BIG TCP thread");
+        set.unwrap_or_else(|e| panic!("the switch's port into host {i}: {e}"));
+    }
+
+    /// The IPv4 GSO and GRO sizes (`gso_ipv4_max_size`, `gro_ipv4_max_size`) of `link` in `ns`.
+    pub fn ipv4_gso_gro(ns: &Netns, link: &str) -> (u32, u32) {
+        let name = link.to_string();
+        let read = ns.spawn(move || -> Result<(u32, u32), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let (netlink, _events) =
+                    xnet::netlink::Netlink::connect().await.map_err(|e| e.to_string())?;
+                let link = netlink.link(&name).await.map_err(|e| e.to_string())?.ok_or("no such link")?;
+                Ok((link.gso_ipv4_max.unwrap_or(0), link.gro_ipv4_max.unwrap_or(0)))
+            })
+        });
+        let sizes = read.join().expect("netlink thread");
+        sizes.unwrap_or_else(|e| panic!("GSO sizes of {link} in {}: {e}", ns.name))
+    }
+
     /// Lets GSO and GRO packets of up to `bytes` (BIG TCP: IPv4 packets above 64 KB) through every
     /// veth and bridge of the lab: the containers', the hosts', the switch's and the router's
     /// (`gso_ipv4_max_size` and `gro_ipv4_max_size`, set over rtnetlink: the iproute2 6.1 here
@@ -864,7 +929,7 @@ impl Lab {
         }
         for ns in spaces {
             let name = ns.name.clone();
-            let set = ns.spawn(move || big_tcp_here(bytes)).join().expect("BIG TCP thread");
+            let set = ns.spawn(move || sizes_here(|_| Some(bytes))).join().expect("BIG TCP thread");
             set.unwrap_or_else(|e| panic!("BIG TCP of {bytes} bytes in {name}: {e}"));
         }
     }
@@ -1350,8 +1415,9 @@ impl Capture {
     }
 }
 
-/// [`Lab::allow_big_tcp`] in the calling thread's network namespace: veths, then bridges.
-fn big_tcp_here(bytes: u32) -> Result<(), String> {
+/// Sets the IPv4 GSO and GRO sizes of the veths and bridges of the calling thread's network
+/// namespace (veths first) to what `size` gives each (`None`: left as it is).
+fn sizes_here(size: impl Fn(&xnet::netlink::LinkInfo) -> Option<u32>) -> Result<(), String> {
     use netlink_packet_route::link::LinkAttribute;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -1361,6 +1427,7 @@ fn big_tcp_here(bytes: u32) -> Result<(), String> {
         links.retain(|l| matches!(l.kind.as_deref(), Some("veth" | "bridge")));
         links.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
         for link in links {
+            let Some(bytes) = size(&link) else { continue };
             let message = rtnetlink::LinkUnspec::new_with_index(link.index)
                 .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(bytes))
                 .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(bytes))

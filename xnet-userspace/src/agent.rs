@@ -19,6 +19,7 @@ use tokio::{
 use xnet_common::maps::{AgentState, ContainerIface, IfaceState};
 
 use crate::{
+    big_tcp::{self, Decision, Rank, Record},
     clock::{monotonic_coarse_ns, unix_now},
     config::{BehindRouter, Config, PeerConfig, StoreConfig},
     containers::Containers,
@@ -29,7 +30,7 @@ use crate::{
     host::{self, HostPlan, Interface},
     mac::Mac,
     metrics,
-    netlink::Netlink,
+    netlink::{LinkInfo, Netlink},
     plan::{HostFacts, Plan},
     store::{Identity, LeaseState, Store, StoreEvent, etcd::remembered_subnet, kernel_routes::HostLink},
     subnet_env::{self, SubnetEnv},
@@ -89,6 +90,19 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
     let mut hup = signal(SignalKind::hangup())?;
     let _lock = host::lock_pin_dir(&config.pin_dir)?;
     let (mut netlink, mut host_events) = Netlink::connect().await?;
+    let underlay_link = netlink
+        .link(&underlay.name)
+        .await?
+        .ok_or_else(|| host::HostError::NoInterface { name: underlay.name.clone(), key: "iface".into() })?;
+    let big_tcp = match big_tcp::decide(config.big_tcp, &underlay_link)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", config.file.display()))?
+    {
+        Decision::On(bytes) => Some(bytes),
+        Decision::Off(why) => {
+            tracing::info!(reason = %why, "BIG TCP off: links keep their GSO and GRO sizes");
+            None
+        }
+    };
 
     let vtep_mac = config.vtep_mac.unwrap_or_else(|| Mac::from_ipv4(public_ip));
     let link =
@@ -157,6 +171,7 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
     record.set_lease_expiry(lease_expiry);
     let plan_peers = || plan.wanted(store_kind, &std::mem::take(&mut peers));
     let (datapath, wanted) = bring_up(&config, &plan, loader, plan_peers, &containers, &underlay, &record)?;
+    let big_tcp_record = Record::load(&big_tcp::record_path(&config.subnet_file));
     let mut agent = Agent {
         config,
         plan,
@@ -164,6 +179,10 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
         wanted,
         containers,
         record,
+        underlay_index: underlay.index,
+        big_tcp,
+        big_tcp_record,
+        big_tcp_done: None,
         store_up: true,
         sync_ok: true,
         sync_retry: None,
@@ -171,6 +190,11 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
         last_error: Default::default(),
     };
 
+    // An earlier agent's raises (before a `--keep-datapath` stop) for another setting go back first.
+    if agent.big_tcp_record.raised.iter().any(|r| agent.big_tcp.is_none_or(|b| !r.fits(b))) {
+        agent.restore_big_tcp(&netlink).await;
+    }
+    agent.follow_big_tcp(&netlink).await;
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(metrics::serve(l, agent.config.pin_dir.clone())));
     tracing::info!(
@@ -180,6 +204,7 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
         peers = agent.wanted.peer_count(),
         mtu = agent.plan.overlay_mtu,
         ingress = ?agent.plan.ingress,
+        big_tcp = agent.big_tcp.unwrap_or(0),
         store = store.kind().name(),
         pin_dir = %agent.config.pin_dir.display(),
         "xnet ready"
@@ -251,6 +276,7 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
                 }
                 agent.record_container_ifaces();
                 agent.settle(Step::Containers, result);
+                agent.follow_big_tcp(&netlink).await;
             }
             _ = retry => {
                 agent.sync_retry = None;
@@ -267,6 +293,9 @@ pub async fn run(mut config: Config, loader: datapath::Loader) -> anyhow::Result
         t.abort();
     }
     drop(store);
+    if !agent.config.keep_datapath {
+        agent.restore_big_tcp(&netlink).await;
+    }
     agent.stop()
 }
 
@@ -279,6 +308,8 @@ enum Step {
     Containers,
     /// Recording the agent's state in AGENT.
     Record,
+    /// Raising the links' GSO and GRO sizes for BIG TCP.
+    BigTcp,
 }
 
 /// The running agent.
@@ -289,6 +320,14 @@ struct Agent {
     wanted: Wanted,
     containers: Containers,
     record: AgentState,
+    underlay_index: u32,
+    /// The BIG TCP size the links of the path are raised to; `None`: off ([`big_tcp::decide`]).
+    big_tcp: Option<u32>,
+    /// The links raised so far, by this agent or an earlier one (kept in [`big_tcp::record_path`]).
+    big_tcp_record: Record,
+    /// The links of the path (ifindexes) at the last raise that went through: a raise is tried
+    /// again only when they change, or after one that failed.
+    big_tcp_done: Option<std::collections::BTreeSet<u32>>,
     /// The store was reachable at its last word.
     store_up: bool,
     /// The last sync of the maps worked.
@@ -463,6 +502,9 @@ impl Agent {
                         tracing::warn!(error = %e, "container ports: packets take the path through the bridge and host stack")
                     }
                     Step::Record => tracing::warn!(error = %e, "cannot record the agent state"),
+                    Step::BigTcp => {
+                        tracing::warn!(error = %e, "BIG TCP: packets above 64 KB are cut in software where they meet a link left at 64 KB")
+                    }
                 }
                 self.last_error.insert(step, e.clone());
             }
@@ -479,6 +521,58 @@ impl Agent {
                 self.sync_retry = Some(Instant::now() + self.backoff);
             }
             self.write_record();
+        }
+    }
+
+    /// BIG TCP: raises the links of the path still below the size (a new container's among
+    /// them), when the path changed since the last raise that went through.
+    async fn follow_big_tcp(&mut self, netlink: &Netlink) {
+        let Some(bytes) = self.big_tcp else { return };
+        let containers = &self.containers;
+        let path: std::collections::BTreeSet<u32> = std::iter::once(self.underlay_index)
+            .chain(containers.present().values().copied())
+            .chain(containers.ports().values().copied())
+            .collect();
+        if self.big_tcp_done.as_ref() == Some(&path) {
+            return;
+        }
+        let underlay = self.underlay_index;
+        let rank = |l: &LinkInfo| path_rank(l, underlay, containers);
+        let changes = big_tcp::raise(netlink, bytes, rank, &mut self.big_tcp_record).await;
+        if !changes.changed.is_empty() {
+            tracing::info!(bytes, links = ?changes.changed, "BIG TCP: GSO and GRO sizes raised");
+        }
+        let saved = self.big_tcp_record.save(&big_tcp::record_path(&self.config.subnet_file));
+        let result = match (changes.error, saved) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(format!(
+                "cannot write {}: {e}; a stop then cannot put the raised sizes back",
+                big_tcp::record_path(&self.config.subnet_file).display()
+            )),
+            (None, Ok(())) => {
+                self.big_tcp_done = Some(path);
+                Ok(())
+            }
+        };
+        self.settle(Step::BigTcp, result);
+    }
+
+    /// Puts back the sizes the record holds (what this agent, or an earlier one before a
+    /// `--keep-datapath` stop, raised) and removes the record.
+    async fn restore_big_tcp(&mut self, netlink: &Netlink) {
+        if self.big_tcp_record.raised.is_empty() {
+            return;
+        }
+        let changes = big_tcp::restore(netlink, &mut self.big_tcp_record).await;
+        if !changes.changed.is_empty() {
+            tracing::info!(links = ?changes.changed, "BIG TCP: GSO and GRO sizes put back");
+        }
+        if let Some(e) = changes.error {
+            tracing::warn!(error = %e, "BIG TCP: could not put every link's sizes back");
+        }
+        let path = big_tcp::record_path(&self.config.subnet_file);
+        if let Err(e) = self.big_tcp_record.save(&path) {
+            tracing::warn!(error = %e, file = %path.display(), "BIG TCP: cannot remove the record");
         }
     }
 
@@ -635,6 +729,23 @@ fn bring_up(
         tracing::warn!(error = %e, "could not remove what this run pinned");
     }
     result
+}
+
+/// Where a link lies on the datapath's path, for BIG TCP ([`big_tcp::raise`]): the underlay, the
+/// host device pair, the container interfaces, their ports; `None` for other links.
+fn path_rank(link: &LinkInfo, underlay: u32, containers: &Containers) -> Option<Rank> {
+    let is = |indexes: &std::collections::BTreeMap<String, u32>| indexes.values().any(|i| *i == link.index);
+    if link.index == underlay {
+        Some(0)
+    } else if link.name == host::HOST_DEVICE || link.name == host::HOST_DEVICE_PEER {
+        Some(1)
+    } else if is(containers.present()) {
+        Some(2)
+    } else if is(containers.ports()) {
+        Some(big_tcp::PORTS)
+    } else {
+        None
+    }
 }
 
 /// Logs each peer that asks for `direct` but is not on the underlay's segment, so is sent with the

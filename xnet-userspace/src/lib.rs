@@ -8,6 +8,7 @@
 //! the agent.
 
 pub mod agent;
+pub mod big_tcp;
 pub mod cidr;
 pub mod cli;
 pub mod clock;

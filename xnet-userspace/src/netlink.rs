@@ -17,6 +17,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{self, LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{NeighbourAttribute, NeighbourMessage},
+    nsid::{NsidAttribute, NsidMessage},
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
 };
 use netlink_sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
@@ -84,6 +85,16 @@ pub struct LinkInfo {
     /// The driver kind from `IFLA_LINKINFO` ("bridge", "veth", "vxlan"...); `None` for physical
     /// devices and loopback.
     pub kind: Option<String>,
+    /// The largest IPv4 GSO packet the stack may hand the link (`gso_ipv4_max_size`); `None` on
+    /// kernels before 6.3, which have no such setting (no IPv4 BIG TCP).
+    pub gso_ipv4_max: Option<u32>,
+    /// The largest IPv4 packet GRO may build on the link (`gro_ipv4_max_size`).
+    pub gro_ipv4_max: Option<u32>,
+    /// The largest TSO packet the driver takes (`tso_max_size`): the ceiling of the two above.
+    pub tso_max: Option<u32>,
+    /// The other end of a veth pair (`IFLA_LINK`), with the id of the network namespace it is in
+    /// when that is another one (`IFLA_LINK_NETNSID`, as this namespace numbers it).
+    pub peer: Option<(Option<i32>, u32)>,
 }
 
 /// An IPv4 route as the kernel describes it: what a routes store needs to judge it.
@@ -290,6 +301,86 @@ impl Netlink {
             .collect())
     }
 
+    /// A connection for requests alone (no events), in the calling thread's network namespace;
+    /// its socket task is spawned on the current runtime.
+    pub fn requests_only() -> Result<Netlink, NetlinkError> {
+        let (requests, handle, _) = rtnetlink::new_connection()
+            .map_err(|error| NetlinkError::Socket { doing: "opening the rtnetlink request socket", error })?;
+        tokio::spawn(requests);
+        Ok(Netlink { handle })
+    }
+
+    /// The link with ifindex `index`; `None` if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+        let answer = self.handle.link().get().match_index(index).execute();
+        match collect(|| format!("reading link index {index}"), answer).await {
+            Ok(links) => Ok(links.iter().find(|m| is_link(m)).map(LinkInfo::of)),
+            Err(NetlinkError::Request { error: rtnetlink::Error::NetlinkError(e), .. })
+                if e.raw_code() == -libc::ENODEV =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The id this network namespace gives the one `netns` (an open namespace file) is
+    /// (`RTM_GETNSID`, as [`LinkInfo::peer`] reports it); `None` if it gives it none.
+    pub async fn nsid_of(&self, netns: &std::fs::File) -> Result<Option<i32>, NetlinkError> {
+        let mut message = NsidMessage::default();
+        message.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32)];
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(message));
+        request.header.flags = netlink_packet_core::NLM_F_REQUEST;
+        let doing = || "asking the id of a network namespace".to_string();
+        let answer = self
+            .handle
+            .clone()
+            .request(request)
+            .map_err(|error| NetlinkError::Request { doing: doing(), error })?;
+        let answers = match tokio::time::timeout(REQUEST_TIMEOUT, answer.collect::<Vec<_>>()).await {
+            Ok(answers) => answers,
+            Err(_) => return Err(NetlinkError::Timeout { doing: doing() }),
+        };
+        for answer in answers {
+            match answer.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    return Ok(m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                        _ => None,
+                    }));
+                }
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(NetlinkError::Request {
+                        doing: doing(),
+                        error: rtnetlink::Error::NetlinkError(e),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets the IPv4 GSO and GRO sizes (`gso_ipv4_max_size`, `gro_ipv4_max_size`) of the link
+    /// `index`; `name` names it in errors.
+    pub async fn set_ipv4_gso_gro(
+        &self,
+        index: u32,
+        name: &str,
+        (gso, gro): (u32, u32),
+    ) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(gso))
+            .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(gro))
+            .build();
+        let doing = || format!("setting the IPv4 GSO and GRO sizes of {name} to {gso} and {gro}");
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.handle.link().set(message).execute()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(NetlinkError::Request { doing: doing(), error }),
+            Err(_) => Err(NetlinkError::Timeout { doing: doing() }),
+        }
+    }
+
     /// All the links, `doing` naming the operation in errors.
     async fn dump_links(&self, doing: impl FnOnce() -> String) -> Result<Vec<LinkInfo>, NetlinkError> {
         let answer = self.handle.link().get().execute();
@@ -418,13 +509,24 @@ impl LinkInfo {
             up: flags.contains(LinkFlags::Up),
             running: flags.contains(LinkFlags::Running),
             kind: None,
+            gso_ipv4_max: None,
+            gro_ipv4_max: None,
+            tso_max: None,
+            peer: None,
         };
+        let mut peer_index = None;
+        let mut peer_netns = None;
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => info.name.clone_from(name),
                 LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
                 LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
                 LinkAttribute::Controller(master) if *master != 0 => info.master = Some(*master),
+                LinkAttribute::GsoIpv4MaxSize(bytes) => info.gso_ipv4_max = Some(*bytes),
+                LinkAttribute::GroIpv4MaxSize(bytes) => info.gro_ipv4_max = Some(*bytes),
+                LinkAttribute::TsoMaxSize(bytes) => info.tso_max = Some(*bytes),
+                LinkAttribute::Link(index) if *index != 0 => peer_index = Some(*index),
+                LinkAttribute::LinkNetNsId(id) => peer_netns = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let link::LinkInfo::Kind(kind) = i {
@@ -434,6 +536,9 @@ impl LinkInfo {
                 }
                 _ => {}
             }
+        }
+        if info.kind.as_deref() == Some("veth") {
+            info.peer = peer_index.map(|index| (peer_netns, index));
         }
         info
     }
@@ -679,6 +784,11 @@ mod tests {
             LinkAttribute::Address(MAC.to_vec()),
             LinkAttribute::Controller(BR),
             LinkAttribute::LinkInfo(vec![Info::Kind(InfoKind::Veth)]),
+            LinkAttribute::GsoIpv4MaxSize(65536),
+            LinkAttribute::GroIpv4MaxSize(185_000),
+            LinkAttribute::TsoMaxSize(524_280),
+            LinkAttribute::Link(2),
+            LinkAttribute::LinkNetNsId(7),
         ];
         m
     }
@@ -694,6 +804,10 @@ mod tests {
             up: true,
             running: false,
             kind: Some("veth".to_string()),
+            gso_ipv4_max: Some(65536),
+            gro_ipv4_max: Some(185_000),
+            tso_max: Some(524_280),
+            peer: Some((Some(7), 2)),
         };
         let new = RouteNetlinkMessage::NewLink(veth_port(AddressFamily::Unspec));
         assert_eq!(host_event(&new), Some(HostEvent::Link(vc1)));

@@ -141,6 +141,27 @@ pub struct Overrides {
     pub keep_datapath: bool,
 }
 
+/// `big_tcp`: whether the agent lets the links its packets cross carry IPv4 packets above 64 KB
+/// (BIG TCP, Linux 6.3 and later), and how large.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BigTcp {
+    /// `"auto"` (the default): on, at [`BIG_TCP_BYTES`] or the underlay driver's limit if lower,
+    /// when the kernel has BIG TCP and the underlay's driver takes TSO packets above 64 KB.
+    #[default]
+    Auto,
+    /// `"off"`: the agent leaves every link's sizes as they are.
+    Off,
+    /// A size in bytes: on at that size, and the agent refuses to start where it cannot be.
+    Bytes(u32),
+}
+
+/// The BIG TCP size of `big_tcp = "auto"`: the figure the kernel's documentation uses.
+pub const BIG_TCP_BYTES: u32 = 185_000;
+/// The kernel's default (and largest) GSO and GRO size without BIG TCP.
+pub const LEGACY_GSO_BYTES: u32 = 65_536;
+/// The largest IPv4 GSO packet the kernel builds (`GSO_MAX_SIZE`).
+pub const MAX_GSO_BYTES: u32 = 524_288;
+
 /// A validated config: this host's own settings and where the overlay comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -167,6 +188,8 @@ pub struct Config {
     /// `[backend] untunnelled_from`: source networks whose untunnelled traffic may also reach this
     /// host's containers.
     pub untunnelled_from: Vec<Ipv4Network>,
+    /// `big_tcp`.
+    pub big_tcp: BigTcp,
     /// On exit, leave the datapath attached and pinned.
     pub keep_datapath: bool,
     /// `[capacity]`: how many remote subnets and peers the maps hold.
@@ -189,6 +212,7 @@ struct RawConfig {
     metrics_addr: Option<String>,
     subnet_file: Option<PathBuf>,
     docker_opts_file: Option<PathBuf>,
+    big_tcp: Option<toml::Value>,
     #[serde(default)]
     backend: RawBackend,
     #[serde(default, rename = "peer")]
@@ -404,6 +428,7 @@ impl Config {
             }
         };
         let untunnelled_from = untunnelled_from(&c, &raw.backend, untunnelled_open)?;
+        let big_tcp = big_tcp(&c, raw.big_tcp.as_ref())?;
         let capacity = capacity(&c, &raw.capacity)?;
         let routes_wanted = raw.routes.is_some() || overrides.routes;
         if routes_wanted && (raw.etcd.is_some() || etcd_on_command_line) {
@@ -485,6 +510,7 @@ impl Config {
             ingress,
             untunnelled_open,
             untunnelled_from,
+            big_tcp,
             keep_datapath: overrides.keep_datapath,
             capacity,
             store,
@@ -522,10 +548,36 @@ impl Config {
             (new.ingress != self.ingress, "[backend] ingress"),
             (new.untunnelled_open != self.untunnelled_open, "[backend] untunnelled"),
             (new.untunnelled_from != self.untunnelled_from, "[backend] untunnelled_from"),
+            (new.big_tcp != self.big_tcp, "big_tcp"),
             (new.capacity != self.capacity, "[capacity]"),
         ];
         let changed = overlay.into_iter().chain(settings).find(|(differs, _)| *differs);
         Err(changed.map_or("a setting besides the peers", |(_, key)| key))
+    }
+}
+
+/// `big_tcp`: `"auto"`, `"off"`, or a size in bytes above 64 KB that the kernel can build.
+fn big_tcp(c: &Checker<'_>, raw: Option<&toml::Value>) -> Result<BigTcp, ConfigError> {
+    let range = LEGACY_GSO_BYTES + 1..=MAX_GSO_BYTES;
+    match raw {
+        None => Ok(BigTcp::Auto),
+        Some(toml::Value::String(s)) if s == "auto" => Ok(BigTcp::Auto),
+        Some(toml::Value::String(s)) if s == "off" => Ok(BigTcp::Off),
+        Some(toml::Value::Integer(n)) if u32::try_from(*n).is_ok_and(|n| range.contains(&n)) => {
+            Ok(BigTcp::Bytes(*n as u32))
+        }
+        Some(toml::Value::Integer(n)) => Err(c.invalid(
+            "big_tcp",
+            format!(
+                "= {n} is not a BIG TCP size: give bytes from {} to {} (the kernel's largest GSO packet), \"auto\" or \"off\"",
+                range.start(),
+                range.end()
+            ),
+        )),
+        Some(other) => Err(c.invalid(
+            "big_tcp",
+            format!("= {other} must be \"auto\" (the default), \"off\" or a size in bytes such as {BIG_TCP_BYTES}"),
+        )),
     }
 }
 
@@ -912,6 +964,11 @@ public_ip = "198.18.0.3"
             ),
             (
                 "metrics_addr = \"127.0.0.1:9436\"",
+                "big_tcp = \"off\"\nmetrics_addr = \"127.0.0.1:9436\"",
+                "big_tcp",
+            ),
+            (
+                "metrics_addr = \"127.0.0.1:9436\"",
                 "docker_opts_file = \"/tmp/docker.env\"\nmetrics_addr = \"127.0.0.1:9436\"",
                 "docker_opts_file",
             ),
@@ -1183,6 +1240,17 @@ public_ip = "198.18.0.3"
 
     /// Each bad config gives its own message naming the key and the fix.
     #[test]
+    fn big_tcp_is_auto_unless_set() {
+        assert_eq!(parse(GOOD).unwrap().big_tcp, BigTcp::Auto);
+        let at =
+            |line: &str| parse(&GOOD.replacen("pin_dir", &format!("{line}\npin_dir"), 1)).unwrap().big_tcp;
+        assert_eq!(at("big_tcp = \"auto\""), BigTcp::Auto);
+        assert_eq!(at("big_tcp = \"off\""), BigTcp::Off);
+        assert_eq!(at("big_tcp = 196608"), BigTcp::Bytes(196_608));
+        assert_eq!(at("big_tcp = 524288"), BigTcp::Bytes(MAX_GSO_BYTES));
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_their_message() {
         let cases: &[(&str, &str, &[&str])] = &[
             ("subnet = \"10.244.1.0/24\"", "subnet = \"10.245.1.0/24\"", &["`subnet`", "inside `network`"]),
@@ -1253,6 +1321,21 @@ public_ip = "198.18.0.3"
                 &["`peer[0].backend`", "unknown"],
             ),
             ("ingress = \"auto\"", "ingress = \"ebpf\"", &["`backend.ingress`", "\"xdp\""]),
+            (
+                "pin_dir = \"/sys/fs/bpf/xnet\"",
+                "big_tcp = \"on\"\npin_dir = \"/sys/fs/bpf/xnet\"",
+                &["`big_tcp`", "\"auto\"", "\"off\""],
+            ),
+            (
+                "pin_dir = \"/sys/fs/bpf/xnet\"",
+                "big_tcp = 65536\npin_dir = \"/sys/fs/bpf/xnet\"",
+                &["`big_tcp`", "from 65537 to 524288"],
+            ),
+            (
+                "pin_dir = \"/sys/fs/bpf/xnet\"",
+                "big_tcp = 600000\npin_dir = \"/sys/fs/bpf/xnet\"",
+                &["`big_tcp`", "largest GSO packet"],
+            ),
             (
                 "ingress = \"auto\"",
                 "ingress = \"auto\"\nuntunnelled = \"all\"",
