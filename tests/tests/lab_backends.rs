@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use serde_json::Value;
 use xnet_lab::{
     decoder::scapy_decode,
-    lab::{Capture, Lab, LabSpec, xnet_bin},
+    lab::{Capture, Lab, LabSpec},
 };
 
 const TEN_MB: usize = 10 << 20;
@@ -378,12 +378,7 @@ fn a_big_tcp_size_the_underlay_cannot_take_is_refused() {
     let text = format!("big_tcp = 196608\n{}", good.replace("iface = \"eth0\"", "iface = \"under0\""));
     assert!(text.contains("iface = \"under0\""), "{text}");
     std::fs::write(&host.config_path, text).unwrap();
-    let out = host
-        .ns
-        .command(xnet_bin().to_str().unwrap())
-        .args(["run", "--config", host.config_path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = lab.run_agent_to_end(1, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use xnet_lab::lab::{Capture, Lab, LabSpec, wait_for, xnet_bin};
+use xnet_lab::lab::{Capture, Lab, LabSpec, wait_for};
 
 /// Outer VXLAN packets among captured frames: (outer src, outer dst, udp src port, udp dst port,
 /// VNI, inner src, inner dst).
@@ -247,13 +247,7 @@ fn a_host_without_iproute2_is_told_so_and_nothing_is_left_attached() {
     // As in a minimal container image: the agent finds no `ip` to make the host device with.
     let lab = Lab::start(LabSpec { hosts: 2, start_agents: false, ..LabSpec::default() });
     let host = lab.host(1);
-    let out = host
-        .ns
-        .command(xnet_bin().to_str().unwrap())
-        .args(["run", "--config", host.config_path.to_str().unwrap()])
-        .env("PATH", "/nonexistent")
-        .output()
-        .unwrap();
+    let out = lab.run_agent_to_end(1, &[("PATH", "/nonexistent")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -615,6 +615,15 @@ impl Lab {
     }
 
     /// Stops host `i`'s agent with SIGTERM and returns its exit status.
+    /// Runs `xnet run` with host `i`'s config in its namespace, to its end (a start that must be
+    /// refused), with `env` added to its environment.
+    pub fn run_agent_to_end(&self, i: usize, env: &[(&str, &str)]) -> std::process::Output {
+        let h = self.host(i);
+        let mut cmd = h.ns.command(xnet_bin().to_str().expect("utf-8 path"));
+        cmd.args(["run", "--config"]).arg(&h.config_path).envs(env.iter().copied());
+        cmd.output().expect("run xnet")
+    }
+
     /// Whether host `i`'s agent was started and not stopped since.
     pub fn is_running(&self, i: usize) -> bool {
         self.hosts[i - 1].agent.is_some()

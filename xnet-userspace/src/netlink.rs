@@ -255,15 +255,7 @@ impl Netlink {
             return Ok(None);
         }
         let answer = self.handle.link().get().match_name(name).execute();
-        match collect(|| format!("reading link {name}"), answer).await {
-            Ok(links) => Ok(links.iter().find(|m| is_link(m)).map(LinkInfo::of)),
-            Err(NetlinkError::Request { error: rtnetlink::Error::NetlinkError(e), .. })
-                if e.raw_code() == -libc::ENODEV =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        one_link(collect(|| format!("reading link {name}"), answer).await)
     }
 
     /// All the links of the network namespace.
@@ -313,15 +305,7 @@ impl Netlink {
     /// The link with ifindex `index`; `None` if there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
         let answer = self.handle.link().get().match_index(index).execute();
-        match collect(|| format!("reading link index {index}"), answer).await {
-            Ok(links) => Ok(links.iter().find(|m| is_link(m)).map(LinkInfo::of)),
-            Err(NetlinkError::Request { error: rtnetlink::Error::NetlinkError(e), .. })
-                if e.raw_code() == -libc::ENODEV =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        one_link(collect(|| format!("reading link index {index}"), answer).await)
     }
 
     /// The id this network namespace gives the one `netns` (an open namespace file) is
@@ -385,6 +369,20 @@ impl Netlink {
     async fn dump_links(&self, doing: impl FnOnce() -> String) -> Result<Vec<LinkInfo>, NetlinkError> {
         let answer = self.handle.link().get().execute();
         Ok(collect(doing, answer).await?.iter().filter(|m| is_link(m)).map(LinkInfo::of).collect())
+    }
+}
+
+/// The link an answer to a request for one describes; `None` when the kernel says there is no such
+/// device.
+fn one_link(answer: Result<Vec<LinkMessage>, NetlinkError>) -> Result<Option<LinkInfo>, NetlinkError> {
+    match answer {
+        Ok(links) => Ok(links.iter().find(|m| is_link(m)).map(LinkInfo::of)),
+        Err(NetlinkError::Request { error: rtnetlink::Error::NetlinkError(e), .. })
+            if e.raw_code() == -libc::ENODEV =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
