@@ -913,8 +913,7 @@ impl Lab {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let (netlink, _events) =
-                    xnet::netlink::Netlink::connect().await.map_err(|e| e.to_string())?;
+                let netlink = xnet::netlink::Netlink::requests_only().map_err(|e| e.to_string())?;
                 let link = netlink.link(&name).await.map_err(|e| e.to_string())?.ok_or("no such link")?;
                 Ok((link.gso_ipv4_max.unwrap_or(0), link.gro_ipv4_max.unwrap_or(0)))
             })
@@ -1427,22 +1426,17 @@ impl Capture {
 /// Sets the IPv4 GSO and GRO sizes of the veths and bridges of the calling thread's network
 /// namespace (veths first) to what `size` gives each (`None`: left as it is).
 fn sizes_here(size: impl Fn(&xnet::netlink::LinkInfo) -> Option<u32>) -> Result<(), String> {
-    use netlink_packet_route::link::LinkAttribute;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let (netlink, _events) = xnet::netlink::Netlink::connect().await.map_err(|e| e.to_string())?;
+        let netlink = xnet::netlink::Netlink::requests_only().map_err(|e| e.to_string())?;
         let mut links = netlink.links().await.map_err(|e| e.to_string())?;
         links.retain(|l| matches!(l.kind.as_deref(), Some("veth" | "bridge")));
         links.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
         for link in links {
             let Some(bytes) = size(&link) else { continue };
-            let message = rtnetlink::LinkUnspec::new_with_index(link.index)
-                .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(bytes))
-                .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(bytes))
-                .build();
-            let set = netlink.handle().link().set(message).execute().await;
-            set.map_err(|e| format!("{}: {e}", link.name))?;
+            let set = netlink.set_ipv4_gso_gro(link.index, &link.name, (bytes, bytes)).await;
+            set.map_err(|e| e.to_string())?;
         }
         Ok(())
     })

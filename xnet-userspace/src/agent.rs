@@ -545,10 +545,7 @@ impl Agent {
         let saved = self.big_tcp_record.save(&big_tcp::record_path(&self.config.subnet_file));
         let result = match (changes.error, saved) {
             (Some(e), _) => Err(e),
-            (None, Err(e)) => Err(format!(
-                "cannot write {}: {e}; a stop then cannot put the raised sizes back",
-                big_tcp::record_path(&self.config.subnet_file).display()
-            )),
+            (None, Err(e)) => Err(format!("{e}; a stop then cannot put the raised sizes back")),
             (None, Ok(())) => {
                 self.big_tcp_done = Some(path);
                 Ok(())

@@ -19,6 +19,7 @@ use std::{
 use crate::{
     config::{BIG_TCP_BYTES, BigTcp, LEGACY_GSO_BYTES},
     netlink::{LinkInfo, Netlink, NetlinkError},
+    subnet_env::{WriteError, write_atomic},
 };
 
 /// What the agent does about BIG TCP, decided at start.
@@ -132,11 +133,13 @@ impl Record {
         Record { raised }
     }
 
-    /// Writes the record to `path` (through a temporary file), or removes the file when empty.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    /// Writes the record to `path` (as `subnet.env` is written), or removes the file when empty.
+    pub fn save(&self, path: &Path) -> Result<(), WriteError> {
         if self.raised.is_empty() {
             return match fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(WriteError { path: path.to_owned(), error })
+                }
                 _ => Ok(()),
             };
         }
@@ -148,9 +151,7 @@ impl Record {
                 r.index, r.name, r.before.0, r.before.1, r.written.0, r.written.1
             );
         }
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, text)?;
-        fs::rename(&tmp, path)
+        write_atomic(path, &text)
     }
 }
 
