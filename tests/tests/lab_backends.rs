@@ -321,6 +321,21 @@ fn big_tcp_packets_cross_every_tunnel_whole() {
             for (link, gso, gro) in path_sizes(&lab, 1) {
                 assert_eq!((gso, gro), (65_536, 65_536), "{link} not put back on stop:\n{}", lab.log(1));
             }
+            // A kept datapath keeps them raised; `xnet cleanup` puts them back from the record.
+            lab.start_agent(1, &["--keep-datapath"]);
+            assert!(lab.stop_agent(1).success(), "agent 1 stops cleanly:\n{}", lab.log(1));
+            let raised = Lab::ipv4_gso_gro(&lab.container((1, 1)).ns, "eth0");
+            assert_eq!(raised, (BIG, BIG), "--keep-datapath keeps the sizes:\n{}", lab.log(1));
+            let h = lab.host(1);
+            let (pins, subnet_file) = (h.pin_dir.to_str().unwrap(), h.subnet_file.to_str().unwrap());
+            let out = lab.xnet(1, &["cleanup", "--pin-dir", pins, "--subnet-file", subnet_file]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && stdout.contains("put back the GSO and GRO sizes"), "{stdout}");
+            for (link, gso, gro) in path_sizes(&lab, 1) {
+                assert_eq!((gso, gro), (65_536, 65_536), "{link} not put back by xnet cleanup: {stdout}");
+            }
+            let record = format!("{subnet_file}.big_tcp");
+            assert!(!std::path::Path::new(&record).exists(), "xnet cleanup removes {record}");
             // A crash leaves them raised, with the record of what they were; the next agent takes
             // that over and puts them back when it stops.
             lab.kill_agent(2);

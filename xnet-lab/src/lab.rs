@@ -1294,7 +1294,15 @@ impl Drop for Lab {
                 stop_child(child);
             }
             if h.pin_dir.exists() {
-                let _ = Command::new(xnet_bin()).arg("cleanup").arg("--pin-dir").arg(&h.pin_dir).output();
+                // In the host's namespace: the machine's own xnet0 and BIG TCP record are not the lab's.
+                let _ =
+                    h.ns.command(xnet_bin().to_str().expect("utf-8 path"))
+                        .arg("cleanup")
+                        .arg("--pin-dir")
+                        .arg(&h.pin_dir)
+                        .arg("--subnet-file")
+                        .arg(&h.subnet_file)
+                        .output();
             }
         }
         // Namespaces go with the fields (Netns::drop); their interfaces and attachments with them.

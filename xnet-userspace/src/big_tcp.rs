@@ -305,6 +305,23 @@ pub async fn restore(netlink: &Netlink, record: &mut Record) -> Changes {
     changes
 }
 
+/// `xnet cleanup`: puts back what the record beside `subnet_file` holds (as [`restore`] does: only
+/// links that still have what the agent wrote) and removes the record. Returns what changed; an
+/// error on one link leaves the record in place, with every link for a later try.
+pub async fn put_back_recorded(subnet_file: &Path) -> Result<Changes, String> {
+    let path = record_path(subnet_file);
+    let mut record = Record::load(&path);
+    if record.raised.is_empty() {
+        return Ok(Changes::default());
+    }
+    let netlink = Netlink::requests_only().map_err(|e| e.to_string())?;
+    let kept = Record { raised: record.raised.clone() };
+    let changes = restore(&netlink, &mut record).await;
+    let left = if changes.error.is_some() { &kept } else { &record };
+    left.save(&path).map_err(|e| e.to_string())?;
+    Ok(changes)
+}
+
 /// The link went away between the dump and the request (a container stopped).
 fn gone(e: &NetlinkError) -> bool {
     matches!(e, NetlinkError::Request { error: rtnetlink::Error::NetlinkError(m), .. } if m.raw_code() == -libc::ENODEV)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DEFAULT_PIN_DIR, Overrides};
+use crate::config::{DEFAULT_PIN_DIR, DEFAULT_SUBNET_FILE, Overrides};
 
 /// xnet: an eBPF overlay network for containers (flannel's model, an in-kernel datapath).
 #[derive(Debug, Parser)]
@@ -29,9 +29,9 @@ pub enum Command {
     /// Show the attachments, the agent, the store, the lease, the MTU and the maps' capacity and
     /// memory (works while the agent is stopped).
     Status(ShowArgs),
-    /// Detach every xnet program and remove every pin under the pin directory, and the host's
-    /// devices (xnet0 with its routes, xnet0-gro).
-    Cleanup(PinDirArg),
+    /// Detach every xnet program and remove every pin under the pin directory, the host's devices
+    /// (xnet0 with its routes, xnet0-gro), and put back the GSO and GRO sizes BIG TCP raised.
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +66,16 @@ pub struct PinDirArg {
     /// The pin directory of the datapath to act on.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// The agent's subnet.env (`subnet_file` in its config): the record of the links BIG TCP
+    /// raised sits beside it, as FILE.big_tcp.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_SUBNET_FILE)]
+    pub subnet_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use xnet::{
-    cli::{Cli, Command, ShowArgs, StatsArgs},
+    cli::{CleanupArgs, Cli, Command, ShowArgs, StatsArgs},
     inspect, report,
 };
 
@@ -40,14 +40,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats(&args),
         Command::Routes(args) => routes(&args),
         Command::Status(args) => status(&args),
-        Command::Cleanup(args) => {
-            xnet::datapath::remove_all(&args.pin_dir).map_err(anyhow::Error::from).map(|()| {
-                println!("removed xnet datapath under {}", args.pin_dir.display());
-                if xnet::host::remove_host_device() {
-                    println!("removed the host device {} and its routes", xnet::host::HOST_DEVICE);
-                }
-            })
-        }
+        Command::Cleanup(args) => cleanup(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,6 +89,29 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
         println!("{}", report::counters(&rows, Some(&rates)));
         before = now_rows;
     }
+}
+
+fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
+    let pin_dir = &args.pin.pin_dir;
+    xnet::datapath::remove_all(pin_dir)?;
+    println!("removed xnet datapath under {}", pin_dir.display());
+    if xnet::host::remove_host_device() {
+        println!("removed the host device {} and its routes", xnet::host::HOST_DEVICE);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let changes = rt
+        .block_on(xnet::big_tcp::put_back_recorded(&args.subnet_file))
+        .map_err(|e| anyhow::anyhow!("putting back the sizes BIG TCP raised: {e}"))?;
+    if !changes.changed.is_empty() {
+        println!("put back the GSO and GRO sizes of {}", changes.changed.join(", "));
+    }
+    if let Some(e) = changes.error {
+        anyhow::bail!(
+            "could not put back every GSO and GRO size BIG TCP raised ({e}); the record {} stays for another try",
+            xnet::big_tcp::record_path(&args.subnet_file).display()
+        );
+    }
+    Ok(())
 }
 
 fn routes(args: &ShowArgs) -> anyhow::Result<()> {
