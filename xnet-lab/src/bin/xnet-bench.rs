@@ -52,7 +52,8 @@ struct Args {
     /// Only these traffic modes (keys as in bench.json: plain, plain_mtu1450, floor_veth_pair,
     /// underlay_only_mtu1450, kernel_vxlan, udp_relay, xnet_vxlan, xnet_vxlan_host, xnet_udp,
     /// xnet_gre, xnet_direct, xnet_routes_direct, plain_wire, kernel_vxlan_wire,
-    /// xnet_vxlan_wire, plain_big_tcp, xnet_vxlan_64k); plain is always measured.
+    /// xnet_vxlan_wire, plain_big_tcp, xnet_vxlan_64k, floor_veth_pair_big_tcp); plain is always
+    /// measured.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Where to write bench.md, bench.json and bench.svg.
@@ -101,13 +102,19 @@ enum Mode {
     /// xnet with this backend and `big_tcp = "off"`: the links keep the kernel's 64 KB, as plain
     /// routing's do.
     XnetSmall(&'static str),
+    /// [`Mode::Floor`] with BIG TCP at the largest size a veth takes ([`LARGEST_GSO`] bytes): what
+    /// no datapath could reach on this machine whatever packets it carries.
+    FloorBig,
 }
+
+/// The largest GSO and GRO size the kernel lets a veth carry (its `tso_max_size`: 512 KiB less 8).
+const LARGEST_GSO: u32 = 524_280;
 
 /// The GSO and GRO size of plain routing's BIG TCP mode: the size xnet's agent sets by default.
 const BIG_TCP: u32 = xnet::config::BIG_TCP_BYTES;
 
 impl Mode {
-    const ALL: [Mode; 17] = [
+    const ALL: [Mode; 18] = [
         Mode::Plain,
         Mode::PlainVxlanMtu,
         Mode::Floor,
@@ -125,6 +132,7 @@ impl Mode {
         Mode::XnetWire("vxlan"),
         Mode::PlainBig,
         Mode::XnetSmall("vxlan"),
+        Mode::FloorBig,
     ];
     fn name(self) -> String {
         match self {
@@ -145,6 +153,7 @@ impl Mode {
             Mode::XnetWire(b) => format!("xnet {b}, wire like NICs'"),
             Mode::PlainBig => format!("plain routing, BIG TCP ({BIG_TCP} bytes on every link)"),
             Mode::XnetSmall(b) => format!("xnet {b}, big_tcp = \"off\" (64 KB on every link)"),
+            Mode::FloorBig => format!("the floor, BIG TCP ({LARGEST_GSO} bytes, the largest a veth takes)"),
         }
     }
     fn short(self) -> String {
@@ -163,6 +172,7 @@ impl Mode {
             Mode::XnetWire(b) => format!("xnet {b} wire"),
             Mode::PlainBig => "plain big".into(),
             Mode::XnetSmall(b) => format!("xnet {b} 64k"),
+            Mode::FloorBig => "one veth big".into(),
         }
     }
     fn key(self) -> String {
@@ -181,6 +191,7 @@ impl Mode {
             Mode::XnetWire(b) => format!("xnet_{b}_wire"),
             Mode::PlainBig => "plain_big_tcp".into(),
             Mode::XnetSmall(b) => format!("xnet_{b}_64k"),
+            Mode::FloorBig => "floor_veth_pair_big_tcp".into(),
         }
     }
     /// Whether only TCP with 1 stream (pinned and unpinned, and its CPU time) is measured; the
@@ -378,7 +389,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
             }
         }
         Mode::KernelVxlan | Mode::KernelVxlanWire => lab.setup_kernel_vxlan(1, 8472),
-        Mode::Floor => lab.setup_direct_veth((1, 1), (2, 1)),
+        Mode::Floor | Mode::FloorBig => lab.setup_direct_veth((1, 1), (2, 1)),
         Mode::UnderlayOnly => lab.setup_underlay_only((1, 1), (2, 1), UNDERLAY_MTU - VXLAN_OVERHEAD),
         Mode::UdpRelay => lab.setup_udp_relay(),
         Mode::Xnet(_) | Mode::XnetWire(_) => {}
@@ -407,6 +418,9 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
     }
     if mode == Mode::PlainBig {
         lab.allow_big_tcp(BIG_TCP);
+    }
+    if mode == Mode::FloorBig {
+        lab.allow_big_tcp(LARGEST_GSO);
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
     measure(&lab, seconds, pings, udp)
@@ -914,7 +928,10 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
         ("CPU seconds per GB over plain routing", Mode::Plain, |s| s.cpu_s_per_gb, "<= 0.7x"),
     ];
     let mut md = String::new();
-    if [Mode::Floor, Mode::UnderlayOnly].iter().all(|&m| summary_of(results, m, |s| s.tcp1).is_none()) {
+    if [Mode::Floor, Mode::UnderlayOnly, Mode::FloorBig]
+        .iter()
+        .all(|&m| summary_of(results, m, |s| s.tcp1).is_none())
+    {
         return md;
     }
     let _ = writeln!(
@@ -925,19 +942,20 @@ fn floor_bounds(results: &[(Mode, Vec<Sample>)]) -> String {
          machine. The underlay alone: each container's veth straight to the lab's switch at MTU {}, no host in \
          between; what an overlay adds its hosts' work to (with one stream; with several the work spreads over \
          the CPUs differently and an overlay can come out ahead). Both carry the kernel's 64 KB packets: they \
-         bound xnet with `big_tcp = \"off\"`, not xnet as it runs by default, with BIG TCP (the table after).\n",
+         bound xnet with `big_tcp = \"off\"`, not xnet as it runs by default, with BIG TCP. The floor with BIG \
+         TCP at {LARGEST_GSO} bytes, the largest a veth takes, bounds that too.\n",
         UNDERLAY_MTU - VXLAN_OVERHEAD
     );
     let _ = writeln!(
         md,
-        "| ratio | the floor (one veth pair) | the underlay alone (MTU {}) | the target |",
+        "| ratio | the floor (one veth pair) | the underlay alone (MTU {}) | the floor, BIG TCP ({LARGEST_GSO} bytes) | the target |",
         UNDERLAY_MTU - VXLAN_OVERHEAD
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for (what, den, f, goal) in rows {
-        let (floor, underlay) =
-            (ratio_cell(results, Mode::Floor, den, f), ratio_cell(results, Mode::UnderlayOnly, den, f));
-        let _ = writeln!(md, "| {what} | {floor} | {underlay} | {goal} |");
+        let [floor, underlay, floor_big] =
+            [Mode::Floor, Mode::UnderlayOnly, Mode::FloorBig].map(|m| ratio_cell(results, m, den, f));
+        let _ = writeln!(md, "| {what} | {floor} | {underlay} | {floor_big} | {goal} |");
     }
     md
 }
