@@ -614,7 +614,6 @@ impl Lab {
         self.host(i).agent.as_ref().map(Child::id)
     }
 
-    /// Stops host `i`'s agent with SIGTERM and returns its exit status.
     /// Runs `xnet run` with host `i`'s config in its namespace, to its end (a start that must be
     /// refused), with `env` added to its environment.
     pub fn run_agent_to_end(&self, i: usize, env: &[(&str, &str)]) -> std::process::Output {
@@ -629,6 +628,7 @@ impl Lab {
         self.hosts[i - 1].agent.is_some()
     }
 
+    /// Stops host `i`'s agent with SIGTERM and returns its exit status.
     pub fn stop_agent(&mut self, i: usize) -> ExitStatus {
         let child = self.hosts[i - 1].agent.take().expect("agent running");
         let status = stop_child(child);

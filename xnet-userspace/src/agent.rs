@@ -555,7 +555,8 @@ impl Agent {
     }
 
     /// Puts back the sizes the record holds (what this agent, or an earlier one before a
-    /// `--keep-datapath` stop, raised) and removes the record.
+    /// `--keep-datapath` stop, raised) and removes the record, or keeps in it the links that could
+    /// not be put back (for the next agent, or `xnet cleanup`).
     async fn restore_big_tcp(&mut self, netlink: &Netlink) {
         if self.big_tcp_record.raised.is_empty() {
             return;
@@ -569,7 +570,7 @@ impl Agent {
         }
         let path = big_tcp::record_path(&self.config.subnet_file);
         if let Err(e) = self.big_tcp_record.save(&path) {
-            tracing::warn!(error = %e, file = %path.display(), "BIG TCP: cannot remove the record");
+            tracing::warn!(error = %e, file = %path.display(), "BIG TCP: cannot write the record");
         }
     }
 

@@ -243,8 +243,8 @@ pub async fn raise(
         }
         let Some(now) = sizes(&link) else { continue };
         let Some(written) = target.next(now) else { continue };
-        match netlink.set_ipv4_gso_gro(link.index, &link.name, written).await {
-            Ok(()) => {
+        match write(netlink, link.index, &link.name, written).await {
+            Ok(true) => {
                 record.raised.push(Raised {
                     index: link.index,
                     name: link.name.clone(),
@@ -254,9 +254,9 @@ pub async fn raise(
                 });
                 changes.changed.push(link.name.clone());
             }
-            Err(e) if gone(&e) => {}
+            Ok(false) => {}
             Err(e) => {
-                changes.error.get_or_insert(e.to_string());
+                changes.error.get_or_insert(e);
             }
         }
     }
@@ -264,7 +264,8 @@ pub async fn raise(
 }
 
 /// Puts back, last raised first (so the underlay last), the links of `record` that still have
-/// the sizes the agent wrote, to what they had before; empties the record.
+/// the sizes the agent wrote, to what they had before. The record keeps only the links that could
+/// not be put back (an error), for a later try.
 pub async fn restore(netlink: &Netlink, record: &mut Record) -> Changes {
     let mut changes = Changes::default();
     let links: BTreeMap<u32, LinkInfo> = match netlink.links().await {
@@ -279,35 +280,35 @@ pub async fn restore(netlink: &Netlink, record: &mut Record) -> Changes {
     let wanted: BTreeSet<i32> =
         record.raised.iter().filter(|r| r.peer).filter_map(|r| link_of(r)?.peer?.0).collect();
     let mut namespaces = network_namespaces(netlink, &wanted).await;
+    let mut failed = Vec::new();
     for r in std::mem::take(&mut record.raised).into_iter().rev() {
         let Some(link) = link_of(&r) else { continue };
         let target = Target::Restore { written: r.written, before: r.before };
-        if r.peer {
+        let put_back = if r.peer {
             let Some((Some(nsid), index)) = link.peer else { continue };
-            match set_peer(&mut namespaces, nsid, index, link, target).await {
-                Ok(Some(_)) => changes.changed.push(format!("{}'s peer", link.name)),
-                Ok(None) => {}
-                Err(e) => {
-                    changes.error.get_or_insert(e);
-                }
-            }
-            continue;
-        }
-        let Some(new) = sizes(link).and_then(|now| target.next(now)) else { continue };
-        match netlink.set_ipv4_gso_gro(link.index, &link.name, new).await {
-            Ok(()) => changes.changed.push(link.name.clone()),
-            Err(e) if gone(&e) => {}
+            set_peer(&mut namespaces, nsid, index, link, target).await.map(|c| c.is_some())
+        } else {
+            let Some(new) = sizes(link).and_then(|now| target.next(now)) else { continue };
+            write(netlink, link.index, &link.name, new).await
+        };
+        match put_back {
+            Ok(true) if r.peer => changes.changed.push(format!("{}'s peer", link.name)),
+            Ok(true) => changes.changed.push(link.name.clone()),
+            Ok(false) => {}
             Err(e) => {
-                changes.error.get_or_insert(e.to_string());
+                changes.error.get_or_insert(e);
+                failed.push(r);
             }
         }
     }
+    // Back in the order they were raised.
+    failed.reverse();
+    record.raised = failed;
     changes
 }
 
-/// `xnet cleanup`: puts back what the record beside `subnet_file` holds (as [`restore`] does: only
-/// links that still have what the agent wrote) and removes the record. Returns what changed; an
-/// error on one link leaves the record in place, with every link for a later try.
+/// `xnet cleanup`: puts back what the record beside `subnet_file` holds (see [`restore`]) and
+/// removes the record, or keeps in it the links that could not be put back.
 pub async fn put_back_recorded(subnet_file: &Path) -> Result<Changes, String> {
     let path = record_path(subnet_file);
     let mut record = Record::load(&path);
@@ -315,16 +316,23 @@ pub async fn put_back_recorded(subnet_file: &Path) -> Result<Changes, String> {
         return Ok(Changes::default());
     }
     let netlink = Netlink::requests_only().map_err(|e| e.to_string())?;
-    let kept = Record { raised: record.raised.clone() };
     let changes = restore(&netlink, &mut record).await;
-    let left = if changes.error.is_some() { &kept } else { &record };
-    left.save(&path).map_err(|e| e.to_string())?;
+    record.save(&path).map_err(|e| e.to_string())?;
     Ok(changes)
 }
 
-/// The link went away between the dump and the request (a container stopped).
-fn gone(e: &NetlinkError) -> bool {
-    matches!(e, NetlinkError::Request { error: rtnetlink::Error::NetlinkError(m), .. } if m.raw_code() == -libc::ENODEV)
+/// Writes `new` (GSO, GRO) on the link `index` (`name`) of `netlink`'s namespace: `false` when the
+/// link went away between the dump and the request (a container stopped), which is no error.
+async fn write(netlink: &Netlink, index: u32, name: &str, new: (u32, u32)) -> Result<bool, String> {
+    match netlink.set_ipv4_gso_gro(index, name, new).await {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Request { error: rtnetlink::Error::NetlinkError(m), .. })
+            if m.raw_code() == -libc::ENODEV =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Sets the sizes of the other end of the veth `port`: the link `index` of the network namespace
@@ -378,11 +386,7 @@ async fn set_peer(
                 };
                 let Some(now) = sizes(&link) else { return Ok(None) };
                 let Some(new) = target.next(now) else { return Ok(None) };
-                match there.set_ipv4_gso_gro(index, &name, new).await {
-                    Ok(()) => Ok(Some((now, new))),
-                    Err(e) if gone(&e) => Ok(None),
-                    Err(e) => Err(e.to_string()),
-                }
+                Ok(write(&there, index, &name, new).await?.then_some((now, new)))
             })
         })();
         let _ = send.send(result);

@@ -1238,7 +1238,6 @@ public_ip = "198.18.0.3"
         assert_eq!(c.docker_opts_file, None);
     }
 
-    /// Each bad config gives its own message naming the key and the fix.
     #[test]
     fn big_tcp_is_auto_unless_set() {
         assert_eq!(parse(GOOD).unwrap().big_tcp, BigTcp::Auto);
@@ -1250,6 +1249,7 @@ public_ip = "198.18.0.3"
         assert_eq!(at("big_tcp = 524288"), BigTcp::Bytes(MAX_GSO_BYTES));
     }
 
+    /// Each bad config gives its own message naming the key and the fix.
     #[test]
     fn bad_configs_are_refused_with_their_message() {
         let cases: &[(&str, &str, &[&str])] = &[
