@@ -1091,6 +1091,24 @@ impl Lab {
         })
     }
 
+    /// [`Lab::iperf3`] (pinned), and each second's bit/s as well, as the client sent them.
+    pub fn iperf3_by_second(
+        &self,
+        from: (usize, usize),
+        to: (usize, usize),
+        seconds: u32,
+        streams: u32,
+    ) -> (f64, Vec<f64>) {
+        let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
+        let client = &self.container(from).ns;
+        self.iperf3_run(client, &format!("{from:?}"), to, &args, Placement::Apart, |v| {
+            let whole = v["end"]["sum_received"]["bits_per_second"].as_f64()?;
+            let each: Option<Vec<f64>> =
+                v["intervals"].as_array()?.iter().map(|i| i["sum"]["bits_per_second"].as_f64()).collect();
+            Some((whole, each?))
+        })
+    }
+
     /// TCP throughput with one stream for `seconds` from host `from`'s own network stack (through
     /// xnet0) to container `to`, in bit/s as the receiver counted it.
     pub fn iperf3_from_host(
@@ -1127,15 +1145,15 @@ impl Lab {
     /// for a whole run: on a 2-CPU machine that cost plain routing 14% and xnet 16% of one
     /// stream's throughput, the kernel's vxlan nothing, so unpinned runs compare placements as
     /// much as datapaths.
-    fn iperf3_run(
+    fn iperf3_run<T>(
         &self,
         client: &Netns,
         from: &str,
         to: (usize, usize),
         client_args: &[String],
         placement: Placement,
-        result: impl Fn(&serde_json::Value) -> Option<f64>,
-    ) -> f64 {
+        result: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> T {
         let pinned = placement == Placement::Apart && iperf3_pinned();
         let port = (20000 + PORT_COUNTER.fetch_add(1, Ordering::SeqCst) % 20000).to_string();
         let mut server = self

@@ -56,6 +56,10 @@ enum Cmd {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// 4-stream runs back to back in one lab for plain routing and each xnet backend, after the
+        /// rounds (0 leaves them out).
+        #[arg(long, default_value_t = 10)]
+        back_to_back: usize,
         /// A short version: one 1-second run per mode (about a minute).
         #[arg(long)]
         quick: bool,
@@ -168,13 +172,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { runs, udp_runs, seconds, quick, modes } => {
+        Cmd::Bench { runs, udp_runs, seconds, back_to_back, quick, modes } => {
             setup()?;
             require_root("the benchmark creates network namespaces and loads eBPF programs")?;
             cargo(&["build", "--release", "-p", "xnet-userspace", "-p", "xnet-lab", "--bins"])?;
             let status = Command::new(root.join("target/release/xnet-bench"))
                 .args(["--runs", &runs.to_string(), "--seconds", &seconds.to_string()])
-                .args(["--udp-runs", &udp_runs.to_string()])
+                .args(["--udp-runs", &udp_runs.to_string(), "--back-to-back", &back_to_back.to_string()])
                 .args(quick.then_some("--quick"))
                 .args(modes.iter().flat_map(|m| ["--modes", m.as_str()]))
                 .args(["--out".as_ref(), root.join("target/bench").as_os_str()])

@@ -30,7 +30,7 @@ use xnet_lab::{
     lab::{Lab, LabSpec, Placement, UNDERLAY_MTU, VXLAN_OVERHEAD},
     progcost::{Bench, ContainerLookup, NullProgram, container_frame, trimmed_mean, tunnelled_frame},
     scale,
-    stats::{Summary, round_order},
+    stats::{self, Summary, round_order},
     targets::{Goal, Measured, Target},
 };
 
@@ -46,6 +46,11 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// How many 4-stream runs, back to back in one lab, each of plain routing (with and without BIG
+    /// TCP) and xnet's backends gets after the rounds: their spread without the machine's drift
+    /// over the whole bench (0 leaves them out).
+    #[arg(long, default_value_t = 10)]
+    back_to_back: usize,
     /// A short version: one run of 1 s per mode, fewer samples elsewhere (about a minute).
     #[arg(long)]
     quick: bool,
@@ -357,6 +362,13 @@ fn measure_from_host(lab: &Lab, seconds: u32) -> Sample {
 }
 
 fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
+    let lab = lab_for(mode);
+    if mode.tcp1_only() { measure_from_host(&lab, seconds) } else { measure(&lab, seconds, pings, udp) }
+}
+
+/// A fresh lab joined as `mode` says, its containers (or host 1 and container 2, for
+/// [`Mode::XnetFromHost`]) shown to reach each other.
+fn lab_for(mode: Mode) -> Lab {
     let backend = match mode {
         Mode::Xnet(b) | Mode::XnetFromHost(b) | Mode::XnetWire(b) | Mode::XnetSmall(b) => b,
         Mode::XnetRoutes => "direct",
@@ -410,7 +422,7 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
         }
         Mode::XnetFromHost(_) => {
             assert!(lab.ping_from_host(1, lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
-            return measure_from_host(&lab, seconds);
+            return lab;
         }
     }
     if matches!(mode, Mode::PlainWire | Mode::KernelVxlanWire | Mode::XnetWire(_)) {
@@ -423,7 +435,85 @@ fn run_mode(mode: Mode, seconds: u32, pings: usize, udp: bool) -> Sample {
         lab.allow_big_tcp(LARGEST_GSO);
     }
     assert!(lab.ping((1, 1), lab.container((2, 1)).ip), "{}: no connectivity", mode.name());
-    measure(&lab, seconds, pings, udp)
+    lab
+}
+
+/// The modes whose 4 streams also run back to back in one lab: the 4-stream target's denominator
+/// and numerators, and plain routing with the packet size xnet's agent gives its links.
+const BACK_TO_BACK_MODES: [Mode; 6] = [
+    Mode::Plain,
+    Mode::PlainBig,
+    Mode::Xnet("vxlan"),
+    Mode::Xnet("udp"),
+    Mode::Xnet("gre"),
+    Mode::Xnet("direct"),
+];
+
+/// One of the 4-stream runs of [`back_to_back`].
+struct BackToBack {
+    bps: f64,
+    /// Each second's bit/s, as the client sent them.
+    by_second: Vec<f64>,
+    cpus: CpuShares,
+}
+
+/// `runs` 4-stream runs (pinned) of `seconds` each, one right after the other in one lab of `mode`.
+fn back_to_back(mode: Mode, runs: usize, seconds: u32) -> Vec<BackToBack> {
+    let lab = lab_for(mode);
+    (0..runs)
+        .map(|_| {
+            let ((bps, by_second), cpus) =
+                CpuShares::over(|| lab.iperf3_by_second((1, 1), (2, 1), seconds, 4));
+            BackToBack { bps, by_second, cpus }
+        })
+        .collect()
+}
+
+/// A run below this share of its mode's median is a low run in [`back_to_back_table`].
+const LOW_RUN: f64 = 0.85;
+
+/// The back-to-back runs: per mode, the spread without the machine's drift over the bench, the low
+/// runs with where the CPU time went in them, and the slowest and fastest second of any run.
+fn back_to_back_table(all: &[(Mode, Vec<BackToBack>)], seconds: u32) -> String {
+    let Some(runs) = all.first().map(|(_, r)| r.len()) else { return String::new() };
+    let mut md = format!(
+        "\nTCP 4 streams, back to back: after the rounds, each of these modes got one fresh lab and {runs} runs of \
+         {seconds} s (pinned as above) one right after the other, so that their spread is the kernel's and the \
+         datapath's alone, without the machine's drift over the whole bench. A low run is one below {:.0}% of the \
+         mode's median; CPU 0 runs the client, CPU 1 the server (busy shares of the wall time).\n\n\
+         | mode | TCP 4 streams, Gbit/s | low runs | CPU 0 / CPU 1 busy, other runs (median) | CPU 0 / CPU 1 busy, \
+         low runs | one second, Gbit/s: slowest..fastest |\n|---|---:|---:|---|---|---:|\n",
+        LOW_RUN * 100.0
+    );
+    for (mode, runs) in all {
+        let Some(s) = Summary::of(&runs.iter().map(|r| r.bps).collect::<Vec<_>>()) else { continue };
+        let (low, other): (Vec<&BackToBack>, Vec<&BackToBack>) =
+            runs.iter().partition(|r| r.bps < LOW_RUN * s.median);
+        let split = |r: &BackToBack| format!("{:.2} / {:.2}", r.cpus.busy[0], r.cpus.busy[1]);
+        let median_of =
+            |cpu: usize| stats::median(&other.iter().map(|r| r.cpus.busy[cpu]).collect::<Vec<_>>());
+        let seconds: Vec<f64> = runs.iter().flat_map(|r| r.by_second.iter().copied()).collect();
+        let slowest = seconds.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = seconds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} of {} | {:.2} / {:.2} | {} | {:.1}..{:.1} |",
+            mode.name(),
+            s.scaled(1e-9).describe(2),
+            low.len(),
+            runs.len(),
+            median_of(0),
+            median_of(1),
+            if low.is_empty() {
+                "-".to_string()
+            } else {
+                low.iter().map(|r| split(r)).collect::<Vec<_>>().join(", ")
+            },
+            slowest / 1e9,
+            fastest / 1e9,
+        );
+    }
+    md
 }
 
 /// One row of the per-packet table.
@@ -1061,6 +1151,7 @@ fn main() {
     if args.quick {
         args.runs = 1;
         args.seconds = 1;
+        args.back_to_back = args.back_to_back.min(2);
     }
     if args.runs == 0 {
         eprintln!("xnet-bench: --runs 0 measures nothing; give at least 1 (the default is 5)");
@@ -1071,14 +1162,22 @@ fn main() {
         .into_iter()
         .filter(|m| *m == Mode::Plain || args.modes.is_empty() || args.modes.contains(&m.key()))
         .collect();
-    let mut progress = Progress { started: Instant::now(), done: 0, total: args.runs * modes.len() + 5 };
+    let back_to_back_modes: Vec<Mode> =
+        BACK_TO_BACK_MODES.into_iter().filter(|m| args.back_to_back > 0 && modes.contains(m)).collect();
+    let mut progress = Progress {
+        started: Instant::now(),
+        done: 0,
+        total: args.runs * modes.len() + back_to_back_modes.len() + 5,
+    };
     eprintln!(
         "xnet bench: {} modes x {} rounds of {} s per figure (UDP and latency in the first {}), modes in rotated \
-         order; then per-packet costs and scale; results in {}",
+         order; then {} runs of 4 streams back to back for {} modes, per-packet costs and scale; results in {}",
         modes.len(),
         args.runs,
         args.seconds,
         args.udp_runs,
+        args.back_to_back,
+        back_to_back_modes.len(),
         args.out.display()
     );
 
@@ -1112,6 +1211,14 @@ fn main() {
             progress.step(&line);
             samples.push(s);
         }
+    }
+
+    let mut back_to_backs = Vec::new();
+    for mode in back_to_back_modes {
+        let runs = back_to_back(mode, args.back_to_back, args.seconds);
+        let each: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.bps / 1e9)).collect();
+        progress.step(&format!("{:<14} x4 back to back: {} Gbit/s", mode.short(), each.join(" ")));
+        back_to_backs.push((mode, runs));
     }
 
     let mut costs = per_packet_costs(prog_runs);
@@ -1225,6 +1332,7 @@ fn main() {
          of the one and any run of the other give, and the larger of the two figures' spreads.\n"
     );
     let _ = write!(md, "{}", xnet_lab::targets::markdown(&targets));
+    let _ = write!(md, "{}", back_to_back_table(&back_to_backs, args.seconds));
     let _ = write!(md, "{}", floor_bounds(&results));
     let _ = write!(md, "{}", cpu_table(&results));
     let _ = write!(md, "{}", big_tcp_table(&results));
@@ -1312,6 +1420,20 @@ fn main() {
                     })
                     .collect();
                 (m.key(), json!({ "name": m.name(), "runs": runs, "summary": summaries }))
+            })
+            .collect::<serde_json::Map<_, _>>(),
+        "tcp_4_streams_back_to_back": back_to_backs
+            .iter()
+            .map(|(m, runs)| {
+                let runs: Vec<Value> = runs
+                    .iter()
+                    .map(|r| json!({
+                        "bps": r.bps, "bps_by_second": r.by_second,
+                        "cpu0_busy": r.cpus.busy[0], "cpu1_busy": r.cpus.busy[1],
+                        "cpu0_softirq": r.cpus.softirq[0], "cpu1_softirq": r.cpus.softirq[1],
+                    }))
+                    .collect();
+                (m.key(), json!({ "name": m.name(), "runs": runs }))
             })
             .collect::<serde_json::Map<_, _>>(),
         "targets": targets.iter().map(Target::to_json).collect::<Vec<_>>(),
