@@ -480,34 +480,47 @@ fn back_to_back_table(all: &[(Mode, Vec<BackToBack>)], seconds: u32) -> String {
         "\nTCP 4 streams, back to back: after the rounds, each of these modes got one fresh lab and {runs} runs of \
          {seconds} s (pinned as above) one right after the other, so that their spread is the kernel's and the \
          datapath's alone, without the machine's drift over the whole bench. A low run is one below {:.0}% of the \
-         mode's median; CPU 0 runs the client, CPU 1 the server (busy shares of the wall time).\n\n\
-         | mode | TCP 4 streams, Gbit/s | low runs | CPU 0 / CPU 1 busy, other runs (median) | CPU 0 / CPU 1 busy, \
-         low runs | one second, Gbit/s: slowest..fastest |\n|---|---:|---:|---|---|---:|\n",
+         mode's median. CPU 0 runs the client, CPU 1 the server: each one's busy share of the wall time, and in \
+         brackets its softirq share (the packets' way through the links, whichever CPU it runs on).\n\n\
+         | mode | TCP 4 streams, Gbit/s | low runs | CPU 0 / CPU 1, other runs (median) | CPU 0 / CPU 1, low runs \
+         | one second, Gbit/s: slowest..fastest |\n|---|---:|---:|---|---|---:|\n",
         LOW_RUN * 100.0
     );
     for (mode, runs) in all {
         let Some(s) = Summary::of(&runs.iter().map(|r| r.bps).collect::<Vec<_>>()) else { continue };
         let (low, other): (Vec<&BackToBack>, Vec<&BackToBack>) =
             runs.iter().partition(|r| r.bps < LOW_RUN * s.median);
-        let split = |r: &BackToBack| format!("{:.2} / {:.2}", r.cpus.busy[0], r.cpus.busy[1]);
+        let split = |c: &CpuShares| {
+            let pct = |x: f64| x * 100.0;
+            format!(
+                "{:.0}% ({:.0}%) / {:.0}% ({:.0}%)",
+                pct(c.busy[0]),
+                pct(c.softirq[0]),
+                pct(c.busy[1]),
+                pct(c.softirq[1])
+            )
+        };
         let median_of =
-            |cpu: usize| stats::median(&other.iter().map(|r| r.cpus.busy[cpu]).collect::<Vec<_>>());
-        let seconds: Vec<f64> = runs.iter().flat_map(|r| r.by_second.iter().copied()).collect();
-        let slowest = seconds.iter().copied().fold(f64::INFINITY, f64::min);
-        let fastest = seconds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            |f: fn(&CpuShares) -> f64| stats::median(&other.iter().map(|r| f(&r.cpus)).collect::<Vec<_>>());
+        let others = CpuShares {
+            busy: [median_of(|c| c.busy[0]), median_of(|c| c.busy[1])],
+            softirq: [median_of(|c| c.softirq[0]), median_of(|c| c.softirq[1])],
+        };
+        let each_second: Vec<f64> = runs.iter().flat_map(|r| r.by_second.iter().copied()).collect();
+        let slowest = each_second.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = each_second.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let _ = writeln!(
             md,
-            "| {} | {} | {} of {} | {:.2} / {:.2} | {} | {:.1}..{:.1} |",
+            "| {} | {} | {} of {} | {} | {} | {:.1}..{:.1} |",
             mode.name(),
             s.scaled(1e-9).describe(2),
             low.len(),
             runs.len(),
-            median_of(0),
-            median_of(1),
+            split(&others),
             if low.is_empty() {
                 "-".to_string()
             } else {
-                low.iter().map(|r| split(r)).collect::<Vec<_>>().join(", ")
+                low.iter().map(|r| split(&r.cpus)).collect::<Vec<_>>().join(", ")
             },
             slowest / 1e9,
             fastest / 1e9,
