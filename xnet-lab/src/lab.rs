@@ -1084,9 +1084,7 @@ impl Lab {
         streams: u32,
         placement: Placement,
     ) -> f64 {
-        let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
-        let client = &self.container(from).ns;
-        self.iperf3_run(client, &format!("{from:?}"), to, &args, placement, |v| {
+        self.iperf3_between(from, to, seconds, streams, placement, |v| {
             v["end"]["sum_received"]["bits_per_second"].as_f64()
         })
     }
@@ -1099,14 +1097,27 @@ impl Lab {
         seconds: u32,
         streams: u32,
     ) -> (f64, Vec<f64>) {
-        let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
-        let client = &self.container(from).ns;
-        self.iperf3_run(client, &format!("{from:?}"), to, &args, Placement::Apart, |v| {
+        self.iperf3_between(from, to, seconds, streams, Placement::Apart, |v| {
             let whole = v["end"]["sum_received"]["bits_per_second"].as_f64()?;
             let each: Option<Vec<f64>> =
                 v["intervals"].as_array()?.iter().map(|i| i["sum"]["bits_per_second"].as_f64()).collect();
             Some((whole, each?))
         })
+    }
+
+    /// TCP from container `from` to container `to` ([`Lab::iperf3_run`]), `result` read out of the
+    /// client's JSON.
+    fn iperf3_between<T>(
+        &self,
+        from: (usize, usize),
+        to: (usize, usize),
+        seconds: u32,
+        streams: u32,
+        placement: Placement,
+        result: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> T {
+        let args = ["-t", &seconds.to_string(), "-P", &streams.to_string()].map(str::to_string);
+        self.iperf3_run(&self.container(from).ns, &format!("{from:?}"), to, &args, placement, result)
     }
 
     /// TCP throughput with one stream for `seconds` from host `from`'s own network stack (through
@@ -1311,10 +1322,12 @@ impl Drop for Lab {
             if let Some(child) = h.relay.take() {
                 stop_child(child);
             }
-            if h.pin_dir.exists() {
+            if h.pin_dir.exists()
+                && let Some(bin) = xnet_bin().to_str()
+            {
                 // In the host's namespace: the machine's own xnet0 and BIG TCP record are not the lab's.
                 let _ =
-                    h.ns.command(xnet_bin().to_str().expect("utf-8 path"))
+                    h.ns.command(bin)
                         .arg("cleanup")
                         .arg("--pin-dir")
                         .arg(&h.pin_dir)
