@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    config::{BIG_TCP_BYTES, BigTcp, LEGACY_GSO_BYTES},
+    config::{BigTcp, LEGACY_GSO_BYTES, MAX_GSO_BYTES},
     netlink::{LinkInfo, Netlink, NetlinkError},
     subnet_env::{WriteError, write_atomic},
 };
@@ -52,7 +52,7 @@ pub fn decide(setting: BigTcp, underlay: &LinkInfo) -> Result<Decision, String> 
             "interface {name} (`iface`) is a {} device, whose lower devices would cut BIG TCP packets unless raised too; raise them and set `big_tcp` to a size",
             layered.unwrap_or_default()
         ))),
-        (BigTcp::Auto, Ok(tso)) => Ok(Decision::On(BIG_TCP_BYTES.min(tso))),
+        (BigTcp::Auto, Ok(tso)) => Ok(Decision::On(tso.min(MAX_GSO_BYTES))),
         (BigTcp::Auto, Err(why)) => Ok(Decision::Off(why)),
         (BigTcp::Bytes(bytes), Ok(tso)) if bytes <= tso => Ok(Decision::On(bytes)),
         (BigTcp::Bytes(bytes), Ok(tso)) => Err(format!(
@@ -457,10 +457,13 @@ mod tests {
 
     #[test]
     fn auto_takes_what_the_kernel_and_the_underlay_driver_allow() {
-        let veth = link(Some(65536), Some(524_288));
-        assert_eq!(decide(BigTcp::Auto, &veth), Ok(Decision::On(BIG_TCP_BYTES)));
+        // A veth (and mlx5) takes the kernel's largest GSO packet: auto asks for that.
+        let veth = link(Some(65536), Some(524_280));
+        assert_eq!(decide(BigTcp::Auto, &veth), Ok(Decision::On(MAX_GSO_BYTES)));
         // A driver with a lower ceiling (but above 64 KB) gets its ceiling.
-        assert_eq!(decide(BigTcp::Auto, &link(Some(65536), Some(131_072))), Ok(Decision::On(131_072)));
+        assert_eq!(decide(BigTcp::Auto, &link(Some(65536), Some(262_144))), Ok(Decision::On(262_144)));
+        // A device whose ceiling is above what the kernel builds gets what the kernel builds.
+        assert_eq!(decide(BigTcp::Auto, &link(Some(65536), Some(u32::MAX))), Ok(Decision::On(MAX_GSO_BYTES)));
         // A driver without BIG TCP, a kernel without it: off, with the reason.
         let Ok(Decision::Off(why)) = decide(BigTcp::Auto, &link(Some(65536), Some(65536))) else {
             panic!("a 64 KB driver must leave BIG TCP off")
@@ -475,7 +478,7 @@ mod tests {
 
     #[test]
     fn auto_stays_off_on_a_virtual_underlay_and_a_size_is_taken_there() {
-        let mut bond = link(Some(65536), Some(524_288));
+        let mut bond = link(Some(65536), Some(524_280));
         bond.kind = Some("bond".to_string());
         let Ok(Decision::Off(why)) = decide(BigTcp::Auto, &bond) else {
             panic!("auto on a bond must stay off")
@@ -539,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_size_the_host_cannot_give_is_refused() {
-        let veth = link(Some(65536), Some(524_288));
+        let veth = link(Some(65536), Some(524_280));
         assert_eq!(decide(BigTcp::Bytes(196_608), &veth), Ok(Decision::On(196_608)));
         let err = decide(BigTcp::Bytes(196_608), &link(Some(65536), Some(131_072))).unwrap_err();
         assert!(err.contains("`big_tcp` = 196608") && err.contains("131072"), "{err}");

@@ -99,7 +99,7 @@ enum Mode {
     PlainWire,
     KernelVxlanWire,
     XnetWire(&'static str),
-    /// Plain routing with BIG TCP allowed by hand on every link of the lab ([`BIG_TCP`] bytes,
+    /// Plain routing with BIG TCP allowed by hand on every link of the lab ([`LARGEST_GSO`] bytes,
     /// [`Lab::allow_big_tcp`]): TCP then sends GSO packets above 64 KB, as it does through xnet,
     /// whose agent raises the links of its path by default (`big_tcp = "auto"`). The kernel's
     /// vxlan devices take no more than 64 KB, so it has no such mode.
@@ -112,11 +112,10 @@ enum Mode {
     FloorBig,
 }
 
-/// The largest GSO and GRO size the kernel lets a veth carry (its `tso_max_size`: 512 KiB less 8).
-const LARGEST_GSO: u32 = 524_280;
-
-/// The GSO and GRO size of plain routing's BIG TCP mode: the size xnet's agent sets by default.
-const BIG_TCP: u32 = xnet::config::BIG_TCP_BYTES;
+/// The largest GSO and GRO size the kernel lets a veth carry (its `tso_max_size`: 512 KiB less 8),
+/// which xnet's agent sets on the lab's links by default (`big_tcp = "auto"` takes the underlay
+/// driver's limit): plain routing's BIG TCP mode gets the same, like for like.
+const LARGEST_GSO: u32 = xnet::config::MAX_GSO_BYTES;
 
 impl Mode {
     const ALL: [Mode; 18] = [
@@ -156,7 +155,7 @@ impl Mode {
             Mode::PlainWire => "plain routing, wire like NICs' (MTU frames, GRO)".into(),
             Mode::KernelVxlanWire => "kernel vxlan, wire like NICs'".into(),
             Mode::XnetWire(b) => format!("xnet {b}, wire like NICs'"),
-            Mode::PlainBig => format!("plain routing, BIG TCP ({BIG_TCP} bytes on every link)"),
+            Mode::PlainBig => format!("plain routing, BIG TCP ({LARGEST_GSO} bytes on every link)"),
             Mode::XnetSmall(b) => format!("xnet {b}, big_tcp = \"off\" (64 KB on every link)"),
             Mode::FloorBig => format!("the floor, BIG TCP ({LARGEST_GSO} bytes, the largest a veth takes)"),
         }
@@ -429,7 +428,7 @@ fn lab_for(mode: Mode) -> Lab {
         lab.wire_like_nics();
     }
     if mode == Mode::PlainBig {
-        lab.allow_big_tcp(BIG_TCP);
+        lab.allow_big_tcp(LARGEST_GSO);
     }
     if mode == Mode::FloorBig {
         lab.allow_big_tcp(LARGEST_GSO);
@@ -1075,8 +1074,8 @@ fn big_tcp_table(results: &[(Mode, Vec<Sample>)]) -> String {
     }
     let _ = writeln!(
         md,
-        "\nBIG TCP, in the same run. xnet's agent raises every link of its path to {BIG_TCP} bytes by default \
-         (`big_tcp = \"auto\"`); plain routing, BIG TCP: the same size set by hand on every link of the lab; \
+        "\nBIG TCP, in the same run. xnet's agent raises every link of its path to {LARGEST_GSO} bytes by default \
+         on this lab (`big_tcp = \"auto\"`: the underlay's driver limit, a veth's here); plain routing, BIG TCP: the same size set by hand on every link of the lab; \
          xnet 64 KB: `big_tcp = \"off\"`. The kernel's vxlan devices take no more than 64 KB.\n"
     );
     let _ = writeln!(md, "| ratio | TCP 1 stream | unpinned | 4 streams | CPU s/GB |");

@@ -145,8 +145,8 @@ pub struct Overrides {
 /// (BIG TCP, Linux 6.3 and later), and how large.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BigTcp {
-    /// `"auto"` (the default): on, at [`BIG_TCP_BYTES`] or the underlay driver's limit if lower,
-    /// when the kernel has BIG TCP and the underlay's driver takes TSO packets above 64 KB.
+    /// `"auto"` (the default): on, at the underlay driver's limit (`tso_max_size`, at most
+    /// [`MAX_GSO_BYTES`]), when the kernel has BIG TCP and that driver takes TSO packets above 64 KB.
     #[default]
     Auto,
     /// `"off"`: the agent leaves every link's sizes as they are.
@@ -155,12 +155,10 @@ pub enum BigTcp {
     Bytes(u32),
 }
 
-/// The BIG TCP size of `big_tcp = "auto"`: the figure the kernel's documentation uses.
-pub const BIG_TCP_BYTES: u32 = 185_000;
 /// The kernel's default (and largest) GSO and GRO size without BIG TCP.
 pub const LEGACY_GSO_BYTES: u32 = 65_536;
-/// The largest IPv4 GSO packet the kernel builds (`GSO_MAX_SIZE`).
-pub const MAX_GSO_BYTES: u32 = 524_288;
+/// The largest GSO packet the kernel builds or takes as a link's size (`GSO_MAX_SIZE`, 8 x 65535).
+pub const MAX_GSO_BYTES: u32 = 524_280;
 
 /// A validated config: this host's own settings and where the overlay comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -576,7 +574,7 @@ fn big_tcp(c: &Checker<'_>, raw: Option<&toml::Value>) -> Result<BigTcp, ConfigE
         )),
         Some(other) => Err(c.invalid(
             "big_tcp",
-            format!("= {other} must be \"auto\" (the default), \"off\" or a size in bytes such as {BIG_TCP_BYTES}"),
+            format!("= {other} must be \"auto\" (the default), \"off\" or a size in bytes such as 196608"),
         )),
     }
 }
@@ -1246,7 +1244,7 @@ public_ip = "198.18.0.3"
         assert_eq!(at("big_tcp = \"auto\""), BigTcp::Auto);
         assert_eq!(at("big_tcp = \"off\""), BigTcp::Off);
         assert_eq!(at("big_tcp = 196608"), BigTcp::Bytes(196_608));
-        assert_eq!(at("big_tcp = 524288"), BigTcp::Bytes(MAX_GSO_BYTES));
+        assert_eq!(at("big_tcp = 524280"), BigTcp::Bytes(MAX_GSO_BYTES));
     }
 
     /// Each bad config gives its own message naming the key and the fix.
@@ -1329,7 +1327,7 @@ public_ip = "198.18.0.3"
             (
                 "pin_dir = \"/sys/fs/bpf/xnet\"",
                 "big_tcp = 65536\npin_dir = \"/sys/fs/bpf/xnet\"",
-                &["`big_tcp`", "from 65537 to 524288"],
+                &["`big_tcp`", "from 65537 to 524280"],
             ),
             (
                 "pin_dir = \"/sys/fs/bpf/xnet\"",
