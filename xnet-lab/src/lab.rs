@@ -536,13 +536,18 @@ impl Lab {
 
     /// Starts host `i`'s agent (`xnet run --config ... extra_args`) and waits until it is ready.
     pub fn start_agent(&mut self, i: usize, extra_args: &[&str]) {
+        self.start_agent_with_env(i, extra_args, &[]);
+    }
+
+    /// [`Lab::start_agent`] with `env` added to the agent's environment.
+    pub fn start_agent_with_env(&mut self, i: usize, extra_args: &[&str], env: &[(&str, &str)]) {
         let h = &mut self.hosts[i - 1];
         assert!(h.agent.is_none(), "agent of host {i} already runs");
         let log = fs::OpenOptions::new().create(true).append(true).open(&h.log_path).expect("log file");
         let ready_before = fs::read_to_string(&h.log_path).unwrap_or_default().matches("xnet ready").count();
         let mut cmd = h.ns.command(xnet_bin().to_str().expect("utf-8 path"));
         cmd.args(["run", "--config"]).arg(&h.config_path).args(extra_args);
-        cmd.env("RUST_LOG", "info").env_remove("NOTIFY_SOCKET");
+        cmd.env("RUST_LOG", "info").env_remove("NOTIFY_SOCKET").envs(env.iter().copied());
         cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log);
         let mut child = cmd.spawn().expect("spawn xnet");
         let deadline = Instant::now() + Duration::from_secs(30);

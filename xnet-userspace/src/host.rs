@@ -5,8 +5,12 @@ use std::{
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Command,
 };
+
+mod rtnl;
+
+use netlink_packet_route::route::{RouteHeader, RouteProtocol, RouteType};
+use rtnl::{Route, Rtnl};
 
 use crate::{
     cidr::{self, Ipv4Network},
@@ -269,20 +273,22 @@ fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
     Ok(())
 }
 
-fn ip(args: &[&str], setting: String) -> Result<(), HostError> {
-    let out = Command::new("ip").args(args).output().map_err(|e| HostError::Setting {
-        setting: setting.clone(),
-        detail: if e.kind() == io::ErrorKind::NotFound {
-            "cannot run `ip`: it is not on PATH (install iproute2)".to_string()
-        } else {
-            format!("cannot run `ip`: {e}")
-        },
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(HostError::Setting { setting, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
-    }
+/// The error for `setting`, which the kernel refused with `error`.
+fn refused(setting: impl Into<String>) -> impl FnOnce(io::Error) -> HostError {
+    let setting = setting.into();
+    move |error| HostError::Setting { setting, detail: error.to_string() }
+}
+
+fn rtnl() -> Result<Rtnl, HostError> {
+    Rtnl::open().map_err(refused("the host's links and routes (an rtnetlink socket)"))
+}
+
+/// The ifindex of `name`, which the agent has just made or found.
+fn existing(name: &str) -> Result<u32, HostError> {
+    ifindex(name).ok_or_else(|| HostError::Setting {
+        setting: format!("the interface {name}"),
+        detail: "it went away while the agent set it up".into(),
+    })
 }
 
 /// The host's own door into the overlay: a veth pair. `xnet0` holds this host's overlay address
@@ -295,7 +301,9 @@ pub const HOST_DEVICE_PEER: &str = "xnet0-tx";
 /// The metric of the blackhole route for this host's own subnet: any real route to it (the
 /// container bridge's, metric 0) wins; without one, the host's packets for its own subnet are
 /// dropped here instead of looping through the host device.
-const OWN_SUBNET_BLACKHOLE_METRIC: &str = "4242";
+const OWN_SUBNET_BLACKHOLE_METRIC: u32 = 4242;
+/// The kernel's main routing table.
+const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// The device whose UDP socket merges VXLAN frames on the underlay (see [`open_underlay_gro`]).
 pub const GRO_DEVICE: &str = "xnet0-gro";
@@ -340,81 +348,95 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     if rp("all")? == "1" || rp(&plan.underlay.name)? == "1" {
         write_sysctl(&format!("net.ipv4.conf.{}.rp_filter", plan.underlay.name), "2")?;
     }
+    let mut rtnl = rtnl()?;
     if ifindex(HOST_DEVICE).is_none() {
-        ip(
-            &["link", "add", HOST_DEVICE, "type", "veth", "peer", "name", HOST_DEVICE_PEER],
-            format!("the host device pair {HOST_DEVICE}/{HOST_DEVICE_PEER}"),
-        )?;
+        rtnl.add_veth(HOST_DEVICE, HOST_DEVICE_PEER)
+            .map_err(refused(format!("the host device pair {HOST_DEVICE}/{HOST_DEVICE_PEER}")))?;
         tracing::info!(device = HOST_DEVICE, "host device created");
     }
-    let mtu = plan.overlay_mtu.to_string();
-    for dev in [HOST_DEVICE, HOST_DEVICE_PEER] {
+    let device = existing(HOST_DEVICE)?;
+    let peer = existing(HOST_DEVICE_PEER)?;
+    let mtu = plan.overlay_mtu;
+    for (dev, index) in [(HOST_DEVICE, device), (HOST_DEVICE_PEER, peer)] {
         // No IPv6 chatter into the tunnel end.
         let _ = write_sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1");
-        ip(&["link", "set", dev, "mtu", &mtu, "up"], format!("MTU {mtu} on {dev}"))?;
+        rtnl.set_link(index, |link| link.mtu(mtu).up()).map_err(refused(format!("MTU {mtu} on {dev}")))?;
     }
     // No neighbour to resolve: frames leave with the device's own MAC as destination, and the
     // egress program at the other end takes every one for a remote subnet.
-    ip(&["link", "set", HOST_DEVICE, "arp", "off"], format!("arp off on {HOST_DEVICE}"))?;
-    let address = plan.subnet.network().to_string();
-    ip(
-        &["addr", "replace", &format!("{address}/32"), "dev", HOST_DEVICE],
-        format!("address {address}/32 on {HOST_DEVICE}"),
-    )?;
-    let net = plan.network.to_string();
-    ip(
-        &["route", "replace", &net, "dev", HOST_DEVICE, "src", &address, "proto", "static"],
-        format!("route {net} dev {HOST_DEVICE} src {address}"),
-    )?;
-    let own = plan.subnet.to_string();
+    rtnl.set_link(device, |link| link.arp(false)).map_err(refused(format!("arp off on {HOST_DEVICE}")))?;
+    let address = plan.subnet.network();
+    rtnl.replace_address(device, address, 32)
+        .map_err(refused(format!("address {address}/32 on {HOST_DEVICE}")))?;
+    let net = plan.network;
+    let overlay_route = |table| Route {
+        to: net,
+        kind: RouteType::Unicast,
+        device: Some(device),
+        source: Some(address),
+        protocol: RouteProtocol::Static,
+        metric: None,
+        table,
+    };
+    rtnl.replace_route(&overlay_route(MAIN_TABLE))
+        .map_err(refused(format!("route {net} dev {HOST_DEVICE} src {address}")))?;
+    let own = plan.subnet;
     if plan.host_table {
-        let table = HOST_TABLE.to_string();
-        ip(
-            &[
-                "route",
-                "replace",
-                &net,
-                "dev",
-                HOST_DEVICE,
-                "src",
-                &address,
-                "proto",
-                "static",
-                "table",
-                &table,
-            ],
-            format!("route {net} dev {HOST_DEVICE} in table {table}"),
-        )?;
-        ip(
-            &["route", "replace", "throw", &own, "proto", "static", "table", &table],
-            format!("route throw {own} in table {table}"),
-        )?;
+        let table = HOST_TABLE;
+        rtnl.replace_route(&overlay_route(table))
+            .map_err(refused(format!("route {net} dev {HOST_DEVICE} in table {table}")))?;
+        let throw = Route {
+            to: own,
+            kind: RouteType::Throw,
+            device: None,
+            source: None,
+            protocol: RouteProtocol::Static,
+            metric: None,
+            table,
+        };
+        rtnl.replace_route(&throw).map_err(refused(format!("route throw {own} in table {table}")))?;
         // One rule of this priority: an earlier agent's (another network) goes first.
-        while ip(&["rule", "del", "pref", &table], String::new()).is_ok() {}
-        ip(
-            &["rule", "add", "to", &net, "iif", "lo", "lookup", &table, "pref", &table],
-            format!("rule to {net} iif lo lookup {table}"),
-        )?;
+        rtnl.delete_rules(table).map_err(refused(format!("the rules of priority {table}")))?;
+        rtnl.add_local_rule(net, table, table)
+            .map_err(refused(format!("rule to {net} iif lo lookup {table}")))?;
         // Frames from the host device are addressed to its own MAC: the other end takes that MAC
         // too, so what the egress program passes is the stack's to route, not another host's.
-        let mac = Interface::find(HOST_DEVICE, "host device")?.mac.to_string();
-        ip(&["link", "set", HOST_DEVICE_PEER, "address", &mac], format!("MAC {mac} on {HOST_DEVICE_PEER}"))?;
+        let mac = Interface::find(HOST_DEVICE, "host device")?.mac;
+        rtnl.set_link(peer, |link| link.address(mac.0.to_vec()))
+            .map_err(refused(format!("MAC {mac} on {HOST_DEVICE_PEER}")))?;
         write_sysctl(&format!("net.ipv4.conf.{HOST_DEVICE_PEER}.accept_local"), "1")?;
         let rp = |i: &str| read_sysctl(&format!("net.ipv4.conf.{i}.rp_filter"));
         if rp("all")? == "1" || rp(HOST_DEVICE_PEER)? == "1" {
             write_sysctl(&format!("net.ipv4.conf.{HOST_DEVICE_PEER}.rp_filter"), "2")?;
         }
     }
-    let protocol =
-        if plan.announce { crate::config::ANNOUNCE_PROTOCOL.to_string() } else { "static".to_string() };
-    ip(
-        &["route", "replace", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC, "proto", &protocol],
-        format!("blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC} proto {protocol}"),
-    )?;
+    let blackhole = own_subnet_blackhole(own, plan.announce);
+    rtnl.replace_route(&blackhole).map_err(refused(format!(
+        "blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC} proto {}",
+        u8::from(blackhole.protocol)
+    )))?;
     if let Some(port) = plan.vxlan_gro_port {
-        open_underlay_gro(port);
+        open_underlay_gro(&mut rtnl, port);
     }
     Ok(())
+}
+
+/// The blackhole route for this host's own subnet (see [`OWN_SUBNET_BLACKHOLE_METRIC`]), of the
+/// protocol a routing daemon announces with `announce`.
+fn own_subnet_blackhole(own: Ipv4Network, announce: bool) -> Route {
+    Route {
+        to: own,
+        kind: RouteType::BlackHole,
+        device: None,
+        source: None,
+        protocol: if announce {
+            RouteProtocol::from(crate::config::ANNOUNCE_PROTOCOL)
+        } else {
+            RouteProtocol::Static
+        },
+        metric: Some(OWN_SUBNET_BLACKHOLE_METRIC),
+        table: MAIN_TABLE,
+    }
 }
 
 /// Gives VXLAN on the underlay GRO. A NIC hands the stack frames of the wire's MTU, and GRO merges
@@ -427,25 +449,25 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
 /// off on it all the same. Not having it costs speed, not traffic, so a failure is a warning:
 /// typically another vxlan device (flannel's `flannel.1`) holds the port, and its socket merges
 /// the frames already.
-fn open_underlay_gro(port: u16) {
-    if ifindex(GRO_DEVICE).is_some() {
-        let _ = ip(&["link", "del", GRO_DEVICE], String::new());
+fn open_underlay_gro(rtnl: &mut Rtnl, port: u16) {
+    if let Some(index) = ifindex(GRO_DEVICE) {
+        let _ = rtnl.delete_link(index);
     }
-    let port_text = port.to_string();
     let setting = format!("the vxlan device {GRO_DEVICE} (UDP port {port}, for underlay GRO)");
-    let opened = ip(
-        &["link", "add", GRO_DEVICE, "type", "vxlan", "external", "dstport", &port_text, "nolearning"],
-        setting.clone(),
-    )
-    .and_then(|()| write_sysctl(&format!("net.ipv4.conf.{GRO_DEVICE}.forwarding"), "0"))
-    .and_then(|()| {
-        let _ = write_sysctl(&format!("net.ipv6.conf.{GRO_DEVICE}.disable_ipv6"), "1");
-        ip(&["link", "set", GRO_DEVICE, "up"], setting)
-    });
+    let opened = rtnl
+        .add_vxlan_external(GRO_DEVICE, port)
+        .map_err(refused(setting.clone()))
+        .and_then(|()| write_sysctl(&format!("net.ipv4.conf.{GRO_DEVICE}.forwarding"), "0"))
+        .and_then(|()| {
+            let _ = write_sysctl(&format!("net.ipv6.conf.{GRO_DEVICE}.disable_ipv6"), "1");
+            rtnl.set_link(existing(GRO_DEVICE)?, |link| link.up()).map_err(refused(setting))
+        });
     match opened {
         Ok(()) => tracing::info!(device = GRO_DEVICE, port, "underlay GRO for VXLAN"),
         Err(e) => {
-            let _ = ip(&["link", "del", GRO_DEVICE], String::new());
+            if let Some(index) = ifindex(GRO_DEVICE) {
+                let _ = rtnl.delete_link(index);
+            }
             tracing::warn!(
                 error = %e,
                 port,
@@ -456,19 +478,20 @@ fn open_underlay_gro(port: u16) {
 }
 
 /// Removes [`GRO_DEVICE`] if there is one.
-fn close_underlay_gro() {
-    if ifindex(GRO_DEVICE).is_some()
-        && let Err(e) = ip(&["link", "del", GRO_DEVICE], format!("the vxlan device {GRO_DEVICE}"))
+fn close_underlay_gro(rtnl: &mut Rtnl) {
+    if let Some(index) = ifindex(GRO_DEVICE)
+        && let Err(e) = rtnl.delete_link(index)
     {
-        tracing::warn!(error = %e, "could not remove the underlay GRO device");
+        tracing::warn!(error = %e, "could not remove the underlay GRO device {GRO_DEVICE}");
     }
 }
 
 /// Sets the overlay MTU on a container interface (containers take their MTU from the bridge).
 pub fn set_container_mtu(iface: &Interface, overlay_mtu: u32) -> Result<(), HostError> {
     if iface.mtu != overlay_mtu {
-        let mtu = overlay_mtu.to_string();
-        ip(&["link", "set", "dev", &iface.name, "mtu", &mtu], format!("MTU {mtu} on {}", iface.name))?;
+        rtnl()?
+            .set_link(iface.index, |link| link.mtu(overlay_mtu))
+            .map_err(refused(format!("MTU {overlay_mtu} on {}", iface.name)))?;
         tracing::info!(iface = %iface.name, mtu = overlay_mtu, "container interface MTU set");
     }
     Ok(())
@@ -477,44 +500,68 @@ pub fn set_container_mtu(iface: &Interface, overlay_mtu: u32) -> Result<(), Host
 /// Removes the host device (its address and the overlay route go with it), if there is one;
 /// returns whether there was (`xnet cleanup`).
 pub fn remove_host_device() -> bool {
-    remove_host_table();
-    close_underlay_gro();
-    if ifindex(HOST_DEVICE).is_none() {
-        return false;
-    }
-    match ip(&["link", "del", HOST_DEVICE], format!("the host device {HOST_DEVICE}")) {
-        Ok(()) => true,
+    let mut rtnl = match rtnl() {
+        Ok(rtnl) => rtnl,
         Err(e) => {
             tracing::warn!(error = %e, "could not remove the host device");
+            return false;
+        }
+    };
+    remove_host_table(&mut rtnl);
+    close_underlay_gro(&mut rtnl);
+    let Some(index) = ifindex(HOST_DEVICE) else {
+        return false;
+    };
+    match rtnl.delete_link(index) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove the host device {HOST_DEVICE}");
             false
         }
     }
 }
 
 /// Removes the rule and the routes of [`HOST_TABLE`], if any.
-fn remove_host_table() {
-    let table = HOST_TABLE.to_string();
-    while ip(&["rule", "del", "pref", &table], String::new()).is_ok() {}
-    let _ = ip(&["route", "flush", "table", &table], String::new());
+fn remove_host_table(rtnl: &mut Rtnl) {
+    if let Err(e) = rtnl.delete_rules(HOST_TABLE).and_then(|_| rtnl.flush_table(HOST_TABLE)) {
+        tracing::warn!(error = %e, "could not remove the host's own routing table {HOST_TABLE}");
+    }
 }
 
 /// Removes what [`apply`] added (on a normal stop): the routes and the host device.
 pub fn remove(network: Ipv4Network, subnet: Ipv4Network) {
-    remove_host_table();
-    close_underlay_gro();
-    let net = network.to_string();
-    let own = subnet.to_string();
-    let steps: [(&[&str], String); 3] = [
-        (&["route", "del", &net, "dev", HOST_DEVICE, "proto", "static"], format!("route {net}")),
-        (
-            &["route", "del", "blackhole", &own, "metric", OWN_SUBNET_BLACKHOLE_METRIC],
-            format!("blackhole route {own}"),
-        ),
-        (&["link", "del", HOST_DEVICE], format!("the host device {HOST_DEVICE}")),
-    ];
-    for (args, what) in steps {
-        if let Err(e) = ip(args, what) {
+    let mut rtnl = match rtnl() {
+        Ok(rtnl) => rtnl,
+        Err(e) => {
             tracing::warn!(error = %e, "could not remove what the agent added");
+            return;
+        }
+    };
+    remove_host_table(&mut rtnl);
+    close_underlay_gro(&mut rtnl);
+    let overlay_route = Route {
+        to: network,
+        kind: RouteType::Unicast,
+        device: ifindex(HOST_DEVICE),
+        source: None,
+        protocol: RouteProtocol::Static,
+        metric: None,
+        table: MAIN_TABLE,
+    };
+    // The blackhole of either protocol: the one the agent wrote.
+    let mut blackhole = own_subnet_blackhole(subnet, false);
+    blackhole.protocol = RouteProtocol::Unspec;
+    let steps = [
+        (
+            overlay_route.device.is_some().then(|| rtnl.delete_route(&overlay_route)),
+            format!("route {network}"),
+        ),
+        (Some(rtnl.delete_route(&blackhole)), format!("blackhole route {subnet}")),
+        (ifindex(HOST_DEVICE).map(|index| rtnl.delete_link(index)), format!("the host device {HOST_DEVICE}")),
+    ];
+    for (result, what) in steps {
+        if let Some(Err(e)) = result {
+            tracing::warn!(error = %e, "could not remove {what}, which the agent added");
         }
     }
 }
