@@ -176,6 +176,23 @@ fn ospf_hosts_learn_each_other_join_leave_and_reach_a_host_behind_the_router() {
     );
     assert!(has_route(&lab, 1, &subnet(3)) && has_route(&lab, 1, &subnet(four)), "the others stay");
     pings(&lab, 1, 3);
+
+    // Host 1's agent stops: its rule and its own table go, the daemon's routes stay.
+    let ns = lab.host(1).ns.name.clone();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(["-n", &ns]).args(args).output().expect("ip");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let table = xnet::config::HOST_TABLE.to_string();
+    assert!(ip(&["rule", "show"]).contains(&format!("{table}:")), "the rule while it runs");
+    assert!(ip(&["route", "show", "table", &table]).contains("dev xnet0"), "its table while it runs");
+    let status = lab.stop_agent(1);
+    assert!(status.success(), "{}", lab.log(1));
+    let rules = ip(&["rule", "show"]);
+    assert!(!rules.contains(&format!("{table}:")), "the rule removed: {rules}");
+    let left = ip(&["route", "show", "table", &table]);
+    assert!(left.trim().is_empty(), "table {table} emptied: {left}");
+    assert!(kernel_route(&lab, 1, &subnet(3)).contains("proto ospf"), "the daemon's route stays");
 }
 
 /// BIRD 2 with iBGP through a route reflector on the router: the hosts install the routes they

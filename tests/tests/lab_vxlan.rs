@@ -308,7 +308,10 @@ fn a_container_interface_that_does_not_exist_is_awaited_with_a_warning() {
     }
     eprintln!("docker7 attached {:?} after it appeared", start.elapsed());
     assert!(lab.log(1).contains("container interface appeared"), "{}", lab.log(1));
-    assert_eq!(ifaces(&lab)[0]["state"], "attached");
+    // The agent records the attachment once it is made: the status follows within moments.
+    wait_for(Duration::from_secs(5), "the status says docker7 is attached", || {
+        ifaces(&lab)[0]["state"] == "attached"
+    });
     let status = lab.stop_agent(1);
     assert!(status.success(), "{}", lab.log(1));
 }

@@ -280,7 +280,10 @@ fn refused(setting: impl Into<String>) -> impl FnOnce(io::Error) -> HostError {
 }
 
 fn rtnl() -> Result<Rtnl, HostError> {
-    Rtnl::open().map_err(refused("the host's links and routes (an rtnetlink socket)"))
+    Rtnl::open().map_err(|e| HostError::Setting {
+        setting: "the host's links and routes".into(),
+        detail: format!("cannot open an rtnetlink socket: {e}"),
+    })
 }
 
 /// The ifindex of `name`, which the agent has just made or found.
@@ -396,7 +399,8 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
         };
         rtnl.replace_route(&throw).map_err(refused(format!("route throw {own} in table {table}")))?;
         // One rule of this priority: an earlier agent's (another network) goes first.
-        rtnl.delete_rules(table).map_err(refused(format!("the rules of priority {table}")))?;
+        rtnl.delete_rules(table)
+            .map_err(refused(format!("the host's rule (removing earlier rules of priority {table})")))?;
         rtnl.add_local_rule(net, table, table)
             .map_err(refused(format!("rule to {net} iif lo lookup {table}")))?;
         // Frames from the host device are addressed to its own MAC: the other end takes that MAC
@@ -413,7 +417,7 @@ pub fn apply(plan: &HostPlan<'_>) -> Result<(), HostError> {
     let blackhole = own_subnet_blackhole(own, plan.announce);
     rtnl.replace_route(&blackhole).map_err(refused(format!(
         "blackhole route {own} metric {OWN_SUBNET_BLACKHOLE_METRIC} proto {}",
-        u8::from(blackhole.protocol)
+        crate::config::route_protocol_name(u8::from(blackhole.protocol))
     )))?;
     if let Some(port) = plan.vxlan_gro_port {
         open_underlay_gro(&mut rtnl, port);
@@ -507,7 +511,7 @@ pub fn remove_host_device() -> bool {
             return false;
         }
     };
-    remove_host_table(&mut rtnl);
+    remove_host_table();
     close_underlay_gro(&mut rtnl);
     let Some(index) = ifindex(HOST_DEVICE) else {
         return false;
@@ -521,10 +525,15 @@ pub fn remove_host_device() -> bool {
     }
 }
 
-/// Removes the rule and the routes of [`HOST_TABLE`], if any.
-fn remove_host_table(rtnl: &mut Rtnl) {
-    if let Err(e) = rtnl.delete_rules(HOST_TABLE).and_then(|_| rtnl.flush_table(HOST_TABLE)) {
-        tracing::warn!(error = %e, "could not remove the host's own routing table {HOST_TABLE}");
+/// Removes the rule and the routes of [`HOST_TABLE`], if any, with a socket of its own (a request
+/// given up on leaves nothing for the caller's next ones).
+fn remove_host_table() {
+    let Ok(mut rtnl) = rtnl() else { return };
+    if let Err(e) = rtnl.delete_rules(HOST_TABLE) {
+        tracing::warn!(error = %e, "could not remove the host's rule of priority {HOST_TABLE}");
+    }
+    if let Err(e) = rtnl.flush_table(HOST_TABLE) {
+        tracing::warn!(error = %e, "could not remove the routes of the host's own table {HOST_TABLE}");
     }
 }
 
@@ -537,7 +546,7 @@ pub fn remove(network: Ipv4Network, subnet: Ipv4Network) {
             return;
         }
     };
-    remove_host_table(&mut rtnl);
+    remove_host_table();
     close_underlay_gro(&mut rtnl);
     let overlay_route = Route {
         to: network,

@@ -5,8 +5,8 @@
 use std::{io, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -74,6 +74,8 @@ impl Rtnl {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        // Dumps filtered by the kernel (a route dump by table), not the whole host's.
+        socket.set_netlink_get_strict_chk(true)?;
         let timeout = libc::timeval { tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
         // SAFETY: the option value is a valid timeval of the size given, on an open socket.
         let set = unsafe {
@@ -145,11 +147,16 @@ impl Rtnl {
         self.acknowledged(RouteNetlinkMessage::DelRoute(route.message(true)), 0)
     }
 
-    /// Deletes every IPv4 route of `table`.
+    /// Deletes every IPv4 route of `table` (none when there is no such table).
     pub fn flush_table(&mut self, table: u32) -> io::Result<()> {
         let mut request = RouteMessage::default();
         request.header.address_family = AddressFamily::Inet;
-        let routes = self.dump(RouteNetlinkMessage::GetRoute(request))?;
+        request.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        request.attributes = vec![RouteAttribute::Table(table)];
+        let routes = match self.dump(RouteNetlinkMessage::GetRoute(request)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            routes => routes?,
+        };
         for message in routes {
             if let RouteNetlinkMessage::NewRoute(route) = message
                 && route_table(&route) == table
@@ -228,7 +235,12 @@ impl Rtnl {
                     failed = e.code.map(|code| io::Error::from_raw_os_error(-code.get()));
                     false
                 }
-                NetlinkPayload::Done(_) => false,
+                NetlinkPayload::Done(done) => {
+                    if done.code != 0 {
+                        failed = Some(io::Error::from_raw_os_error(-done.code));
+                    }
+                    false
+                }
                 _ => true,
             })?;
         }
@@ -244,35 +256,52 @@ impl Rtnl {
         packet.finalize();
         let mut buffer = vec![0; packet.buffer_len()];
         packet.serialize(&mut buffer);
-        self.socket.send(&buffer, 0)?;
+        loop {
+            match self.socket.send(&buffer, 0) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                sent => {
+                    sent?;
+                    break;
+                }
+            }
+        }
         Ok(self.sequence)
     }
 
     /// Reads one datagram and hands `each` the payload of every message in it that answers
-    /// `sequence`; returns false once `each` does (the answer is complete).
+    /// `sequence`; returns false once `each` does (the answer is complete). Messages that answer
+    /// an earlier request (one given up on) are skipped unread.
     fn receive(
         &mut self,
         sequence: u32,
         mut each: impl FnMut(NetlinkPayload<RouteNetlinkMessage>) -> bool,
     ) -> io::Result<bool> {
-        let (buffer, _) = self.socket.recv_from_full().map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                io::Error::new(io::ErrorKind::TimedOut, "the kernel did not answer a netlink request")
-            } else {
-                e
+        let buffer = loop {
+            match self.socket.recv_from_full() {
+                Ok((buffer, _)) => break buffer,
+                // A signal for the agent (its handlers run elsewhere) while it waits here.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the kernel did not answer a netlink request",
+                    ));
+                }
+                Err(e) => return Err(e),
             }
-        })?;
+        };
+        let invalid =
+            |e: netlink_packet_core::DecodeError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
         let mut offset = 0;
         let mut more = true;
         while offset < buffer.len() {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buffer[offset..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let length = message.header.length as usize;
-            if message.header.sequence_number == sequence && more {
+            let header = NetlinkBuffer::new_checked(&buffer[offset..]).map_err(invalid)?;
+            let length = header.length() as usize;
+            if header.sequence_number() == sequence && more {
+                let message =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buffer[offset..offset + length])
+                        .map_err(invalid)?;
                 more = each(message.payload);
-            }
-            if length == 0 {
-                break;
             }
             offset += length.next_multiple_of(4);
         }
